@@ -1,0 +1,1 @@
+"""fenliu's Python SDK."""

@@ -1,0 +1,48 @@
+"""The dispatcher: routes each command to the shard owning its shop."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from .shard import Shard
+from .types import AnyCommand, AnyQuery, Event, Moved, Tick
+
+DEFAULT_SHARDS = 16
+
+
+def shard_index(shop_id: str, shards: int) -> int:
+    """A stable shard number for a shop: the same in every process and every run."""
+    return zlib.crc32(shop_id.encode()) % shards
+
+
+class Dispatcher:
+    """All shards of one process. ``execute`` changes state, ``read`` never does."""
+
+    def __init__(self, shards: int = DEFAULT_SHARDS) -> None:
+        if shards < 1:
+            raise ValueError("shards must be at least 1")
+        self.shards = [Shard(i) for i in range(shards)]
+
+    def shard_for(self, shop_id: str) -> Shard:
+        return self.shards[zlib.crc32(shop_id.encode()) % len(self.shards)]
+
+    def execute(self, command: AnyCommand) -> Any:
+        """Apply one command; raises a ``FenliuError`` having changed nothing."""
+        if type(command) is Tick:
+            moved: list[Any] = []
+            for shard in self.shards:
+                moved.extend(shard.apply(command).moved)
+            return Moved(moved=tuple(moved))
+        return self.shard_for(command.shop_id).apply(command)  # type: ignore[union-attr]
+
+    def read(self, query: AnyQuery) -> Any:
+        return self.shard_for(query.shop_id).read(query)
+
+    def drain_events(self) -> list[Event]:
+        events: list[Event] = []
+        for shard in self.shards:
+            if shard.outbox:
+                events.extend(shard.outbox)
+                shard.outbox.clear()
+        return events

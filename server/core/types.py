@@ -1,0 +1,390 @@
+"""The core's vocabulary: enums, the shop policy, commands in, results out.
+
+Enum values equal the protobuf ones (``protos/fenliu/v1/fenliu.proto``) so the adapter
+converts by value. Commands are msgspec structs: every state change is one of them,
+carries its own timestamp ``at`` (milliseconds since the epoch) and can be journaled.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+
+class Status(enum.IntEnum):
+    ONLINE = 1
+    INVISIBLE = 2
+    SUSPENDED = 3
+    OFFLINE = 4
+
+
+class Role(enum.IntEnum):
+    SUB = 1
+    MAIN = 2
+
+
+class Strategy(enum.IntEnum):
+    LEAST_NEW = 1
+    LEAST_LOAD = 2
+    ROUND_ROBIN = 3
+
+
+class QueueOrder(enum.IntEnum):
+    FIFO = 1
+    LIFO = 2
+
+
+class OnQueueFull(enum.IntEnum):
+    LEAVE_MESSAGE = 1
+    REJECT = 2
+
+
+class Outcome(enum.IntEnum):
+    ASSIGNED = 1
+    BACKLOG = 2
+    QUEUED = 3
+    LEFT_MESSAGE = 4
+    TEAM_DELIVERY = 5
+
+
+class Reason(enum.IntEnum):
+    TEAM_MESSAGE = 1
+    OPEN_SESSION = 2
+    PRIVATE_CONTACT = 3
+    RECENT_CONTACT = 4
+    ADDRESSED = 5
+    PRIORITY_CROWD = 6
+    PRIORITY_OVERFLOW = 7
+    STRATEGY = 8
+    ALL_SUSPENDED = 9
+    ALL_BUSY = 10
+    QUEUE_FULL = 11
+    ALL_OFFLINE = 12
+    ACCEPT_TIMEOUT = 13
+    REPLY_TIMEOUT = 14
+    AGENT_OFFLINE = 15
+    TRANSFER = 16
+    MANUAL_PICK = 17
+    CAPACITY_FREED = 18
+    QUEUE_WAIT_LIMIT = 19
+
+
+class State(enum.IntEnum):
+    QUEUED = 1
+    BACKLOG = 2
+    ASSIGNED = 3
+    ACTIVE = 4
+    LEFT_MESSAGE = 5
+    ENDED = 6
+
+
+class QueueSort(enum.IntEnum):
+    QUEUE_ORDER = 0
+    LONGEST_WAIT = 1
+    SHORTEST_WAIT = 2
+
+
+RECEIVING = (Status.ONLINE, Status.INVISIBLE)
+
+
+class Policy(msgspec.Struct, kw_only=True):
+    """A shop's routing policy; the defaults apply until the shop sets its own."""
+
+    strategy: Strategy = Strategy.LEAST_NEW
+    queue_order: QueueOrder = QueueOrder.FIFO
+    queue_limit: int = 1000
+    on_queue_full: OnQueueFull = OnQueueFull.LEAVE_MESSAGE
+    priority_crowds: tuple[str, ...] = ()
+    priority_may_exceed_capacity: bool = True
+    notice_interval_ms: int = 8 * HOUR
+    route_when_all_suspended: bool = True
+    auto_assign_left_messages: bool = True
+    accept_timeout_ms: int = 10 * MINUTE
+    reply_timeout_ms: int = 30 * MINUTE
+    idle_end_timeout_ms: int = 15 * MINUTE
+    queue_wait_limit_ms: int = 0
+    sticky_window_ms: int = DAY
+    recent_contact_ttl_ms: int = 180 * DAY
+    time_zone: str = "Asia/Shanghai"
+
+
+class PolicyChange(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The fields of a SetPolicy; ``None`` leaves a field as it is."""
+
+    strategy: Strategy | None = None
+    queue_order: QueueOrder | None = None
+    queue_limit: int | None = None
+    on_queue_full: OnQueueFull | None = None
+    priority_crowds: tuple[str, ...] | None = None
+    priority_may_exceed_capacity: bool | None = None
+    notice_interval_ms: int | None = None
+    route_when_all_suspended: bool | None = None
+    auto_assign_left_messages: bool | None = None
+    accept_timeout_ms: int | None = None
+    reply_timeout_ms: int | None = None
+    idle_end_timeout_ms: int | None = None
+    queue_wait_limit_ms: int | None = None
+    sticky_window_ms: int | None = None
+    recent_contact_ttl_ms: int | None = None
+    time_zone: str | None = None
+
+
+# ---------------------------------------------------------------- commands (journaled)
+
+
+class Command(msgspec.Struct, tag=True, kw_only=True, frozen=True):
+    """A state change. ``at`` is its time in ms; the core never reads a clock."""
+
+    at: int
+
+
+class SetPolicy(Command):
+    shop_id: str
+    change: PolicyChange
+
+
+class RegisterAgent(Command):
+    shop_id: str
+    agent_id: str
+    role: Role = Role.SUB
+    groups: tuple[str, ...] = ()
+    max_concurrent: int = 0
+    status: Status = Status.OFFLINE  # for a new agent only
+
+
+class RemoveAgent(Command):
+    shop_id: str
+    agent_id: str
+
+
+class SetStatus(Command):
+    shop_id: str
+    agent_id: str
+    status: Status
+
+
+class AddPrivateContact(Command):
+    shop_id: str
+    buyer_id: str
+
+
+class RemovePrivateContact(Command):
+    shop_id: str
+    buyer_id: str
+
+
+class Route(Command):
+    shop_id: str
+    buyer_id: str
+    request_id: str
+    addressed_agent_id: str = ""
+    crowds: tuple[str, ...] = ()
+    group: str = ""
+    channel: str = ""
+    from_team_member: bool = False
+
+
+class Acknowledge(Command):
+    shop_id: str
+    agent_id: str
+    session_id: str
+
+
+class Reply(Command):
+    shop_id: str
+    agent_id: str
+    session_id: str
+
+
+class Transfer(Command):
+    shop_id: str
+    session_id: str
+    agent_id: str = ""
+    to_agent_id: str = ""
+    to_group: str = ""
+    force: bool = False
+
+
+class EndSessions(Command):
+    shop_id: str
+    session_ids: tuple[str, ...]
+
+
+class Pick(Command):
+    shop_id: str
+    agent_id: str
+    session_id: str = ""
+    force: bool = False
+
+
+class LeaveQueue(Command):
+    shop_id: str
+    buyer_id: str
+
+
+class Tick(Command):
+    """Fires every timer due at ``at``; the server sends one per shard every second."""
+
+
+AnyCommand = (
+    SetPolicy
+    | RegisterAgent
+    | RemoveAgent
+    | SetStatus
+    | AddPrivateContact
+    | RemovePrivateContact
+    | Route
+    | Acknowledge
+    | Reply
+    | Transfer
+    | EndSessions
+    | Pick
+    | LeaveQueue
+    | Tick
+)
+
+
+# ---------------------------------------------------------------- queries (not journaled)
+
+
+class Query(msgspec.Struct, tag=True, kw_only=True, frozen=True):
+    at: int
+    shop_id: str
+
+
+class GetPolicy(Query):
+    pass
+
+
+class ListTeam(Query):
+    pass
+
+
+class GetSession(Query):
+    session_id: str
+
+
+class ListAgentSessions(Query):
+    agent_id: str
+
+
+class ListQueue(Query):
+    priority_only: bool = False
+    group: str = ""
+    channel: str = ""
+    sort: QueueSort = QueueSort.QUEUE_ORDER
+    limit: int = 100
+
+
+class GetPosition(Query):
+    buyer_id: str
+
+
+class ListLeftMessages(Query):
+    limit: int = 100
+
+
+AnyQuery = GetPolicy | ListTeam | GetSession | ListAgentSessions | ListQueue | GetPosition | ListLeftMessages
+
+
+# ---------------------------------------------------------------- results
+
+
+class Decision(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """Where a buyer's message (or a moved session) went, and which rule decided."""
+
+    outcome: Outcome
+    reason: Reason
+    buyer_id: str
+    agent_id: str = ""
+    session_id: str = ""
+    queue_position: int = 0
+    state: State | None = None
+    priority_notice: bool = False
+
+
+class AgentView(msgspec.Struct, kw_only=True, frozen=True):
+    agent_id: str
+    role: Role
+    groups: tuple[str, ...]
+    max_concurrent: int
+    status: Status
+    load: int
+    new_count: int
+    backlog_size: int
+    served_today: int
+
+
+class SessionView(msgspec.Struct, kw_only=True, frozen=True):
+    session_id: str
+    buyer_id: str
+    state: State
+    agent_id: str
+    group: str
+    channel: str
+    priority: bool
+    queue_position: int
+    created_at: int
+    first_reply_at: int
+    reason: Reason
+
+
+class QueueEntryView(msgspec.Struct, kw_only=True, frozen=True):
+    session_id: str
+    buyer_id: str
+    position: int
+    priority: bool
+    group: str
+    channel: str
+    waited_ms: int
+    agent_id: str = ""
+
+
+class QueueList(msgspec.Struct, kw_only=True, frozen=True):
+    entries: tuple[QueueEntryView, ...]
+    total: int
+
+
+class StatusResult(msgspec.Struct, kw_only=True, frozen=True):
+    agent: AgentView
+    moved: tuple[Decision, ...]
+
+
+class Moved(msgspec.Struct, kw_only=True, frozen=True):
+    """Sessions a command moved elsewhere (RemoveAgent, Tick)."""
+
+    moved: tuple[Decision, ...]
+
+
+class EndResult(msgspec.Struct, kw_only=True, frozen=True):
+    ended: int
+    already_ended: int
+    moved: tuple[Decision, ...]
+
+
+class Done(msgspec.Struct, frozen=True):
+    """The result of a command with nothing to report."""
+
+
+# ---------------------------------------------------------------- events (for watchers)
+
+
+class Event(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """Something a workstation or dashboard watching the shop wants to know.
+
+    kind is one of: assigned, reassigned_away, transferred, backlog_changed,
+    queue_changed, status_changed, timeout, ended, left_message.
+    """
+
+    kind: str
+    shop_id: str
+    at: int
+    agent_id: str = ""
+    session_id: str = ""
+    buyer_id: str = ""
+    reason: Reason | None = None

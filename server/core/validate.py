@@ -1,0 +1,69 @@
+"""Input checks of SPEC §6; each failure names the field and the rule it broke."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import InvalidArgument
+
+MAX_ID = 128
+MAX_CROWDS = 10
+MAX_PRIORITY_CROWDS = 10
+MAX_GROUPS = 32
+MAX_CONCURRENT = 10_000
+MAX_BATCH = 1000
+MAX_LIST = 1000
+MAX_DURATION_MS = 366 * 24 * 3600 * 1000
+MAX_QUEUE_LIMIT = 1_000_000
+
+_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+_ID_MATCH = _ID.fullmatch
+_ID_RULE = f"must be 1-{MAX_ID} characters of [A-Za-z0-9._:@-]"
+
+
+def check_id(value: str, field: str) -> None:
+    """A required id: shop, agent, buyer, request, session, group or crowd."""
+    if _ID_MATCH(value) is None:
+        raise InvalidArgument(f"{field} {_ID_RULE} (got {_show(value)})", field)
+
+
+def check_optional_id(value: str, field: str) -> None:
+    if value and _ID_MATCH(value) is None:
+        raise InvalidArgument(f"{field} {_ID_RULE} when set (got {_show(value)})", field)
+
+
+def check_ids(values: Iterable[str], field: str, limit: int) -> None:
+    values = tuple(values)
+    if len(values) > limit:
+        raise InvalidArgument(f"{field} holds {len(values)} items; at most {limit}", field)
+    for i, value in enumerate(values):
+        check_id(value, f"{field}[{i}]")
+
+
+def check_range(value: int, field: str, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise InvalidArgument(f"{field} must be in {low}..{high} (got {value})", field)
+
+
+def check_batch(size: int, field: str = "requests") -> None:
+    if size > MAX_BATCH:
+        raise InvalidArgument(f"{field} holds {size} items; at most {MAX_BATCH}", field)
+
+
+def check_time_zone(name: str, field: str = "policy.time_zone") -> None:
+    try:
+        zone(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidArgument(f"{field} is not a known IANA time zone (got {_show(name)})", field) from None
+
+
+@lru_cache(maxsize=256)
+def zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def _show(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:40] + "...")

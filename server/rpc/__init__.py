@@ -1,0 +1,1 @@
+"""The gRPC adapter: protobuf <-> core commands, status mapping, server lifecycle."""
