@@ -289,7 +289,15 @@ class ListLeftMessages(Query):
     limit: int = 100
 
 
-AnyQuery = GetPolicy | ListTeam | GetSession | ListAgentSessions | ListQueue | GetPosition | ListLeftMessages
+AnyQuery = (
+    GetPolicy
+    | ListTeam
+    | GetSession
+    | ListAgentSessions
+    | ListQueue
+    | GetPosition
+    | ListLeftMessages
+)
 
 
 # ---------------------------------------------------------------- results

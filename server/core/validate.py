@@ -57,7 +57,9 @@ def check_time_zone(name: str, field: str = "policy.time_zone") -> None:
     try:
         zone(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidArgument(f"{field} is not a known IANA time zone (got {_show(name)})", field) from None
+        raise InvalidArgument(
+            f"{field} is not a known IANA time zone (got {_show(name)})", field
+        ) from None
 
 
 @lru_cache(maxsize=256)

@@ -1,0 +1,676 @@
+"""One shop's state and its routing rules (SPEC §2–§5).
+
+A ``Shop`` never reads a clock: its shard sets ``shard.now`` before each command.
+The shard checks a command before calling in here, so these methods only change state.
+Sessions that a command moves besides its own subject are collected in ``shard.moved``
+for the command's result.
+
+Placement vocabulary: a *plan* is ``(kind, agent, reason)`` where kind is
+``ASSIGN`` (the agent takes it even above capacity: priority overflow, forced),
+``PIN`` (the agent takes it, or its backlog when full), ``QUEUE`` or ``LEAVE``.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from .errors import NotFound, ResourceExhausted
+from .shop_heap import AgentHeap, strategy_key
+from .state import Agent, Session
+from .types import (
+    RECEIVING,
+    Decision,
+    Event,
+    OnQueueFull,
+    Outcome,
+    Policy,
+    QueueOrder,
+    Reason,
+    State,
+    Status,
+)
+from .validate import zone
+
+if TYPE_CHECKING:
+    from .shard import Shard
+
+ASSIGN, PIN, QUEUE, LEAVE = "assign", "pin", "queue", "leave"
+Plan = tuple[str, Agent | None, Reason]
+
+# Timer kinds of the shard's timer heap.
+T_SESSION, T_RECENT, T_REQUEST, T_NOTICE = 0, 1, 2, 3
+
+IDEMPOTENCY_WINDOW_MS = 10 * 60_000
+
+_OUTCOME_OF_STATE = {
+    State.QUEUED: Outcome.QUEUED,
+    State.BACKLOG: Outcome.BACKLOG,
+    State.ASSIGNED: Outcome.ASSIGNED,
+    State.ACTIVE: Outcome.ASSIGNED,
+    State.LEFT_MESSAGE: Outcome.LEFT_MESSAGE,
+}
+
+
+class Shop:
+    """A tenant: its policy, agents, sessions, queue, left messages and contacts."""
+
+    def __init__(self, shard: Shard, shop_id: str) -> None:
+        self.shard = shard
+        self.shop_id = shop_id
+        self.policy = Policy()
+        self.priority_crowds: frozenset[str] = frozenset()
+        self.agents: dict[str, Agent] = {}
+        self.main: Agent | None = None
+        # Per scope ("" = whole shop, else a group): members, eligible-agent heap,
+        # and how many members are ONLINE/INVISIBLE (receiving) or not OFFLINE (present).
+        self.members: dict[str, dict[str, Agent]] = {"": {}}
+        self.heaps: dict[str, AgentHeap] = {"": AgentHeap(self.policy.strategy)}
+        self.receiving: dict[str, int] = {"": 0}
+        self.present: dict[str, int] = {"": 0}
+        self.sessions: dict[str, Session] = {}
+        self.by_buyer: dict[str, Session] = {}
+        self.queue: list[tuple[int, int, int, Session]] = []  # sorted by queue key
+        self.left: dict[str, Session] = {}  # left messages, oldest first
+        self.recent: dict[str, tuple[str, int]] = {}  # buyer -> (agent, last act)
+        self.private: set[str] = set()
+        self.notices: dict[str, int] = {}  # buyer -> last priority notice
+        self.requests: dict[str, tuple[Decision, int]] = {}  # request id -> (decision, at)
+        self.next_seq = 0
+        self.assign_seq = 0
+        self.reg_seq = 0
+        self.day_start = 0
+        self.day_end = 0
+        self.day = 0
+
+    # ------------------------------------------------------------ events and helpers
+
+    def emit(
+        self,
+        kind: str,
+        agent_id: str = "",
+        session: Session | None = None,
+        reason: Reason | None = None,
+    ) -> None:
+        self.shard.outbox.append(
+            Event(
+                kind=kind,
+                shop_id=self.shop_id,
+                at=self.shard.now,
+                agent_id=agent_id,
+                session_id=session.session_id if session else "",
+                buyer_id=session.buyer_id if session else "",
+                reason=reason,
+            )
+        )
+
+    def agent(self, agent_id: str, field: str = "agent_id") -> Agent:
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            raise NotFound(f"{field}: no agent {agent_id!r} in shop {self.shop_id!r}", field)
+        return agent
+
+    def session(self, session_id: str, field: str = "session_id") -> Session:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise NotFound(
+                f"{field}: no open session {session_id!r} in shop {self.shop_id!r}", field
+            )
+        return session
+
+    def issued(self, session_id: str) -> bool:
+        """Whether this shop ever issued the id (open or ended)."""
+        digits = session_id[1:]
+        return session_id[:1] == "s" and digits.isdigit() and 0 < int(digits) <= self.next_seq
+
+    def position(self, session: Session) -> int:
+        """1-based place in the shop queue; 0 when not queued."""
+        if session.state is not State.QUEUED:
+            return 0
+        return bisect_left(self.queue, self.queue_key(session)) + 1
+
+    def decision(self, session: Session, reason: Reason, notice: bool = False) -> Decision:
+        agent = session.agent
+        return Decision(
+            outcome=_OUTCOME_OF_STATE[session.state],
+            reason=reason,
+            buyer_id=session.buyer_id,
+            agent_id=agent.agent_id if agent is not None else session.left_for,
+            session_id=session.session_id,
+            queue_position=self.position(session),
+            state=session.state,
+            priority_notice=notice,
+        )
+
+    # ------------------------------------------------------------ agents and scopes
+
+    def touch(self, agent: Agent) -> None:
+        """Record a change to the agent: older heap entries go stale, a fresh one is pushed."""
+        agent.version += 1
+        if agent.status in RECEIVING and agent.load < agent.max_concurrent:
+            for scope in agent.scopes:
+                heap = self.heaps[scope]
+                heap.push(agent)
+                if len(heap.entries) > 2 * len(self.members[scope]) + 16:
+                    self.rebuild_heap(scope)
+
+    def rebuild_heap(self, scope: str) -> None:
+        self.heaps[scope].rebuild(
+            [
+                a
+                for a in self.members[scope].values()
+                if a.status in RECEIVING and a.load < a.max_concurrent
+            ]
+        )
+
+    def join(self, agent: Agent) -> None:
+        """Add the agent to its scopes' members and counts."""
+        for scope in agent.scopes:
+            if scope not in self.members:
+                self.members[scope] = {}
+                self.heaps[scope] = AgentHeap(self.policy.strategy)
+                self.receiving[scope] = 0
+                self.present[scope] = 0
+            self.members[scope][agent.agent_id] = agent
+        self.count(agent, 1)
+
+    def leave(self, agent: Agent) -> None:
+        self.count(agent, -1)
+        for scope in agent.scopes:
+            del self.members[scope][agent.agent_id]
+        agent.version += 1
+
+    def count(self, agent: Agent, sign: int) -> None:
+        receiving = agent.status in RECEIVING
+        present = agent.status is not Status.OFFLINE
+        for scope in agent.scopes:
+            if receiving:
+                self.receiving[scope] += sign
+            if present:
+                self.present[scope] += sign
+
+    def in_scope(self, agent: Agent, group: str) -> bool:
+        return not group or group in agent.groups
+
+    def served(self, agent: Agent) -> None:
+        """Count a session the agent acted on, in today's count (shop time zone)."""
+        day = self.today(self.shard.now)
+        if agent.served_day != day:
+            agent.served_day = day
+            agent.served_count = 0
+        agent.served_count += 1
+
+    def today(self, now: int) -> int:
+        if not self.day_start <= now < self.day_end:
+            self.day, self.day_start, self.day_end = _day_bounds(self.policy.time_zone, now)
+        return self.day
+
+    # ------------------------------------------------------------ choosing (no mutation)
+
+    def best(self, scope: str, excluded: set[str] | None) -> Agent | None:
+        """The best eligible (ONLINE/INVISIBLE, under capacity) agent in scope."""
+        if not excluded:
+            heap = self.heaps.get(scope)
+            return heap.best() if heap is not None else None
+        strategy = self.policy.strategy
+        candidates = [
+            a
+            for a in self.members.get(scope, {}).values()
+            if a.status in RECEIVING and a.load < a.max_concurrent and a.agent_id not in excluded
+        ]
+        return min(candidates, key=lambda a: strategy_key(strategy, a), default=None)
+
+    def least_loaded(
+        self, scope: str, statuses: tuple[Status, ...], excluded: set[str] | None, capped: bool
+    ) -> Agent | None:
+        """The least loaded agent of the given statuses (under capacity if ``capped``)."""
+        best: Agent | None = None
+        best_key: tuple[float, int, int] | None = None
+        for a in self.members.get(scope, {}).values():
+            if a.status not in statuses or (excluded and a.agent_id in excluded):
+                continue
+            if capped and a.load >= a.max_concurrent:
+                continue
+            ratio = a.load / a.max_concurrent if a.max_concurrent else float(a.load + 1)
+            key = (ratio if capped else float(a.load), a.last_assign, a.reg)
+            if best_key is None or key < best_key:
+                best, best_key = a, key
+        return best
+
+    def shop_route(self, group: str, priority: bool, excluded: set[str] | None) -> Plan:
+        """Rule 6: the shop's own choice for a session needing ``group`` (or none)."""
+        policy = self.policy
+        agent = self.best(group, excluded)
+        if agent is not None:
+            return ASSIGN, agent, Reason.PRIORITY_CROWD if priority else Reason.STRATEGY
+        receiving = self.receiving.get(group, 0)
+        if excluded and receiving:
+            receiving = sum(
+                1
+                for a in self.members[group].values()
+                if a.status in RECEIVING and a.agent_id not in excluded
+            )
+        if priority and receiving and policy.priority_may_exceed_capacity:
+            agent = self.least_loaded(group, RECEIVING, excluded, capped=False)
+            return ASSIGN, agent, Reason.PRIORITY_OVERFLOW
+        if not receiving and policy.route_when_all_suspended:
+            agent = self.least_loaded(group, (Status.SUSPENDED,), excluded, capped=True)
+            if agent is not None:
+                return ASSIGN, agent, Reason.ALL_SUSPENDED
+        if self.present.get(group, 0):
+            return QUEUE, None, Reason.ALL_BUSY
+        return LEAVE, None, Reason.ALL_OFFLINE
+
+    def first_rules(self, buyer_id: str, addressed: Agent | None, group: str) -> Plan | None:
+        """Rules 3–5: private contact, recent contact, addressed agent."""
+        main = self.main
+        if addressed is not None and addressed is main and buyer_id in self.private:
+            if main.status is Status.OFFLINE:
+                return LEAVE, main, Reason.PRIVATE_CONTACT
+            return PIN, main, Reason.PRIVATE_CONTACT
+        recent = self.recent.get(buyer_id)
+        if recent is not None and self.shard.now - recent[1] <= self.policy.sticky_window_ms:
+            agent = self.agents.get(recent[0])
+            if (
+                agent is not None
+                and agent.status is not Status.OFFLINE
+                and self.in_scope(agent, group)
+            ):
+                return PIN, agent, Reason.RECENT_CONTACT
+        if addressed is not None and addressed.status in RECEIVING:
+            return PIN, addressed, Reason.ADDRESSED
+        return None
+
+    # ------------------------------------------------------------ placing (mutation)
+
+    def new_session(self, buyer_id: str, group: str, priority: bool, channel: str) -> Session:
+        self.next_seq += 1
+        session = Session(self.next_seq, buyer_id, group, priority, channel, self.shard.now)
+        self.sessions[session.session_id] = session
+        self.by_buyer[buyer_id] = session
+        return session
+
+    def place(self, session: Session, plan: Plan, notice: bool = False) -> Decision:
+        """Put a detached session where the plan says; returns the decision."""
+        kind, agent, reason = plan
+        if kind == ASSIGN or (kind == PIN and agent.load < agent.max_concurrent):  # type: ignore[union-attr]
+            self.assign(session, agent, reason)  # type: ignore[arg-type]
+        elif kind == PIN:
+            self.to_backlog(session, agent, reason)  # type: ignore[arg-type]
+        elif kind == QUEUE:
+            self.enqueue(session, reason)
+        else:
+            self.leave_message(session, reason, agent)
+        return self.decision(session, reason, notice)
+
+    def assign(self, session: Session, agent: Agent, reason: Reason, active: bool = False) -> None:
+        now = self.shard.now
+        session.state = State.ACTIVE if active else State.ASSIGNED
+        session.agent = agent
+        session.reason = reason
+        session.assigned_at = now
+        if session.awaiting_since is not None:
+            session.awaiting_since = now
+        agent.load += 1
+        if not active:
+            agent.new_count += 1
+        agent.sessions[session.session_id] = session
+        self.assign_seq += 1
+        agent.last_assign = self.assign_seq
+        self.touch(agent)
+        self.schedule(session)
+        self.emit("assigned", agent.agent_id, session, reason)
+
+    def to_backlog(self, session: Session, agent: Agent, reason: Reason) -> None:
+        session.state = State.BACKLOG
+        session.agent = agent
+        session.reason = reason
+        session.entered_at = self.shard.now
+        agent.backlog[session.session_id] = session
+        self.schedule(session)
+        self.emit("backlog_changed", agent.agent_id, session, reason)
+
+    def queue_key(self, session: Session) -> tuple[int, int, int]:
+        if session.priority:
+            return (0, session.created_at, session.seq)
+        if self.policy.queue_order is QueueOrder.LIFO:
+            return (1, -session.created_at, -session.seq)
+        return (1, session.created_at, session.seq)
+
+    def enqueue(self, session: Session, reason: Reason) -> None:
+        session.state = State.QUEUED
+        session.agent = None
+        session.reason = reason
+        session.entered_at = self.shard.now
+        insort(self.queue, (*self.queue_key(session), session))
+        self.schedule(session)
+        self.emit("queue_changed", "", session, reason)
+
+    def leave_message(self, session: Session, reason: Reason, for_agent: Agent | None) -> None:
+        session.state = State.LEFT_MESSAGE
+        session.agent = None
+        session.reason = reason
+        session.left_for = for_agent.agent_id if for_agent is not None else ""
+        self.left[session.session_id] = session
+        self.emit("left_message", session.left_for, session, reason)
+
+    def detach(self, session: Session) -> Agent | None:
+        """Take the session out of its place; returns the agent whose load it freed."""
+        state = session.state
+        agent = session.agent
+        session.agent = None
+        if state is State.ASSIGNED or state is State.ACTIVE:
+            assert agent is not None
+            agent.load -= 1
+            if state is State.ASSIGNED:
+                agent.new_count -= 1
+            del agent.sessions[session.session_id]
+            self.touch(agent)
+            return agent
+        if state is State.BACKLOG:
+            assert agent is not None
+            del agent.backlog[session.session_id]
+            self.emit("backlog_changed", agent.agent_id, session)
+        elif state is State.QUEUED:
+            index = bisect_left(self.queue, self.queue_key(session))
+            del self.queue[index]
+            self.emit("queue_changed", "", session)
+        elif state is State.LEFT_MESSAGE:
+            del self.left[session.session_id]
+            session.left_for = ""
+        return None
+
+    def end(self, session: Session, reason: Reason | None = None) -> Agent | None:
+        """End an open session; returns the agent whose capacity it freed."""
+        holder = session.agent
+        if session.state is State.ACTIVE and holder is not None:
+            self.remember_contact(session.buyer_id, holder)
+        freed = self.detach(session)
+        session.state = State.ENDED
+        del self.sessions[session.session_id]
+        del self.by_buyer[session.buyer_id]
+        self.emit("ended", holder.agent_id if holder else "", session, reason)
+        return freed
+
+    def act(self, session: Session, agent: Agent) -> None:
+        """The agent acted on the session (acknowledge, reply, pick)."""
+        if session.state is State.ASSIGNED:
+            session.state = State.ACTIVE
+            agent.new_count -= 1
+            self.touch(agent)
+            self.served(agent)
+        self.remember_contact(session.buyer_id, agent)
+
+    def remember_contact(self, buyer_id: str, agent: Agent) -> None:
+        now = self.shard.now
+        if buyer_id not in self.recent:
+            self.shard.push_timer(now + self.policy.recent_contact_ttl_ms, T_RECENT, self, buyer_id)
+        self.recent[buyer_id] = (agent.agent_id, now)
+
+    def reroute(
+        self, session: Session, reason: Reason, exclude: Agent | None
+    ) -> tuple[Decision, Agent | None]:
+        """Reassignment: rule 6 without the agents it timed out on, else back to the queue.
+
+        Returns the decision and the agent whose capacity was freed.
+        """
+        old = session.agent
+        if old is not None:
+            self.emit("reassigned_away", old.agent_id, session, reason)
+        if exclude is not None:
+            if session.excluded is None:
+                session.excluded = set()
+            session.excluded.add(exclude.agent_id)
+        freed = self.detach(session)
+        excluded = session.excluded
+        if excluded and all(
+            a.agent_id in excluded
+            for a in self.members.get(session.group, {}).values()
+            if a.status is not Status.OFFLINE
+        ):
+            excluded = session.excluded = None  # everyone had a turn: a new round
+        kind, agent, _ = self.shop_route(session.group, session.priority, excluded)
+        if kind == ASSIGN:
+            self.assign(session, agent, reason)  # type: ignore[arg-type]
+        else:
+            self.enqueue(session, reason)
+        return self.decision(session, reason), freed
+
+    # ------------------------------------------------------------ when capacity frees
+
+    def may_take(self, agent: Agent, session: Session) -> bool:
+        """Whether the agent may take this queued session or left message by itself."""
+        if session.left_for and session.left_for != agent.agent_id:
+            return False
+        if session.group and session.group not in agent.groups:
+            return False
+        if session.excluded and agent.agent_id in session.excluded:
+            return False
+        if agent.status in RECEIVING:
+            return True
+        return (
+            agent.status is Status.SUSPENDED
+            and self.policy.route_when_all_suspended
+            and not self.receiving.get(session.group, 0)
+        )
+
+    def fill(self, agent: Agent) -> None:
+        """SPEC §3: refill the agent's capacity from its backlog, the queue, left messages."""
+        while agent.load < agent.max_concurrent and agent.status is not Status.OFFLINE:
+            session = next(iter(agent.backlog.values()), None)
+            if session is None:
+                session = self.next_for(agent)
+                if session is None:
+                    return
+            self.detach(session)
+            self.assign(session, agent, Reason.CAPACITY_FREED)
+            self.shard.moved.append(self.decision(session, Reason.CAPACITY_FREED))
+
+    def next_for(self, agent: Agent) -> Session | None:
+        for entry in self.queue:
+            if self.may_take(agent, entry[3]):
+                return entry[3]
+        if self.policy.auto_assign_left_messages:
+            for session in self.left.values():
+                if self.may_take(agent, session):
+                    return session
+        return None
+
+    def fill_all(self) -> None:
+        """Refill every agent (after a change that may open capacity shop-wide)."""
+        if not (self.queue or self.left) and not any(a.backlog for a in self.agents.values()):
+            return
+        for agent in list(self.agents.values()):
+            self.fill(agent)
+        self.retry_priority()
+
+    def retry_priority(self) -> None:
+        """Route queued priority entries again: they may overflow onto a receiving agent."""
+        for entry in [e for e in self.queue if e[0] == 0]:
+            session = entry[3]
+            plan = self.shop_route(session.group, True, session.excluded)
+            if plan[0] == ASSIGN:
+                self.detach(session)
+                self.assign(session, plan[1], plan[2])  # type: ignore[arg-type]
+                self.shard.moved.append(self.decision(session, plan[2]))
+
+    # ------------------------------------------------------------ timers
+
+    def due(self, session: Session) -> int | None:
+        """When the session's next timer fires, from its state and the policy."""
+        policy = self.policy
+        state = session.state
+        if state is State.QUEUED or state is State.BACKLOG:
+            limit = policy.queue_wait_limit_ms
+            return session.entered_at + limit if limit else None
+        if state is State.ASSIGNED:
+            limit = policy.accept_timeout_ms
+            return session.assigned_at + limit if limit else None
+        if state is State.ACTIVE:
+            if session.awaiting_since is not None:
+                limit = policy.reply_timeout_ms
+                return session.awaiting_since + limit if limit else None
+            limit = policy.idle_end_timeout_ms
+            return session.last_activity + limit if limit else None
+        return None
+
+    def schedule(self, session: Session) -> None:
+        """Keep one live heap entry no later than the session's due time."""
+        due = self.due(session)
+        if due is not None and (session.timer_due is None or due < session.timer_due):
+            session.timer_due = due
+            self.shard.push_timer(due, T_SESSION, self, session)
+
+    def fire(self, session: Session, entry_due: int) -> None:
+        """A timer entry of the session reached its time."""
+        if session.timer_due != entry_due or self.sessions.get(session.session_id) is not session:
+            return  # stale entry
+        session.timer_due = None
+        due = self.due(session)
+        if due is None:
+            return
+        if due > self.shard.now:
+            self.schedule(session)
+            return
+        state = session.state
+        holder = session.agent
+        freed: Agent | None = None
+        if state is State.QUEUED or state is State.BACKLOG:
+            self.detach(session)
+            self.leave_message(session, Reason.QUEUE_WAIT_LIMIT, None)
+            self.shard.moved.append(self.decision(session, Reason.QUEUE_WAIT_LIMIT))
+        elif state is State.ASSIGNED or session.awaiting_since is not None:
+            reason = Reason.ACCEPT_TIMEOUT if state is State.ASSIGNED else Reason.REPLY_TIMEOUT
+            self.emit("timeout", holder.agent_id if holder else "", session, reason)
+            decision, freed = self.reroute(session, reason, exclude=holder)
+            self.shard.moved.append(decision)
+        else:
+            self.emit("timeout", holder.agent_id if holder else "", session)
+            freed = self.end(session)
+        if freed is not None:
+            self.fill(freed)
+
+    # ------------------------------------------------------------ rule 2 and 3–6
+
+    def route_buyer(
+        self,
+        buyer_id: str,
+        addressed: Agent | None,
+        crowds: tuple[str, ...],
+        group: str,
+        channel: str,
+    ) -> Decision:
+        """Rules 2–6 for one buyer message (rules 0 and 1 are the shard's)."""
+        now = self.shard.now
+        session = self.by_buyer.get(buyer_id)
+        if session is not None and session.state is not State.LEFT_MESSAGE:
+            return self.open_session_message(session)
+        priority = bool(crowds) and not self.priority_crowds.isdisjoint(crowds)
+        plan = self.first_rules(buyer_id, addressed, group)
+        notice = False
+        if plan is None:
+            plan = self.shop_route(group, priority, None)
+            if plan[0] == QUEUE and len(self.queue) >= self.policy.queue_limit:
+                plan = self.queue_full(session)
+            if priority and plan[0] != LEAVE:
+                notice = self.notice(buyer_id)
+        if session is None:
+            session = self.new_session(buyer_id, group, priority, channel)
+        else:  # a left message: the buyer is back, route it again
+            session.last_activity = now
+            if session.awaiting_since is None:
+                session.awaiting_since = now
+            target = plan[1].agent_id if plan[1] is not None else ""
+            if plan[0] == LEAVE and target in ("", session.left_for):
+                return self.decision(session, session.reason)  # still nobody to take it
+            self.detach(session)
+            session.group, session.priority, session.channel = group, priority, channel
+        return self.place(session, plan, notice)
+
+    def queue_full(self, session: Session | None) -> Plan:
+        if self.policy.on_queue_full is OnQueueFull.REJECT and session is None:
+            raise ResourceExhausted(
+                f"the queue of shop {self.shop_id!r} holds queue_limit="
+                f"{self.policy.queue_limit} entries",
+                "shop_id",
+            )
+        return LEAVE, None, Reason.QUEUE_FULL
+
+    def notice(self, buyer_id: str) -> bool:
+        now = self.shard.now
+        last = self.notices.get(buyer_id)
+        if last is not None and now - last < self.policy.notice_interval_ms:
+            return False
+        if last is None:
+            self.shard.push_timer(now + self.policy.notice_interval_ms, T_NOTICE, self, buyer_id)
+        self.notices[buyer_id] = now
+        return True
+
+    def open_session_message(self, session: Session) -> Decision:
+        """Rule 2: a buyer message on an open session."""
+        now = self.shard.now
+        session.last_activity = now
+        if session.awaiting_since is None:
+            session.awaiting_since = now
+        agent = session.agent
+        if session.state is State.ASSIGNED or session.state is State.ACTIVE:
+            assert agent is not None
+            if agent.status is Status.OFFLINE:
+                return self.reroute(session, Reason.AGENT_OFFLINE, exclude=None)[0]
+        self.schedule(session)
+        return self.decision(session, Reason.OPEN_SESSION)
+
+    # ------------------------------------------------------------ agent presence
+
+    def set_status(self, agent: Agent, status: Status) -> None:
+        old = agent.status
+        if old is status:
+            return
+        was_receiving = old in RECEIVING
+        self.count(agent, -1)
+        agent.status = status
+        self.count(agent, 1)
+        self.touch(agent)
+        self.emit("status_changed", agent.agent_id)
+        if status is Status.OFFLINE:
+            moving = [s for s in agent.sessions.values() if s.state is State.ASSIGNED]
+            for session in [*moving, *agent.backlog.values()]:
+                self.shard.moved.append(
+                    self.reroute(session, Reason.AGENT_OFFLINE, exclude=None)[0]
+                )
+        if was_receiving and status not in RECEIVING:
+            self.fill_all()  # a scope may have lost its last receiving agent
+        else:
+            self.fill(agent)
+            if status in RECEIVING and not was_receiving:
+                self.retry_priority()
+
+    def remove_agent(self, agent: Agent) -> None:
+        self.leave(agent)
+        del self.agents[agent.agent_id]
+        if self.main is agent:
+            self.main = None
+        for session in [*agent.sessions.values(), *agent.backlog.values()]:
+            self.shard.moved.append(self.reroute(session, Reason.AGENT_OFFLINE, exclude=None)[0])
+        for session in self.left.values():
+            if session.left_for == agent.agent_id:
+                session.left_for = ""
+        self.emit("status_changed", agent.agent_id)
+        self.fill_all()
+
+    def rebuild_queue(self) -> None:
+        self.queue = sorted((*self.queue_key(e[3]), e[3]) for e in self.queue)
+
+
+def _day_bounds(time_zone: str, now_ms: int) -> tuple[int, int, int]:
+    """(day ordinal, start ms, end ms) of the local day containing ``now_ms``."""
+    tz = zone(time_zone)
+    local = datetime.fromtimestamp(now_ms / 1000, tz)
+    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    end = start + timedelta(days=1)  # wall-clock arithmetic: the next local midnight
+    return (
+        local.date().toordinal(),
+        int(start.timestamp() * 1000),
+        int(end.timestamp() * 1000),
+    )

@@ -1,0 +1,102 @@
+"""The core's mutable records. Plain ``__slots__`` classes: millions of them live at once."""
+
+from __future__ import annotations
+
+from .types import Reason, Role, State, Status
+
+
+class Agent:
+    """One customer-service account of a shop, with its sessions and backlog."""
+
+    __slots__ = (
+        "agent_id",
+        "role",
+        "groups",
+        "max_concurrent",
+        "status",
+        "load",
+        "new_count",
+        "sessions",
+        "backlog",
+        "last_assign",
+        "reg",
+        "version",
+        "served_day",
+        "served_count",
+    )
+
+    def __init__(
+        self,
+        agent_id: str,
+        role: Role,
+        groups: tuple[str, ...],
+        max_concurrent: int,
+        status: Status,
+        reg: int,
+    ) -> None:
+        self.agent_id = agent_id
+        self.role = role
+        self.groups = groups
+        self.max_concurrent = max_concurrent
+        self.status = status
+        self.load = 0  # ASSIGNED + ACTIVE sessions
+        self.new_count = 0  # ASSIGNED sessions
+        self.sessions: dict[str, Session] = {}  # ASSIGNED + ACTIVE, by session id
+        self.backlog: dict[str, Session] = {}  # FIFO: dicts keep insertion order
+        self.last_assign = 0  # the shop's assignment counter at the last assignment
+        self.reg = reg  # registration order: the last tie-break
+        self.version = 0  # bumped on every change; heap entries of older versions are stale
+        self.served_day = 0
+        self.served_count = 0
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        """The routing scopes the agent belongs to: "" (the whole shop) and its groups."""
+        return ("", *self.groups)
+
+
+class Session:
+    """One buyer's open conversation with the shop."""
+
+    __slots__ = (
+        "session_id",
+        "seq",
+        "buyer_id",
+        "state",
+        "agent",
+        "group",
+        "priority",
+        "channel",
+        "created_at",
+        "entered_at",
+        "assigned_at",
+        "awaiting_since",
+        "last_activity",
+        "first_reply_at",
+        "excluded",
+        "reason",
+        "timer_due",
+        "left_for",
+    )
+
+    def __init__(
+        self, seq: int, buyer_id: str, group: str, priority: bool, channel: str, at: int
+    ) -> None:
+        self.session_id = f"s{seq}"
+        self.seq = seq
+        self.buyer_id = buyer_id
+        self.state = State.QUEUED
+        self.agent: Agent | None = None  # the holder when ASSIGNED/ACTIVE/BACKLOG
+        self.group = group
+        self.priority = priority
+        self.channel = channel
+        self.created_at = at  # the original request time: the queue place
+        self.entered_at = at  # entering the queue or a backlog
+        self.assigned_at = 0
+        self.awaiting_since: int | None = at  # the buyer's first unanswered message
+        self.last_activity = at
+        self.first_reply_at = 0
+        self.excluded: set[str] | None = None  # agents it timed out on
+        self.reason = Reason.STRATEGY
+        self.timer_due: int | None = None  # due time of its live timer-heap entry
+        self.left_for = ""  # a left message only this agent (MAIN) may take
