@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from . import validate as v
-from .errors import FailedPrecondition, InvalidArgument, NotFound
+from .errors import FailedPrecondition, FenliuError, InvalidArgument, NotFound
 from .shop import IDEMPOTENCY_WINDOW_MS, T_NOTICE, T_RECENT, T_REQUEST, T_SESSION, Shop
 from .state import Agent, Session
 from .types import (
@@ -89,10 +89,15 @@ class Shard:
 
     def apply(self, command: Any) -> Any:
         """Apply one command; raises a ``FenliuError`` having changed nothing."""
-        if command.at > self.now:
+        before = self.now
+        if command.at > before:
             self.now = command.at
         self.moved = []
-        return _COMMANDS[type(command)](self, command)
+        try:
+            return _COMMANDS[type(command)](self, command)
+        except FenliuError:
+            self.now = before  # a rejected command leaves no trace, not even its time
+            raise
 
     def read(self, query: Any) -> Any:
         return _QUERIES[type(query)](self, query)

@@ -477,6 +477,19 @@ class Shop:
                     return session
         return None
 
+    def offer(self, session: Session) -> bool:
+        """Give a new left message to an agent free to take it (a backlog's wait ran out
+        while others have room); returns whether one took it."""
+        if not self.policy.auto_assign_left_messages:
+            return False
+        kind, agent, _ = self.shop_route(session.group, False, session.excluded)
+        if kind != ASSIGN or agent is None:
+            return False
+        self.detach(session)
+        self.assign(session, agent, Reason.CAPACITY_FREED)
+        self.shard.moved.append(self.decision(session, Reason.CAPACITY_FREED))
+        return True
+
     def fill_all(self) -> None:
         """Refill every agent (after a change that may open capacity shop-wide)."""
         if not (self.queue or self.left) and not any(a.backlog for a in self.agents.values()):
@@ -539,7 +552,8 @@ class Shop:
         if state is State.QUEUED or state is State.BACKLOG:
             self.detach(session)
             self.leave_message(session, Reason.QUEUE_WAIT_LIMIT, None)
-            self.shard.moved.append(self.decision(session, Reason.QUEUE_WAIT_LIMIT))
+            if not self.offer(session):
+                self.shard.moved.append(self.decision(session, Reason.QUEUE_WAIT_LIMIT))
         elif state is State.ASSIGNED or session.awaiting_since is not None:
             reason = Reason.ACCEPT_TIMEOUT if state is State.ASSIGNED else Reason.REPLY_TIMEOUT
             self.emit("timeout", holder.agent_id if holder else "", session, reason)
@@ -649,6 +663,7 @@ class Shop:
     def remove_agent(self, agent: Agent) -> None:
         self.leave(agent)
         del self.agents[agent.agent_id]
+        agent.status = Status.OFFLINE  # so that nothing moving off it can land on it again
         if self.main is agent:
             self.main = None
         for session in [*agent.sessions.values(), *agent.backlog.values()]:
