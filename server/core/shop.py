@@ -31,7 +31,7 @@ from .types import (
     State,
     Status,
 )
-from .validate import zone
+from .validate import check_id, zone
 
 if TYPE_CHECKING:
     from .shard import Shard
@@ -108,12 +108,14 @@ class Shop:
     def agent(self, agent_id: str, field: str = "agent_id") -> Agent:
         agent = self.agents.get(agent_id)
         if agent is None:
+            check_id(agent_id, field)  # malformed beats unknown
             raise NotFound(f"{field}: no agent {agent_id!r} in shop {self.shop_id!r}", field)
         return agent
 
     def session(self, session_id: str, field: str = "session_id") -> Session:
         session = self.sessions.get(session_id)
         if session is None:
+            check_id(session_id, field)
             raise NotFound(
                 f"{field}: no open session {session_id!r} in shop {self.shop_id!r}", field
             )

@@ -137,7 +137,7 @@ class PolicyChange(msgspec.Struct, kw_only=True, omit_defaults=True):
 # ---------------------------------------------------------------- commands (journaled)
 
 
-class Command(msgspec.Struct, tag=True, kw_only=True, frozen=True):
+class Command(msgspec.Struct, tag=True, kw_only=True):
     """A state change. ``at`` is its time in ms; the core never reads a clock."""
 
     at: int
@@ -252,7 +252,7 @@ AnyCommand = (
 # ---------------------------------------------------------------- queries (not journaled)
 
 
-class Query(msgspec.Struct, tag=True, kw_only=True, frozen=True):
+class Query(msgspec.Struct, tag=True, kw_only=True):
     at: int
     shop_id: str
 
