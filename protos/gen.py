@@ -63,7 +63,9 @@ def main() -> int:
         ]
         extra = {p.name for p in OUT.glob("*.py*")} - set(files)
         if stale or extra:
-            print(f"client/_pb is stale ({sorted(stale) + sorted(extra)}); run python protos/gen.py")
+            print(
+                f"client/_pb is stale ({sorted(stale) + sorted(extra)}); run python protos/gen.py"
+            )
             return 1
         return 0
     OUT.mkdir(parents=True, exist_ok=True)

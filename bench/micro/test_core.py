@@ -26,7 +26,10 @@ def build(agents: int, shops: int = 1) -> Dispatcher:
         for a in range(agents if s == 0 else 2):
             d.execute(
                 RegisterAgent(
-                    at=T0, shop_id=f"shop{s}", agent_id=f"a{a}", max_concurrent=10_000,
+                    at=T0,
+                    shop_id=f"shop{s}",
+                    agent_id=f"a{a}",
+                    max_concurrent=10_000,
                     status=Status.ONLINE,
                 )
             )
@@ -74,8 +77,6 @@ def test_open_session_message(benchmark, agents: int) -> None:
 
     def message() -> None:
         n = next(ids)
-        d.execute(
-            Route(at=T0, shop_id="shop0", buyer_id=f"b{n % agents}", request_id=f"r{n}")
-        )
+        d.execute(Route(at=T0, shop_id="shop0", buyer_id=f"b{n % agents}", request_id=f"r{n}"))
 
     benchmark(message)
