@@ -294,6 +294,9 @@ class Shard:
 
     def transfer(self, cmd: Transfer) -> Decision:
         shop = self.shop(cmd.shop_id)
+        v.check_optional_id(cmd.agent_id, "agent_id")
+        v.check_optional_id(cmd.to_agent_id, "to_agent_id")
+        v.check_optional_id(cmd.to_group, "to_group")
         session = shop.session(cmd.session_id)
         source = session.agent
         if session.state not in (State.ASSIGNED, State.ACTIVE) or source is None:
@@ -315,9 +318,9 @@ class Shard:
         if cmd.to_agent_id:
             target = self._transfer_target(shop, cmd, source)
             shop.detach(session)
+            session.private = False  # handed over on purpose
             shop.assign(session, target, Reason.TRANSFER)
         else:
-            v.check_id(cmd.to_group, "to_group")
             plan = shop.shop_route(cmd.to_group, session.priority, {source.agent_id})
             if plan[0] != "assign" and not cmd.force:
                 raise FailedPrecondition(
@@ -325,6 +328,7 @@ class Shard:
                     "to_group",
                 )
             shop.detach(session)
+            session.private = False
             session.group = cmd.to_group
             if plan[0] == "assign":
                 shop.assign(session, plan[1], Reason.TRANSFER)  # type: ignore[arg-type]
@@ -336,7 +340,6 @@ class Shard:
         return decision
 
     def _transfer_target(self, shop: Shop, cmd: Transfer, source: Agent) -> Agent:
-        v.check_id(cmd.to_agent_id, "to_agent_id")
         target = shop.agent(cmd.to_agent_id, "to_agent_id")
         problem = ""
         if target is source:
@@ -379,6 +382,7 @@ class Shard:
 
     def pick(self, cmd: Pick) -> Decision:
         shop = self.shop(cmd.shop_id)
+        v.check_optional_id(cmd.session_id, "session_id")
         agent = shop.agent(cmd.agent_id)
         if agent.status is Status.OFFLINE:
             raise FailedPrecondition(f"agent_id: agent {agent.agent_id!r} is OFFLINE", "agent_id")

@@ -43,6 +43,7 @@ Plan = tuple[str, Agent | None, Reason]
 T_SESSION, T_RECENT, T_REQUEST, T_NOTICE = 0, 1, 2, 3
 
 IDEMPOTENCY_WINDOW_MS = 10 * 60_000
+_PRIORITY_REASONS = (Reason.PRIORITY_CROWD, Reason.PRIORITY_OVERFLOW)
 
 _OUTCOME_OF_STATE = {
     State.QUEUED: Outcome.QUEUED,
@@ -73,6 +74,7 @@ class Shop:
         self.by_buyer: dict[str, Session] = {}
         self.queue: list[tuple[int, int, int, Session]] = []  # sorted by queue key
         self.left: dict[str, Session] = {}  # left messages, oldest first
+        self.reserved_left = 0  # left messages reserved for one agent (MAIN's private ones)
         self.recent: dict[str, tuple[str, int]] = {}  # buyer -> (agent, last act)
         self.private: set[str] = set()
         self.notices: dict[str, int] = {}  # buyer -> last priority notice
@@ -354,6 +356,8 @@ class Shop:
         session.agent = None
         session.reason = reason
         session.left_for = for_agent.agent_id if for_agent is not None else ""
+        if session.left_for:
+            self.reserved_left += 1
         self.left[session.session_id] = session
         self.emit("left_message", session.left_for, session, reason)
 
@@ -380,7 +384,9 @@ class Shop:
             self.emit("queue_changed", "", session)
         elif state is State.LEFT_MESSAGE:
             del self.left[session.session_id]
-            session.left_for = ""
+            if session.left_for:
+                self.reserved_left -= 1
+                session.left_for = ""
         return None
 
     def end(self, session: Session, reason: Reason | None = None) -> Agent | None:
@@ -425,6 +431,12 @@ class Shop:
                 session.excluded = set()
             session.excluded.add(exclude.agent_id)
         freed = self.detach(session)
+        main = self.main
+        if session.private and main is not None:
+            # Rule 3: never routed to anyone else; MAIN takes it back when it can.
+            self.leave_message(session, reason, main)
+            return self.decision(session, reason), freed
+        session.private = False
         excluded = session.excluded
         if excluded and all(
             a.agent_id in excluded
@@ -443,8 +455,8 @@ class Shop:
 
     def may_take(self, agent: Agent, session: Session) -> bool:
         """Whether the agent may take this queued session or left message by itself."""
-        if session.left_for and session.left_for != agent.agent_id:
-            return False
+        if session.left_for:
+            return session.left_for == agent.agent_id  # MAIN's own, whatever its status
         if session.group and session.group not in agent.groups:
             return False
         if session.excluded and agent.agent_id in session.excluded:
@@ -470,12 +482,18 @@ class Shop:
             self.shard.moved.append(self.decision(session, Reason.CAPACITY_FREED))
 
     def next_for(self, agent: Agent) -> Session | None:
+        """The next session the agent takes after its backlog: left messages reserved for it
+        (private contacts), the queue, then, with auto-assign, the shop's left messages."""
+        if self.reserved_left:
+            for session in self.left.values():
+                if session.left_for == agent.agent_id:
+                    return session
         for entry in self.queue:
             if self.may_take(agent, entry[3]):
                 return entry[3]
         if self.policy.auto_assign_left_messages:
             for session in self.left.values():
-                if self.may_take(agent, session):
+                if not session.left_for and self.may_take(agent, session):
                     return session
         return None
 
@@ -519,6 +537,8 @@ class Shop:
         if state is State.QUEUED or state is State.BACKLOG:
             limit = policy.queue_wait_limit_ms
             return session.entered_at + limit if limit else None
+        if session.private and (state is State.ASSIGNED or session.awaiting_since is not None):
+            return None  # rule 3: a private contact is MAIN's; no timeout moves it
         if state is State.ASSIGNED:
             limit = policy.accept_timeout_ms
             return session.assigned_at + limit if limit else None
@@ -553,8 +573,9 @@ class Shop:
         freed: Agent | None = None
         if state is State.QUEUED or state is State.BACKLOG:
             self.detach(session)
-            self.leave_message(session, Reason.QUEUE_WAIT_LIMIT, None)
-            if not self.offer(session):
+            for_main = self.main if session.private else None
+            self.leave_message(session, Reason.QUEUE_WAIT_LIMIT, for_main)
+            if for_main is not None or not self.offer(session):
                 self.shard.moved.append(self.decision(session, Reason.QUEUE_WAIT_LIMIT))
         elif state is State.ASSIGNED or session.awaiting_since is not None:
             reason = Reason.ACCEPT_TIMEOUT if state is State.ASSIGNED else Reason.REPLY_TIMEOUT
@@ -589,8 +610,8 @@ class Shop:
             plan = self.shop_route(group, priority, None)
             if plan[0] == QUEUE and len(self.queue) >= self.policy.queue_limit:
                 plan = self.queue_full(session)
-            if priority and plan[0] != LEAVE:
-                notice = self.notice(buyer_id)
+            if priority and (plan[0] == QUEUE or plan[2] in _PRIORITY_REASONS):
+                notice = self.notice(buyer_id)  # not when priority routing failed (seed 004)
         if session is None:
             session = self.new_session(buyer_id, group, priority, channel)
         else:  # a left message: the buyer is back, route it again
@@ -602,6 +623,7 @@ class Shop:
                 return self.decision(session, session.reason)  # still nobody to take it
             self.detach(session)
             session.group, session.priority, session.channel = group, priority, channel
+        session.private = plan[2] is Reason.PRIVATE_CONTACT
         return self.place(session, plan, notice)
 
     def queue_full(self, session: Session | None) -> Plan:
@@ -673,6 +695,7 @@ class Shop:
         for session in self.left.values():
             if session.left_for == agent.agent_id:
                 session.left_for = ""
+                self.reserved_left -= 1
         self.emit("status_changed", agent.agent_id)
         self.fill_all()
 

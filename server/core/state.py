@@ -77,6 +77,7 @@ class Session:
         "reason",
         "timer_due",
         "left_for",
+        "private",
     )
 
     def __init__(
@@ -100,3 +101,4 @@ class Session:
         self.reason = Reason.STRATEGY
         self.timer_due: int | None = None  # due time of its live timer-heap entry
         self.left_for = ""  # a left message only this agent (MAIN) may take
+        self.private = False  # a private contact's session: it stays MAIN's (rule 3)

@@ -3,6 +3,7 @@
 After every step:
 - no agent above max_concurrent unless a rule allowed it (priority overflow, a forced
   transfer or pick, a lowered max_concurrent);
+- a private contact's session is with MAIN (held, backlog, or a left message for MAIN);
 - at most one open session per (shop, buyer), every open session in exactly one place
   (an agent, a backlog, the queue, left messages) and every session ever decided either
   there or ended (by an ``ended`` event): nothing lost, nothing duplicated;
@@ -404,6 +405,10 @@ class RoutingMachine(RuleBasedStateMachine):
                 assert s.state is State.LEFT_MESSAGE
                 put(shop, sid, "left messages")
             assert {k[1] for k in places if k[0] == shop.shop_id} == set(shop.sessions)
+            for s in shop.sessions.values():
+                if s.private:  # rule 3: a private contact's session is MAIN's, never others'
+                    main = shop.main
+                    assert main is not None and (s.agent is main or s.left_for == main.agent_id)
         open_now = set(places)
         decided = set(self.seen)
         assert open_now <= decided, f"sessions nobody was told about: {open_now - decided}"
@@ -445,17 +450,18 @@ class RoutingMachine(RuleBasedStateMachine):
     def nothing_waits_while_an_agent_could_take_it(self) -> None:
         for shop in self.all_shops():
             waiting = [e[3] for e in shop.queue]
-            if shop.policy.auto_assign_left_messages:
-                waiting += list(shop.left.values())
+            auto = shop.policy.auto_assign_left_messages
+            waiting += [s for s in shop.left.values() if auto or s.left_for]
             for s in waiting:
                 for a in shop.agents.values():
                     if a.load >= a.max_concurrent or a.status is Status.OFFLINE:
                         continue
+                    if s.left_for:  # MAIN's private left message: MAIN's whatever its status
+                        assert a.agent_id != s.left_for, f"{s.session_id} waits for free {a}"
+                        continue
                     if s.group and s.group not in a.groups:
                         continue
                     if s.excluded and a.agent_id in s.excluded:
-                        continue
-                    if s.left_for and s.left_for != a.agent_id:
                         continue
                     receiving_in_scope = any(
                         b.status in RECEIVING
