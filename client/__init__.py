@@ -1,1 +1,87 @@
-"""fenliu's Python SDK."""
+"""fenliu's Python SDK: ``Client`` (blocking) and ``AsyncClient``, typed results and errors.
+
+from fenliu.client import Client, Status
+with Client("127.0.0.1:50051") as fenliu:
+    decision = fenliu.route("shop1", "buyer1")
+"""
+
+from ._client import (
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT,
+    AsyncClient,
+    Client,
+    new_request_id,
+    route_request,
+)
+from ._errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    FenliuError,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    QueueFull,
+    Unauthenticated,
+    Unavailable,
+)
+from ._types import (
+    Agent,
+    Decision,
+    EndResult,
+    OnQueueFull,
+    Outcome,
+    Policy,
+    QueueEntry,
+    QueueList,
+    QueueOrder,
+    QueueSort,
+    Reason,
+    Role,
+    RouteResult,
+    Session,
+    SessionState,
+    Status,
+    StatusResult,
+    Strategy,
+)
+
+__all__ = [
+    # clients
+    "AsyncClient",
+    "Client",
+    "DEFAULT_TARGET",
+    "DEFAULT_TIMEOUT",
+    "new_request_id",
+    "route_request",
+    # results and enums
+    "Agent",
+    "Decision",
+    "EndResult",
+    "OnQueueFull",
+    "Outcome",
+    "Policy",
+    "QueueEntry",
+    "QueueList",
+    "QueueOrder",
+    "QueueSort",
+    "Reason",
+    "Role",
+    "RouteResult",
+    "Session",
+    "SessionState",
+    "Status",
+    "StatusResult",
+    "Strategy",
+    # errors
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "FenliuError",
+    "InternalError",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "QueueFull",
+    "Unauthenticated",
+    "Unavailable",
+]

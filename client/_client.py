@@ -1,0 +1,521 @@
+"""``AsyncClient`` and ``Client``: one method per RPC, typed results, typed errors.
+
+Every call has a deadline (``timeout``, default 5 s). Calls that are safe to repeat are
+retried with exponential backoff when the server is UNAVAILABLE: ``route`` (its request
+id, generated once per call, makes the retry return the original decision), the batch,
+every read, and the setters that converge (policy, register, status, acknowledge, end,
+private contacts). The others (remove_agent, reply, transfer, pick, leave_queue) are
+never retried: a second attempt could act twice.
+
+``Client`` is the blocking twin of ``AsyncClient``: it runs one on a private event loop
+thread, so the two share every line of logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import uuid
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import grpc
+import grpc.aio
+
+from ._errors import Unavailable, from_rpc_error
+from ._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
+from ._types import (
+    Agent,
+    Decision,
+    EndResult,
+    OnQueueFull,
+    Policy,
+    QueueList,
+    QueueOrder,
+    QueueSort,
+    Role,
+    RouteResult,
+    Session,
+    Status,
+    StatusResult,
+    Strategy,
+)
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_RETRIES = 3
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def new_request_id() -> str:
+    """A fresh idempotency key for ``route``."""
+    return uuid.uuid4().hex
+
+
+class AsyncClient:
+    """The asynchronous SDK. Use ``async with AsyncClient(target) as fenliu:``.
+
+    Raises (from every method): a ``FenliuError`` subclass, never a raw ``grpc.RpcError``.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = 0.05,
+        metadata: Sequence[tuple[str, str]] = (),
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self._channel = channel or grpc.aio.insecure_channel(target)
+        self._presence = pb_grpc.PresenceStub(self._channel)
+        self._routing = pb_grpc.RoutingStub(self._channel)
+        self._queue = pb_grpc.QueueStub(self._channel)
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.metadata = tuple(metadata)
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _call(
+        self, method: Any, request: Any, *, idempotent: bool, timeout: float | None
+    ) -> Any:
+        """One RPC with the deadline, the retries it may have, and typed errors."""
+        attempts = 1 + (self.retries if idempotent else 0)
+        for attempt in range(attempts):
+            try:
+                return await method(
+                    request, timeout=timeout or self.timeout, metadata=self.metadata
+                )
+            except grpc.aio.AioRpcError as exc:
+                error = from_rpc_error(exc)
+            if not isinstance(error, Unavailable) or attempt + 1 == attempts:
+                raise error
+            await asyncio.sleep(self.backoff * 2**attempt * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------ presence
+
+    async def set_shop_policy(
+        self,
+        shop_id: str,
+        *,
+        strategy: Strategy | None = None,
+        queue_order: QueueOrder | None = None,
+        queue_limit: int | None = None,
+        on_queue_full: OnQueueFull | None = None,
+        priority_crowds: Iterable[str] | None = None,
+        priority_may_exceed_capacity: bool | None = None,
+        notice_interval_ms: int | None = None,
+        route_when_all_suspended: bool | None = None,
+        auto_assign_left_messages: bool | None = None,
+        accept_timeout_ms: int | None = None,
+        reply_timeout_ms: int | None = None,
+        idle_end_timeout_ms: int | None = None,
+        queue_wait_limit_ms: int | None = None,
+        sticky_window_ms: int | None = None,
+        recent_contact_ttl_ms: int | None = None,
+        time_zone: str | None = None,
+        timeout: float | None = None,
+    ) -> Policy:
+        """Change the fields given (the others keep their values); returns the whole policy."""
+        fields = {k: v for k, v in locals().items() if k not in _NOT_POLICY and v is not None}
+        policy = pb.ShopPolicy(**fields)
+        if priority_crowds is not None:
+            policy.priority_crowds.extend(priority_crowds)
+            policy.set_priority_crowds = True
+        request = pb.SetShopPolicyRequest(shop_id=shop_id, policy=policy)
+        reply = await self._call(
+            self._presence.SetShopPolicy, request, idempotent=True, timeout=timeout
+        )
+        return Policy.from_pb(reply)
+
+    async def get_shop_policy(self, shop_id: str, *, timeout: float | None = None) -> Policy:
+        request = pb.GetShopPolicyRequest(shop_id=shop_id)
+        reply = await self._call(
+            self._presence.GetShopPolicy, request, idempotent=True, timeout=timeout
+        )
+        return Policy.from_pb(reply)
+
+    async def register_agent(
+        self,
+        shop_id: str,
+        agent_id: str,
+        *,
+        role: Role = Role.SUB,
+        groups: Iterable[str] = (),
+        max_concurrent: int = 0,
+        status: Status = Status.OFFLINE,
+        timeout: float | None = None,
+    ) -> Agent:
+        """Create the agent (with ``status``) or update its role, groups and max_concurrent."""
+        request = pb.RegisterAgentRequest(
+            shop_id=shop_id,
+            agent_id=agent_id,
+            role=role.value,  # type: ignore[arg-type]
+            groups=list(groups),
+            max_concurrent=max_concurrent,
+            status=status.value,  # type: ignore[arg-type]
+        )
+        reply = await self._call(
+            self._presence.RegisterAgent, request, idempotent=True, timeout=timeout
+        )
+        return Agent.from_pb(reply)
+
+    async def remove_agent(
+        self, shop_id: str, agent_id: str, *, timeout: float | None = None
+    ) -> tuple[Decision, ...]:
+        """Remove the agent; returns where its open sessions went."""
+        request = pb.RemoveAgentRequest(shop_id=shop_id, agent_id=agent_id)
+        reply = await self._call(
+            self._presence.RemoveAgent, request, idempotent=False, timeout=timeout
+        )
+        return tuple(Decision.from_pb(d) for d in reply.moved)
+
+    async def set_status(
+        self, shop_id: str, agent_id: str, status: Status, *, timeout: float | None = None
+    ) -> StatusResult:
+        request = pb.SetStatusRequest(shop_id=shop_id, agent_id=agent_id, status=status.value)  # type: ignore[arg-type]
+        reply = await self._call(
+            self._presence.SetStatus, request, idempotent=True, timeout=timeout
+        )
+        return StatusResult.from_pb(reply)
+
+    async def list_team(self, shop_id: str, *, timeout: float | None = None) -> tuple[Agent, ...]:
+        request = pb.ListTeamRequest(shop_id=shop_id)
+        reply = await self._call(self._presence.ListTeam, request, idempotent=True, timeout=timeout)
+        return tuple(Agent.from_pb(a) for a in reply.agents)
+
+    async def add_private_contact(
+        self, shop_id: str, buyer_id: str, *, timeout: float | None = None
+    ) -> None:
+        request = pb.PrivateContactRequest(shop_id=shop_id, buyer_id=buyer_id)
+        await self._call(
+            self._presence.AddPrivateContact, request, idempotent=True, timeout=timeout
+        )
+
+    async def remove_private_contact(
+        self, shop_id: str, buyer_id: str, *, timeout: float | None = None
+    ) -> None:
+        request = pb.PrivateContactRequest(shop_id=shop_id, buyer_id=buyer_id)
+        await self._call(
+            self._presence.RemovePrivateContact, request, idempotent=True, timeout=timeout
+        )
+
+    # ------------------------------------------------------------ routing
+
+    async def route(
+        self,
+        shop_id: str,
+        buyer_id: str,
+        *,
+        request_id: str = "",
+        addressed_agent_id: str = "",
+        crowds: Iterable[str] = (),
+        group: str = "",
+        channel: str = "",
+        from_team_member: bool = False,
+        timeout: float | None = None,
+    ) -> Decision:
+        """Route one buyer message. Without ``request_id`` one is generated (and reused by
+        the retries), so a retry never assigns twice."""
+        request = _route_request(
+            shop_id, buyer_id, request_id, addressed_agent_id, crowds, group, channel,
+            from_team_member,
+        )  # fmt: skip
+        reply = await self._call(self._routing.Route, request, idempotent=True, timeout=timeout)
+        return Decision.from_pb(reply)
+
+    async def route_batch(
+        self, requests: Iterable[pb.RouteRequest], *, timeout: float | None = None
+    ) -> tuple[RouteResult, ...]:
+        """Route up to 1,000 messages in one call; one result per request, in order.
+
+        Build items with ``route_request(...)``; items without a request_id get one.
+        """
+        batch = pb.RouteBatchRequest()
+        for item in requests:
+            added = batch.requests.add()
+            added.CopyFrom(item)
+            if not added.request_id:
+                added.request_id = new_request_id()
+        reply = await self._call(self._routing.RouteBatch, batch, idempotent=True, timeout=timeout)
+        return tuple(RouteResult.from_pb(r) for r in reply.results)
+
+    async def acknowledge(
+        self, shop_id: str, agent_id: str, session_id: str, *, timeout: float | None = None
+    ) -> Session:
+        """The agent acts on a new customer (ASSIGNED → ACTIVE)."""
+        request = pb.SessionRequest(shop_id=shop_id, agent_id=agent_id, session_id=session_id)
+        reply = await self._call(
+            self._routing.Acknowledge, request, idempotent=True, timeout=timeout
+        )
+        return Session.from_pb(reply)
+
+    async def reply(
+        self, shop_id: str, agent_id: str, session_id: str, *, timeout: float | None = None
+    ) -> Session:
+        """The agent replied to the buyer (records the first response time)."""
+        request = pb.SessionRequest(shop_id=shop_id, agent_id=agent_id, session_id=session_id)
+        reply = await self._call(self._routing.Reply, request, idempotent=False, timeout=timeout)
+        return Session.from_pb(reply)
+
+    async def transfer(
+        self,
+        shop_id: str,
+        session_id: str,
+        *,
+        to_agent_id: str = "",
+        to_group: str = "",
+        agent_id: str = "",
+        force: bool = False,
+        timeout: float | None = None,
+    ) -> Decision:
+        """Hand the session to an agent or a group (``force`` allows a full target)."""
+        request = pb.TransferRequest(
+            shop_id=shop_id, session_id=session_id, agent_id=agent_id,
+            to_agent_id=to_agent_id, to_group=to_group, force=force,
+        )  # fmt: skip
+        reply = await self._call(self._routing.Transfer, request, idempotent=False, timeout=timeout)
+        return Decision.from_pb(reply)
+
+    async def end_sessions(
+        self, shop_id: str, session_ids: Iterable[str], *, timeout: float | None = None
+    ) -> EndResult:
+        request = pb.EndSessionsRequest(shop_id=shop_id, session_ids=list(session_ids))
+        reply = await self._call(
+            self._routing.EndSessions, request, idempotent=True, timeout=timeout
+        )
+        return EndResult.from_pb(reply)
+
+    async def get_session(
+        self, shop_id: str, session_id: str, *, timeout: float | None = None
+    ) -> Session:
+        request = pb.GetSessionRequest(shop_id=shop_id, session_id=session_id)
+        reply = await self._call(
+            self._routing.GetSession, request, idempotent=True, timeout=timeout
+        )
+        return Session.from_pb(reply)
+
+    async def list_agent_sessions(
+        self, shop_id: str, agent_id: str, *, timeout: float | None = None
+    ) -> tuple[Session, ...]:
+        request = pb.ListAgentSessionsRequest(shop_id=shop_id, agent_id=agent_id)
+        reply = await self._call(
+            self._routing.ListAgentSessions, request, idempotent=True, timeout=timeout
+        )
+        return tuple(Session.from_pb(s) for s in reply.sessions)
+
+    # ------------------------------------------------------------ queue
+
+    async def list_queue(
+        self,
+        shop_id: str,
+        *,
+        priority_only: bool = False,
+        group: str = "",
+        channel: str = "",
+        sort: QueueSort = QueueSort.QUEUE_ORDER,
+        limit: int = 0,
+        timeout: float | None = None,
+    ) -> QueueList:
+        request = pb.ListQueueRequest(
+            shop_id=shop_id, priority_only=priority_only, group=group, channel=channel,
+            sort=sort.value, limit=limit,  # type: ignore[arg-type]
+        )  # fmt: skip
+        reply = await self._call(self._queue.ListQueue, request, idempotent=True, timeout=timeout)
+        return QueueList.from_pb(reply)
+
+    async def get_position(
+        self, shop_id: str, buyer_id: str, *, timeout: float | None = None
+    ) -> Session:
+        """The buyer's open session; ``queue_position`` is 0 unless it is QUEUED."""
+        request = pb.BuyerRequest(shop_id=shop_id, buyer_id=buyer_id)
+        reply = await self._call(self._queue.GetPosition, request, idempotent=True, timeout=timeout)
+        return Session.from_pb(reply)
+
+    async def pick(
+        self,
+        shop_id: str,
+        agent_id: str,
+        session_id: str = "",
+        *,
+        force: bool = False,
+        timeout: float | None = None,
+    ) -> Decision:
+        """The agent takes a queued session, a left message or one of its backlog (手工接入);
+        without ``session_id`` the first queue entry it may take."""
+        request = pb.PickRequest(
+            shop_id=shop_id, agent_id=agent_id, session_id=session_id, force=force
+        )
+        reply = await self._call(self._queue.Pick, request, idempotent=False, timeout=timeout)
+        return Decision.from_pb(reply)
+
+    async def leave_queue(
+        self, shop_id: str, buyer_id: str, *, timeout: float | None = None
+    ) -> Session:
+        request = pb.BuyerRequest(shop_id=shop_id, buyer_id=buyer_id)
+        reply = await self._call(self._queue.LeaveQueue, request, idempotent=False, timeout=timeout)
+        return Session.from_pb(reply)
+
+    async def list_left_messages(
+        self, shop_id: str, *, limit: int = 0, timeout: float | None = None
+    ) -> QueueList:
+        request = pb.ListLeftMessagesRequest(shop_id=shop_id, limit=limit)
+        reply = await self._call(
+            self._queue.ListLeftMessages, request, idempotent=True, timeout=timeout
+        )
+        return QueueList.from_pb(reply)
+
+
+_NOT_POLICY = {"self", "shop_id", "timeout", "priority_crowds"}
+
+
+def _route_request(
+    shop_id: str,
+    buyer_id: str,
+    request_id: str,
+    addressed_agent_id: str,
+    crowds: Iterable[str],
+    group: str,
+    channel: str,
+    from_team_member: bool,
+) -> pb.RouteRequest:
+    return pb.RouteRequest(
+        shop_id=shop_id,
+        buyer_id=buyer_id,
+        request_id=request_id or new_request_id(),
+        addressed_agent_id=addressed_agent_id,
+        crowds=list(crowds),
+        group=group,
+        channel=channel,
+        from_team_member=from_team_member,
+    )
+
+
+def route_request(
+    shop_id: str,
+    buyer_id: str,
+    *,
+    request_id: str = "",
+    addressed_agent_id: str = "",
+    crowds: Iterable[str] = (),
+    group: str = "",
+    channel: str = "",
+    from_team_member: bool = False,
+) -> pb.RouteRequest:
+    """One item for ``route_batch`` (a request id is generated when none is given)."""
+    return _route_request(
+        shop_id, buyer_id, request_id, addressed_agent_id, crowds, group, channel,
+        from_team_member,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- the blocking twin
+
+
+def _blocking(
+    method: Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[Client, P], T]:
+    """The blocking form of an ``AsyncClient`` method, with the same signature."""
+
+    def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(method(self._async, *args, **kwargs))
+
+    call.__name__ = method.__name__
+    call.__qualname__ = f"Client.{method.__name__}"
+    call.__doc__ = method.__doc__
+    return call
+
+
+class Client:
+    """The blocking SDK: the same methods as ``AsyncClient``. Use ``with Client(target):``.
+
+    Raises (from every method): a ``FenliuError`` subclass, never a raw ``grpc.RpcError``.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = 0.05,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="fenliu-client", daemon=True
+        )
+        self._thread.start()
+
+        async def make() -> AsyncClient:
+            return AsyncClient(
+                target, timeout=timeout, retries=retries, backoff=backoff, metadata=metadata
+            )
+
+        self._async = self._run(make())
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        return future.result()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._async.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    set_shop_policy = _blocking(AsyncClient.set_shop_policy)
+    get_shop_policy = _blocking(AsyncClient.get_shop_policy)
+    register_agent = _blocking(AsyncClient.register_agent)
+    remove_agent = _blocking(AsyncClient.remove_agent)
+    set_status = _blocking(AsyncClient.set_status)
+    list_team = _blocking(AsyncClient.list_team)
+    add_private_contact = _blocking(AsyncClient.add_private_contact)
+    remove_private_contact = _blocking(AsyncClient.remove_private_contact)
+    route = _blocking(AsyncClient.route)
+    route_batch = _blocking(AsyncClient.route_batch)
+    acknowledge = _blocking(AsyncClient.acknowledge)
+    reply = _blocking(AsyncClient.reply)
+    transfer = _blocking(AsyncClient.transfer)
+    end_sessions = _blocking(AsyncClient.end_sessions)
+    get_session = _blocking(AsyncClient.get_session)
+    list_agent_sessions = _blocking(AsyncClient.list_agent_sessions)
+    list_queue = _blocking(AsyncClient.list_queue)
+    get_position = _blocking(AsyncClient.get_position)
+    pick = _blocking(AsyncClient.pick)
+    leave_queue = _blocking(AsyncClient.leave_queue)
+    list_left_messages = _blocking(AsyncClient.list_left_messages)

@@ -1,0 +1,305 @@
+"""The SDK's typed results, built from the wire messages (``from_pb``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+import grpc
+
+from ._errors import FenliuError, error_for
+from ._pb import fenliu_pb2 as pb
+
+
+class Status(enum.IntEnum):
+    ONLINE = 1
+    INVISIBLE = 2
+    SUSPENDED = 3
+    OFFLINE = 4
+
+
+class Role(enum.IntEnum):
+    SUB = 1
+    MAIN = 2
+
+
+class Strategy(enum.IntEnum):
+    LEAST_NEW = 1
+    LEAST_LOAD = 2
+    ROUND_ROBIN = 3
+
+
+class QueueOrder(enum.IntEnum):
+    FIFO = 1
+    LIFO = 2
+
+
+class OnQueueFull(enum.IntEnum):
+    LEAVE_MESSAGE = 1
+    REJECT = 2
+
+
+class Outcome(enum.IntEnum):
+    UNSPECIFIED = 0
+    ASSIGNED = 1
+    BACKLOG = 2
+    QUEUED = 3
+    LEFT_MESSAGE = 4
+    TEAM_DELIVERY = 5
+
+
+class Reason(enum.IntEnum):
+    UNSPECIFIED = 0
+    TEAM_MESSAGE = 1
+    OPEN_SESSION = 2
+    PRIVATE_CONTACT = 3
+    RECENT_CONTACT = 4
+    ADDRESSED = 5
+    PRIORITY_CROWD = 6
+    PRIORITY_OVERFLOW = 7
+    STRATEGY = 8
+    ALL_SUSPENDED = 9
+    ALL_BUSY = 10
+    QUEUE_FULL = 11
+    ALL_OFFLINE = 12
+    ACCEPT_TIMEOUT = 13
+    REPLY_TIMEOUT = 14
+    AGENT_OFFLINE = 15
+    TRANSFER = 16
+    MANUAL_PICK = 17
+    CAPACITY_FREED = 18
+    QUEUE_WAIT_LIMIT = 19
+
+
+class SessionState(enum.IntEnum):
+    UNSPECIFIED = 0
+    QUEUED = 1
+    BACKLOG = 2
+    ASSIGNED = 3
+    ACTIVE = 4
+    LEFT_MESSAGE = 5
+    ENDED = 6
+
+
+class QueueSort(enum.IntEnum):
+    QUEUE_ORDER = 0
+    LONGEST_WAIT = 1
+    SHORTEST_WAIT = 2
+
+
+def _enum(kind: type[enum.IntEnum], value: int) -> Any:
+    """A known member, or the raw int from a newer server."""
+    try:
+        return kind(value)
+    except ValueError:
+        return value
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a buyer's message went and which rule decided."""
+
+    outcome: Outcome
+    reason: Reason
+    buyer_id: str
+    agent_id: str
+    session_id: str
+    queue_position: int
+    state: SessionState
+    priority_notice: bool
+
+    @classmethod
+    def from_pb(cls, m: pb.Decision) -> Decision:
+        return cls(
+            outcome=_enum(Outcome, m.outcome),
+            reason=_enum(Reason, m.reason),
+            buyer_id=m.buyer_id,
+            agent_id=m.agent_id,
+            session_id=m.session_id,
+            queue_position=m.queue_position,
+            state=_enum(SessionState, m.state),
+            priority_notice=m.priority_notice,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Agent:
+    agent_id: str
+    role: Role
+    groups: tuple[str, ...]
+    max_concurrent: int
+    status: Status
+    load: int
+    new_count: int
+    backlog_size: int
+    served_today: int
+
+    @classmethod
+    def from_pb(cls, m: pb.Agent) -> Agent:
+        return cls(
+            agent_id=m.agent_id,
+            role=_enum(Role, m.role),
+            groups=tuple(m.groups),
+            max_concurrent=m.max_concurrent,
+            status=_enum(Status, m.status),
+            load=m.load,
+            new_count=m.new_count,
+            backlog_size=m.backlog_size,
+            served_today=m.served_today,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Session:
+    session_id: str
+    buyer_id: str
+    state: SessionState
+    agent_id: str
+    group: str
+    channel: str
+    priority: bool
+    queue_position: int
+    created_at_ms: int
+    first_reply_at_ms: int
+    reason: Reason
+
+    @classmethod
+    def from_pb(cls, m: pb.Session) -> Session:
+        return cls(
+            session_id=m.session_id,
+            buyer_id=m.buyer_id,
+            state=_enum(SessionState, m.state),
+            agent_id=m.agent_id,
+            group=m.group,
+            channel=m.channel,
+            priority=m.priority,
+            queue_position=m.queue_position,
+            created_at_ms=m.created_at_ms,
+            first_reply_at_ms=m.first_reply_at_ms,
+            reason=_enum(Reason, m.reason),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueEntry:
+    session_id: str
+    buyer_id: str
+    position: int
+    priority: bool
+    group: str
+    channel: str
+    waited_ms: int
+    agent_id: str
+
+    @classmethod
+    def from_pb(cls, m: pb.QueueEntry) -> QueueEntry:
+        return cls(
+            session_id=m.session_id,
+            buyer_id=m.buyer_id,
+            position=m.position,
+            priority=m.priority,
+            group=m.group,
+            channel=m.channel,
+            waited_ms=m.waited_ms,
+            agent_id=m.agent_id,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueList:
+    entries: tuple[QueueEntry, ...]
+    total: int
+
+    @classmethod
+    def from_pb(cls, m: pb.ListQueueReply) -> QueueList:
+        return cls(entries=tuple(QueueEntry.from_pb(e) for e in m.entries), total=m.total)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Policy:
+    """A shop's routing policy (durations in milliseconds; 0 is off)."""
+
+    strategy: Strategy
+    queue_order: QueueOrder
+    queue_limit: int
+    on_queue_full: OnQueueFull
+    priority_crowds: tuple[str, ...]
+    priority_may_exceed_capacity: bool
+    notice_interval_ms: int
+    route_when_all_suspended: bool
+    auto_assign_left_messages: bool
+    accept_timeout_ms: int
+    reply_timeout_ms: int
+    idle_end_timeout_ms: int
+    queue_wait_limit_ms: int
+    sticky_window_ms: int
+    recent_contact_ttl_ms: int
+    time_zone: str
+
+    @classmethod
+    def from_pb(cls, m: pb.ShopPolicy) -> Policy:
+        return cls(
+            strategy=_enum(Strategy, m.strategy),
+            queue_order=_enum(QueueOrder, m.queue_order),
+            queue_limit=m.queue_limit,
+            on_queue_full=_enum(OnQueueFull, m.on_queue_full),
+            priority_crowds=tuple(m.priority_crowds),
+            priority_may_exceed_capacity=m.priority_may_exceed_capacity,
+            notice_interval_ms=m.notice_interval_ms,
+            route_when_all_suspended=m.route_when_all_suspended,
+            auto_assign_left_messages=m.auto_assign_left_messages,
+            accept_timeout_ms=m.accept_timeout_ms,
+            reply_timeout_ms=m.reply_timeout_ms,
+            idle_end_timeout_ms=m.idle_end_timeout_ms,
+            queue_wait_limit_ms=m.queue_wait_limit_ms,
+            sticky_window_ms=m.sticky_window_ms,
+            recent_contact_ttl_ms=m.recent_contact_ttl_ms,
+            time_zone=m.time_zone,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StatusResult:
+    """The agent after a status change, and the sessions the change moved."""
+
+    agent: Agent
+    moved: tuple[Decision, ...]
+
+    @classmethod
+    def from_pb(cls, m: pb.SetStatusReply) -> StatusResult:
+        return cls(agent=Agent.from_pb(m.agent), moved=tuple(Decision.from_pb(d) for d in m.moved))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EndResult:
+    ended: int
+    already_ended: int
+    moved: tuple[Decision, ...]
+
+    @classmethod
+    def from_pb(cls, m: pb.EndSessionsReply) -> EndResult:
+        return cls(
+            ended=m.ended,
+            already_ended=m.already_ended,
+            moved=tuple(Decision.from_pb(d) for d in m.moved),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RouteResult:
+    """One item of a batch: its decision, or the error it got (exactly one is set)."""
+
+    decision: Decision | None
+    error: FenliuError | None
+
+    @classmethod
+    def from_pb(cls, m: pb.RouteResult) -> RouteResult:
+        if m.HasField("decision"):
+            return cls(decision=Decision.from_pb(m.decision), error=None)
+        code = _CODES.get(m.error.code, grpc.StatusCode.UNKNOWN)
+        error = error_for(code, m.error.message, m.error.field)
+        return cls(decision=None, error=error)
