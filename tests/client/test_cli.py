@@ -1,0 +1,73 @@
+"""The ``fenliu`` command line against a real server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fenliu.client._cli import main
+
+
+def run(target: str, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["--target", target, *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_tour_of_the_commands(target: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(target, capsys, "agent", "register", "cli", "main", "--role", "main",
+               "--max", "1", "--status", "online")[0] == 0  # fmt: skip
+    code, out, _ = run(target, capsys, "--json", "route", "cli", "b1", "--channel", "item_page")
+    decision = json.loads(out)
+    assert code == 0 and decision["outcome"] == "ASSIGNED" and decision["agent_id"] == "main"
+    code, out, _ = run(target, capsys, "route", "cli", "b2")
+    assert code == 0 and "QUEUED" in out
+    code, out, _ = run(target, capsys, "team", "cli")
+    assert out.splitlines()[0].split()[:3] == ["agent_id", "role", "groups"]
+    assert "main" in out.splitlines()[1]
+    code, out, _ = run(target, capsys, "queue", "list", "cli")
+    assert "b2" in out and "(1 in all)" in out
+    assert run(target, capsys, "ack", "cli", "main", decision["session_id"])[0] == 0
+    code, out, _ = run(target, capsys, "--json", "end", "cli", decision["session_id"])
+    assert json.loads(out)["moved"][0]["buyer_id"] == "b2"
+    code, out, _ = run(target, capsys, "--json", "policy", "set", "cli", "--strategy",
+                       "least-load", "--priority-crowds", "vip,gold")  # fmt: skip
+    policy = json.loads(out)
+    assert policy["strategy"] == "LEAST_LOAD" and policy["priority_crowds"] == ["vip", "gold"]
+
+
+def test_a_refused_request_names_the_field_and_exits_1(
+    target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(target, capsys, "team", "no-such-shop")
+    assert code == 1 and out == ""
+    assert err.startswith("fenliu: NOT_FOUND: shop_id")
+
+
+def test_an_unreachable_server_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run("127.0.0.1:1", capsys, "--timeout", "0.5", "team", "x")
+    assert code == 2 and "cannot reach 127.0.0.1:1" in err
+
+
+def test_a_bad_enum_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["agent", "status", "s", "a", "sleepy"])
+    assert exit_info.value.code == 2
+    assert (
+        "'sleepy' is not one of: online, invisible, suspended, offline" in capsys.readouterr().err
+    )
+
+
+def test_the_installed_console_script(target: str) -> None:
+    script = str(Path(sys.executable).parent / "fenliu")
+    for args in (["agent", "register", "script", "main"], ["policy", "get", "script"]):
+        done = subprocess.run(
+            [script, "--target", target, "--json", *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["time_zone"] == "Asia/Shanghai"
