@@ -1,0 +1,303 @@
+"""Building, running and stopping a fenliu server.
+
+Server        the grpc.aio server with the fenliu services, health, reflection and
+              the ticker; build it, ``bind`` it, then ``async with`` it (or start/stop)
+serve         runs a Server until SIGTERM/SIGINT: the first drains, the second exits
+ServerThread  a real Server on 127.0.0.1, a free port, in a background thread (tests)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fenliu.client._pb import fenliu_pb2 as pb
+
+from ..config import Config
+from ..core import types as t
+from ..core.dispatcher import Dispatcher
+from .service import Clock, Core, EventSink, add_services, discard
+
+log = logging.getLogger("fenliu.server")
+
+SERVICE_NAMES: tuple[str, ...] = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
+"""The fenliu services, by full name (``fenliu.v1.Presence``, ...)."""
+_OPTIONS = [("grpc.so_reuseport", 0)]  # a taken port is an error, not a shared one
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+T = TypeVar("T")
+
+
+def wall_clock_ms() -> int:
+    """The real time in ms since the epoch: the default clock."""
+    return time.time_ns() // 1_000_000
+
+
+class Server:
+    """The fenliu services over one dispatcher, with health, reflection and the ticker.
+
+    Build it inside a running event loop; ``bind`` then ``start`` (or ``async with``).
+    Health says NOT_SERVING until started, SERVING while running, NOT_SERVING once stopping.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        dispatcher: Dispatcher | None = None,
+        now_ms: Clock = wall_clock_ms,
+        events: EventSink = discard,
+    ) -> None:
+        self.config = config or Config()
+        self.dispatcher = dispatcher or Dispatcher(self.config.shards)
+        self.core = Core(self.dispatcher, now_ms, events)
+        self.port: int | None = None
+        self._health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._grpc = grpc.aio.server(options=_OPTIONS)
+        self._ticker: asyncio.Task[None] | None = None
+        add_services(self._grpc, self.core)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, self._grpc)
+
+    def bind(self) -> int:
+        """Listen on the configured host and port; returns the port (the one picked for 0).
+
+        Raises:
+            OSError: the address cannot be bound.
+        """
+        host, port = self.config.host, self.config.port
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            bound = self._grpc.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {address}: {exc}") from None
+        if not bound:
+            raise OSError(f"cannot listen on {address}")
+        self.port = bound
+        return bound
+
+    async def start(self) -> None:
+        """Bind if not bound yet, start serving and ticking, then report SERVING."""
+        if self.port is None:
+            self.bind()
+        await self._set_health(_NOT_SERVING)
+        await self._grpc.start()
+        self._ticker = asyncio.create_task(self._tick_forever(), name="fenliu-ticker")
+        await self._set_health(_SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, refuse new calls, give running ones ``grace`` seconds.
+
+        ``grace`` defaults to ``config.grace_s``. Calling it again with a shorter grace
+        (0 cancels running calls now) cuts a running drain short.
+        """
+        await self._health.enter_graceful_shutdown()
+        await self._grpc.stop(self.config.grace_s if grace is None else grace)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, status)
+
+    async def _tick_forever(self) -> None:
+        interval = self.config.tick_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            self.tick()
+
+    def tick(self) -> None:
+        """Fire the timers due now: one ``Tick`` command, stamped by the clock."""
+        try:
+            self.core.execute(t.Tick(at=self.core.now()))
+        except Exception:
+            log.exception("a tick failed")
+
+
+class _Signals:
+    """Two-stage exit: the first SIGTERM/SIGINT asks to drain, the second to stop now."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.drain = asyncio.Event()
+        self.hurry = asyncio.Event()
+        self.exit_code = 0
+        self._loop = asyncio.get_running_loop()
+        for signum in self.SIGNALS:
+            self._loop.add_signal_handler(signum, self._received, signum)
+
+    def _received(self, signum: int) -> None:
+        if not self.drain.is_set():
+            log.info("received %s: draining; send it again to stop now", signal.strsignal(signum))
+            self.drain.set()
+        else:
+            self.exit_code = 128 + signum
+            self.hurry.set()
+
+    def close(self) -> None:
+        for signum in self.SIGNALS:
+            self._loop.remove_signal_handler(signum)
+
+
+async def serve(
+    config: Config,
+    *,
+    now_ms: Clock = wall_clock_ms,
+    events: EventSink = discard,
+) -> int:
+    """Run a server until SIGTERM or SIGINT; returns the process exit code.
+
+    Logs ``fenliu serving on HOST:PORT`` once ready. The first signal stops intake and
+    drains for up to ``config.grace_s`` (exit 0); a second one cancels what is left
+    and exits with 128 + its number.
+    """
+    signals = _Signals()
+    try:
+        server = Server(config, now_ms=now_ms, events=events)
+        await server.start()
+        log.info("fenliu serving on %s:%d", config.host, server.port)
+        await signals.drain.wait()
+        await _drain(server, signals)
+        return signals.exit_code
+    finally:
+        signals.close()
+
+
+async def _drain(server: Server, signals: _Signals) -> None:
+    drain = asyncio.create_task(server.stop())
+    hurry = asyncio.create_task(signals.hurry.wait())
+    await asyncio.wait((drain, hurry), return_when=asyncio.FIRST_COMPLETED)
+    hurry.cancel()
+    if not drain.done():
+        await server.stop(0)
+    await drain
+
+
+class ServerThread:
+    """A real server on 127.0.0.1 and a free port, in a thread with its own event loop.
+
+    ``with ServerThread() as server:`` gives ``server.port``, ``server.target``
+    (``"127.0.0.1:PORT"``) and ``server.dispatcher``. ``config`` supplies shards, tick
+    interval and grace; its host and port are replaced by 127.0.0.1 and 0.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        dispatcher: Dispatcher | None = None,
+        now_ms: Clock = wall_clock_ms,
+        events: EventSink = discard,
+        timeout: float = 10.0,
+    ) -> None:
+        self.config = dataclasses.replace(config or Config(), host="127.0.0.1", port=0)
+        self.dispatcher = dispatcher or Dispatcher(self.config.shards)
+        self.port = 0
+        self.target = ""
+        self._now_ms = now_ms
+        self._events = events
+        self._timeout = timeout
+        self._thread = threading.Thread(target=self._run, name="fenliu-server", daemon=True)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._server: Server | None = None
+
+    def start(self) -> None:
+        """Start the thread and wait until the server serves.
+
+        Raises:
+            RuntimeError: it did not start within ``timeout`` seconds (or failed: chained).
+        """
+        self._thread.start()
+        if not self._ready.wait(self._timeout) or self._error is not None:
+            self.stop()
+            raise RuntimeError("the fenliu server thread did not start") from self._error
+
+    def stop(self) -> None:
+        """Stop the server (running calls get the config's grace) and join the thread."""
+        if self._loop is not None and self._stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(self._timeout + self.config.grace_s)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the server's event loop (between calls) and return its result."""
+        if self._loop is None:
+            raise RuntimeError("the server is not running")
+
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(self._timeout)
+
+    def execute(self, command: t.AnyCommand) -> Any:
+        """Apply ``command`` on the server's loop, as a servicer would (events to the sink)."""
+        server = self._server
+        if server is None:
+            raise RuntimeError("the server is not running")
+        return self.call(lambda: server.core.execute(command))
+
+    def __enter__(self) -> ServerThread:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported by start(); a thread must not die loudly
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        server = Server(
+            self.config, dispatcher=self.dispatcher, now_ms=self._now_ms, events=self._events
+        )
+        async with server:
+            self._server = server
+            self.port = server.port or 0
+            self.target = f"127.0.0.1:{self.port}"
+            self._ready.set()
+            await self._stopping.wait()

@@ -1,0 +1,291 @@
+"""Protobuf <-> core: requests become commands and queries, results become replies.
+
+Core enums carry the proto's values (the proto's ``UNSPECIFIED = 0`` aside), so enums
+convert by value. The core validates ids, sizes and ranges itself; what only the adapter
+can see -- an enum left UNSPECIFIED or set to a number the core does not know -- is an
+``InvalidArgument`` naming the field. Every request converter takes ``at``, the time the
+adapter stamps on the command (ms since the epoch). Core enums are ints, so they go into
+messages as they are (the casts only tell mypy-protobuf's ValueType).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, cast
+
+import msgspec
+
+from fenliu.client._pb import fenliu_pb2 as pb
+
+from ..core import types as t
+from ..core.errors import InvalidArgument
+
+E = TypeVar("E", bound=enum.IntEnum)
+
+
+class EnumField(Generic[E]):
+    """Converts one proto enum field to its core enum, refusing values the core lacks."""
+
+    __slots__ = ("_field", "_rule", "_values")
+
+    def __init__(self, kind: type[E], field: str, unspecified: E | None = None) -> None:
+        self._field = field
+        self._values: dict[int, E] = {member.value: member for member in kind}
+        if unspecified is not None:
+            self._values[0] = unspecified
+        self._rule = ", ".join(member.name for member in kind)
+
+    def __call__(self, value: int) -> E:
+        try:
+            return self._values[value]
+        except KeyError:
+            message = f"{self._field} must be one of {self._rule} (got {value})"
+            raise InvalidArgument(message, self._field) from None
+
+
+_ROLE = EnumField(t.Role, "role", unspecified=t.Role.SUB)
+_NEW_STATUS = EnumField(t.Status, "status", unspecified=t.Status.OFFLINE)
+_STATUS = EnumField(t.Status, "status")
+_SORT = EnumField(t.QueueSort, "sort")
+_POLICY_ENUMS: dict[str, EnumField[Any]] = {
+    "strategy": EnumField(t.Strategy, "policy.strategy"),
+    "queue_order": EnumField(t.QueueOrder, "policy.queue_order"),
+    "on_queue_full": EnumField(t.OnQueueFull, "policy.on_queue_full"),
+}
+_POLICY_SCALARS = tuple(
+    name
+    for name in t.PolicyChange.__struct_fields__
+    if name not in _POLICY_ENUMS and name != "priority_crowds"
+)
+
+
+# ---------------------------------------------------------------- presence requests
+
+
+def policy_change(policy: pb.ShopPolicy) -> t.PolicyChange:
+    """The fields present in ``policy``; priority_crowds when set_priority_crowds or non-empty.
+
+    A non-empty ``priority_crowds`` replaces the list even without the flag (a client that
+    sends crowds means to set them); the flag is what lets an empty list clear it.
+    """
+    has = cast(Callable[[str], bool], policy.HasField)  # names: PolicyChange's fields
+    values: dict[str, Any] = {name: getattr(policy, name) for name in _POLICY_SCALARS if has(name)}
+    for name, field in _POLICY_ENUMS.items():
+        if has(name):
+            values[name] = field(getattr(policy, name))
+    if policy.set_priority_crowds or policy.priority_crowds:
+        values["priority_crowds"] = tuple(policy.priority_crowds)
+    return t.PolicyChange(**values)
+
+
+def set_policy(request: pb.SetShopPolicyRequest, at: int) -> t.SetPolicy:
+    return t.SetPolicy(at=at, shop_id=request.shop_id, change=policy_change(request.policy))
+
+
+def get_policy(request: pb.GetShopPolicyRequest, at: int) -> t.GetPolicy:
+    return t.GetPolicy(at=at, shop_id=request.shop_id)
+
+
+def register_agent(request: pb.RegisterAgentRequest, at: int) -> t.RegisterAgent:
+    """RegisterAgent; role UNSPECIFIED means SUB and status UNSPECIFIED means OFFLINE."""
+    return t.RegisterAgent(
+        at=at,
+        shop_id=request.shop_id,
+        agent_id=request.agent_id,
+        role=_ROLE(request.role),
+        groups=tuple(request.groups),
+        max_concurrent=request.max_concurrent,
+        status=_NEW_STATUS(request.status),
+    )
+
+
+def remove_agent(request: pb.RemoveAgentRequest, at: int) -> t.RemoveAgent:
+    return t.RemoveAgent(at=at, shop_id=request.shop_id, agent_id=request.agent_id)
+
+
+def set_status(request: pb.SetStatusRequest, at: int) -> t.SetStatus:
+    """SetStatus; here an UNSPECIFIED status is INVALID_ARGUMENT."""
+    return t.SetStatus(
+        at=at, shop_id=request.shop_id, agent_id=request.agent_id, status=_STATUS(request.status)
+    )
+
+
+def list_team(request: pb.ListTeamRequest, at: int) -> t.ListTeam:
+    return t.ListTeam(at=at, shop_id=request.shop_id)
+
+
+def add_private_contact(request: pb.PrivateContactRequest, at: int) -> t.AddPrivateContact:
+    return t.AddPrivateContact(at=at, shop_id=request.shop_id, buyer_id=request.buyer_id)
+
+
+def remove_private_contact(request: pb.PrivateContactRequest, at: int) -> t.RemovePrivateContact:
+    return t.RemovePrivateContact(at=at, shop_id=request.shop_id, buyer_id=request.buyer_id)
+
+
+# ---------------------------------------------------------------- routing requests
+
+
+def route(request: pb.RouteRequest, at: int) -> t.Route:
+    return t.Route(
+        at=at,
+        shop_id=request.shop_id,
+        buyer_id=request.buyer_id,
+        request_id=request.request_id,
+        addressed_agent_id=request.addressed_agent_id,
+        crowds=tuple(request.crowds),
+        group=request.group,
+        channel=request.channel,
+        from_team_member=request.from_team_member,
+    )
+
+
+def acknowledge(request: pb.SessionRequest, at: int) -> t.Acknowledge:
+    return t.Acknowledge(
+        at=at, shop_id=request.shop_id, agent_id=request.agent_id, session_id=request.session_id
+    )
+
+
+def reply(request: pb.SessionRequest, at: int) -> t.Reply:
+    return t.Reply(
+        at=at, shop_id=request.shop_id, agent_id=request.agent_id, session_id=request.session_id
+    )
+
+
+def transfer(request: pb.TransferRequest, at: int) -> t.Transfer:
+    return t.Transfer(
+        at=at,
+        shop_id=request.shop_id,
+        session_id=request.session_id,
+        agent_id=request.agent_id,
+        to_agent_id=request.to_agent_id,
+        to_group=request.to_group,
+        force=request.force,
+    )
+
+
+def end_sessions(request: pb.EndSessionsRequest, at: int) -> t.EndSessions:
+    return t.EndSessions(at=at, shop_id=request.shop_id, session_ids=tuple(request.session_ids))
+
+
+def get_session(request: pb.GetSessionRequest, at: int) -> t.GetSession:
+    return t.GetSession(at=at, shop_id=request.shop_id, session_id=request.session_id)
+
+
+def list_agent_sessions(request: pb.ListAgentSessionsRequest, at: int) -> t.ListAgentSessions:
+    return t.ListAgentSessions(at=at, shop_id=request.shop_id, agent_id=request.agent_id)
+
+
+# ---------------------------------------------------------------- queue requests
+
+
+def list_queue(request: pb.ListQueueRequest, at: int) -> t.ListQueue:
+    """ListQueue; the core reads a limit of 0 (unset) as its default."""
+    return t.ListQueue(
+        at=at,
+        shop_id=request.shop_id,
+        priority_only=request.priority_only,
+        group=request.group,
+        channel=request.channel,
+        sort=_SORT(request.sort),
+        limit=request.limit,
+    )
+
+
+def get_position(request: pb.BuyerRequest, at: int) -> t.GetPosition:
+    return t.GetPosition(at=at, shop_id=request.shop_id, buyer_id=request.buyer_id)
+
+
+def pick(request: pb.PickRequest, at: int) -> t.Pick:
+    return t.Pick(
+        at=at,
+        shop_id=request.shop_id,
+        agent_id=request.agent_id,
+        session_id=request.session_id,
+        force=request.force,
+    )
+
+
+def leave_queue(request: pb.BuyerRequest, at: int) -> t.LeaveQueue:
+    return t.LeaveQueue(at=at, shop_id=request.shop_id, buyer_id=request.buyer_id)
+
+
+def list_left_messages(request: pb.ListLeftMessagesRequest, at: int) -> t.ListLeftMessages:
+    return t.ListLeftMessages(at=at, shop_id=request.shop_id, limit=request.limit)
+
+
+# ---------------------------------------------------------------- replies
+
+
+def shop_policy(policy: t.Policy) -> pb.ShopPolicy:
+    """Every field set, and set_priority_crowds too, so the reply can be sent back as is."""
+    return pb.ShopPolicy(set_priority_crowds=True, **msgspec.structs.asdict(policy))
+
+
+def agent(view: t.AgentView) -> pb.Agent:
+    return pb.Agent(**msgspec.structs.asdict(view))
+
+
+def team(views: tuple[t.AgentView, ...]) -> pb.ListTeamReply:
+    return pb.ListTeamReply(agents=[agent(view) for view in views])
+
+
+def decision(result: t.Decision) -> pb.Decision:
+    """A core decision; its state None (no session) becomes UNSPECIFIED."""
+    return pb.Decision(
+        outcome=cast(pb.Outcome.ValueType, result.outcome),
+        reason=cast(pb.Reason.ValueType, result.reason),
+        agent_id=result.agent_id,
+        session_id=result.session_id,
+        queue_position=result.queue_position,
+        state=cast(pb.SessionState.ValueType, result.state or 0),
+        priority_notice=result.priority_notice,
+        buyer_id=result.buyer_id,
+    )
+
+
+def decisions(results: tuple[t.Decision, ...]) -> list[pb.Decision]:
+    return [decision(result) for result in results]
+
+
+def session(view: t.SessionView) -> pb.Session:
+    return pb.Session(
+        session_id=view.session_id,
+        buyer_id=view.buyer_id,
+        state=cast(pb.SessionState.ValueType, view.state),
+        agent_id=view.agent_id,
+        group=view.group,
+        channel=view.channel,
+        priority=view.priority,
+        queue_position=view.queue_position,
+        created_at_ms=view.created_at,
+        first_reply_at_ms=view.first_reply_at,
+        reason=cast(pb.Reason.ValueType, view.reason),
+    )
+
+
+def sessions(views: tuple[t.SessionView, ...]) -> pb.ListSessionsReply:
+    return pb.ListSessionsReply(sessions=[session(view) for view in views])
+
+
+def queue(result: t.QueueList) -> pb.ListQueueReply:
+    entries = [pb.QueueEntry(**msgspec.structs.asdict(entry)) for entry in result.entries]
+    return pb.ListQueueReply(entries=entries, total=result.total)
+
+
+def status_reply(result: t.StatusResult) -> pb.SetStatusReply:
+    return pb.SetStatusReply(agent=agent(result.agent), moved=decisions(result.moved))
+
+
+def remove_reply(result: t.Moved) -> pb.RemoveAgentReply:
+    return pb.RemoveAgentReply(moved=decisions(result.moved))
+
+
+def end_reply(result: t.EndResult) -> pb.EndSessionsReply:
+    return pb.EndSessionsReply(
+        ended=result.ended, already_ended=result.already_ended, moved=decisions(result.moved)
+    )
+
+
+def empty(_: t.Done) -> pb.Empty:
+    return pb.Empty()

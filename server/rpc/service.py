@@ -1,0 +1,236 @@
+"""The Presence, Routing and Queue servicers: convert, call the core, convert back.
+
+Every method runs on the event loop, so the core sees one command at a time. After
+each command the core's pending events go to the ``events`` sink (a later watch hub),
+so they never pile up in the shards' outboxes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, TypeAlias
+
+import grpc.aio
+
+from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
+
+from ..core import types as t
+from ..core.dispatcher import Dispatcher
+from ..core.validate import check_batch
+from . import convert
+from .status import abort_on_error, error_message
+
+log = logging.getLogger(__name__)
+
+Clock: TypeAlias = Callable[[], int]
+"""Milliseconds since the epoch."""
+EventSink: TypeAlias = Callable[[list[t.Event]], None]
+"""Receives the events of each command, in order; never called with an empty list."""
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+
+def discard(events: list[t.Event]) -> None:
+    """The default event sink: drops them."""
+
+
+class Core:
+    """The dispatcher as the servicers use it: stamped with a clock, events forwarded."""
+
+    __slots__ = ("dispatcher", "now", "_events")
+
+    def __init__(self, dispatcher: Dispatcher, now_ms: Clock, events: EventSink = discard) -> None:
+        self.dispatcher = dispatcher
+        self.now = now_ms
+        self._events = events
+
+    def execute(self, command: t.AnyCommand) -> Any:
+        """Apply one command and hand its events to the sink; core errors propagate."""
+        try:
+            return self.dispatcher.execute(command)
+        finally:
+            self._flush()
+
+    def execute_each(self, commands: Iterable[t.AnyCommand]) -> list[Any]:
+        """Apply commands one by one; an item's result or the exception it raised."""
+        results: list[Any] = []
+        try:
+            for command in commands:
+                try:
+                    results.append(self.dispatcher.execute(command))
+                except Exception as exc:
+                    results.append(exc)
+        finally:
+            self._flush()
+        return results
+
+    def read(self, query: t.AnyQuery) -> Any:
+        return self.dispatcher.read(query)
+
+    def _flush(self) -> None:
+        events = self.dispatcher.drain_events()
+        if not events:
+            return
+        try:
+            self._events(events)
+        except Exception:
+            # The command has happened; its caller must still get the result.
+            log.exception("the event sink failed; %d events dropped", len(events))
+
+
+class PresenceService(pb_grpc.PresenceServicer):
+    """Shops' policies, agents and their status, private contacts."""
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+
+    async def SetShopPolicy(
+        self, request: pb.SetShopPolicyRequest, context: Context
+    ) -> pb.ShopPolicy:
+        async with abort_on_error(context):
+            command = convert.set_policy(request, self._core.now())
+            return convert.shop_policy(self._core.execute(command))
+
+    async def GetShopPolicy(
+        self, request: pb.GetShopPolicyRequest, context: Context
+    ) -> pb.ShopPolicy:
+        async with abort_on_error(context):
+            return convert.shop_policy(
+                self._core.read(convert.get_policy(request, self._core.now()))
+            )
+
+    async def RegisterAgent(self, request: pb.RegisterAgentRequest, context: Context) -> pb.Agent:
+        async with abort_on_error(context):
+            command = convert.register_agent(request, self._core.now())
+            return convert.agent(self._core.execute(command))
+
+    async def RemoveAgent(
+        self, request: pb.RemoveAgentRequest, context: Context
+    ) -> pb.RemoveAgentReply:
+        async with abort_on_error(context):
+            command = convert.remove_agent(request, self._core.now())
+            return convert.remove_reply(self._core.execute(command))
+
+    async def SetStatus(self, request: pb.SetStatusRequest, context: Context) -> pb.SetStatusReply:
+        async with abort_on_error(context):
+            command = convert.set_status(request, self._core.now())
+            return convert.status_reply(self._core.execute(command))
+
+    async def ListTeam(self, request: pb.ListTeamRequest, context: Context) -> pb.ListTeamReply:
+        async with abort_on_error(context):
+            return convert.team(self._core.read(convert.list_team(request, self._core.now())))
+
+    async def AddPrivateContact(
+        self, request: pb.PrivateContactRequest, context: Context
+    ) -> pb.Empty:
+        async with abort_on_error(context):
+            command = convert.add_private_contact(request, self._core.now())
+            return convert.empty(self._core.execute(command))
+
+    async def RemovePrivateContact(
+        self, request: pb.PrivateContactRequest, context: Context
+    ) -> pb.Empty:
+        async with abort_on_error(context):
+            command = convert.remove_private_contact(request, self._core.now())
+            return convert.empty(self._core.execute(command))
+
+
+class RoutingService(pb_grpc.RoutingServicer):
+    """Route buyers' messages and act on sessions."""
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+
+    async def Route(self, request: pb.RouteRequest, context: Context) -> pb.Decision:
+        async with abort_on_error(context):
+            return convert.decision(self._core.execute(convert.route(request, self._core.now())))
+
+    async def RouteBatch(
+        self, request: pb.RouteBatchRequest, context: Context
+    ) -> pb.RouteBatchReply:
+        """Each request routed on its own: one item's error does not stop the others."""
+        async with abort_on_error(context):
+            check_batch(len(request.requests), "requests")
+            at = self._core.now()  # one arrival time for the whole batch
+            commands = [convert.route(item, at) for item in request.requests]
+            results = self._core.execute_each(commands)
+            return pb.RouteBatchReply(results=[_route_result(result) for result in results])
+
+    async def Acknowledge(self, request: pb.SessionRequest, context: Context) -> pb.Session:
+        async with abort_on_error(context):
+            command = convert.acknowledge(request, self._core.now())
+            return convert.session(self._core.execute(command))
+
+    async def Reply(self, request: pb.SessionRequest, context: Context) -> pb.Session:
+        async with abort_on_error(context):
+            return convert.session(self._core.execute(convert.reply(request, self._core.now())))
+
+    async def Transfer(self, request: pb.TransferRequest, context: Context) -> pb.Decision:
+        async with abort_on_error(context):
+            command = convert.transfer(request, self._core.now())
+            return convert.decision(self._core.execute(command))
+
+    async def EndSessions(
+        self, request: pb.EndSessionsRequest, context: Context
+    ) -> pb.EndSessionsReply:
+        async with abort_on_error(context):
+            check_batch(len(request.session_ids), "session_ids")
+            command = convert.end_sessions(request, self._core.now())
+            return convert.end_reply(self._core.execute(command))
+
+    async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> pb.Session:
+        async with abort_on_error(context):
+            query = convert.get_session(request, self._core.now())
+            return convert.session(self._core.read(query))
+
+    async def ListAgentSessions(
+        self, request: pb.ListAgentSessionsRequest, context: Context
+    ) -> pb.ListSessionsReply:
+        async with abort_on_error(context):
+            query = convert.list_agent_sessions(request, self._core.now())
+            return convert.sessions(self._core.read(query))
+
+
+class QueueService(pb_grpc.QueueServicer):
+    """The shop queue and left messages."""
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+
+    async def ListQueue(self, request: pb.ListQueueRequest, context: Context) -> pb.ListQueueReply:
+        async with abort_on_error(context):
+            return convert.queue(self._core.read(convert.list_queue(request, self._core.now())))
+
+    async def GetPosition(self, request: pb.BuyerRequest, context: Context) -> pb.Session:
+        async with abort_on_error(context):
+            query = convert.get_position(request, self._core.now())
+            return convert.session(self._core.read(query))
+
+    async def Pick(self, request: pb.PickRequest, context: Context) -> pb.Decision:
+        async with abort_on_error(context):
+            return convert.decision(self._core.execute(convert.pick(request, self._core.now())))
+
+    async def LeaveQueue(self, request: pb.BuyerRequest, context: Context) -> pb.Session:
+        async with abort_on_error(context):
+            command = convert.leave_queue(request, self._core.now())
+            return convert.session(self._core.execute(command))
+
+    async def ListLeftMessages(
+        self, request: pb.ListLeftMessagesRequest, context: Context
+    ) -> pb.ListQueueReply:
+        async with abort_on_error(context):
+            query = convert.list_left_messages(request, self._core.now())
+            return convert.queue(self._core.read(query))
+
+
+def _route_result(result: Any) -> pb.RouteResult:
+    if isinstance(result, Exception):
+        return pb.RouteResult(error=error_message(result))
+    return pb.RouteResult(decision=convert.decision(result))
+
+
+def add_services(server: grpc.aio.Server, core: Core) -> None:
+    """Register the three fenliu servicers, sharing ``core``, on ``server``."""
+    pb_grpc.add_PresenceServicer_to_server(PresenceService(core), server)
+    pb_grpc.add_RoutingServicer_to_server(RoutingService(core), server)
+    pb_grpc.add_QueueServicer_to_server(QueueService(core), server)

@@ -1,0 +1,349 @@
+"""Bad input of every kind in SPEC §6: the right code, the field named, nothing changed."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from fenliu.client._pb import fenliu_pb2 as pb
+from fenliu.server.config import Config
+from fenliu.server.core import types as t
+from fenliu.server.core.dispatcher import Dispatcher
+from fenliu.server.rpc import status
+from fenliu.server.rpc.app import ServerThread
+
+from .conftest import OFFLINE, Api, field_of, rpc_error
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@dataclasses.dataclass
+class World:
+    """A shop at its limits: a1 and a2 full, b3 queued, the queue full and set to REJECT."""
+
+    api: Api
+    shop: str
+    sessions: dict[str, str]  # buyer -> session id
+
+    def route(self, **fields: Any) -> tuple[Callable[..., Any], pb.RouteRequest]:
+        values = {"shop_id": self.shop, "buyer_id": "b9", "request_id": "r-9", **fields}
+        return self.api.routing.Route, pb.RouteRequest(**values)
+
+    def register(self, **fields: Any) -> tuple[Callable[..., Any], pb.RegisterAgentRequest]:
+        values = {"shop_id": self.shop, "agent_id": "a9", "max_concurrent": 1, **fields}
+        return self.api.presence.RegisterAgent, pb.RegisterAgentRequest(**values)
+
+    def policy(self, **fields: Any) -> tuple[Callable[..., Any], pb.SetShopPolicyRequest]:
+        request = pb.SetShopPolicyRequest(shop_id=self.shop, policy=pb.ShopPolicy(**fields))
+        return self.api.presence.SetShopPolicy, request
+
+    def status(self, agent_id: str, value: int) -> tuple[Callable[..., Any], pb.SetStatusRequest]:
+        request = pb.SetStatusRequest(shop_id=self.shop, agent_id=agent_id, status=value)
+        return self.api.presence.SetStatus, request
+
+    def transfer(self, **fields: Any) -> tuple[Callable[..., Any], pb.TransferRequest]:
+        request = pb.TransferRequest(shop_id=self.shop, session_id=self.sessions["b1"], **fields)
+        return self.api.routing.Transfer, request
+
+
+@pytest.fixture
+def world(api: Api, shop: str) -> World:
+    api.policy(shop, queue_limit=1, on_queue_full=pb.ON_QUEUE_FULL_REJECT)
+    api.agent(shop, "a1", max=1)
+    api.agent(shop, "a2", max=1)
+    api.agent(shop, "off", status=OFFLINE, max=3)
+    sessions = {buyer: api.route(shop, buyer).session_id for buyer in ("b1", "b2", "b3")}
+    queued = api.queue.GetPosition(pb.BuyerRequest(shop_id=shop, buyer_id="b3"))
+    assert queued.state == pb.SESSION_STATE_QUEUED
+    return World(api, shop, sessions)
+
+
+def _second_main(world: World) -> tuple[Callable[..., Any], Any]:
+    world.api.agent(world.shop, "boss", role=pb.AGENT_ROLE_MAIN)
+    return world.register(agent_id="boss2", role=pb.AGENT_ROLE_MAIN)
+
+
+Case = Callable[[World], tuple[Callable[..., Any], Any]]
+CASES = [
+    # ------------------------------------------------ INVALID_ARGUMENT: malformed
+    pytest.param(lambda w: w.route(buyer_id="b 1"), INVALID, "buyer_id", id="id-bad-characters"),
+    pytest.param(lambda w: w.route(buyer_id="买家"), INVALID, "buyer_id", id="id-not-ascii"),
+    pytest.param(lambda w: w.register(agent_id="a" * 129), INVALID, "agent_id", id="id-too-long"),
+    pytest.param(lambda w: w.route(request_id=""), INVALID, "request_id", id="id-empty"),
+    pytest.param(lambda w: w.route(shop_id=""), INVALID, "shop_id", id="shop-id-empty"),
+    pytest.param(
+        lambda w: w.route(crowds=[f"c{i}" for i in range(11)]), INVALID, "crowds", id="11-crowds"
+    ),
+    pytest.param(lambda w: w.route(crowds=["ok", "n/a"]), INVALID, "crowds[1]", id="crowd-bad"),
+    pytest.param(
+        lambda w: w.policy(priority_crowds=[f"c{i}" for i in range(11)], set_priority_crowds=True),
+        INVALID,
+        "policy.priority_crowds",
+        id="11-priority-crowds",
+    ),
+    pytest.param(
+        lambda w: w.register(groups=[f"g{i}" for i in range(33)]), INVALID, "groups", id="33-groups"
+    ),
+    pytest.param(
+        lambda w: w.register(max_concurrent=10_001),
+        INVALID,
+        "max_concurrent",
+        id="max-concurrent-10001",
+    ),
+    pytest.param(
+        lambda w: (
+            w.api.routing.RouteBatch,
+            pb.RouteBatchRequest(
+                requests=[
+                    pb.RouteRequest(shop_id=w.shop, buyer_id=f"x{i}", request_id=f"x{i}")
+                    for i in range(1001)
+                ]
+            ),
+        ),
+        INVALID,
+        "requests",
+        id="route-batch-1001",
+    ),
+    pytest.param(
+        lambda w: (
+            w.api.routing.EndSessions,
+            pb.EndSessionsRequest(shop_id=w.shop, session_ids=[w.sessions["b1"]] * 1001),
+        ),
+        INVALID,
+        "session_ids",
+        id="end-sessions-1001",
+    ),
+    pytest.param(
+        lambda w: w.policy(time_zone="Mars/Olympus"), INVALID, "policy.time_zone", id="time-zone"
+    ),
+    pytest.param(
+        lambda w: w.policy(queue_limit=10**7), INVALID, "policy.queue_limit", id="queue-limit"
+    ),
+    pytest.param(
+        lambda w: w.route(from_team_member=True),
+        INVALID,
+        "addressed_agent_id",
+        id="team-message-to-nobody",
+    ),
+    pytest.param(
+        lambda w: (
+            w.api.routing.Transfer,
+            pb.TransferRequest(shop_id=w.shop, session_id=w.sessions["b1"]),
+        ),
+        INVALID,
+        "to_agent_id",
+        id="transfer-to-nowhere",
+    ),
+    pytest.param(
+        lambda w: (w.api.queue.ListQueue, pb.ListQueueRequest(shop_id=w.shop, limit=1001)),
+        INVALID,
+        "limit",
+        id="list-limit-1001",
+    ),
+    # ------------------------------------------------ INVALID_ARGUMENT: enums (adapter)
+    pytest.param(lambda w: w.status("a1", 0), INVALID, "status", id="set-status-unspecified"),
+    pytest.param(lambda w: w.status("a1", 42), INVALID, "status", id="set-status-unknown"),
+    pytest.param(lambda w: w.register(role=7), INVALID, "role", id="role-unknown"),
+    pytest.param(lambda w: w.register(status=9), INVALID, "status", id="new-status-unknown"),
+    pytest.param(lambda w: w.policy(strategy=0), INVALID, "policy.strategy", id="strategy-0"),
+    pytest.param(
+        lambda w: w.policy(queue_limit=5, on_queue_full=3),
+        INVALID,
+        "policy.on_queue_full",
+        id="on-queue-full-unknown",
+    ),
+    pytest.param(
+        lambda w: (w.api.queue.ListQueue, pb.ListQueueRequest(shop_id=w.shop, sort=5)),
+        INVALID,
+        "sort",
+        id="sort-unknown",
+    ),
+    # ------------------------------------------------ NOT_FOUND
+    pytest.param(lambda w: w.route(shop_id="no-such-shop"), NOT_FOUND, "shop_id", id="shop"),
+    pytest.param(lambda w: w.status("a404", 1), NOT_FOUND, "agent_id", id="agent"),
+    pytest.param(
+        lambda w: (
+            w.api.presence.RemoveAgent,
+            pb.RemoveAgentRequest(shop_id=w.shop, agent_id="a404"),
+        ),
+        NOT_FOUND,
+        "agent_id",
+        id="remove-agent",
+    ),
+    pytest.param(
+        lambda w: w.route(addressed_agent_id="a404"),
+        NOT_FOUND,
+        "addressed_agent_id",
+        id="addressed-agent",
+    ),
+    pytest.param(
+        lambda w: (
+            w.api.routing.GetSession,
+            pb.GetSessionRequest(shop_id=w.shop, session_id="s404"),
+        ),
+        NOT_FOUND,
+        "session_id",
+        id="session",
+    ),
+    pytest.param(
+        lambda w: (
+            w.api.routing.Acknowledge,
+            pb.SessionRequest(shop_id=w.shop, agent_id="a1", session_id="s404"),
+        ),
+        NOT_FOUND,
+        "session_id",
+        id="acknowledge-session",
+    ),
+    pytest.param(
+        lambda w: (
+            w.api.routing.EndSessions,
+            pb.EndSessionsRequest(shop_id=w.shop, session_ids=[w.sessions["b1"], "s404"]),
+        ),
+        NOT_FOUND,
+        "session_ids[1]",
+        id="end-one-unknown-of-two",
+    ),
+    pytest.param(
+        lambda w: (w.api.queue.GetPosition, pb.BuyerRequest(shop_id=w.shop, buyer_id="b404")),
+        NOT_FOUND,
+        "buyer_id",
+        id="buyer-position",
+    ),
+    # ------------------------------------------------ FAILED_PRECONDITION
+    pytest.param(
+        lambda w: (w.api.queue.Pick, pb.PickRequest(shop_id=w.shop, agent_id="off")),
+        PRECONDITION,
+        "agent_id",
+        id="pick-by-offline-agent",
+    ),
+    pytest.param(
+        lambda w: (w.api.queue.Pick, pb.PickRequest(shop_id=w.shop, agent_id="a1")),
+        PRECONDITION,
+        "agent_id",
+        id="pick-by-full-agent",
+    ),
+    pytest.param(
+        lambda w: w.transfer(to_agent_id="a2"), PRECONDITION, "to_agent_id", id="transfer-to-full"
+    ),
+    pytest.param(
+        lambda w: w.transfer(to_agent_id="off", force=True),
+        PRECONDITION,
+        "to_agent_id",
+        id="transfer-to-offline-forced",
+    ),
+    pytest.param(
+        lambda w: (w.api.queue.LeaveQueue, pb.BuyerRequest(shop_id=w.shop, buyer_id="b1")),
+        PRECONDITION,
+        "buyer_id",
+        id="leave-queue-when-assigned",
+    ),
+    pytest.param(
+        lambda w: (
+            w.api.routing.Acknowledge,
+            pb.SessionRequest(shop_id=w.shop, agent_id="a2", session_id=w.sessions["b1"]),
+        ),
+        PRECONDITION,
+        "session_id",
+        id="acknowledge-by-other-agent",
+    ),
+    pytest.param(
+        _second_main,
+        PRECONDITION,
+        "role",
+        id="second-main",
+    ),
+    # ------------------------------------------------ RESOURCE_EXHAUSTED
+    pytest.param(lambda w: w.route(), EXHAUSTED, "shop_id", id="queue-full-reject"),
+]
+
+
+@pytest.mark.parametrize(("case", "code", "field"), CASES)
+def test_bad_input(world: World, case: Case, code: grpc.StatusCode, field: str) -> None:
+    call, request = case(world)
+    before = world.api.state(world.shop)
+    error = rpc_error(call, request)
+    assert error.code() == code  # type: ignore[attr-defined]
+    assert field_of(error) == field
+    details = error.details()  # type: ignore[attr-defined]
+    assert (field if code is not EXHAUSTED else "queue_limit") in details
+    assert world.api.state(world.shop) == before
+
+
+def test_a_refused_register_does_not_create_the_shop(api: Api, shop: str) -> None:
+    error = rpc_error(
+        api.presence.RegisterAgent,
+        pb.RegisterAgentRequest(shop_id=shop, agent_id="a1", max_concurrent=10_001),
+    )
+    assert field_of(error) == "max_concurrent"
+    error = rpc_error(api.presence.ListTeam, pb.ListTeamRequest(shop_id=shop))
+    assert (error.code(), field_of(error)) == (NOT_FOUND, "shop_id")  # type: ignore[attr-defined]
+
+
+def test_a_refused_route_does_not_use_up_its_request_id(world: World) -> None:
+    """A retry of a request that failed is routed afresh, not answered with the error."""
+    call, request = world.route(buyer_id="b 9", request_id="r-once")
+    rpc_error(call, request)
+    world.api.agent(world.shop, "a3", max=1)  # room for the queued b3 first, then for b9
+    world.api.agent(world.shop, "a4", max=1)
+    decision = world.api.route(world.shop, "b9", request_id="r-once")
+    assert (decision.buyer_id, decision.outcome) == ("b9", pb.OUTCOME_ASSIGNED)
+
+
+# ---------------------------------------------------------------- unexpected failures
+
+
+class _Faulty(Dispatcher):
+    """Fails, as a bug would, on any command for buyer "boom"."""
+
+    def execute(self, command: t.AnyCommand) -> Any:
+        if getattr(command, "buyer_id", "") == "boom":
+            raise RuntimeError("secret internals")
+        return super().execute(command)
+
+
+@pytest.fixture(scope="module")
+def faulty_api() -> Iterator[Api]:
+    with ServerThread(Config(shards=2), dispatcher=_Faulty(shards=2)) as server:
+        with grpc.insecure_channel(server.target) as channel:
+            yield Api(channel)
+
+
+def test_unexpected_error_is_internal_without_internals(
+    faulty_api: Api, shop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    faulty_api.agent(shop, "a1")
+    with caplog.at_level(logging.ERROR, logger=status.__name__):
+        error = rpc_error(faulty_api.routing.Route, _request(shop, "boom"))
+    assert error.code() == grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
+    assert error.details() == status.INTERNAL_MESSAGE  # type: ignore[attr-defined]
+    assert field_of(error) is None
+    assert "secret internals" in caplog.text  # logged with its traceback, never sent
+    # And the server goes on serving
+    assert faulty_api.route(shop, "b1").agent_id == "a1"
+
+
+def test_unexpected_error_in_a_batch_fails_only_its_item(
+    faulty_api: Api, shop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    faulty_api.agent(shop, "a1")
+    batch = pb.RouteBatchRequest(requests=[_request(shop, "boom"), _request(shop, "b1")])
+    with caplog.at_level(logging.CRITICAL):
+        boom, fine = faulty_api.routing.RouteBatch(batch).results
+    assert (boom.error.code, boom.error.message, boom.error.field) == (
+        grpc.StatusCode.INTERNAL.value[0],
+        status.INTERNAL_MESSAGE,
+        "",
+    )
+    assert fine.decision.agent_id == "a1"
+
+
+def _request(shop: str, buyer: str) -> pb.RouteRequest:
+    return pb.RouteRequest(shop_id=shop, buyer_id=buyer, request_id=f"req-{buyer}")

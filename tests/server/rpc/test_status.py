@@ -1,0 +1,132 @@
+"""The one table from core errors to gRPC codes, and how a call is aborted with it."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any
+
+import grpc
+import pytest
+
+from fenliu.server.core import errors
+from fenliu.server.rpc import status
+
+
+class _Aborted(Exception):
+    """What the fake context raises from abort, as grpc's AbortError would."""
+
+
+class FakeContext:
+    """Records the one abort a servicer makes."""
+
+    def __init__(self) -> None:
+        self.aborted: tuple[Any, ...] | None = None
+
+    async def abort(self, code: grpc.StatusCode, details: str, metadata: Any) -> None:
+        self.aborted = (code, details, tuple(metadata))
+        raise _Aborted
+
+
+def _run_in_abort_on_error(exc: BaseException) -> FakeContext:
+    context = FakeContext()
+
+    async def body() -> None:
+        async with status.abort_on_error(context):  # type: ignore[arg-type]
+            raise exc
+
+    with pytest.raises((_Aborted, type(exc))):
+        asyncio.run(body())
+    return context
+
+
+class _Unlisted(errors.NotFound):
+    """A subclass the table does not name: its nearest listed base decides."""
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        pytest.param(errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT, id="invalid"),
+        pytest.param(errors.NotFound, grpc.StatusCode.NOT_FOUND, id="not-found"),
+        pytest.param(
+            errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION, id="precondition"
+        ),
+        pytest.param(errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, id="exhausted"),
+        pytest.param(_Unlisted, grpc.StatusCode.NOT_FOUND, id="subclass-takes-nearest-base"),
+    ],
+)
+def test_core_error_code(error: type[errors.FenliuError], code: grpc.StatusCode) -> None:
+    exc = error("shop_id: no shop 'x'", "shop_id")
+    assert status.code_for(exc) is code
+    assert status.failure(exc) == (code, "shop_id: no shop 'x'", "shop_id")
+
+
+def test_every_core_error_has_a_code() -> None:
+    classes = [
+        cls
+        for _, cls in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(cls, errors.FenliuError) and cls is not errors.FenliuError
+    ]
+    assert classes, "no core errors found"
+    for cls in classes:
+        assert status.code_for(cls("message", "field")) is not None, cls.__name__
+
+
+def test_unexpected_error_is_internal_logged_and_hides_details(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.ERROR, logger=status.__name__):
+        failure = status.failure(KeyError("secret internals"))
+    assert failure == (grpc.StatusCode.INTERNAL, status.INTERNAL_MESSAGE, "")
+    assert "secret" not in failure.message
+    [record] = caplog.records
+    assert record.exc_info is not None and "secret internals" in caplog.text
+
+
+def test_bare_base_error_is_not_guessed() -> None:
+    failure = status.failure(errors.FenliuError("what", "field"))
+    assert failure.code is grpc.StatusCode.INTERNAL
+
+
+def test_error_message_for_batch_items() -> None:
+    error = status.error_message(errors.InvalidArgument("crowds holds 11 items", "crowds"))
+    assert (error.code, error.message, error.field) == (
+        grpc.StatusCode.INVALID_ARGUMENT.value[0],
+        "crowds holds 11 items",
+        "crowds",
+    )
+
+
+def test_abort_on_error_aborts_with_code_message_and_field() -> None:
+    context = _run_in_abort_on_error(errors.FailedPrecondition("agent is OFFLINE", "agent_id"))
+    assert context.aborted == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "agent is OFFLINE",
+        ((status.FIELD_KEY, "agent_id"),),
+    )
+
+
+def test_abort_on_error_sends_no_field_when_there_is_none(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.CRITICAL):
+        context = _run_in_abort_on_error(ZeroDivisionError("boom"))
+    assert context.aborted == (grpc.StatusCode.INTERNAL, status.INTERNAL_MESSAGE, ())
+
+
+def test_abort_on_error_lets_cancellation_through() -> None:
+    context = _run_in_abort_on_error(asyncio.CancelledError())
+    assert context.aborted is None
+
+
+def test_abort_on_error_does_nothing_on_success() -> None:
+    context = FakeContext()
+
+    async def body() -> int:
+        async with status.abort_on_error(context):  # type: ignore[arg-type]
+            return 7
+
+    assert asyncio.run(body()) == 7
+    assert context.aborted is None

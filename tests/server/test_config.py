@@ -1,0 +1,68 @@
+"""The server's Config: defaults, and each bad field refused by name."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from fenliu.server.__main__ import parse_config
+from fenliu.server.config import Config
+
+
+def test_defaults() -> None:
+    config = Config()
+    assert (config.host, config.port, config.shards) == ("127.0.0.1", 50051, 16)
+    assert (config.tick_interval_s, config.grace_s) == (1.0, 5.0)
+
+
+def test_is_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        pytest.param({"host": ""}, "host", id="host-empty"),
+        pytest.param({"host": " 127.0.0.1"}, "host", id="host-space"),
+        pytest.param({"port": -1}, "port", id="port-negative"),
+        pytest.param({"port": 65_536}, "port", id="port-too-big"),
+        pytest.param({"port": "80"}, "port", id="port-str"),
+        pytest.param({"port": True}, "port", id="port-bool"),
+        pytest.param({"shards": 0}, "shards", id="shards-0"),
+        pytest.param({"shards": 4097}, "shards", id="shards-too-many"),
+        pytest.param({"tick_interval_s": 0}, "tick_interval_s", id="tick-0"),
+        pytest.param({"tick_interval_s": float("nan")}, "tick_interval_s", id="tick-nan"),
+        pytest.param({"grace_s": -0.5}, "grace_s", id="grace-negative"),
+        pytest.param({"grace_s": float("inf")}, "grace_s", id="grace-inf"),
+    ],
+)
+def test_bad_field_is_named(fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=rf"^{field} must be"):
+        Config(**fields)
+
+
+def test_edges_are_allowed() -> None:
+    config = Config(port=0, shards=1, tick_interval_s=0.001, grace_s=0)
+    assert (config.port, config.grace_s) == (0, 0)
+
+
+def test_command_line() -> None:
+    argv = [
+        "--host",
+        "::1",
+        "--port",
+        "0",
+        "--shards",
+        "2",
+        "--tick-interval",
+        "0.5",
+        "--grace",
+        "1",
+    ]
+    assert parse_config(argv) == Config(
+        host="::1", port=0, shards=2, tick_interval_s=0.5, grace_s=1
+    )
+    assert parse_config([]) == Config()
