@@ -238,9 +238,9 @@ class AsyncClient:
     ) -> Decision:
         """Route one buyer message. Without ``request_id`` one is generated (and reused by
         the retries), so a retry never assigns twice."""
-        request = _route_request(
-            shop_id, buyer_id, request_id, addressed_agent_id, crowds, group, channel,
-            from_team_member,
+        request = route_request(
+            shop_id, buyer_id, request_id=request_id, addressed_agent_id=addressed_agent_id,
+            crowds=crowds, group=group, channel=channel, from_team_member=from_team_member,
         )  # fmt: skip
         reply = await self._call(self._routing.Route, request, idempotent=True, timeout=timeout)
         return Decision.from_pb(reply)
@@ -390,28 +390,6 @@ class AsyncClient:
 _NOT_POLICY = {"self", "shop_id", "timeout", "priority_crowds"}
 
 
-def _route_request(
-    shop_id: str,
-    buyer_id: str,
-    request_id: str,
-    addressed_agent_id: str,
-    crowds: Iterable[str],
-    group: str,
-    channel: str,
-    from_team_member: bool,
-) -> pb.RouteRequest:
-    return pb.RouteRequest(
-        shop_id=shop_id,
-        buyer_id=buyer_id,
-        request_id=request_id or new_request_id(),
-        addressed_agent_id=addressed_agent_id,
-        crowds=list(crowds),
-        group=group,
-        channel=channel,
-        from_team_member=from_team_member,
-    )
-
-
 def route_request(
     shop_id: str,
     buyer_id: str,
@@ -423,11 +401,17 @@ def route_request(
     channel: str = "",
     from_team_member: bool = False,
 ) -> pb.RouteRequest:
-    """One item for ``route_batch`` (a request id is generated when none is given)."""
-    return _route_request(
-        shop_id, buyer_id, request_id, addressed_agent_id, crowds, group, channel,
-        from_team_member,
-    )  # fmt: skip
+    """One request for ``route``/``route_batch`` (a request id is generated when none is given)."""
+    return pb.RouteRequest(
+        shop_id=shop_id,
+        buyer_id=buyer_id,
+        request_id=request_id or new_request_id(),
+        addressed_agent_id=addressed_agent_id,
+        crowds=list(crowds),
+        group=group,
+        channel=channel,
+        from_team_member=from_team_member,
+    )
 
 
 # ---------------------------------------------------------------- the blocking twin

@@ -2,15 +2,15 @@
 
     pytest bench/micro --benchmark-enable --benchmark-group-by=group
 
-Each benchmark times one routing decision in-process: a new buyer assigned by the
-shop strategy (the shop is kept in steady state: the session is ended again outside
-the timed call would cost a second command, so each round routes and ends in pairs
-and we report both), and a message on an open session (rule 2).
+Each benchmark times routing in-process: a new buyer assigned by the shop strategy,
+with its session ended in the same round so the shop stays in a steady state (two
+commands per round), and a message on an open session (rule 2, one command).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
 
@@ -36,34 +36,29 @@ def build(agents: int, shops: int = 1) -> Dispatcher:
     return d
 
 
-@pytest.mark.parametrize("agents", [10, 100, 1000])
-def test_new_buyer_decision(benchmark, agents: int) -> None:
-    benchmark.group = "new buyer (route + end)"
-    d = build(agents)
+def route_and_end(d: Dispatcher) -> Callable[[], None]:
+    """One new buyer routed by the strategy, then its session ended (steady state)."""
     ids = itertools.count()
 
-    def route_and_end() -> None:
+    def run() -> None:
         n = next(ids)
         decision = d.execute(Route(at=T0, shop_id="shop0", buyer_id=f"b{n}", request_id=f"r{n}"))
         d.execute(EndSessions(at=T0, shop_id="shop0", session_ids=(decision.session_id,)))
         d.drain_events()
 
-    benchmark(route_and_end)
+    return run
+
+
+@pytest.mark.parametrize("agents", [10, 100, 1000])
+def test_new_buyer_decision(benchmark, agents: int) -> None:
+    benchmark.group = "new buyer (route + end)"
+    benchmark(route_and_end(build(agents)))
 
 
 @pytest.mark.parametrize("shops", [10, 100_000])
 def test_new_buyer_decision_many_shops(benchmark, shops: int) -> None:
     benchmark.group = "new buyer (route + end), shops"
-    d = build(10, shops)
-    ids = itertools.count()
-
-    def route_and_end() -> None:
-        n = next(ids)
-        decision = d.execute(Route(at=T0, shop_id="shop0", buyer_id=f"b{n}", request_id=f"r{n}"))
-        d.execute(EndSessions(at=T0, shop_id="shop0", session_ids=(decision.session_id,)))
-        d.drain_events()
-
-    benchmark(route_and_end)
+    benchmark(route_and_end(build(10, shops)))
 
 
 @pytest.mark.parametrize("agents", [10, 1000])
