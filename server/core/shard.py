@@ -410,10 +410,7 @@ class Shard:
 
     def leave_queue(self, cmd: LeaveQueue) -> SessionView:
         shop = self.shop(cmd.shop_id)
-        v.check_id(cmd.buyer_id, "buyer_id")
-        session = shop.by_buyer.get(cmd.buyer_id)
-        if session is None:
-            raise NotFound(f"buyer_id: buyer {cmd.buyer_id!r} has no open session", "buyer_id")
+        session = shop.buyer_session(cmd.buyer_id)
         if session.state is not State.QUEUED:
             raise FailedPrecondition(
                 f"buyer_id: the session of {cmd.buyer_id!r} is {session.state.name}, not QUEUED",
@@ -465,10 +462,7 @@ class Shard:
 
     def get_position(self, q: GetPosition) -> SessionView:
         shop = self.shop(q.shop_id)
-        v.check_id(q.buyer_id, "buyer_id")
-        session = shop.by_buyer.get(q.buyer_id)
-        if session is None:
-            raise NotFound(f"buyer_id: buyer {q.buyer_id!r} has no open session", "buyer_id")
+        session = shop.buyer_session(q.buyer_id)
         return _session_view(shop, session)
 
     def list_left_messages(self, q: ListLeftMessages) -> QueueList:

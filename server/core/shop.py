@@ -123,6 +123,14 @@ class Shop:
             )
         return session
 
+    def buyer_session(self, buyer_id: str) -> Session:
+        """The buyer's open session."""
+        check_id(buyer_id, "buyer_id")
+        session = self.by_buyer.get(buyer_id)
+        if session is None:
+            raise NotFound(f"buyer_id: buyer {buyer_id!r} has no open session", "buyer_id")
+        return session
+
     def issued(self, session_id: str) -> bool:
         """Whether this shop ever issued the id (open or ended)."""
         digits = session_id[1:]
