@@ -702,7 +702,8 @@ class Shop:
             self.shard.moved.append(self.reroute(session, Reason.AGENT_OFFLINE, exclude=None)[0])
         for session in self.left.values():
             if session.left_for == agent.agent_id:
-                session.left_for = ""
+                session.left_for = ""  # MAIN is gone: the shop's now
+                session.private = False
                 self.reserved_left -= 1
         self.emit("status_changed", agent.agent_id)
         self.fill_all()

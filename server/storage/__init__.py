@@ -1,0 +1,1 @@
+"""Durability: the journal and snapshots of each shard (SPEC §7)."""

@@ -1,0 +1,278 @@
+"""Pure encoding of what goes to disk: journal records and shard snapshots (msgspec).
+
+A journal record is ``[u32 length][u32 crc32][payload]`` (little endian), the payload a
+msgpack-encoded command. A snapshot is the same frame around one ``ShardImage``. Both
+files start with ``MAGIC`` and a format version; a newer version is refused, never read.
+
+The image keeps everything that decides future behaviour exactly (orders of dicts that
+are iterated, the timer heap with its sequence numbers); what is derived (scope
+members and counters, heaps, the queue's sorted list, buyer index) is rebuilt on load.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from ..core import types as t
+from ..core.shard import Shard
+from ..core.shop import T_SESSION, Shop
+from ..core.state import Agent, Session
+
+MAGIC = b"FENLIU"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<6sH")  # magic, version
+_FRAME = struct.Struct("<II")  # payload length, crc32 of the payload
+HEADER_SIZE = _HEADER.size
+
+
+class FormatError(Exception):
+    """A file this version cannot read: not ours, or written by a newer format."""
+
+
+def file_header() -> bytes:
+    return _HEADER.pack(MAGIC, FORMAT_VERSION)
+
+
+def check_header(data: bytes, name: str) -> None:
+    if len(data) < HEADER_SIZE:
+        raise FormatError(f"{name}: too short for a header")
+    magic, version = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise FormatError(f"{name}: not a fenliu file")
+    if version > FORMAT_VERSION:
+        raise FormatError(
+            f"{name}: written by format version {version}; this fenliu reads up to "
+            f"{FORMAT_VERSION}. Upgrade fenliu to read it."
+        )
+
+
+def frame(payload: bytes) -> bytes:
+    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def frames(data: bytes, offset: int) -> Iterator[tuple[bytes, int]]:
+    """(payload, end offset) of each intact frame from ``offset``; stops at the first torn
+    or corrupt one (a crash mid-write: it was never acknowledged)."""
+    size = len(data)
+    while offset + _FRAME.size <= size:
+        length, crc = _FRAME.unpack_from(data, offset)
+        start = offset + _FRAME.size
+        end = start + length
+        if end > size:
+            return
+        payload = data[start:end]
+        if zlib.crc32(payload) != crc:
+            return
+        yield payload, end
+        offset = end
+
+
+_command_encoder = msgspec.msgpack.Encoder()
+_command_decoder = msgspec.msgpack.Decoder(t.AnyCommand)
+
+
+def encode_command(command: t.Command) -> bytes:
+    return _command_encoder.encode(command)
+
+
+def decode_command(payload: bytes) -> t.Command:
+    return _command_decoder.decode(payload)  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- snapshot image
+
+
+class AgentImage(msgspec.Struct, array_like=True, gc=False):
+    agent_id: str
+    role: t.Role
+    groups: tuple[str, ...]
+    max_concurrent: int
+    status: t.Status
+    sessions: list[str]  # ASSIGNED + ACTIVE, in order
+    backlog: list[str]  # FIFO
+    last_assign: int
+    reg: int
+    served_day: int
+    served_count: int
+
+
+class SessionImage(msgspec.Struct, array_like=True, gc=False):
+    seq: int
+    buyer_id: str
+    state: t.State
+    agent_id: str
+    group: str
+    priority: bool
+    channel: str
+    created_at: int
+    entered_at: int
+    assigned_at: int
+    awaiting_since: int | None
+    last_activity: int
+    first_reply_at: int
+    excluded: list[str] | None
+    reason: t.Reason
+    timer_due: int | None
+    left_for: str
+    private: bool
+
+
+class ShopImage(msgspec.Struct, array_like=True):
+    shop_id: str
+    policy: t.Policy
+    agents: list[AgentImage]
+    main: str
+    sessions: list[SessionImage]  # in the shop's order
+    left: list[str]  # left messages, oldest first
+    recent: dict[str, tuple[str, int]]
+    private: list[str]
+    notices: dict[str, int]
+    requests: dict[str, tuple[t.Decision, int]]
+    next_seq: int
+    assign_seq: int
+    reg_seq: int
+
+
+class ShardImage(msgspec.Struct, array_like=True):
+    index: int
+    position: int  # journal records this image covers
+    now: int
+    timer_seq: int
+    timers: list[tuple[int, int, int, str, str]]  # due, seq, kind, shop, key (session id)
+    shops: list[ShopImage]
+
+
+_image_encoder = msgspec.msgpack.Encoder()
+_image_decoder = msgspec.msgpack.Decoder(ShardImage)
+
+
+def encode_shard(shard: Shard, position: int) -> bytes:
+    """The shard's whole state, covering the first ``position`` journal records."""
+    # Entries of ended sessions are inert (firing ignores them): they are left out.
+    timers = [
+        (due, seq, kind, shop.shop_id, key.session_id if kind == T_SESSION else key)
+        for due, seq, kind, shop, key in shard.timers
+        if kind != T_SESSION or shop.sessions.get(key.session_id) is key
+    ]
+    heapq.heapify(timers)
+    image = ShardImage(
+        index=shard.index,
+        position=position,
+        now=shard.now,
+        timer_seq=shard.timer_seq,
+        timers=timers,
+        shops=[_shop_image(shop) for shop in shard.shops.values()],
+    )
+    return _image_encoder.encode(image)
+
+
+def decode_shard(payload: bytes) -> tuple[Shard, int]:
+    """A shard rebuilt from its image, and the journal position the image covers."""
+    image = _image_decoder.decode(payload)
+    shard = Shard(image.index)
+    shard.now = image.now
+    shard.timer_seq = image.timer_seq
+    for shop_image in image.shops:
+        shard.shops[shop_image.shop_id] = _restore_shop(shard, shop_image)
+    for due, seq, kind, shop_id, key in image.timers:
+        shop = shard.shops[shop_id]
+        target: Any = shop.sessions[key] if kind == T_SESSION else key
+        shard.timers.append((due, seq, kind, shop, target))  # heap order kept
+    return shard, image.position
+
+
+def _shop_image(shop: Shop) -> ShopImage:
+    return ShopImage(
+        shop_id=shop.shop_id,
+        policy=shop.policy,
+        agents=[
+            AgentImage(
+                a.agent_id,
+                a.role,
+                a.groups,
+                a.max_concurrent,
+                a.status,
+                list(a.sessions),
+                list(a.backlog),
+                a.last_assign,
+                a.reg,
+                a.served_day,
+                a.served_count,
+            )  # fmt: skip
+            for a in shop.agents.values()
+        ],
+        main=shop.main.agent_id if shop.main is not None else "",
+        sessions=[_session_image(s) for s in shop.sessions.values()],
+        left=list(shop.left),
+        recent=dict(shop.recent),
+        private=sorted(shop.private),
+        notices=dict(shop.notices),
+        requests=dict(shop.requests),
+        next_seq=shop.next_seq,
+        assign_seq=shop.assign_seq,
+        reg_seq=shop.reg_seq,
+    )
+
+
+def _session_image(s: Session) -> SessionImage:
+    return SessionImage(
+        s.seq, s.buyer_id, s.state, s.agent.agent_id if s.agent is not None else "", s.group,
+        s.priority, s.channel, s.created_at, s.entered_at, s.assigned_at, s.awaiting_since,
+        s.last_activity, s.first_reply_at, sorted(s.excluded) if s.excluded else None,
+        s.reason, s.timer_due, s.left_for, s.private,
+    )  # fmt: skip
+
+
+def _restore_shop(shard: Shard, image: ShopImage) -> Shop:
+    shop = Shop(shard, image.shop_id)
+    shop.policy = image.policy
+    shop.priority_crowds = frozenset(image.policy.priority_crowds)
+    for heap in shop.heaps.values():
+        heap.strategy = image.policy.strategy
+    for s in image.sessions:
+        session = Session(s.seq, s.buyer_id, s.group, s.priority, s.channel, s.created_at)
+        session.state = s.state
+        session.entered_at, session.assigned_at = s.entered_at, s.assigned_at
+        session.awaiting_since, session.last_activity = s.awaiting_since, s.last_activity
+        session.first_reply_at, session.reason = s.first_reply_at, s.reason
+        session.excluded = set(s.excluded) if s.excluded else None
+        session.timer_due, session.left_for, session.private = s.timer_due, s.left_for, s.private
+        shop.sessions[session.session_id] = session
+        shop.by_buyer[session.buyer_id] = session
+    for a in image.agents:
+        agent = Agent(a.agent_id, a.role, a.groups, a.max_concurrent, a.status, a.reg)
+        agent.last_assign, agent.served_day, agent.served_count = (
+            a.last_assign, a.served_day, a.served_count,
+        )  # fmt: skip
+        for sid in a.sessions:
+            session = shop.sessions[sid]
+            session.agent = agent
+            agent.sessions[sid] = session
+            agent.load += 1
+            agent.new_count += session.state is t.State.ASSIGNED
+        for sid in a.backlog:
+            shop.sessions[sid].agent = agent
+            agent.backlog[sid] = shop.sessions[sid]
+        shop.agents[agent.agent_id] = agent
+        shop.join(agent)
+        shop.touch(agent)
+    shop.main = shop.agents.get(image.main)
+    for sid in image.left:
+        session = shop.sessions[sid]
+        shop.left[sid] = session
+        shop.reserved_left += bool(session.left_for)
+    shop.queue = sorted(
+        (*shop.queue_key(s), s) for s in shop.sessions.values() if s.state is t.State.QUEUED
+    )
+    shop.recent = {buyer: (agent_id, at) for buyer, (agent_id, at) in image.recent.items()}
+    shop.private = set(image.private)
+    shop.notices = dict(image.notices)
+    shop.requests = {rid: (decision, at) for rid, (decision, at) in image.requests.items()}
+    shop.next_seq, shop.assign_seq, shop.reg_seq = image.next_seq, image.assign_seq, image.reg_seq
+    return shop
