@@ -33,6 +33,17 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument(
         "--grace", type=float, default=defaults.grace_s, help="drain time on shutdown, seconds"
     )
+    parser.add_argument(
+        "--data-dir",
+        default="data",
+        help="journal and snapshots (default ./data, created if missing; '' keeps no state)",
+    )
+    parser.add_argument(
+        "--no-fsync", action="store_true", help="benchmarks only: acknowledged changes may be lost"
+    )
+    parser.add_argument(
+        "--snapshot-interval", type=float, default=defaults.snapshot_interval_s, help="seconds"
+    )
     args = parser.parse_args(argv)
     try:
         return Config(
@@ -41,6 +52,9 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
             shards=args.shards,
             tick_interval_s=args.tick_interval,
             grace_s=args.grace,
+            data_dir=args.data_dir,
+            fsync=not args.no_fsync,
+            snapshot_interval_s=args.snapshot_interval,
         )
     except ValueError as exc:
         parser.error(str(exc))

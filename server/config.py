@@ -22,6 +22,9 @@ class Config:
     shards: int = 16
     tick_interval_s: float = 1.0  # how often the timers are fired
     grace_s: float = 5.0  # how long a graceful shutdown lets running calls finish
+    data_dir: str = ""  # the journal and snapshots; "" keeps state in memory only
+    fsync: bool = True  # off only for benchmarks: an acknowledged change may then be lost
+    snapshot_interval_s: float = 300.0  # how often each shard is snapshotted
 
     def __post_init__(self) -> None:
         _check_host(self.host)
@@ -29,6 +32,9 @@ class Config:
         _check_int(self.shards, "shards", 1, MAX_SHARDS)
         _check_seconds(self.tick_interval_s, "tick_interval_s", positive=True)
         _check_seconds(self.grace_s, "grace_s", positive=False)
+        _check_seconds(self.snapshot_interval_s, "snapshot_interval_s", positive=True)
+        if not isinstance(self.data_dir, str):
+            raise ValueError(f"data_dir must be a path (got {self.data_dir!r})")
 
 
 def _check_host(value: str) -> None:

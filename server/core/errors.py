@@ -4,7 +4,8 @@
     ├── InvalidArgument      malformed input (names the field and the rule)
     ├── NotFound             unknown shop, agent or session
     ├── FailedPrecondition   the state does not allow it
-    └── ResourceExhausted    the shop queue is full and the policy says REJECT
+    ├── ResourceExhausted    the shop queue is full and the policy says REJECT
+    └── Unavailable          the change could not be made durable (raised by storage)
 
 The adapter maps these to gRPC status codes in exactly one place (``rpc/status.py``).
 """
@@ -35,3 +36,7 @@ class FailedPrecondition(FenliuError):
 
 class ResourceExhausted(FenliuError):
     """The shop queue holds ``queue_limit`` entries and ``on_queue_full`` is REJECT."""
+
+
+class Unavailable(FenliuError):
+    """The change could not be journaled (disk full, I/O error): it was undone; retry."""

@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -29,6 +30,7 @@ from fenliu.client._pb import fenliu_pb2 as pb
 from ..config import Config
 from ..core import types as t
 from ..core.dispatcher import Dispatcher
+from ..storage.journal import Journal
 from .service import Clock, Core, EventSink, add_services, discard
 
 log = logging.getLogger("fenliu.server")
@@ -45,6 +47,18 @@ T = TypeVar("T")
 def wall_clock_ms() -> int:
     """The real time in ms since the epoch: the default clock."""
     return time.time_ns() // 1_000_000
+
+
+def _open_journal(config: Config, dispatcher: Dispatcher) -> Journal | None:
+    """With a data directory: the journal, the state recovered from it."""
+    if not config.data_dir:
+        log.warning("no data directory: state lives in memory and a restart loses it")
+        return None
+    if not config.fsync:
+        log.warning("fsync is OFF: a crash may lose acknowledged changes (benchmarks only)")
+    journal = Journal(dispatcher, Path(config.data_dir), fsync=config.fsync)
+    journal.recover()
+    return journal
 
 
 class Server:
@@ -64,7 +78,9 @@ class Server:
     ) -> None:
         self.config = config or Config()
         self.dispatcher = dispatcher or Dispatcher(self.config.shards)
-        self.core = Core(self.dispatcher, now_ms, events)
+        self.journal = _open_journal(self.config, self.dispatcher)
+        self.core = Core(self.dispatcher, now_ms, events, self.journal)
+        self._snapshotter: asyncio.Task[None] | None = None
         self.port: int | None = None
         self._health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._grpc = grpc.aio.server(options=_OPTIONS)
@@ -98,6 +114,8 @@ class Server:
         await self._set_health(_NOT_SERVING)
         await self._grpc.start()
         self._ticker = asyncio.create_task(self._tick_forever(), name="fenliu-ticker")
+        if self.journal is not None:
+            self._snapshotter = asyncio.create_task(self._snapshot_forever(), name="fenliu-snap")
         await self._set_health(_SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -108,10 +126,16 @@ class Server:
         """
         await self._health.enter_graceful_shutdown()
         await self._grpc.stop(self.config.grace_s if grace is None else grace)
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        for task in (self._ticker, self._snapshotter):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._ticker = self._snapshotter = None
+        journal, self.journal = self.journal, None  # a second stop() must not close it twice
+        if journal is not None:
+            await journal.snapshot()  # a quick start next time
+            journal.close()
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -133,14 +157,26 @@ class Server:
         interval = self.config.tick_interval_s
         while True:
             await asyncio.sleep(interval)
-            self.tick()
+            await self.tick()
 
-    def tick(self) -> None:
+    async def tick(self) -> None:
         """Fire the timers due now: one ``Tick`` command, stamped by the clock."""
         try:
-            self.core.execute(t.Tick(at=self.core.now()))
+            await self.core.execute(t.Tick(at=self.core.now()))
         except Exception:
             log.exception("a tick failed")
+
+    async def _snapshot_forever(self) -> None:
+        assert self.journal is not None
+        while True:
+            await asyncio.sleep(self.config.snapshot_interval_s)
+            started = time.perf_counter()
+            try:
+                await self.journal.snapshot()
+            except OSError as exc:
+                log.error("a snapshot failed: %s", exc)
+                continue
+            log.info("snapshot of all shards took %.3fs", time.perf_counter() - started)
 
 
 class _Signals:
@@ -267,7 +303,10 @@ class ServerThread:
         server = self._server
         if server is None:
             raise RuntimeError("the server is not running")
-        return self.call(lambda: server.core.execute(command))
+        if self._loop is None:
+            raise RuntimeError("the server is not running")
+        coroutine = server.core.execute(command)
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(self._timeout)
 
     def __enter__(self) -> ServerThread:
         self.start()

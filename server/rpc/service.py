@@ -7,6 +7,7 @@ so they never pile up in the shards' outboxes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
@@ -18,6 +19,8 @@ from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 from ..core import types as t
 from ..core.dispatcher import Dispatcher
 from ..core.validate import check_batch
+from ..storage import codec
+from ..storage.journal import Journal
 from . import convert
 from .status import abort_on_error, error_message
 
@@ -35,37 +38,69 @@ def discard(events: list[t.Event]) -> None:
 
 
 class Core:
-    """The dispatcher as the servicers use it: stamped with a clock, events forwarded."""
+    """The dispatcher as the servicers use it: stamped with a clock, events forwarded,
+    and, with a journal, every state change durable before it is acknowledged."""
 
-    __slots__ = ("dispatcher", "now", "_events")
+    __slots__ = ("dispatcher", "now", "journal", "_events")
 
-    def __init__(self, dispatcher: Dispatcher, now_ms: Clock, events: EventSink = discard) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        now_ms: Clock,
+        events: EventSink = discard,
+        journal: Journal | None = None,
+    ) -> None:
         self.dispatcher = dispatcher
         self.now = now_ms
+        self.journal = journal
         self._events = events
 
-    def execute(self, command: t.AnyCommand) -> Any:
-        """Apply one command and hand its events to the sink; core errors propagate."""
+    async def execute(self, command: t.AnyCommand) -> Any:
+        """Apply one command, hand its events to the sink, and wait until it is durable.
+
+        Raises:
+            FenliuError: the core refused it, or (Unavailable) the journal failed: undone.
+        """
         try:
-            return self.dispatcher.execute(command)
+            result = self.dispatcher.execute(command)
         finally:
             self._flush()
+        if self.journal is not None:
+            await asyncio.gather(*self._commit(command))
+        return result
 
-    def execute_each(self, commands: Iterable[t.AnyCommand]) -> list[Any]:
+    async def execute_each(self, commands: Iterable[t.AnyCommand]) -> list[Any]:
         """Apply commands one by one; an item's result or the exception it raised."""
         results: list[Any] = []
+        commits: list[tuple[int, asyncio.Future[None]]] = []
         try:
             for command in commands:
                 try:
                     results.append(self.dispatcher.execute(command))
                 except Exception as exc:
                     results.append(exc)
+                    continue
+                commits += [(len(results) - 1, f) for f in self._commit(command)]
         finally:
             self._flush()
+        outcomes = await asyncio.gather(*(f for _, f in commits), return_exceptions=True)
+        for (index, _), outcome in zip(commits, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                results[index] = outcome
         return results
 
     def read(self, query: t.AnyQuery) -> Any:
         return self.dispatcher.read(query)
+
+    def _commit(self, command: t.AnyCommand) -> list[asyncio.Future[None]]:
+        """Queue the command's record in its shard's journal (every shard for a Tick)."""
+        journal = self.journal
+        if journal is None:
+            return []
+        payload = codec.encode_command(command)
+        if type(command) is t.Tick:
+            return [journal.submit(shard, payload) for shard in self.dispatcher.shards]
+        return [journal.submit(self.dispatcher.shard_for(command.shop_id), payload)]  # type: ignore[union-attr]
 
     def _flush(self) -> None:
         events = self.dispatcher.drain_events()
@@ -89,7 +124,7 @@ class PresenceService(pb_grpc.PresenceServicer):
     ) -> pb.ShopPolicy:
         async with abort_on_error(context):
             command = convert.set_policy(request, self._core.now())
-            return convert.shop_policy(self._core.execute(command))
+            return convert.shop_policy(await self._core.execute(command))
 
     async def GetShopPolicy(
         self, request: pb.GetShopPolicyRequest, context: Context
@@ -102,19 +137,19 @@ class PresenceService(pb_grpc.PresenceServicer):
     async def RegisterAgent(self, request: pb.RegisterAgentRequest, context: Context) -> pb.Agent:
         async with abort_on_error(context):
             command = convert.register_agent(request, self._core.now())
-            return convert.agent(self._core.execute(command))
+            return convert.agent(await self._core.execute(command))
 
     async def RemoveAgent(
         self, request: pb.RemoveAgentRequest, context: Context
     ) -> pb.RemoveAgentReply:
         async with abort_on_error(context):
             command = convert.remove_agent(request, self._core.now())
-            return convert.remove_reply(self._core.execute(command))
+            return convert.remove_reply(await self._core.execute(command))
 
     async def SetStatus(self, request: pb.SetStatusRequest, context: Context) -> pb.SetStatusReply:
         async with abort_on_error(context):
             command = convert.set_status(request, self._core.now())
-            return convert.status_reply(self._core.execute(command))
+            return convert.status_reply(await self._core.execute(command))
 
     async def ListTeam(self, request: pb.ListTeamRequest, context: Context) -> pb.ListTeamReply:
         async with abort_on_error(context):
@@ -125,14 +160,14 @@ class PresenceService(pb_grpc.PresenceServicer):
     ) -> pb.Empty:
         async with abort_on_error(context):
             command = convert.add_private_contact(request, self._core.now())
-            return convert.empty(self._core.execute(command))
+            return convert.empty(await self._core.execute(command))
 
     async def RemovePrivateContact(
         self, request: pb.PrivateContactRequest, context: Context
     ) -> pb.Empty:
         async with abort_on_error(context):
             command = convert.remove_private_contact(request, self._core.now())
-            return convert.empty(self._core.execute(command))
+            return convert.empty(await self._core.execute(command))
 
 
 class RoutingService(pb_grpc.RoutingServicer):
@@ -143,7 +178,9 @@ class RoutingService(pb_grpc.RoutingServicer):
 
     async def Route(self, request: pb.RouteRequest, context: Context) -> pb.Decision:
         async with abort_on_error(context):
-            return convert.decision(self._core.execute(convert.route(request, self._core.now())))
+            return convert.decision(
+                await self._core.execute(convert.route(request, self._core.now()))
+            )
 
     async def RouteBatch(
         self, request: pb.RouteBatchRequest, context: Context
@@ -153,22 +190,24 @@ class RoutingService(pb_grpc.RoutingServicer):
             check_batch(len(request.requests), "requests")
             at = self._core.now()  # one arrival time for the whole batch
             commands = [convert.route(item, at) for item in request.requests]
-            results = self._core.execute_each(commands)
+            results = await self._core.execute_each(commands)
             return pb.RouteBatchReply(results=[_route_result(result) for result in results])
 
     async def Acknowledge(self, request: pb.SessionRequest, context: Context) -> pb.Session:
         async with abort_on_error(context):
             command = convert.acknowledge(request, self._core.now())
-            return convert.session(self._core.execute(command))
+            return convert.session(await self._core.execute(command))
 
     async def Reply(self, request: pb.SessionRequest, context: Context) -> pb.Session:
         async with abort_on_error(context):
-            return convert.session(self._core.execute(convert.reply(request, self._core.now())))
+            return convert.session(
+                await self._core.execute(convert.reply(request, self._core.now()))
+            )
 
     async def Transfer(self, request: pb.TransferRequest, context: Context) -> pb.Decision:
         async with abort_on_error(context):
             command = convert.transfer(request, self._core.now())
-            return convert.decision(self._core.execute(command))
+            return convert.decision(await self._core.execute(command))
 
     async def EndSessions(
         self, request: pb.EndSessionsRequest, context: Context
@@ -176,7 +215,7 @@ class RoutingService(pb_grpc.RoutingServicer):
         async with abort_on_error(context):
             check_batch(len(request.session_ids), "session_ids")
             command = convert.end_sessions(request, self._core.now())
-            return convert.end_reply(self._core.execute(command))
+            return convert.end_reply(await self._core.execute(command))
 
     async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> pb.Session:
         async with abort_on_error(context):
@@ -208,12 +247,14 @@ class QueueService(pb_grpc.QueueServicer):
 
     async def Pick(self, request: pb.PickRequest, context: Context) -> pb.Decision:
         async with abort_on_error(context):
-            return convert.decision(self._core.execute(convert.pick(request, self._core.now())))
+            return convert.decision(
+                await self._core.execute(convert.pick(request, self._core.now()))
+            )
 
     async def LeaveQueue(self, request: pb.BuyerRequest, context: Context) -> pb.Session:
         async with abort_on_error(context):
             command = convert.leave_queue(request, self._core.now())
-            return convert.session(self._core.execute(command))
+            return convert.session(await self._core.execute(command))
 
     async def ListLeftMessages(
         self, request: pb.ListLeftMessagesRequest, context: Context

@@ -5,6 +5,7 @@
     NotFound               NOT_FOUND
     FailedPrecondition     FAILED_PRECONDITION
     ResourceExhausted      RESOURCE_EXHAUSTED
+    Unavailable            UNAVAILABLE (the journal could not be written)
     anything else          INTERNAL, logged, with a generic message
 
 A core error's message names the field; the field itself travels in the trailing
@@ -34,6 +35,7 @@ CODES: dict[type[errors.FenliuError], grpc.StatusCode] = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 

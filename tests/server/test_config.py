@@ -61,8 +61,15 @@ def test_command_line() -> None:
         "0.5",
         "--grace",
         "1",
+        "--data-dir",
+        "/var/lib/fenliu",
+        "--no-fsync",
+        "--snapshot-interval",
+        "10",
     ]
     assert parse_config(argv) == Config(
-        host="::1", port=0, shards=2, tick_interval_s=0.5, grace_s=1
-    )
-    assert parse_config([]) == Config()
+        host="::1", port=0, shards=2, tick_interval_s=0.5, grace_s=1,
+        data_dir="/var/lib/fenliu", fsync=False, snapshot_interval_s=10,
+    )  # fmt: skip
+    # The program keeps its state in ./data; the library default (tests) is memory only.
+    assert parse_config([]) == Config(data_dir="data")

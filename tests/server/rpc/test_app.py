@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import grpc.aio
@@ -158,9 +159,10 @@ def test_server_thread_reports_a_failed_start(monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.fixture
-def process() -> Iterator[tuple[subprocess.Popen[str], int]]:
+def process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """``python -m fenliu.server --port 0``, and the port it logs once ready."""
     args = [sys.executable, "-m", "fenliu.server", "--port", "0", "--grace", "30"]
+    args += ["--data-dir", str(tmp_path / "data")]
     child = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
     try:
         yield child, _logged_port(child)

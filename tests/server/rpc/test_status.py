@@ -54,6 +54,7 @@ class _Unlisted(errors.NotFound):
             errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION, id="precondition"
         ),
         pytest.param(errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, id="exhausted"),
+        pytest.param(errors.Unavailable, grpc.StatusCode.UNAVAILABLE, id="unavailable"),
         pytest.param(_Unlisted, grpc.StatusCode.NOT_FOUND, id="subclass-takes-nearest-base"),
     ],
 )
