@@ -53,6 +53,10 @@ class ShardFiles:
         for path in self._segments():
             start = _position(path)
             data = path.read_bytes()
+            if len(data) < codec.HEADER_SIZE:  # killed before its header: no records in it
+                log.warning("%s: dropping a segment cut short before its header", path)
+                path.unlink()
+                continue
             codec.check_header(data, str(path))
             index, end = start, codec.HEADER_SIZE
             for payload, end in codec.frames(data, codec.HEADER_SIZE):  # noqa: B007

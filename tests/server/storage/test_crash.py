@@ -1,0 +1,175 @@
+"""A real server process, SIGKILLed at random moments under concurrent load, 20 times.
+
+After each restart on the same data directory, every change the server acknowledged
+must be there: routed sessions open with their buyer (unless an end was sent for
+them), acknowledged ends ended, acknowledged statuses in place. At the end the files
+are loaded in-process and the core's invariants checked on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from fenliu.client import AsyncClient, FenliuError, NotFound, SessionState, Status
+from fenliu.server.core.dispatcher import Dispatcher
+from fenliu.server.storage.files import ShardFiles
+
+from ..core.test_invariants import RoutingMachine
+
+KILLS = 20
+SHARDS = 4
+SHOPS = ["crash-a", "crash-b", "crash-c"]
+AGENTS = ["a1", "a2", "a3"]
+
+
+@dataclass
+class Acked:
+    """What the server acknowledged, and what was sent but maybe not applied."""
+
+    sessions: dict[tuple[str, str], str] = field(default_factory=dict)  # (shop, sid) -> buyer
+    ended: set[tuple[str, str]] = field(default_factory=set)
+    end_sent: set[tuple[str, str]] = field(default_factory=set)
+    status: dict[tuple[str, str], Status] = field(default_factory=dict)
+    status_sent: dict[tuple[str, str], Status] = field(default_factory=dict)
+    buyers: int = 0
+
+
+def start(data: Path) -> tuple[subprocess.Popen[str], str]:
+    args = [sys.executable, "-m", "fenliu.server", "--port", "0", "--data-dir", str(data)]
+    args += ["--shards", str(SHARDS), "--tick-interval", "0.2", "--snapshot-interval", "0.7"]
+    child = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    assert child.stderr is not None
+    said = []
+    for line in child.stderr:
+        said.append(line)
+        found = re.search(r"fenliu serving on 127\.0\.0\.1:(\d+)$", line.strip())
+        if found:
+            return child, f"127.0.0.1:{found.group(1)}"
+    raise AssertionError(f"the server exited with {child.wait()} before serving:\n{''.join(said)}")
+
+
+async def worker(fenliu: AsyncClient, rng: random.Random, acked: Acked) -> None:
+    """Random state changes until the server dies under it."""
+    try:
+        while True:
+            shop = rng.choice(SHOPS)
+            roll = rng.random()
+            if roll < 0.55:
+                acked.buyers += 1
+                buyer = f"buyer{acked.buyers}"
+                decision = await fenliu.route(shop, buyer)
+                acked.sessions[(shop, decision.session_id)] = buyer
+            elif roll < 0.7:
+                agent, status = rng.choice(AGENTS), rng.choice(list(Status))
+                acked.status_sent[(shop, agent)] = status
+                result = await fenliu.set_status(shop, agent, status)
+                if acked.status_sent.get((shop, agent)) is status:
+                    acked.status[(shop, agent)] = result.agent.status
+            elif roll < 0.85:
+                mine = [k for k in acked.sessions if k[0] == shop and k not in acked.end_sent]
+                if mine:
+                    key = rng.choice(mine)
+                    acked.end_sent.add(key)
+                    await fenliu.end_sessions(shop, [key[1]])
+                    acked.ended.add(key)
+            else:
+                agent = rng.choice(AGENTS)
+                for session in await fenliu.list_agent_sessions(shop, agent):
+                    if session.state is SessionState.ASSIGNED:
+                        await fenliu.acknowledge(shop, agent, session.session_id)
+                        break
+    except FenliuError:
+        return  # the server was killed
+
+
+async def load(target: str, rng: random.Random, acked: Acked, first: bool) -> None:
+    async with AsyncClient(target, retries=0, timeout=2) as fenliu:
+        if first:
+            for shop in SHOPS:
+                for agent in AGENTS:
+                    await fenliu.register_agent(shop, agent, max_concurrent=3)
+        await asyncio.gather(
+            *(worker(fenliu, rng.__class__(rng.random()), acked) for _ in range(4))
+        )
+
+
+async def verify(target: str, acked: Acked) -> None:
+    async with AsyncClient(target) as fenliu:
+        limit = asyncio.Semaphore(32)
+
+        async def check(shop: str, sid: str, buyer: str) -> None:
+            async with limit:
+                await check_one(shop, sid, buyer)
+
+        async def check_one(shop: str, sid: str, buyer: str) -> None:
+            if (shop, sid) in acked.ended:
+                with pytest.raises(NotFound):
+                    await fenliu.get_session(shop, sid)
+            elif (shop, sid) not in acked.end_sent:
+                session = await fenliu.get_session(shop, sid)
+                assert session.buyer_id == buyer, (shop, sid)
+
+        await asyncio.gather(*(check(shop, sid, b) for (shop, sid), b in acked.sessions.items()))
+        teams = [(shop, await fenliu.list_team(shop)) for shop in SHOPS]
+        status = {(shop, a.agent_id): a.status for shop, team in teams for a in team}
+        for key, acknowledged in acked.status.items():
+            if acked.status_sent[key] is acknowledged:
+                assert status[key] is acknowledged, key
+
+
+async def run_then_kill(
+    child: subprocess.Popen[str], target: str, rng: random.Random, acked: Acked, first: bool
+) -> None:
+    loader = asyncio.create_task(load(target, rng, acked, first))
+    await asyncio.sleep(rng.uniform(0.1, 0.8))
+    child.kill()  # SIGKILL: no drain, no final snapshot
+    await loader
+
+
+@pytest.mark.slow
+def test_nothing_acknowledged_is_lost_across_20_sigkills(tmp_path: Path) -> None:
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    data = tmp_path / "data"
+    acked = Acked()
+    for cycle in range(KILLS):
+        child, target = start(data)
+        try:
+            if cycle:
+                asyncio.run(verify(target, acked))
+            asyncio.run(run_then_kill(child, target, rng, acked, first=cycle == 0))
+        finally:
+            child.kill()
+            child.wait(10)
+            assert child.stderr is not None
+            child.stderr.close()
+    child, target = start(data)
+    try:
+        asyncio.run(verify(target, acked))
+    finally:
+        child.kill()
+        child.wait(10)
+        assert child.stderr is not None
+        child.stderr.close()
+    assert len(acked.sessions) > 50, f"too little traffic to mean much (seed {seed})"
+    check_invariants(data)
+
+
+def check_invariants(data: Path) -> None:
+    """The core's invariants on the state the files hold."""
+    machine = RoutingMachine()
+    machine.d = Dispatcher(SHARDS)
+    for i in range(SHARDS):
+        machine.d.shards[i] = ShardFiles(data, i, fsync=False).load()
+    machine.capacity_respected()
+    machine.counters_match_a_recount()
+    machine.heaps_agree_with_brute_force()
+    machine.nothing_waits_while_an_agent_could_take_it()

@@ -1,0 +1,166 @@
+"""Real files on disk: restart, torn tail, corrupt snapshot, newer format, failing disk."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fenliu.client import Client, Status, Unavailable
+from fenliu.server.config import Config
+from fenliu.server.core.dispatcher import Dispatcher
+from fenliu.server.rpc.app import ServerThread
+from fenliu.server.storage import codec
+from fenliu.server.storage.files import ShardFiles
+
+from ..core.test_invariants import dump
+
+SHARDS = 2
+
+
+def serve(data: Path) -> ServerThread:
+    return ServerThread(Config(shards=SHARDS, data_dir=str(data), tick_interval_s=60))
+
+
+def drive(target: str, buyers: range) -> list[str]:
+    """Some traffic touching every kind of state; returns the session ids."""
+    with Client(target) as fenliu:
+        for shop in ("shop-a", "shop-b"):
+            fenliu.register_agent(shop, "a1", max_concurrent=2, status=Status.ONLINE)
+            fenliu.register_agent(shop, "a2", max_concurrent=1, status=Status.ONLINE)
+        sessions = [fenliu.route("shop-a", f"b{i}").session_id for i in buyers]
+        fenliu.acknowledge("shop-a", "a1", fenliu.list_agent_sessions("shop-a", "a1")[0].session_id)
+        fenliu.set_status("shop-b", "a2", Status.SUSPENDED)
+        fenliu.end_sessions("shop-a", sessions[:1])
+    return sessions
+
+
+def state_of(data: Path) -> object:
+    """The state the files hold, loaded in-process."""
+    d = Dispatcher(SHARDS)
+    for i in range(SHARDS):
+        d.shards[i] = ShardFiles(data, i, fsync=False).load()
+    return dump(d)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "data"
+
+
+def test_a_restart_recovers_exactly_the_state_before(data: Path) -> None:
+    with serve(data) as server:
+        drive(server.target, range(5))
+        before = server.call(lambda: dump(server.dispatcher))
+    with serve(data) as server:
+        assert server.call(lambda: dump(server.dispatcher)) == before
+        drive(server.target, range(5, 8))  # and it goes on from there
+        after = server.call(lambda: dump(server.dispatcher))
+    assert state_of(data) == after
+
+
+def test_recovery_without_a_snapshot_replays_the_whole_journal(data: Path) -> None:
+    with serve(data) as server:
+        drive(server.target, range(5))
+        before = server.call(lambda: dump(server.dispatcher))
+    for snapshot in data.glob("shard-*/snapshot-*.snap"):
+        snapshot.unlink()
+    assert state_of(data) == before
+
+
+def test_a_torn_tail_is_dropped_and_the_rest_recovered(data: Path) -> None:
+    with serve(data) as server:
+        drive(server.target, range(5))
+        before = server.call(lambda: dump(server.dispatcher))
+    for snapshot in data.glob("shard-*/snapshot-*.snap"):
+        snapshot.unlink()
+    segment = max(data.glob("shard-*/journal-*.log"), key=lambda p: p.stat().st_size)
+    intact = segment.stat().st_size
+    whole = codec.frame(b"a record the crash cut short")
+    with open(segment, "ab") as f:
+        f.write(whole[:-5])  # a crash mid-write: never acknowledged
+    assert state_of(data) == before
+    assert segment.stat().st_size == intact  # truncated, so new records follow cleanly
+
+
+def test_a_corrupt_snapshot_falls_back_to_an_older_one_and_a_longer_replay(data: Path) -> None:
+    with serve(data) as server:  # first stop: first snapshot
+        drive(server.target, range(3))
+    with serve(data) as server:  # second stop: second snapshot, journal kept since the first
+        drive(server.target, range(3, 6))
+        before = server.call(lambda: dump(server.dispatcher))
+    damaged_shards = 0
+    for shard_dir in data.glob("shard-*"):
+        snapshots = sorted(shard_dir.glob("snapshot-*.snap"))
+        if len(snapshots) < 2:
+            continue  # a shard with no traffic: both snapshots are the same file
+        damaged_shards += 1
+        newest = snapshots[-1]
+        damaged = bytearray(newest.read_bytes())
+        damaged[-3] ^= 0xFF
+        newest.write_bytes(bytes(damaged))
+    assert damaged_shards
+    assert state_of(data) == before
+
+
+def test_a_newer_format_is_refused_not_misread(data: Path) -> None:
+    with serve(data) as server:
+        drive(server.target, range(2))
+    segment = next(data.glob("shard-*/journal-*.log"))
+    raw = bytearray(segment.read_bytes())
+    raw[6:8] = (codec.FORMAT_VERSION + 1).to_bytes(2, "little")
+    segment.write_bytes(bytes(raw))
+    for snapshot in data.glob("shard-*/snapshot-*.snap"):
+        snapshot.unlink()
+    with pytest.raises(codec.FormatError, match="newer|Upgrade fenliu"):
+        state_of(data)
+
+
+def test_a_failing_disk_answers_unavailable_changes_nothing_and_recovers(data: Path) -> None:
+    with serve(data) as server, Client(server.target, retries=0) as fenliu:
+        drive(server.target, range(2))
+        before = server.call(lambda: dump(server.dispatcher))
+        journal = server.call(lambda: server._server.journal)  # type: ignore[union-attr]
+        shard = server.dispatcher.shard_for("shop-a").index
+        files = journal.writers[shard].files
+
+        def break_disk() -> None:
+            # The journal's descriptor becomes a read-only one (dup2 is atomic, so no other
+            # file can take the number): its next write fails with EBADF, a real OSError.
+            assert files._fd is not None
+            read_only = os.open(next(files.dir.glob("journal-*.log")), os.O_RDONLY)
+            os.dup2(read_only, files._fd)
+            os.close(read_only)
+
+        server.call(break_disk)
+        with pytest.raises(Unavailable):
+            fenliu.route("shop-a", "b-lost")
+        assert server.call(lambda: dump(server.dispatcher)) == before  # nothing changed
+        assert [a.agent_id for a in fenliu.list_team("shop-a")] == ["a1", "a2"]  # reads serve
+        decision = fenliu.route("shop-a", "b-after")  # a fresh segment: writing resumes
+        assert decision.session_id
+        after = server.call(lambda: dump(server.dispatcher))
+    assert state_of(data) == after
+
+
+def test_reads_are_not_journaled(data: Path) -> None:
+    with serve(data) as server:
+        drive(server.target, range(2))
+        journal = server.call(lambda: server._server.journal)  # type: ignore[union-attr]
+        records = sum(w.files.position for w in journal.writers)
+        with Client(server.target) as fenliu:
+            fenliu.list_team("shop-a")
+            fenliu.list_queue("shop-a")
+        assert sum(w.files.position for w in journal.writers) == records
+
+
+def test_a_segment_killed_before_its_header_is_dropped(data: Path) -> None:
+    with serve(data) as server:
+        drive(server.target, range(3))
+        before = server.call(lambda: dump(server.dispatcher))
+    shard_dir = next(data.glob("shard-*"))
+    (shard_dir / "journal-9999999999999999.log").write_bytes(codec.MAGIC[:3])
+    assert state_of(data) == before
+    assert not (shard_dir / "journal-9999999999999999.log").exists()
