@@ -66,7 +66,11 @@ class Core:
         finally:
             self._flush()
         if self.journal is not None:
-            await asyncio.gather(*self._commit(command))
+            commits = self._commit(command)
+            if len(commits) == 1:
+                await commits[0]
+            else:
+                await asyncio.gather(*commits)
         return result
 
     async def execute_each(self, commands: Iterable[t.AnyCommand]) -> list[Any]:

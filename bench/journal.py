@@ -1,0 +1,167 @@
+"""Journal cost and snapshot stalls, measured in one run (issue 3, SPEC §8).
+
+    python bench/journal.py                      # throughput: journal off / on (no fsync) / on
+    python bench/journal.py --stall              # + longest routing stall during a snapshot
+    python bench/journal.py --stall --agents 100000 --sessions 1000000
+
+Throughput drives ``Core.execute`` (what every RPC calls) from many concurrent
+coroutines on one event loop, without gRPC, so the figure isolates the journal; each
+mode runs ``--rounds`` times and the median is reported. Prints one JSON record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from fenliu.server.core.dispatcher import Dispatcher
+from fenliu.server.core.types import EndSessions, RegisterAgent, Route, Status
+from fenliu.server.rpc.service import Core
+from fenliu.server.storage.journal import Journal
+
+T0 = 1_700_000_000_000
+SHOPS = 64
+
+
+def clock() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def world(d: Dispatcher, agents_per_shop: int) -> None:
+    for s in range(SHOPS):
+        for a in range(agents_per_shop):
+            d.execute(
+                RegisterAgent(
+                    at=T0,
+                    shop_id=f"shop{s}",
+                    agent_id=f"a{a}",
+                    max_concurrent=10_000,
+                    status=Status.ONLINE,
+                )  # fmt: skip
+            )
+    d.drain_events()
+
+
+async def drive(core: Core, seconds: float, workers: int) -> int:
+    """Route-and-end pairs from ``workers`` coroutines for ``seconds``; decisions made."""
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker(w: int) -> None:
+        nonlocal done
+        n = 0
+        while time.perf_counter() < stop:
+            n += 1
+            shop = f"shop{(w * 7 + n) % SHOPS}"
+            decision = await core.execute(
+                Route(at=clock(), shop_id=shop, buyer_id=f"w{w}b{n}", request_id=f"w{w}r{n}")
+            )
+            await core.execute(
+                EndSessions(at=clock(), shop_id=shop, session_ids=(decision.session_id,))
+            )
+            done += 1
+
+    await asyncio.gather(*(worker(w) for w in range(workers)))
+    return done
+
+
+async def throughput(mode: str, seconds: float, workers: int) -> dict[str, float]:
+    d = Dispatcher()
+    world(d, 10)
+    journal = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if mode != "off":
+            journal = Journal(d, Path(tmp), fsync=mode == "fsync")
+            journal.recover()
+            world(d, 10)  # recovery replaced the shards: build the world again
+        core = Core(d, clock, journal=journal)
+        done = await drive(core, seconds, workers)
+        result = {"decisions_per_s": done / seconds}
+        if journal is not None:
+            batches = sum(w.batches for w in journal.writers)
+            records = sum(w.records for w in journal.writers)
+            result["records_per_fsync"] = records / max(batches, 1)
+            journal.close()
+    return result
+
+
+async def stall(agents: int, sessions: int) -> dict[str, float]:
+    """The longest gap in a 1 ms heartbeat while every shard is snapshotted."""
+    d = Dispatcher()
+    per_shop = max(1, agents // SHOPS)
+    world(d, per_shop)
+    for i in range(sessions):
+        d.execute(Route(at=T0, shop_id=f"shop{i % SHOPS}", buyer_id=f"b{i}", request_id=f"r{i}"))
+        if i % 100_000 == 0:
+            d.drain_events()
+    d.drain_events()
+    for shard in d.shards:
+        for shop in shard.shops.values():
+            shop.requests.clear()  # the idempotency window would have expired these
+    gc.collect()
+    with tempfile.TemporaryDirectory() as tmp:
+        journal = Journal(d, Path(tmp), fsync=True)
+        for writer in journal.writers:
+            writer.files.dir.mkdir(parents=True, exist_ok=True)
+            writer.files.open_segment()
+        gaps: list[float] = []
+        running = True
+
+        async def heartbeat() -> None:
+            last = time.perf_counter()
+            while running:
+                await asyncio.sleep(0.001)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        beat = asyncio.create_task(heartbeat())
+        started = time.perf_counter()
+        await journal.snapshot()
+        took = time.perf_counter() - started
+        running = False
+        await beat
+        size = sum(p.stat().st_size for p in Path(tmp).glob("shard-*/snapshot-*"))
+        journal.close()
+    return {
+        "agents": per_shop * SHOPS,
+        "sessions": sessions,
+        "snapshot_s": took,
+        "longest_stall_ms": max(gaps) * 1000,
+        "snapshot_mb": size / 1e6,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--workers", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--stall", action="store_true")
+    parser.add_argument("--agents", type=int, default=100_000)
+    parser.add_argument("--sessions", type=int, default=1_000_000)
+    args = parser.parse_args()
+    record: dict[str, object] = {"workers": args.workers, "seconds": args.seconds}
+    for mode in ("off", "nofsync", "fsync"):
+        runs = [
+            asyncio.run(throughput(mode, args.seconds, args.workers)) for _ in range(args.rounds)
+        ]
+        record[mode] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        print(f"{mode}: {record[mode]}", flush=True)
+    base = record["off"]["decisions_per_s"]  # type: ignore[index]
+    for mode in ("nofsync", "fsync"):
+        cost = 1 - record[mode]["decisions_per_s"] / base  # type: ignore[index]
+        record[f"journal_cost_{mode}"] = round(cost, 3)
+    if args.stall:
+        record["snapshot"] = asyncio.run(stall(args.agents, args.sessions))
+    print(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
