@@ -121,21 +121,23 @@ async def stall(agents: int, sessions: int) -> dict[str, float]:
                 gaps.append(now - last)
                 last = now
 
-        beat = asyncio.create_task(heartbeat())
-        started = time.perf_counter()
-        await journal.snapshot()
-        took = time.perf_counter() - started
-        running = False
-        await beat
-        size = sum(p.stat().st_size for p in Path(tmp).glob("shard-*/snapshot-*"))
+        result: dict[str, float] = {"agents": per_shop * SHOPS, "sessions": sessions}
+        for fork in (False, True):
+            gaps.clear()
+            running = True
+            beat = asyncio.create_task(heartbeat())
+            started = time.perf_counter()
+            await journal.snapshot(fork=fork)
+            took = time.perf_counter() - started
+            running = False
+            await beat
+            mode = "forked" if fork else "in_loop"
+            result[f"{mode}_snapshot_s"] = took
+            result[f"{mode}_longest_stall_ms"] = max(gaps) * 1000
+        size = sum(p.stat().st_size for p in Path(tmp).glob("shard-*/snapshot-*.snap"))
+        result["snapshot_mb"] = size / 1e6
         journal.close()
-    return {
-        "agents": per_shop * SHOPS,
-        "sessions": sessions,
-        "snapshot_s": took,
-        "longest_stall_ms": max(gaps) * 1000,
-        "snapshot_mb": size / 1e6,
-    }
+    return result
 
 
 def main() -> None:

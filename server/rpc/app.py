@@ -172,7 +172,7 @@ class Server:
             await asyncio.sleep(self.config.snapshot_interval_s)
             started = time.perf_counter()
             try:
-                await self.journal.snapshot()
+                await self.journal.snapshot(fork=True)
             except OSError as exc:
                 log.error("a snapshot failed: %s", exc)
                 continue

@@ -123,8 +123,7 @@ class ShardFiles:
     # ------------------------------------------------------------ snapshots
 
     def write_snapshot(self, payload: bytes, position: int) -> None:
-        """Atomically store an image covering ``position`` records, then drop what the
-        older kept snapshot makes unnecessary."""
+        """Atomically store an image covering ``position`` records (no pruning: see prune)."""
         final = self.dir / _SNAPSHOT.format(position)
         tmp = final.with_suffix(".tmp")
         with open(tmp, "wb") as f:
@@ -134,9 +133,9 @@ class ShardFiles:
             os.fsync(f.fileno())
         os.replace(tmp, final)
         self._sync_dir()
-        self._prune()
 
-    def _prune(self) -> None:
+    def prune(self) -> None:
+        """Drop snapshots beyond the newest two, and journal segments older than both."""
         snapshots = sorted(self.dir.glob("snapshot-*.snap"), reverse=True)
         for old in snapshots[KEEP_SNAPSHOTS:]:
             old.unlink()

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NoReturn
 
 from ..core.dispatcher import Dispatcher
 from ..core.errors import Unavailable
@@ -120,9 +122,15 @@ class Journal:
     def submit(self, shard: Shard, payload: bytes) -> asyncio.Future[None]:
         return self.writers[shard.index].submit(payload)
 
-    async def snapshot(self) -> None:
-        """Snapshot every shard, one at a time, each when its journal is idle."""
+    async def snapshot(self, *, fork: bool = False) -> None:
+        """Snapshot every shard, one at a time, each when its journal is idle.
+
+        With ``fork`` (where the OS has it) a child process encodes and writes the image
+        from a copy-on-write view of memory, so routing stalls only for the fork itself;
+        otherwise the image is encoded here, on the loop.
+        """
         loop = asyncio.get_running_loop()
+        fork = fork and hasattr(os, "fork")
         for writer in self.writers:
             while not writer.idle:
                 await asyncio.sleep(0.001)
@@ -130,9 +138,23 @@ class Journal:
             # segment boundary agree, and no append runs while the segment changes.
             files = writer.files
             position = files.position
-            payload = codec.encode_shard(self.dispatcher.shards[files.index], position)
-            files.open_segment()
-            await loop.run_in_executor(self._executor, files.write_snapshot, payload, position)
+            shard = self.dispatcher.shards[files.index]
+            if fork:
+                files.open_segment()
+                pid = os.fork()
+                if pid == 0:  # the child: encode, write, leave without running anything else
+                    _write_and_exit(shard, files, position)
+                status = await loop.run_in_executor(self._executor, _wait, pid)
+                if status != 0:
+                    log.error("shard %d: the snapshot child failed (%d)", files.index, status)
+                    continue
+            else:
+                payload = codec.encode_shard(shard, position)
+                files.open_segment()
+                await loop.run_in_executor(self._executor, files.write_snapshot, payload, position)
+            # Pruning stays here: an orphaned child must never delete what a restarted
+            # server is reading.
+            await loop.run_in_executor(self._executor, files.prune)
 
     def close(self) -> None:
         for writer in self.writers:
@@ -147,3 +169,19 @@ class Journal:
                 log.error("shard %d: cannot reload from disk: %s", index, exc)
 
         return reload
+
+
+def _write_and_exit(shard: Shard, files: ShardFiles, position: int) -> NoReturn:
+    """In a forked child: store the snapshot and exit at once (no atexit, no grpc)."""
+    code = 1
+    try:
+        files.write_snapshot(codec.encode_shard(shard, position), position)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _wait(pid: int) -> int:
+    """The child's exit code (negative: killed by that signal)."""
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)

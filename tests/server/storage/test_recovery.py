@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,14 +11,19 @@ import pytest
 
 from fenliu.client import Client, Status, Unavailable
 from fenliu.server.config import Config
+from fenliu.server.core import types as t
 from fenliu.server.core.dispatcher import Dispatcher
+from fenliu.server.core.types import RegisterAgent, Route
 from fenliu.server.rpc.app import ServerThread
+from fenliu.server.rpc.service import Core
 from fenliu.server.storage import codec
 from fenliu.server.storage.files import ShardFiles
+from fenliu.server.storage.journal import Journal
 
 from ..core.test_invariants import dump
 
 SHARDS = 2
+T0 = 1_700_000_000_000
 
 
 def serve(data: Path) -> ServerThread:
@@ -164,3 +170,28 @@ def test_a_segment_killed_before_its_header_is_dropped(data: Path) -> None:
     (shard_dir / "journal-9999999999999999.log").write_bytes(codec.MAGIC[:3])
     assert state_of(data) == before
     assert not (shard_dir / "journal-9999999999999999.log").exists()
+
+
+def test_a_forked_snapshot_holds_the_exact_state(data: Path) -> None:
+    d = Dispatcher(SHARDS)
+    commands = [
+        RegisterAgent(at=T0, shop_id="shop-a", agent_id="a1", max_concurrent=1,
+                      status=t.Status.ONLINE),
+        *(Route(at=T0 + i, shop_id="shop-a", buyer_id=f"b{i}", request_id=f"r{i}")
+          for i in range(3)),
+    ]  # fmt: skip
+
+    async def run() -> None:
+        journal = Journal(d, data, fsync=False)
+        journal.recover()
+        core = Core(d, lambda: T0, journal=journal)
+        for command in commands:
+            await core.execute(command)
+        await journal.snapshot(fork=True)
+        journal.close()
+
+    asyncio.run(run())
+    for path in data.glob("shard-*/journal-*.log"):  # only the snapshots can tell now
+        path.unlink()
+    assert list(data.glob("shard-*/snapshot-*.snap"))
+    assert state_of(data) == dump(d)
