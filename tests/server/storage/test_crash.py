@@ -1,5 +1,7 @@
 """A real server process, SIGKILLed at random moments under concurrent load, 20 times.
 
+The load: concurrent route, status, acknowledge, transfer and end calls through the SDK.
+
 After each restart on the same data directory, every change the server acknowledged
 must be there: routed sessions open with their buyer (unless an end was sent for
 them), acknowledged ends ended, acknowledged statuses in place. At the end the files
@@ -18,7 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from fenliu.client import AsyncClient, FenliuError, NotFound, SessionState, Status
+from fenliu.client import (
+    AsyncClient,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InternalError,
+    NotFound,
+    SessionState,
+    Status,
+    Unavailable,
+)
 from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.storage.files import ShardFiles
 
@@ -58,36 +69,49 @@ def start(data: Path) -> tuple[subprocess.Popen[str], str]:
 
 async def worker(fenliu: AsyncClient, rng: random.Random, acked: Acked) -> None:
     """Random state changes until the server dies under it."""
-    try:
-        while True:
-            shop = rng.choice(SHOPS)
-            roll = rng.random()
-            if roll < 0.55:
-                acked.buyers += 1
-                buyer = f"buyer{acked.buyers}"
-                decision = await fenliu.route(shop, buyer)
-                acked.sessions[(shop, decision.session_id)] = buyer
-            elif roll < 0.7:
-                agent, status = rng.choice(AGENTS), rng.choice(list(Status))
-                acked.status_sent[(shop, agent)] = status
-                result = await fenliu.set_status(shop, agent, status)
-                if acked.status_sent.get((shop, agent)) is status:
-                    acked.status[(shop, agent)] = result.agent.status
-            elif roll < 0.85:
-                mine = [k for k in acked.sessions if k[0] == shop and k not in acked.end_sent]
-                if mine:
-                    key = rng.choice(mine)
-                    acked.end_sent.add(key)
-                    await fenliu.end_sessions(shop, [key[1]])
-                    acked.ended.add(key)
-            else:
-                agent = rng.choice(AGENTS)
-                for session in await fenliu.list_agent_sessions(shop, agent):
-                    if session.state is SessionState.ASSIGNED:
-                        await fenliu.acknowledge(shop, agent, session.session_id)
-                        break
-    except FenliuError:
-        return  # the server was killed
+    while True:
+        try:
+            await one_change(fenliu, rng, acked)
+        except (Unavailable, DeadlineExceeded, InternalError):
+            return  # the server was killed
+        except (NotFound, FailedPrecondition):
+            pass  # refused and unchanged: a full target, or a race with another worker
+
+
+async def one_change(fenliu: AsyncClient, rng: random.Random, acked: Acked) -> None:
+    """One random state change, recorded as sent and, once answered, as acknowledged."""
+    shop = rng.choice(SHOPS)
+    roll = rng.random()
+    if roll < 0.55:
+        acked.buyers += 1
+        buyer = f"buyer{acked.buyers}"
+        decision = await fenliu.route(shop, buyer)
+        acked.sessions[(shop, decision.session_id)] = buyer
+    elif roll < 0.7:
+        agent, status = rng.choice(AGENTS), rng.choice(list(Status))
+        acked.status_sent[(shop, agent)] = status
+        result = await fenliu.set_status(shop, agent, status)
+        if acked.status_sent.get((shop, agent)) is status:
+            acked.status[(shop, agent)] = result.agent.status
+    elif roll < 0.85:
+        mine = [k for k in acked.sessions if k[0] == shop and k not in acked.end_sent]
+        if mine:
+            key = rng.choice(mine)
+            acked.end_sent.add(key)
+            await fenliu.end_sessions(shop, [key[1]])
+            acked.ended.add(key)
+    elif roll < 0.93:
+        agent = rng.choice(AGENTS)
+        for session in await fenliu.list_agent_sessions(shop, agent):
+            if session.state is SessionState.ASSIGNED:
+                await fenliu.acknowledge(shop, agent, session.session_id)
+                break
+    else:
+        agent, target = rng.sample(AGENTS, 2)
+        held = await fenliu.list_agent_sessions(shop, agent)
+        active = [s for s in held if s.state is not SessionState.BACKLOG]
+        if active:  # refused (FailedPrecondition) when the target is OFFLINE or full
+            await fenliu.transfer(shop, active[0].session_id, to_agent_id=target)
 
 
 async def load(target: str, rng: random.Random, acked: Acked, first: bool) -> None:
