@@ -43,6 +43,13 @@ def drive(target: str, buyers: range) -> list[str]:
     return sessions
 
 
+def served(data: Path, buyers: range) -> object:
+    """Serve on ``data``, drive some traffic, stop (a clean shutdown); the state it had."""
+    with serve(data) as server:
+        drive(server.target, buyers)
+        return server.call(lambda: dump(server.dispatcher))
+
+
 def state_of(data: Path) -> object:
     """The state the files hold, loaded in-process."""
     d = Dispatcher(SHARDS)
@@ -57,9 +64,7 @@ def data(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_restart_recovers_exactly_the_state_before(data: Path) -> None:
-    with serve(data) as server:
-        drive(server.target, range(5))
-        before = server.call(lambda: dump(server.dispatcher))
+    before = served(data, range(5))
     with serve(data) as server:
         assert server.call(lambda: dump(server.dispatcher)) == before
         drive(server.target, range(5, 8))  # and it goes on from there
@@ -68,18 +73,14 @@ def test_a_restart_recovers_exactly_the_state_before(data: Path) -> None:
 
 
 def test_recovery_without_a_snapshot_replays_the_whole_journal(data: Path) -> None:
-    with serve(data) as server:
-        drive(server.target, range(5))
-        before = server.call(lambda: dump(server.dispatcher))
+    before = served(data, range(5))
     for snapshot in data.glob("shard-*/snapshot-*.snap"):
         snapshot.unlink()
     assert state_of(data) == before
 
 
 def test_a_torn_tail_is_dropped_and_the_rest_recovered(data: Path) -> None:
-    with serve(data) as server:
-        drive(server.target, range(5))
-        before = server.call(lambda: dump(server.dispatcher))
+    before = served(data, range(5))
     for snapshot in data.glob("shard-*/snapshot-*.snap"):
         snapshot.unlink()
     segment = max(data.glob("shard-*/journal-*.log"), key=lambda p: p.stat().st_size)
@@ -92,11 +93,8 @@ def test_a_torn_tail_is_dropped_and_the_rest_recovered(data: Path) -> None:
 
 
 def test_a_corrupt_snapshot_falls_back_to_an_older_one_and_a_longer_replay(data: Path) -> None:
-    with serve(data) as server:  # first stop: first snapshot
-        drive(server.target, range(3))
-    with serve(data) as server:  # second stop: second snapshot, journal kept since the first
-        drive(server.target, range(3, 6))
-        before = server.call(lambda: dump(server.dispatcher))
+    served(data, range(3))  # first stop: first snapshot
+    before = served(data, range(3, 6))  # second: second snapshot, journal kept since the first
     damaged_shards = 0
     for shard_dir in data.glob("shard-*"):
         snapshots = sorted(shard_dir.glob("snapshot-*.snap"))
@@ -112,8 +110,7 @@ def test_a_corrupt_snapshot_falls_back_to_an_older_one_and_a_longer_replay(data:
 
 
 def test_a_newer_format_is_refused_not_misread(data: Path) -> None:
-    with serve(data) as server:
-        drive(server.target, range(2))
+    served(data, range(2))
     segment = next(data.glob("shard-*/journal-*.log"))
     raw = bytearray(segment.read_bytes())
     raw[6:8] = (codec.FORMAT_VERSION + 1).to_bytes(2, "little")
@@ -163,9 +160,7 @@ def test_reads_are_not_journaled(data: Path) -> None:
 
 
 def test_a_segment_killed_before_its_header_is_dropped(data: Path) -> None:
-    with serve(data) as server:
-        drive(server.target, range(3))
-        before = server.call(lambda: dump(server.dispatcher))
+    before = served(data, range(3))
     shard_dir = next(data.glob("shard-*"))
     (shard_dir / "journal-9999999999999999.log").write_bytes(codec.MAGIC[:3])
     assert state_of(data) == before
