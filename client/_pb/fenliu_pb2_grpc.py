@@ -1018,3 +1018,81 @@ class Queue:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class DiagnosticsStub:
+    """The transport floor: the same server stack with no work behind it, so benchmarks can
+    report Route's throughput and latency as ratios to it (bench/README.md).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Echo = channel.unary_unary(
+                '/fenliu.v1.Diagnostics/Echo',
+                request_serializer=fenliu_dot_v1_dot_fenliu__pb2.EchoMessage.SerializeToString,
+                response_deserializer=fenliu_dot_v1_dot_fenliu__pb2.EchoMessage.FromString,
+                _registered_method=True)
+
+
+class DiagnosticsServicer:
+    """The transport floor: the same server stack with no work behind it, so benchmarks can
+    report Route's throughput and latency as ratios to it (bench/README.md).
+    """
+
+    def Echo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_DiagnosticsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Echo': grpc.unary_unary_rpc_method_handler(
+                    servicer.Echo,
+                    request_deserializer=fenliu_dot_v1_dot_fenliu__pb2.EchoMessage.FromString,
+                    response_serializer=fenliu_dot_v1_dot_fenliu__pb2.EchoMessage.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fenliu.v1.Diagnostics', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fenliu.v1.Diagnostics', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Diagnostics:
+    """The transport floor: the same server stack with no work behind it, so benchmarks can
+    report Route's throughput and latency as ratios to it (bench/README.md).
+    """
+
+    @staticmethod
+    def Echo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fenliu.v1.Diagnostics/Echo',
+            fenliu_dot_v1_dot_fenliu__pb2.EchoMessage.SerializeToString,
+            fenliu_dot_v1_dot_fenliu__pb2.EchoMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -272,3 +272,37 @@ class QueueServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_fenliu_pb2.ListQueueReply, _abc.Awaitable[_fenliu_pb2.ListQueueReply]]: ...
 
 def add_QueueServicer_to_server(servicer: QueueServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class DiagnosticsStub:
+    """The transport floor: the same server stack with no work behind it, so benchmarks can
+    report Route's throughput and latency as ratios to it (bench/README.md).
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> DiagnosticsAsyncStub: ...
+    Echo: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.EchoMessage, _fenliu_pb2.EchoMessage]
+
+@_typing.type_check_only
+class DiagnosticsAsyncStub(DiagnosticsStub):
+    """The transport floor: the same server stack with no work behind it, so benchmarks can
+    report Route's throughput and latency as ratios to it (bench/README.md).
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Echo: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.EchoMessage, _fenliu_pb2.EchoMessage]  # type: ignore[assignment]
+
+class DiagnosticsServicer(metaclass=_abc_1.ABCMeta):
+    """The transport floor: the same server stack with no work behind it, so benchmarks can
+    report Route's throughput and latency as ratios to it (bench/README.md).
+    """
+
+    @_abc_1.abstractmethod
+    def Echo(
+        self,
+        request: _fenliu_pb2.EchoMessage,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fenliu_pb2.EchoMessage, _abc.Awaitable[_fenliu_pb2.EchoMessage]]: ...
+
+def add_DiagnosticsServicer_to_server(servicer: DiagnosticsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

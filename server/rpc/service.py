@@ -268,6 +268,13 @@ class QueueService(pb_grpc.QueueServicer):
             return convert.queue(self._core.read(query))
 
 
+class DiagnosticsService(pb_grpc.DiagnosticsServicer):
+    """The transport floor: Echo does no work, so it costs what the stack costs."""
+
+    async def Echo(self, request: pb.EchoMessage, context: Context) -> pb.EchoMessage:
+        return request
+
+
 def _route_result(result: Any) -> pb.RouteResult:
     if isinstance(result, Exception):
         return pb.RouteResult(error=error_message(result))
@@ -275,7 +282,8 @@ def _route_result(result: Any) -> pb.RouteResult:
 
 
 def add_services(server: grpc.aio.Server, core: Core) -> None:
-    """Register the three fenliu servicers, sharing ``core``, on ``server``."""
+    """Register the fenliu servicers, sharing ``core``, on ``server``."""
     pb_grpc.add_PresenceServicer_to_server(PresenceService(core), server)
     pb_grpc.add_RoutingServicer_to_server(RoutingService(core), server)
     pb_grpc.add_QueueServicer_to_server(QueueService(core), server)
+    pb_grpc.add_DiagnosticsServicer_to_server(DiagnosticsService(), server)

@@ -28,7 +28,12 @@ from .conftest import Api, FakeClock, rpc_error
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-FENLIU_SERVICES = {"fenliu.v1.Presence", "fenliu.v1.Routing", "fenliu.v1.Queue"}
+FENLIU_SERVICES = {
+    "fenliu.v1.Presence",
+    "fenliu.v1.Routing",
+    "fenliu.v1.Queue",
+    "fenliu.v1.Diagnostics",
+}
 
 
 def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from fenliu.client._pb import fenliu_pb2 as pb
+from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 
 from .conftest import OFFLINE, ONLINE, Api, FakeClock, rpc_error
 
@@ -276,3 +276,9 @@ def test_left_messages_listed_and_picked(api: Api, shop: str) -> None:
     picked = api.queue.Pick(pb.PickRequest(shop_id=shop, agent_id="a1", session_id=left.session_id))
     assert (picked.agent_id, picked.reason) == ("a1", pb.REASON_MANUAL_PICK)
     assert api.queue.ListLeftMessages(request).total == 0
+
+
+def test_echo_returns_its_payload(channel: grpc.Channel) -> None:
+    # The benchmarks' transport floor: the same stack, no work.
+    stub = pb_grpc.DiagnosticsStub(channel)
+    assert stub.Echo(pb.EchoMessage(payload=b"\x00fenliu")).payload == b"\x00fenliu"
