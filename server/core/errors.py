@@ -7,36 +7,69 @@
     ├── ResourceExhausted    the shop queue is full and the policy says REJECT
     └── Unavailable          the change could not be made durable (raised by storage)
 
-The adapter maps these to gRPC status codes in exactly one place (``rpc/status.py``).
+Besides the message, an error carries data a program can act on: ``field`` (the input
+at fault), ``reason`` (an UPPER_SNAKE_CASE code, stable across releases, e.g.
+``AGENT_OFFLINE``; each class has a default) and ``subject`` (the resource it is about,
+as a name like ``shops/s1/agents/a1``; see ``resource_name``). The adapter maps these to gRPC
+status codes and error details in exactly one place (``rpc/status.py``).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class FenliuError(Exception):
     """Base of every error the core raises; ``field`` names the input at fault, if any."""
 
-    def __init__(self, message: str, field: str = "") -> None:
+    default_reason: ClassVar[str] = "ERROR"
+
+    def __init__(
+        self, message: str, field: str = "", *, reason: str = "", subject: str = ""
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self.reason = reason or self.default_reason
+        self.subject = subject
 
 
 class InvalidArgument(FenliuError):
     """A field is malformed: wrong characters, too long, too many items, out of range."""
 
+    default_reason = "INVALID_FIELD"
+
 
 class NotFound(FenliuError):
     """The shop, agent or session named by ``field`` does not exist."""
+
+    default_reason = "NOT_FOUND"
 
 
 class FailedPrecondition(FenliuError):
     """The request is well formed but the current state does not allow it."""
 
+    default_reason = "FAILED_PRECONDITION"
+
 
 class ResourceExhausted(FenliuError):
     """The shop queue holds ``queue_limit`` entries and ``on_queue_full`` is REJECT."""
 
+    default_reason = "QUEUE_FULL"
+
 
 class Unavailable(FenliuError):
     """The change could not be journaled (disk full, I/O error): it was undone; retry."""
+
+    default_reason = "NOT_DURABLE"
+
+
+def resource_name(shop_id: str, collection: str = "", item_id: str = "") -> str:
+    """A resource name: ``shops/<shop>`` or ``shops/<shop>/<collection>/<id>``.
+
+    Unambiguous because ids never hold a ``/``; ``collection`` is one of ``agents``,
+    ``sessions``, ``buyers`` or ``groups``.
+    """
+    if not collection:
+        return f"shops/{shop_id}"
+    return f"shops/{shop_id}/{collection}/{item_id}"

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from . import validate as v
-from .errors import FailedPrecondition, FenliuError, InvalidArgument, NotFound
+from .errors import FailedPrecondition, FenliuError, InvalidArgument, NotFound, resource_name
 from .shop import IDEMPOTENCY_WINDOW_MS, T_NOTICE, T_RECENT, T_REQUEST, T_SESSION, Shop
 from .state import Agent, Session
 from .types import (
@@ -106,7 +106,12 @@ class Shard:
         shop = self.shops.get(shop_id)
         if shop is None:
             v.check_id(shop_id, "shop_id")
-            raise NotFound(f"shop_id: no shop {shop_id!r}", "shop_id")
+            raise NotFound(
+                f"shop_id: no shop {shop_id!r}",
+                "shop_id",
+                reason="SHOP_NOT_FOUND",
+                subject=resource_name(shop_id),
+            )
         return shop
 
     def shop_or_new(self, shop_id: str) -> Shop:
@@ -213,6 +218,8 @@ class Shard:
             raise FailedPrecondition(
                 f"role: shop {cmd.shop_id!r} already has a MAIN agent ({main.agent_id!r})",
                 "role",
+                reason="MAIN_AGENT_TAKEN",
+                subject=resource_name(cmd.shop_id, "agents", main.agent_id),
             )
         shop = self.shop_or_new(cmd.shop_id)
         groups = tuple(dict.fromkeys(cmd.groups))
@@ -270,6 +277,8 @@ class Shard:
                 f"session_id: session {session_id!r} is {session.state.name}"
                 f" and not held by agent {agent_id!r}",
                 "session_id",
+                reason="SESSION_NOT_HELD",
+                subject=resource_name(shop.shop_id, "sessions", session_id),
             )
         return agent, session
 
@@ -304,12 +313,16 @@ class Shard:
                 f"session_id: only an ASSIGNED or ACTIVE session can be transferred "
                 f"(it is {session.state.name})",
                 "session_id",
+                reason="SESSION_NOT_TRANSFERABLE",
+                subject=resource_name(shop.shop_id, "sessions", cmd.session_id),
             )
         if cmd.agent_id and cmd.agent_id != source.agent_id:
             shop.agent(cmd.agent_id)
             raise FailedPrecondition(
                 f"agent_id: session {cmd.session_id!r} is held by {source.agent_id!r}",
                 "agent_id",
+                reason="SESSION_NOT_HELD",
+                subject=resource_name(shop.shop_id, "sessions", cmd.session_id),
             )
         if bool(cmd.to_agent_id) == bool(cmd.to_group):
             raise InvalidArgument(
@@ -326,6 +339,8 @@ class Shard:
                 raise FailedPrecondition(
                     f"to_group: nobody in group {cmd.to_group!r} can take the session now",
                     "to_group",
+                    reason="GROUP_UNAVAILABLE",
+                    subject=resource_name(shop.shop_id, "groups", cmd.to_group),
                 )
             shop.detach(session)
             session.private = False
@@ -341,16 +356,20 @@ class Shard:
 
     def _transfer_target(self, shop: Shop, cmd: Transfer, source: Agent) -> Agent:
         target = shop.agent(cmd.to_agent_id, "to_agent_id")
-        problem = ""
+        problem = reason = ""
         if target is source:
-            problem = "is the agent holding the session"
+            problem, reason = "is the agent holding the session", "SAME_AGENT"
         elif target.status is Status.OFFLINE:
-            problem = "is OFFLINE"
+            problem, reason = "is OFFLINE", "AGENT_OFFLINE"
         elif target.load >= target.max_concurrent and not cmd.force:
             problem = f"is full ({target.load}/{target.max_concurrent}); set force to override"
+            reason = "AGENT_FULL"
         if problem:
             raise FailedPrecondition(
-                f"to_agent_id: agent {target.agent_id!r} {problem}", "to_agent_id"
+                f"to_agent_id: agent {target.agent_id!r} {problem}",
+                "to_agent_id",
+                reason=reason,
+                subject=resource_name(shop.shop_id, "agents", target.agent_id),
             )
         return target
 
@@ -363,6 +382,8 @@ class Shard:
                 raise NotFound(
                     f"session_ids[{i}]: shop {cmd.shop_id!r} never had session {session_id!r}",
                     f"session_ids[{i}]",
+                    reason="SESSION_NOT_FOUND",
+                    subject=resource_name(cmd.shop_id, "sessions", session_id),
                 )
         ended = 0
         freed: dict[str, Agent] = {}
@@ -385,15 +406,23 @@ class Shard:
         v.check_optional_id(cmd.session_id, "session_id")
         agent = shop.agent(cmd.agent_id)
         if agent.status is Status.OFFLINE:
-            raise FailedPrecondition(f"agent_id: agent {agent.agent_id!r} is OFFLINE", "agent_id")
+            raise FailedPrecondition(
+                f"agent_id: agent {agent.agent_id!r} is OFFLINE",
+                "agent_id",
+                reason="AGENT_OFFLINE",
+                subject=resource_name(shop.shop_id, "agents", agent.agent_id),
+            )
         if cmd.session_id:
             session = shop.session(cmd.session_id)
-            _check_pickable(session, agent)
+            _check_pickable(shop, session, agent)
         else:
             found = next((e[3] for e in shop.queue if _may_pick(e[3], agent)), None)
             if found is None:
                 raise FailedPrecondition(
-                    "session_id: the queue holds nothing this agent may take", "session_id"
+                    "session_id: the queue holds nothing this agent may take",
+                    "session_id",
+                    reason="NOTHING_TO_PICK",
+                    subject=resource_name(shop.shop_id),
                 )
             session = found
         if agent.load >= agent.max_concurrent and not cmd.force:
@@ -401,6 +430,8 @@ class Shard:
                 f"agent_id: agent {agent.agent_id!r} is full "
                 f"({agent.load}/{agent.max_concurrent}); set force to override",
                 "agent_id",
+                reason="AGENT_FULL",
+                subject=resource_name(shop.shop_id, "agents", agent.agent_id),
             )
         shop.detach(session)
         shop.assign(session, agent, Reason.MANUAL_PICK, active=True)
@@ -415,6 +446,8 @@ class Shard:
             raise FailedPrecondition(
                 f"buyer_id: the session of {cmd.buyer_id!r} is {session.state.name}, not QUEUED",
                 "buyer_id",
+                reason="SESSION_NOT_QUEUED",
+                subject=resource_name(shop.shop_id, "sessions", session.session_id),
             )
         shop.end(session)
         return _session_view(shop, session)
@@ -503,7 +536,7 @@ def _may_pick(session: Session, agent: Agent) -> bool:
     )
 
 
-def _check_pickable(session: Session, agent: Agent) -> None:
+def _check_pickable(shop: Shop, session: Session, agent: Agent) -> None:
     state = session.state
     if state is State.QUEUED:
         return
@@ -515,6 +548,8 @@ def _check_pickable(session: Session, agent: Agent) -> None:
         f"session_id: session {session.session_id!r} is {state.name}; an agent picks queued "
         "sessions, left messages and its own backlog",
         "session_id",
+        reason="SESSION_NOT_PICKABLE",
+        subject=resource_name(shop.shop_id, "sessions", session.session_id),
     )
 
 

@@ -16,7 +16,7 @@ from bisect import bisect_left, insort
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from .errors import NotFound, ResourceExhausted
+from .errors import NotFound, ResourceExhausted, resource_name
 from .shop_heap import AgentHeap, strategy_key
 from .state import Agent, Session
 from .types import (
@@ -111,7 +111,12 @@ class Shop:
         agent = self.agents.get(agent_id)
         if agent is None:
             check_id(agent_id, field)  # malformed beats unknown
-            raise NotFound(f"{field}: no agent {agent_id!r} in shop {self.shop_id!r}", field)
+            raise NotFound(
+                f"{field}: no agent {agent_id!r} in shop {self.shop_id!r}",
+                field,
+                reason="AGENT_NOT_FOUND",
+                subject=resource_name(self.shop_id, "agents", agent_id),
+            )
         return agent
 
     def session(self, session_id: str, field: str = "session_id") -> Session:
@@ -119,7 +124,10 @@ class Shop:
         if session is None:
             check_id(session_id, field)
             raise NotFound(
-                f"{field}: no open session {session_id!r} in shop {self.shop_id!r}", field
+                f"{field}: no open session {session_id!r} in shop {self.shop_id!r}",
+                field,
+                reason="SESSION_NOT_FOUND",
+                subject=resource_name(self.shop_id, "sessions", session_id),
             )
         return session
 
@@ -128,7 +136,12 @@ class Shop:
         check_id(buyer_id, "buyer_id")
         session = self.by_buyer.get(buyer_id)
         if session is None:
-            raise NotFound(f"buyer_id: buyer {buyer_id!r} has no open session", "buyer_id")
+            raise NotFound(
+                f"buyer_id: buyer {buyer_id!r} has no open session",
+                "buyer_id",
+                reason="NO_OPEN_SESSION",
+                subject=resource_name(self.shop_id, "buyers", buyer_id),
+            )
         return session
 
     def issued(self, session_id: str) -> bool:
@@ -640,6 +653,8 @@ class Shop:
                 f"the queue of shop {self.shop_id!r} holds queue_limit="
                 f"{self.policy.queue_limit} entries",
                 "shop_id",
+                reason="QUEUE_FULL",
+                subject=resource_name(self.shop_id),
             )
         return LEAVE, None, Reason.QUEUE_FULL
 
