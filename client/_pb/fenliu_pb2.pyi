@@ -7,10 +7,14 @@ fenliu v1: routing buyers' conversations to a shop's customer-service agents.
 Three services share one package: Presence (shops, agents, status), Routing
 (Route and the session operations) and Queue (the shop queue and left messages).
 Errors are gRPC status codes; the message names the offending field and the
-trailing metadata key "fenliu-field" carries the field path.
+trailing metadata key "fenliu-field" carries the field path. A failed call also
+carries a google.rpc.Status in "grpc-status-details-bin" whose details hold an
+ErrorInfo (reason, domain "fenliu", metadata field/subject) and, by code, a
+BadRequest, ResourceInfo, PreconditionFailure or QuotaFailure.
 """
 
 from collections import abc as _abc
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -906,25 +910,33 @@ Global___RouteResult: _TypeAlias = RouteResult  # noqa: Y015
 
 @_typing.final
 class Error(_message.Message):
+    """A batch item's error: what a failed call carries in its status."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     FIELD_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
     code: _builtins.int
     """grpc.StatusCode value"""
     message: _builtins.str
     field: _builtins.str
+    @_builtins.property
+    def details(self) -> _containers.RepeatedCompositeFieldContainer[_any_pb2.Any]:
+        """The same google.rpc error details a failed call carries (ErrorInfo first)."""
+
     def __init__(
         self,
         *,
         code: _builtins.int = ...,
         message: _builtins.str = ...,
         field: _builtins.str = ...,
+        details: _abc.Iterable[_any_pb2.Any] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field", b"field", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "details", b"details", "field", b"field", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,7 +7,10 @@ fenliu v1: routing buyers' conversations to a shop's customer-service agents.
 Three services share one package: Presence (shops, agents, status), Routing
 (Route and the session operations) and Queue (the shop queue and left messages).
 Errors are gRPC status codes; the message names the offending field and the
-trailing metadata key "fenliu-field" carries the field path.
+trailing metadata key "fenliu-field" carries the field path. A failed call also
+carries a google.rpc.Status in "grpc-status-details-bin" whose details hold an
+ErrorInfo (reason, domain "fenliu", metadata field/subject) and, by code, a
+BadRequest, ResourceInfo, PreconditionFailure or QuotaFailure.
 """
 
 from collections import abc as _abc

@@ -1,25 +1,33 @@
-"""Core errors -> gRPC status codes: the one place where the mapping lives.
+"""Core errors -> gRPC statuses with rich error details: the one place where the mapping lives.
 
-    FenliuError subclass   grpc.StatusCode
-    InvalidArgument        INVALID_ARGUMENT
-    NotFound               NOT_FOUND
-    FailedPrecondition     FAILED_PRECONDITION
-    ResourceExhausted      RESOURCE_EXHAUSTED
-    Unavailable            UNAVAILABLE (the journal could not be written)
-    anything else          INTERNAL, logged, with a generic message
+    FenliuError subclass  grpc.StatusCode      google.rpc details (after an ErrorInfo)
+    InvalidArgument       INVALID_ARGUMENT     BadRequest.FieldViolation(field, message)
+    NotFound              NOT_FOUND            ResourceInfo(type, subject, owner, message)
+    FailedPrecondition    FAILED_PRECONDITION  PreconditionFailure.Violation(reason, subject, ..)
+    ResourceExhausted     RESOURCE_EXHAUSTED   QuotaFailure.Violation(subject, message)
+    Unavailable           UNAVAILABLE          none more (the journal could not be written)
+    anything else         INTERNAL, logged, with a generic message and no details
 
-A core error's message names the field; the field itself travels in the trailing
-metadata under ``fenliu-field`` (and in ``Error.field`` for RouteBatch items).
+Every core error also gets an ErrorInfo first: ``reason`` (the core error's stable
+code), ``domain`` "fenliu", ``metadata`` {"field", "subject"} when set. The details travel
+as a ``google.rpc.Status`` in the ``grpc-status-details-bin`` trailing metadata (and in
+``Error.details`` for RouteBatch items); the field also travels, as before, in the
+trailing metadata under ``fenliu-field``. All of it is built only when a call fails.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, NamedTuple
 
 import grpc
 import grpc.aio
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2 as ed, status_pb2
+from grpc_status import rpc_status
 
 from fenliu.client._pb import fenliu_pb2 as pb
 
@@ -28,6 +36,7 @@ from ..core import errors
 log = logging.getLogger(__name__)
 
 FIELD_KEY = "fenliu-field"
+DOMAIN = "fenliu"
 INTERNAL_MESSAGE = "internal error; the server has logged it"
 
 CODES: dict[type[errors.FenliuError], grpc.StatusCode] = {
@@ -38,6 +47,51 @@ CODES: dict[type[errors.FenliuError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
+# The resource types of ResourceInfo, by the collection in a subject's name.
+_RESOURCE_TYPES = {"agents": "agent", "sessions": "session", "buyers": "buyer", "groups": "group"}
+
+
+def _bad_request(exc: errors.FenliuError) -> list[Message]:
+    violation = ed.BadRequest.FieldViolation(field=exc.field, description=exc.message)
+    return [ed.BadRequest(field_violations=[violation])]
+
+
+def _resource_info(exc: errors.FenliuError) -> list[Message]:
+    parts = exc.subject.split("/")  # shops/<shop>[/<collection>/<id>]
+    kind = _RESOURCE_TYPES.get(parts[2], parts[2]) if len(parts) == 4 else "shop"
+    owner = "/".join(parts[:2]) if len(parts) == 4 else ""
+    return [
+        ed.ResourceInfo(
+            resource_type=kind, resource_name=exc.subject, owner=owner, description=exc.message
+        )
+    ]
+
+
+def _precondition_failure(exc: errors.FenliuError) -> list[Message]:
+    violation = ed.PreconditionFailure.Violation(
+        type=exc.reason, subject=exc.subject, description=exc.message
+    )
+    return [ed.PreconditionFailure(violations=[violation])]
+
+
+def _quota_failure(exc: errors.FenliuError) -> list[Message]:
+    violation = ed.QuotaFailure.Violation(subject=exc.subject, description=exc.message)
+    return [ed.QuotaFailure(violations=[violation])]
+
+
+def _no_more(exc: errors.FenliuError) -> list[Message]:
+    return []
+
+
+DETAILS: dict[type[errors.FenliuError], Callable[[errors.FenliuError], list[Message]]] = {
+    errors.InvalidArgument: _bad_request,
+    errors.NotFound: _resource_info,
+    errors.FailedPrecondition: _precondition_failure,
+    errors.ResourceExhausted: _quota_failure,
+    errors.Unavailable: _no_more,
+}
+"""The code-specific details of each class in ``CODES`` (the same keys)."""
+
 
 class Failure(NamedTuple):
     """What a client is told about an error."""
@@ -45,6 +99,7 @@ class Failure(NamedTuple):
     code: grpc.StatusCode
     message: str
     field: str
+    details: tuple[Message, ...] = ()
 
 
 def code_for(exc: BaseException) -> grpc.StatusCode | None:
@@ -56,19 +111,63 @@ def code_for(exc: BaseException) -> grpc.StatusCode | None:
     return None
 
 
+def details_for(exc: errors.FenliuError) -> tuple[Message, ...]:
+    """ErrorInfo, then the details of the most specific class of ``exc`` in ``DETAILS``."""
+    metadata = {"field": exc.field, "subject": exc.subject}
+    info = ed.ErrorInfo(
+        reason=exc.reason, domain=DOMAIN, metadata={k: v for k, v in metadata.items() if v}
+    )
+    for cls in type(exc).__mro__:
+        more = DETAILS.get(cls)
+        if more is not None:
+            return (info, *more(exc))
+    return (info,)
+
+
 def failure(exc: Exception) -> Failure:
     """A core error as it is; anything else logged and hidden behind INTERNAL."""
     code = code_for(exc)
     if code is None or not isinstance(exc, errors.FenliuError):
         log.error("unexpected error while serving a call", exc_info=exc)
         return Failure(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, "")
-    return Failure(code, exc.message, exc.field)
+    return Failure(code, exc.message, exc.field, details_for(exc))
+
+
+def _packed(details: tuple[Message, ...]) -> list[any_pb2.Any]:
+    packed = []
+    for detail in details:
+        item = any_pb2.Any()
+        item.Pack(detail)
+        packed.append(item)
+    return packed
+
+
+def rich_status(failed: Failure) -> status_pb2.Status:
+    """``failed`` as a ``google.rpc.Status``."""
+    return status_pb2.Status(
+        code=failed.code.value[0], message=failed.message, details=_packed(failed.details)
+    )
 
 
 def error_message(exc: Exception) -> pb.Error:
     """``exc`` as a RouteBatch item's ``Error``."""
-    code, message, field = failure(exc)
-    return pb.Error(code=code.value[0], message=message, field=field)
+    failed = failure(exc)
+    return pb.Error(
+        code=failed.code.value[0],
+        message=failed.message,
+        field=failed.field,
+        details=_packed(failed.details),
+    )
+
+
+def trailing_metadata(failed: Failure) -> tuple[tuple[str, str | bytes], ...]:
+    """``fenliu-field`` (when there is a field) and the rich status (when there are details)."""
+    metadata: tuple[tuple[str, str | bytes], ...] = (
+        ((FIELD_KEY, failed.field),) if failed.field else ()
+    )
+    if failed.details:
+        metadata += tuple(rpc_status.to_status(rich_status(failed)).trailing_metadata)
+    return metadata
 
 
 class abort_on_error:
@@ -93,6 +192,5 @@ class abort_on_error:
     ) -> None:
         if not isinstance(exc, Exception) or isinstance(exc, grpc.aio.AbortError):
             return
-        code, message, field = failure(exc)
-        metadata = ((FIELD_KEY, field),) if field else ()
-        await self._context.abort(code, message, metadata)
+        failed = failure(exc)
+        await self._context.abort(failed.code, failed.message, trailing_metadata(failed))

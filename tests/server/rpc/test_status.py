@@ -9,6 +9,8 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2 as ed, status_pb2
 
 from fenliu.server.core import errors
 from fenliu.server.rpc import status
@@ -61,7 +63,7 @@ class _Unlisted(errors.NotFound):
 def test_core_error_code(error: type[errors.FenliuError], code: grpc.StatusCode) -> None:
     exc = error("shop_id: no shop 'x'", "shop_id")
     assert status.code_for(exc) is code
-    assert status.failure(exc) == (code, "shop_id: no shop 'x'", "shop_id")
+    assert status.failure(exc)[:3] == (code, "shop_id: no shop 'x'", "shop_id")
 
 
 def test_every_core_error_has_a_code() -> None:
@@ -80,7 +82,7 @@ def test_unexpected_error_is_internal_logged_and_hides_details(
 ) -> None:
     with caplog.at_level(logging.ERROR, logger=status.__name__):
         failure = status.failure(KeyError("secret internals"))
-    assert failure == (grpc.StatusCode.INTERNAL, status.INTERNAL_MESSAGE, "")
+    assert failure == (grpc.StatusCode.INTERNAL, status.INTERNAL_MESSAGE, "", ())
     assert "secret" not in failure.message
     [record] = caplog.records
     assert record.exc_info is not None and "secret internals" in caplog.text
@@ -98,14 +100,35 @@ def test_error_message_for_batch_items() -> None:
         "crowds holds 11 items",
         "crowds",
     )
+    info, bad_request = error.details
+    assert info.Is(ed.ErrorInfo.DESCRIPTOR) and bad_request.Is(ed.BadRequest.DESCRIPTOR)
 
 
-def test_abort_on_error_aborts_with_code_message_and_field() -> None:
-    context = _run_in_abort_on_error(errors.FailedPrecondition("agent is OFFLINE", "agent_id"))
-    assert context.aborted == (
-        grpc.StatusCode.FAILED_PRECONDITION,
+def test_abort_on_error_aborts_with_code_message_field_and_rich_status() -> None:
+    exc = errors.FailedPrecondition(
+        "agent is OFFLINE", "agent_id", reason="AGENT_OFFLINE", subject="shops/s/agents/a"
+    )
+    context = _run_in_abort_on_error(exc)
+    assert context.aborted is not None
+    code, message, metadata = context.aborted
+    assert (code, message) == (grpc.StatusCode.FAILED_PRECONDITION, "agent is OFFLINE")
+    assert metadata[0] == (status.FIELD_KEY, "agent_id")
+    [(key, raw)] = metadata[1:]
+    assert key == "grpc-status-details-bin"
+    rich = status_pb2.Status.FromString(raw)
+    assert (rich.code, rich.message) == (grpc.StatusCode.FAILED_PRECONDITION.value[0], message)
+    info, failure = ed.ErrorInfo(), ed.PreconditionFailure()
+    assert rich.details[0].Unpack(info) and rich.details[1].Unpack(failure)
+    assert (info.reason, info.domain, dict(info.metadata)) == (
+        "AGENT_OFFLINE",
+        "fenliu",
+        {"field": "agent_id", "subject": "shops/s/agents/a"},
+    )
+    [violation] = failure.violations
+    assert (violation.type, violation.subject, violation.description) == (
+        "AGENT_OFFLINE",
+        "shops/s/agents/a",
         "agent is OFFLINE",
-        ((status.FIELD_KEY, "agent_id"),),
     )
 
 
@@ -131,3 +154,59 @@ def test_abort_on_error_does_nothing_on_success() -> None:
 
     assert asyncio.run(body()) == 7
     assert context.aborted is None
+
+
+def _core_error_classes() -> list[type[errors.FenliuError]]:
+    return [
+        cls
+        for _, cls in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(cls, errors.FenliuError) and cls is not errors.FenliuError
+    ]
+
+
+def test_every_core_error_gets_error_info_and_the_details_of_its_code() -> None:
+    classes = _core_error_classes()
+    assert set(classes) == set(status.CODES) == set(status.DETAILS)
+    for cls in classes:
+        exc = cls("what went wrong", "agent_id", subject="shops/s/agents/a")
+        info, *more = status.failure(exc).details
+        assert isinstance(info, ed.ErrorInfo), cls.__name__
+        assert (info.reason, info.domain) == (cls.default_reason, "fenliu"), cls.__name__
+        assert info.reason.isupper() and " " not in info.reason, cls.__name__
+        assert [type(m) for m in more] == EXPECTED_DETAIL_TYPES[status.CODES[cls]], cls.__name__
+
+
+EXPECTED_DETAIL_TYPES: dict[grpc.StatusCode, list[type[Message]]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: [ed.BadRequest],
+    grpc.StatusCode.NOT_FOUND: [ed.ResourceInfo],
+    grpc.StatusCode.FAILED_PRECONDITION: [ed.PreconditionFailure],
+    grpc.StatusCode.RESOURCE_EXHAUSTED: [ed.QuotaFailure],
+    grpc.StatusCode.UNAVAILABLE: [],
+}
+
+
+@pytest.mark.parametrize(
+    ("subject", "resource"),
+    [
+        pytest.param("shops/s1", ("shop", "shops/s1", ""), id="shop"),
+        pytest.param("shops/s1/agents/a1", ("agent", "shops/s1/agents/a1", "shops/s1"), id="agent"),
+        pytest.param(
+            "shops/s1/sessions/s7", ("session", "shops/s1/sessions/s7", "shops/s1"), id="session"
+        ),
+        pytest.param("shops/s1/buyers/b", ("buyer", "shops/s1/buyers/b", "shops/s1"), id="buyer"),
+    ],
+)
+def test_not_found_names_the_resource(subject: str, resource: tuple[str, str, str]) -> None:
+    _, info = status.failure(errors.NotFound("gone", "x", subject=subject)).details
+    assert isinstance(info, ed.ResourceInfo)
+    assert (info.resource_type, info.resource_name, info.owner, info.description) == (
+        *resource,
+        "gone",
+    )
+
+
+def test_internal_errors_carry_no_details(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.CRITICAL):
+        failed = status.failure(KeyError("secret"))
+    assert failed.details == ()
+    assert status.trailing_metadata(failed) == ()
