@@ -17,11 +17,15 @@ from ._errors import (
     DeadlineExceeded,
     FailedPrecondition,
     FenliuError,
+    FieldViolation,
     InternalError,
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    PreconditionViolation,
     QueueFull,
+    QuotaViolation,
+    ResourceInfo,
     Unauthenticated,
     Unavailable,
 )
@@ -84,4 +88,9 @@ __all__ = [
     "QueueFull",
     "Unauthenticated",
     "Unavailable",
+    # error details
+    "FieldViolation",
+    "PreconditionViolation",
+    "QuotaViolation",
+    "ResourceInfo",
 ]

@@ -277,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fenliu: cannot reach {args.target}: {exc.message}", file=sys.stderr)
         return 2
     except FenliuError as exc:
-        print(f"fenliu: {exc.code.name}: {exc.message}", file=sys.stderr)
+        reason = f" [{exc.reason}]" if exc.reason else ""
+        print(f"fenliu: {exc.code.name}: {exc.message}{reason}", file=sys.stderr)
         return 1
     print(json.dumps(_plain(result), indent=2) if args.json else _render(result))
     return 0

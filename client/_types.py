@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from ._errors import FenliuError, error_for
+from ._errors import FenliuError, error_for, unpack
 from ._pb import fenliu_pb2 as pb
 
 
@@ -301,5 +301,5 @@ class RouteResult:
         if m.HasField("decision"):
             return cls(decision=Decision.from_pb(m.decision), error=None)
         code = _CODES.get(m.error.code, grpc.StatusCode.UNKNOWN)
-        error = error_for(code, m.error.message, m.error.field)
+        error = error_for(code, m.error.message, m.error.field, unpack(m.error.details))
         return cls(decision=None, error=error)

@@ -9,6 +9,9 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2 as ed
+from grpc_status import rpc_status
 
 from fenliu.client._pb import fenliu_pb2 as pb
 from fenliu.server.config import Config
@@ -265,16 +268,114 @@ CASES = [
 ]
 
 
+# The ErrorInfo reason and subject of each case that is not INVALID_ARGUMENT ({shop} is the
+# world's shop, {b1} the session id of buyer b1). INVALID_ARGUMENT is INVALID_FIELD, no subject.
+SUBJECTS: dict[str, tuple[str, str]] = {
+    "shop": ("SHOP_NOT_FOUND", "shops/no-such-shop"),
+    "agent": ("AGENT_NOT_FOUND", "shops/{shop}/agents/a404"),
+    "remove-agent": ("AGENT_NOT_FOUND", "shops/{shop}/agents/a404"),
+    "addressed-agent": ("AGENT_NOT_FOUND", "shops/{shop}/agents/a404"),
+    "session": ("SESSION_NOT_FOUND", "shops/{shop}/sessions/s404"),
+    "acknowledge-session": ("SESSION_NOT_FOUND", "shops/{shop}/sessions/s404"),
+    "end-one-unknown-of-two": ("SESSION_NOT_FOUND", "shops/{shop}/sessions/s404"),
+    "buyer-position": ("NO_OPEN_SESSION", "shops/{shop}/buyers/b404"),
+    "pick-by-offline-agent": ("AGENT_OFFLINE", "shops/{shop}/agents/off"),
+    "pick-by-full-agent": ("AGENT_FULL", "shops/{shop}/agents/a1"),
+    "transfer-to-full": ("AGENT_FULL", "shops/{shop}/agents/a2"),
+    "transfer-to-offline-forced": ("AGENT_OFFLINE", "shops/{shop}/agents/off"),
+    "leave-queue-when-assigned": ("SESSION_NOT_QUEUED", "shops/{shop}/sessions/{b1}"),
+    "acknowledge-by-other-agent": ("SESSION_NOT_HELD", "shops/{shop}/sessions/{b1}"),
+    "second-main": ("MAIN_AGENT_TAKEN", "shops/{shop}/agents/boss"),
+    "queue-full-reject": ("QUEUE_FULL", "shops/{shop}"),
+}
+
+
 @pytest.mark.parametrize(("case", "code", "field"), CASES)
-def test_bad_input(world: World, case: Case, code: grpc.StatusCode, field: str) -> None:
-    call, request = case(world)
+def test_bad_input(
+    world: World, case: Case, code: grpc.StatusCode, field: str, request: pytest.FixtureRequest
+) -> None:
+    call, message = case(world)
     before = world.api.state(world.shop)
-    error = rpc_error(call, request)
+    error = rpc_error(call, message)
     assert error.code() == code  # type: ignore[attr-defined]
     assert field_of(error) == field
     details = error.details()  # type: ignore[attr-defined]
     assert (field if code is not EXHAUSTED else "queue_limit") in details
     assert world.api.state(world.shop) == before
+    if code is INVALID:
+        reason, subject = "INVALID_FIELD", ""
+    else:
+        reason, subject = SUBJECTS[request.node.callspec.id]
+        subject = subject.format(shop=world.shop, b1=world.sessions["b1"])
+    _check_rich_status(error, code, field, reason, subject)
+
+
+def _check_rich_status(
+    error: grpc.RpcError, code: grpc.StatusCode, field: str, reason: str, subject: str
+) -> None:
+    """ErrorInfo, then the one detail of the code, all read as grpc_status reads them."""
+    rich = rpc_status.from_call(error)  # type: ignore[arg-type]  # raises if code/message differ
+    assert rich is not None
+    message = rich.message
+    info, detail = ed.ErrorInfo(), _DETAIL[code]()
+    assert len(rich.details) == 2
+    assert rich.details[0].Unpack(info) and rich.details[1].Unpack(detail)
+    metadata = {"field": field, "subject": subject} if subject else {"field": field}
+    assert (info.reason, info.domain, dict(info.metadata)) == (reason, "fenliu", metadata)
+    if isinstance(detail, ed.BadRequest):
+        [violation] = detail.field_violations
+        assert (violation.field, violation.description) == (field, message)
+    elif isinstance(detail, ed.ResourceInfo):
+        kind = subject.split("/")[2][:-1] if subject.count("/") == 3 else "shop"
+        assert (detail.resource_type, detail.resource_name, detail.description) == (
+            kind,
+            subject,
+            message,
+        )
+    elif isinstance(detail, ed.PreconditionFailure):
+        [violation] = detail.violations
+        assert (violation.type, violation.subject, violation.description) == (
+            reason,
+            subject,
+            message,
+        )
+    else:
+        assert isinstance(detail, ed.QuotaFailure)
+        [violation] = detail.violations
+        assert (violation.subject, violation.description) == (subject, message)
+
+
+_DETAIL: dict[grpc.StatusCode, type[Message]] = {
+    INVALID: ed.BadRequest,
+    NOT_FOUND: ed.ResourceInfo,
+    PRECONDITION: ed.PreconditionFailure,
+    EXHAUSTED: ed.QuotaFailure,
+}
+
+
+def test_every_refusal_case_has_its_reason_listed() -> None:
+    ids = {param.id for param in CASES if param.values[1] is not INVALID}
+    assert ids == set(SUBJECTS)
+
+
+def test_batch_items_carry_the_same_details(world: World) -> None:
+    good = pb.RouteRequest(shop_id=world.shop, buyer_id="b2", request_id="again")
+    bad = pb.RouteRequest(shop_id=world.shop, buyer_id="b 2", request_id="bad")
+    gone = pb.RouteRequest(
+        shop_id=world.shop, buyer_id="b5", request_id="gone", addressed_agent_id="a404"
+    )
+    reply = world.api.routing.RouteBatch(pb.RouteBatchRequest(requests=[good, bad, gone]))
+    ok, invalid, missing = reply.results
+    assert ok.HasField("decision")
+    info, bad_request = ed.ErrorInfo(), ed.BadRequest()
+    assert invalid.error.details[0].Unpack(info) and invalid.error.details[1].Unpack(bad_request)
+    assert (info.reason, bad_request.field_violations[0].field) == ("INVALID_FIELD", "buyer_id")
+    resource = ed.ResourceInfo()
+    assert missing.error.details[0].Unpack(info) and missing.error.details[1].Unpack(resource)
+    assert (info.reason, resource.resource_name) == (
+        "AGENT_NOT_FOUND",
+        f"shops/{world.shop}/agents/a404",
+    )
 
 
 def test_a_refused_register_does_not_create_the_shop(api: Api, shop: str) -> None:
