@@ -57,9 +57,12 @@ def _bad_request(exc: errors.FenliuError) -> list[Message]:
 
 
 def _resource_info(exc: errors.FenliuError) -> list[Message]:
-    parts = exc.subject.split("/")  # shops/<shop>[/<collection>/<id>]
-    kind = _RESOURCE_TYPES.get(parts[2], parts[2]) if len(parts) == 4 else "shop"
-    owner = "/".join(parts[:2]) if len(parts) == 4 else ""
+    parts = exc.subject.split("/")  # shops/<shop>[/<collection>/<id>], or "" if unknown
+    kind, owner = "", ""
+    if len(parts) == 4:
+        kind, owner = _RESOURCE_TYPES.get(parts[2], parts[2]), "/".join(parts[:2])
+    elif len(parts) == 2:
+        kind = "shop"
     return [
         ed.ResourceInfo(
             resource_type=kind, resource_name=exc.subject, owner=owner, description=exc.message

@@ -194,6 +194,7 @@ EXPECTED_DETAIL_TYPES: dict[grpc.StatusCode, list[type[Message]]] = {
             "shops/s1/sessions/s7", ("session", "shops/s1/sessions/s7", "shops/s1"), id="session"
         ),
         pytest.param("shops/s1/buyers/b", ("buyer", "shops/s1/buyers/b", "shops/s1"), id="buyer"),
+        pytest.param("", ("", "", ""), id="no-subject-no-guess"),
     ],
 )
 def test_not_found_names_the_resource(subject: str, resource: tuple[str, str, str]) -> None:
