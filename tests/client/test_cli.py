@@ -46,6 +46,7 @@ def test_a_refused_request_names_the_field_and_exits_1(
     code, out, err = run(target, capsys, "team", "no-such-shop")
     assert code == 1 and out == ""
     assert err.startswith("fenliu: NOT_FOUND: shop_id")
+    assert err.rstrip().endswith("[SHOP_NOT_FOUND]")  # the reason, for scripts to match on
 
 
 def test_an_unreachable_server_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
