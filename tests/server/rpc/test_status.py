@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import inspect
 import logging
+import pathlib
 from typing import Any
 
 import grpc
@@ -211,3 +213,21 @@ def test_internal_errors_carry_no_details(caplog: pytest.LogCaptureFixture) -> N
         failed = status.failure(KeyError("secret"))
     assert failed.details == ()
     assert status.trailing_metadata(failed) == ()
+
+
+def test_every_core_refusal_names_its_reason_and_subject() -> None:
+    """Each ``raise NotFound/FailedPrecondition/ResourceExhausted(...)`` in the core sets
+    ``reason=`` and ``subject=``, so its details say which rule and which resource."""
+    core = pathlib.Path(errors.__file__).parent
+    stateful = {"NotFound", "FailedPrecondition", "ResourceExhausted"}
+    raises = []
+    for path in sorted(core.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)):
+                continue
+            call = node.exc
+            if isinstance(call.func, ast.Name) and call.func.id in stateful:
+                keywords = {k.arg for k in call.keywords}
+                raises.append((f"{path.name}:{node.lineno}", keywords >= {"reason", "subject"}))
+    assert len(raises) >= 15, raises  # the scan found them
+    assert [where for where, named in raises if not named] == []
