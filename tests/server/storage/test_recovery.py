@@ -138,8 +138,9 @@ def test_a_failing_disk_answers_unavailable_changes_nothing_and_recovers(data: P
             os.close(read_only)
 
         server.call(break_disk)
-        with pytest.raises(Unavailable):
+        with pytest.raises(Unavailable) as lost:
             fenliu.route("shop-a", "b-lost")
+        assert lost.value.reason == "NOT_DURABLE"  # a journal failure, not a transport one
         assert server.call(lambda: dump(server.dispatcher)) == before  # nothing changed
         assert [a.agent_id for a in fenliu.list_team("shop-a")] == ["a1", "a2"]  # reads serve
         decision = fenliu.route("shop-a", "b-after")  # a fresh segment: writing resumes
