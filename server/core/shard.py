@@ -16,7 +16,14 @@ from . import validate as v
 from .errors import FailedPrecondition, FenliuError, InvalidArgument, NotFound
 from .shop import IDEMPOTENCY_WINDOW_MS, T_NOTICE, T_RECENT, T_REQUEST, T_SESSION, Shop
 from .state import Agent, Session
-from .stats import FAST_REPLY_MS, REPLIED, REPLIED_FAST, WINDOW_MINUTES, counts_view
+from .stats import (
+    FAST_REPLY_MS,
+    REPLIED,
+    REPLIED_FAST,
+    WINDOW_MINUTES,
+    ShopCounters,
+    counts_view,
+)
 from .types import (
     Acknowledge,
     AddPrivateContact,
@@ -490,7 +497,7 @@ class Shard:
             for s in shop.sessions.values()
             if not s.first_reply_at and now - s.created_at > FAST_REPLY_MS
         )
-        counters = shop.counters
+        counters = shop.counters or ShopCounters()
         return ShopStatsView(
             shop_id=shop.shop_id,
             at=now,

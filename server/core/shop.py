@@ -87,7 +87,7 @@ class Shop:
         self.day_end = 0
         self.day = 0
         self.event_seq = 0  # the seq of the shop's latest event
-        self.counters = ShopCounters()
+        self.counters: ShopCounters | None = None  # stats, from the first counted event
 
     # ------------------------------------------------------------ events and helpers
 
@@ -120,7 +120,10 @@ class Shop:
     def tally(self, index: int) -> None:
         """Count one event of a stats field (``stats.py``) now."""
         now = self.shard.now
-        self.counters.add(index, self.today(now), now)
+        counters = self.counters
+        if counters is None:
+            counters = self.counters = ShopCounters()
+        counters.add(index, self.today(now), now)
 
     def agent(self, agent_id: str, field: str = "agent_id") -> Agent:
         agent = self.agents.get(agent_id)

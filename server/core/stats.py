@@ -4,7 +4,7 @@ The hot path only increments integers: ``Shop.emit`` counts the events it emits
 (assigned, reassigned away, transferred, timeout), ``Shard.reply`` counts first replies
 and ``Shop.end`` sessions ended without any. Counts go to today's tally and to the
 current minute's bucket; the last ``WINDOW_MINUTES`` buckets make the sliding window.
-Only minutes with activity keep a bucket, so an idle shop costs two short lists.
+Only minutes with activity keep a bucket; a shop gets its counters with its first count.
 """
 
 from __future__ import annotations

@@ -235,14 +235,16 @@ def _shop_image(shop: Shop) -> ShopImage:
     )
 
 
-def _counters_image(c: ShopCounters) -> CountersImage:
+def _counters_image(c: ShopCounters | None) -> CountersImage | None:
+    if c is None:
+        return None
     return CountersImage(c.day, list(c.today), c.minute, list(c.current), list(c.buckets.items()))
 
 
 def _restore_counters(shop: Shop, image: CountersImage | None) -> None:
     if image is None:
         return
-    c = shop.counters
+    c = shop.counters = ShopCounters()
     c.day, c.today = image.day, _padded(image.today)
     c.minute, c.current = image.minute, _padded(image.current)
     c.buckets = {minute: _padded(counts) for minute, counts in image.buckets}

@@ -148,6 +148,8 @@ def dump_shop(shop: Shop) -> Any:
 
 def _counters(shop: Shop) -> Any:
     c = shop.counters
+    if c is None:
+        return None
     buckets = [(minute, list(counts)) for minute, counts in c.buckets.items()]
     return (c.day, list(c.today), c.minute, list(c.current), buckets)  # copies: they change
 

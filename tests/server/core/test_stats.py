@@ -137,5 +137,6 @@ def test_the_window_is_1_to_60_minutes(w: World) -> None:
         stats(w, 61)
     with pytest.raises(InvalidArgument, match="window_minutes"):
         stats(w, -1)
-    assert stats(w, 1).window_minutes == 1
-    assert stats(w).at == T0
+    fresh = stats(w, 1)  # nothing counted yet
+    assert (fresh.window_minutes, fresh.at) == (1, T0)
+    assert fresh.today == fresh.window == counts()
