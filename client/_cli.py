@@ -115,11 +115,11 @@ _PRINTED = _Printed()
 
 def _watch(c: Client, a: argparse.Namespace) -> _Printed:
     """Print each watch item as it comes (a JSON object per line with --json), until
-    ``--count`` events have been printed or Ctrl-C."""
+    ``--count`` events have been printed or Ctrl-C; reconnects for up to ``--timeout`` s."""
     if a.agent:
-        stream = c.watch_agent(a.shop, a.agent, after_seq=a.after)
+        stream = c.watch_agent(a.shop, a.agent, after_seq=a.after, give_up_after=a.timeout)
     else:
-        stream = c.watch_shop(a.shop, after_seq=a.after)
+        stream = c.watch_shop(a.shop, after_seq=a.after, give_up_after=a.timeout)
     events = 0
     try:
         for item in stream:

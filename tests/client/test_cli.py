@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fenliu.client import Client
 from fenliu.client._cli import main
 
 
@@ -74,8 +75,6 @@ def test_the_installed_console_script(target: str) -> None:
 
 
 def test_stats_and_watch(target: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from fenliu.client import Client
-
     assert run(target, capsys, "agent", "register", "cli-watch", "a", "--max", "1",
                "--status", "online")[0] == 0  # fmt: skip
     with Client(target) as fenliu:
