@@ -19,6 +19,7 @@ from fenliu.client import (
     Reason,
     Started,
     Status,
+    Unavailable,
     WatchItem,
 )
 from fenliu.server.config import Config
@@ -101,3 +102,13 @@ def test_the_blocking_client_watches_and_reads_stats(fenliu: Client) -> None:
     assert (stats.queue_length, stats.open_sessions, stats.event_seq) == (1, 2, 4)
     assert (stats.today.assigned, stats.window.assigned, stats.window_minutes) == (1, 1, 5)
     assert [(a.agent_id, a.status, a.load) for a in stats.agents] == [("a", Status.SUSPENDED, 1)]
+
+
+def test_the_async_watcher_gives_up_on_a_server_that_never_comes() -> None:
+    async def run() -> None:
+        async with AsyncClient("127.0.0.1:1", backoff=0.01) as fenliu:
+            stream = fenliu.watch_shop("s", give_up_after=0.2)
+            with pytest.raises(Unavailable, match="could not reconnect"):
+                await next_item(stream)
+
+    asyncio.run(run())

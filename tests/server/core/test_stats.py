@@ -140,3 +140,20 @@ def test_the_window_is_1_to_60_minutes(w: World) -> None:
     fresh = stats(w, 1)  # nothing counted yet
     assert (fresh.window_minutes, fresh.at) == (1, T0)
     assert fresh.today == fresh.window == counts()
+
+
+def test_a_transfer_counts_as_transferred_and_assigned_and_keeps_the_reply_clock(
+    w: World,
+) -> None:
+    w.agent("a")
+    w.agent("b")
+    s1 = w.route("b1").session_id  # a
+    w.advance(minutes=1)
+    w.transfer(s1, to_agent_id="b")
+    w.advance(seconds=59)
+    w.reply("b", s1)  # 1:59 after the request, whoever holds it: fast
+    kinds = [e.kind for e in w.d.drain_events() if e.session_id == s1]
+    assert kinds == ["assigned", "assigned", "transferred"]
+    assert stats(w).today == counts(
+        assigned=2, transferred=1, first_replies=1, fast_first_replies=1, fast_reply_rate=1.0
+    )
