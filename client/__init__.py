@@ -31,8 +31,13 @@ from ._errors import (
 )
 from ._types import (
     Agent,
+    AgentStats,
     Decision,
     EndResult,
+    Event,
+    EventKind,
+    FellBehind,
+    FellBehindCause,
     OnQueueFull,
     Outcome,
     Policy,
@@ -45,10 +50,15 @@ from ._types import (
     RouteResult,
     Session,
     SessionState,
+    ShopStats,
+    Started,
+    StatsCounts,
     Status,
     StatusResult,
     Strategy,
+    WatchItem,
 )
+from ._watch import WatchStream
 
 __all__ = [
     # clients
@@ -77,6 +87,17 @@ __all__ = [
     "Status",
     "StatusResult",
     "Strategy",
+    # watch and stats
+    "AgentStats",
+    "Event",
+    "EventKind",
+    "FellBehind",
+    "FellBehindCause",
+    "ShopStats",
+    "Started",
+    "StatsCounts",
+    "WatchItem",
+    "WatchStream",
     # errors
     "DeadlineExceeded",
     "FailedPrecondition",

@@ -4,6 +4,8 @@
     fenliu route shop1 buyer1 --crowd vip
     fenliu team shop1
     fenliu queue list shop1 --sort longest
+    fenliu stats shop1 --window 15
+    fenliu watch shop1 --agent alice
 
 Every command prints its result (``--json`` for machines) and exits 0; a refused request
 prints one line naming the field and exits 1; an unreachable server exits 2.
@@ -22,7 +24,7 @@ from typing import Any
 
 from ._client import DEFAULT_TARGET, DEFAULT_TIMEOUT, Client
 from ._errors import DeadlineExceeded, FenliuError, Unavailable
-from ._types import OnQueueFull, QueueOrder, QueueSort, Role, Status, Strategy
+from ._types import Event, OnQueueFull, QueueOrder, QueueSort, Role, Status, Strategy
 
 Handler = Callable[[Client, argparse.Namespace], Any]
 
@@ -102,6 +104,49 @@ def _queue_list(c: Client, a: argparse.Namespace) -> Any:
         a.shop, priority_only=a.priority, group=a.group, channel=a.channel, sort=a.sort,
         limit=a.limit,
     )  # fmt: skip
+
+
+class _Printed:
+    """The result of a command that printed its own output (``watch``)."""
+
+
+_PRINTED = _Printed()
+
+
+def _watch(c: Client, a: argparse.Namespace) -> _Printed:
+    """Print each watch item as it comes (a JSON object per line with --json), until
+    ``--count`` events have been printed or Ctrl-C; reconnects for up to ``--timeout`` s."""
+    if a.agent:
+        stream = c.watch_agent(a.shop, a.agent, after_seq=a.after, give_up_after=a.timeout)
+    else:
+        stream = c.watch_shop(a.shop, after_seq=a.after, give_up_after=a.timeout)
+    events = 0
+    try:
+        for item in stream:
+            data = {"type": type(item).__name__, **_plain(item)}
+            print(json.dumps(data) if a.json else _cell(data), flush=True)
+            events += isinstance(item, Event)
+            if a.count and events >= a.count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stream.close()  # type: ignore[attr-defined]
+    return _PRINTED
+
+
+def _stats(c: Client, a: argparse.Namespace) -> Any:
+    stats = c.get_shop_stats(a.shop, window_minutes=a.window)
+    if a.json:
+        return stats
+    data = _plain(stats)
+    agents, today, window = data.pop("agents"), data.pop("today"), data.pop("window")
+    print(_render(data))
+    for name, counts in (("today", today), (f"last {stats.window_minutes} min", window)):
+        rate = f"{counts['fast_reply_rate']:.1%}"
+        print(f"{name}: {_cell(counts)} (first reply within 2 min: {rate})")
+    print(_table(agents))
+    return _PRINTED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -204,6 +249,12 @@ def _parser() -> argparse.ArgumentParser:
         top, "left-messages", lambda c, a: c.list_left_messages(a.shop), "list left messages",
         "shop",
     )  # fmt: skip
+    stats = command(top, "stats", _stats, "queue, today's and recent counts, agents", "shop")
+    stats.add_argument("--window", type=int, default=0, help="sliding window, 1-60 minutes")
+    watch = command(top, "watch", _watch, "print the shop's events as they happen", "shop")
+    watch.add_argument("--agent", default="", help="only the events naming this agent")
+    watch.add_argument("--after", type=int, default=None, help="resume after this seq")
+    watch.add_argument("--count", type=int, default=0, help="stop after this many events")
     return p
 
 
@@ -280,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         reason = f" [{exc.reason}]" if exc.reason else ""
         print(f"fenliu: {exc.code.name}: {exc.message}{reason}", file=sys.stderr)
         return 1
-    print(json.dumps(_plain(result), indent=2) if args.json else _render(result))
+    if result is not _PRINTED:
+        print(json.dumps(_plain(result), indent=2) if args.json else _render(result))
     return 0
 
 

@@ -17,7 +17,7 @@ import asyncio
 import random
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -39,10 +39,13 @@ from ._types import (
     Role,
     RouteResult,
     Session,
+    ShopStats,
     Status,
     StatusResult,
     Strategy,
+    WatchItem,
 )
+from ._watch import DEFAULT_GIVE_UP_AFTER, WatchStream
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 5.0
@@ -386,6 +389,60 @@ class AsyncClient:
         )
         return QueueList.from_pb(reply)
 
+    # ------------------------------------------------------------ monitor
+
+    @property
+    def _monitor(self) -> pb_grpc.MonitorStub:
+        stub: pb_grpc.MonitorStub | None = self.__dict__.get("_monitor_stub")
+        if stub is None:
+            stub = self.__dict__["_monitor_stub"] = pb_grpc.MonitorStub(self._channel)
+        return stub
+
+    async def get_shop_stats(
+        self, shop_id: str, *, window_minutes: int = 0, timeout: float | None = None
+    ) -> ShopStats:
+        """Queue, today's and the last ``window_minutes`` (1-60, default 60) counts, agents."""
+        request = pb.GetShopStatsRequest(shop_id=shop_id, window_minutes=window_minutes)
+        reply = await self._call(
+            self._monitor.GetShopStats, request, idempotent=True, timeout=timeout
+        )
+        return ShopStats.from_pb(reply)
+
+    def watch_shop(
+        self,
+        shop_id: str,
+        *,
+        after_seq: int | None = None,
+        give_up_after: float = DEFAULT_GIVE_UP_AFTER,
+    ) -> WatchStream:
+        """Every event of the shop, from now on or after ``after_seq``: see ``WatchStream``."""
+
+        def open_stream(after: int | None) -> Any:
+            request = pb.WatchShopRequest(shop_id=shop_id, after_seq=after)
+            return self._monitor.WatchShop(request, metadata=self.metadata)
+
+        return WatchStream(
+            open_stream, after_seq, backoff=self.backoff, give_up_after=give_up_after
+        )
+
+    def watch_agent(
+        self,
+        shop_id: str,
+        agent_id: str,
+        *,
+        after_seq: int | None = None,
+        give_up_after: float = DEFAULT_GIVE_UP_AFTER,
+    ) -> WatchStream:
+        """The events naming the agent (its workstation's feed): see ``WatchStream``."""
+
+        def open_stream(after: int | None) -> Any:
+            request = pb.WatchAgentRequest(shop_id=shop_id, agent_id=agent_id, after_seq=after)
+            return self._monitor.WatchAgent(request, metadata=self.metadata)
+
+        return WatchStream(
+            open_stream, after_seq, backoff=self.backoff, give_up_after=give_up_after
+        )
+
 
 _NOT_POLICY = {"self", "shop_id", "timeout", "priority_crowds"}
 
@@ -503,3 +560,43 @@ class Client:
     pick = _blocking(AsyncClient.pick)
     leave_queue = _blocking(AsyncClient.leave_queue)
     list_left_messages = _blocking(AsyncClient.list_left_messages)
+    get_shop_stats = _blocking(AsyncClient.get_shop_stats)
+
+    def watch_shop(
+        self,
+        shop_id: str,
+        *,
+        after_seq: int | None = None,
+        give_up_after: float = DEFAULT_GIVE_UP_AFTER,
+    ) -> Iterator[WatchItem]:
+        """Blocking ``AsyncClient.watch_shop``: iterate it; closing it ends the stream."""
+        stream = self._async.watch_shop(shop_id, after_seq=after_seq, give_up_after=give_up_after)
+        return self._iterate(stream)
+
+    def watch_agent(
+        self,
+        shop_id: str,
+        agent_id: str,
+        *,
+        after_seq: int | None = None,
+        give_up_after: float = DEFAULT_GIVE_UP_AFTER,
+    ) -> Iterator[WatchItem]:
+        """Blocking ``AsyncClient.watch_agent``: iterate it; closing it ends the stream."""
+        stream = self._async.watch_agent(
+            shop_id, agent_id, after_seq=after_seq, give_up_after=give_up_after
+        )
+        return self._iterate(stream)
+
+    def _iterate(self, stream: WatchStream) -> Iterator[WatchItem]:
+        async def step() -> WatchItem | None:
+            try:
+                return await stream.__anext__()
+            except StopAsyncIteration:
+                return None
+
+        try:
+            while (item := self._run(step())) is not None:
+                yield item
+        finally:
+            if not self._loop.is_closed():
+                self._run(stream.aclose())

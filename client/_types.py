@@ -303,3 +303,152 @@ class RouteResult:
         code = _CODES.get(m.error.code, grpc.StatusCode.UNKNOWN)
         error = error_for(code, m.error.message, m.error.field, unpack(m.error.details))
         return cls(decision=None, error=error)
+
+
+# ---------------------------------------------------------------- watch and stats
+
+
+class EventKind(enum.IntEnum):
+    UNSPECIFIED = 0
+    ASSIGNED = 1
+    REASSIGNED_AWAY = 2
+    TRANSFERRED = 3
+    BACKLOG_CHANGED = 4
+    QUEUE_CHANGED = 5
+    STATUS_CHANGED = 6
+    TIMEOUT = 7
+    ENDED = 8
+    LEFT_MESSAGE = 9
+
+
+class FellBehindCause(enum.IntEnum):
+    UNSPECIFIED = 0
+    NOT_KEPT = 1  # resumed from further back than the server keeps
+    OVERFLOW = 2  # read too slowly: the watcher's buffer overflowed
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Started:
+    """A watch stream (re)connected; ``head_seq`` was the shop's latest event then."""
+
+    head_seq: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened in a shop; ``seq`` numbers the shop's events."""
+
+    seq: int
+    kind: EventKind
+    shop_id: str
+    at_ms: int
+    agent_id: str
+    session_id: str
+    buyer_id: str
+    reason: Reason
+    status: Status | None  # STATUS_CHANGED only
+
+    @classmethod
+    def from_pb(cls, m: pb.Event) -> Event:
+        return cls(
+            seq=m.seq,
+            kind=_enum(EventKind, m.kind),
+            shop_id=m.shop_id,
+            at_ms=m.at_ms,
+            agent_id=m.agent_id,
+            session_id=m.session_id,
+            buyer_id=m.buyer_id,
+            reason=_enum(Reason, m.reason),
+            status=_enum(Status, m.status) if m.status else None,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FellBehind:
+    """Events were lost: re-read the state; the events that follow come after ``seq``."""
+
+    seq: int
+    cause: FellBehindCause
+
+
+WatchItem = Started | Event | FellBehind
+
+
+def watch_item(m: pb.WatchMessage) -> WatchItem:
+    which = m.WhichOneof("message")
+    if which == "event":
+        return Event.from_pb(m.event)
+    if which == "fell_behind":
+        behind = m.fell_behind
+        return FellBehind(seq=behind.resume_after_seq, cause=_enum(FellBehindCause, behind.cause))
+    return Started(head_seq=m.started.head_seq)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StatsCounts:
+    """Counts over one period; ``fast_reply_rate`` = fast_first_replies / (first_replies +
+    unreplied), the share of first replies within 2 minutes of the request."""
+
+    assigned: int
+    reassigned: int
+    transferred: int
+    timeouts: int
+    first_replies: int
+    fast_first_replies: int
+    unreplied: int
+    fast_reply_rate: float
+
+    @classmethod
+    def from_pb(cls, m: pb.StatsCounts) -> StatsCounts:
+        return cls(
+            assigned=m.assigned,
+            reassigned=m.reassigned,
+            transferred=m.transferred,
+            timeouts=m.timeouts,
+            first_replies=m.first_replies,
+            fast_first_replies=m.fast_first_replies,
+            unreplied=m.unreplied,
+            fast_reply_rate=m.fast_reply_rate,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentStats:
+    agent_id: str
+    status: Status
+    load: int
+    served_today: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShopStats:
+    shop_id: str
+    at_ms: int
+    queue_length: int
+    longest_wait_ms: int
+    left_messages: int
+    open_sessions: int
+    today: StatsCounts
+    window: StatsCounts
+    window_minutes: int
+    agents: tuple[AgentStats, ...]
+    event_seq: int
+
+    @classmethod
+    def from_pb(cls, m: pb.ShopStats) -> ShopStats:
+        return cls(
+            shop_id=m.shop_id,
+            at_ms=m.at_ms,
+            queue_length=m.queue_length,
+            longest_wait_ms=m.longest_wait_ms,
+            left_messages=m.left_messages,
+            open_sessions=m.open_sessions,
+            today=StatsCounts.from_pb(m.today),
+            window=StatsCounts.from_pb(m.window),
+            window_minutes=m.window_minutes,
+            agents=tuple(
+                AgentStats(a.agent_id, _enum(Status, a.status), a.load, a.served_today)
+                for a in m.agents
+            ),
+            event_seq=m.event_seq,
+        )

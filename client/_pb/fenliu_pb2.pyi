@@ -4,8 +4,9 @@
 isort:skip_file
 fenliu v1: routing buyers' conversations to a shop's customer-service agents.
 
-Three services share one package: Presence (shops, agents, status), Routing
-(Route and the session operations) and Queue (the shop queue and left messages).
+Four services share one package: Presence (shops, agents, status), Routing
+(Route and the session operations), Queue (the shop queue and left messages) and
+Monitor (watch streams of events and the shop stats).
 Errors are gRPC status codes; the message names the offending field and the
 trailing metadata key "fenliu-field" carries the field path. A failed call also
 carries a google.rpc.Status in "grpc-status-details-bin" whose details hold an
@@ -313,6 +314,56 @@ QUEUE_SORT_UNSPECIFIED: QueueSort.ValueType  # 0
 QUEUE_SORT_LONGEST_WAIT: QueueSort.ValueType  # 1
 QUEUE_SORT_SHORTEST_WAIT: QueueSort.ValueType  # 2
 Global___QueueSort: _TypeAlias = QueueSort  # noqa: Y015
+
+class _EventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVENT_KIND_UNSPECIFIED: _EventKind.ValueType  # 0
+    EVENT_KIND_ASSIGNED: _EventKind.ValueType  # 1
+    """a session landed with agent_id (reason says why)"""
+    EVENT_KIND_REASSIGNED_AWAY: _EventKind.ValueType  # 2
+    """a session left agent_id (timeout, OFFLINE, removed)"""
+    EVENT_KIND_TRANSFERRED: _EventKind.ValueType  # 3
+    """agent_id transferred the session away"""
+    EVENT_KIND_BACKLOG_CHANGED: _EventKind.ValueType  # 4
+    """a session entered or left agent_id's backlog"""
+    EVENT_KIND_QUEUE_CHANGED: _EventKind.ValueType  # 5
+    """a session entered or left the shop queue"""
+    EVENT_KIND_STATUS_CHANGED: _EventKind.ValueType  # 6
+    """agent_id's status is now `status` (removed: OFFLINE)"""
+    EVENT_KIND_TIMEOUT: _EventKind.ValueType  # 7
+    """a timer fired on the session held by agent_id"""
+    EVENT_KIND_ENDED: _EventKind.ValueType  # 8
+    """the session ended"""
+    EVENT_KIND_LEFT_MESSAGE: _EventKind.ValueType  # 9
+    """the session became a left message (for agent_id if set)"""
+
+class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
+    """---------------------------------------------------------------- monitor"""
+
+EVENT_KIND_UNSPECIFIED: EventKind.ValueType  # 0
+EVENT_KIND_ASSIGNED: EventKind.ValueType  # 1
+"""a session landed with agent_id (reason says why)"""
+EVENT_KIND_REASSIGNED_AWAY: EventKind.ValueType  # 2
+"""a session left agent_id (timeout, OFFLINE, removed)"""
+EVENT_KIND_TRANSFERRED: EventKind.ValueType  # 3
+"""agent_id transferred the session away"""
+EVENT_KIND_BACKLOG_CHANGED: EventKind.ValueType  # 4
+"""a session entered or left agent_id's backlog"""
+EVENT_KIND_QUEUE_CHANGED: EventKind.ValueType  # 5
+"""a session entered or left the shop queue"""
+EVENT_KIND_STATUS_CHANGED: EventKind.ValueType  # 6
+"""agent_id's status is now `status` (removed: OFFLINE)"""
+EVENT_KIND_TIMEOUT: EventKind.ValueType  # 7
+"""a timer fired on the session held by agent_id"""
+EVENT_KIND_ENDED: EventKind.ValueType  # 8
+"""the session ended"""
+EVENT_KIND_LEFT_MESSAGE: EventKind.ValueType  # 9
+"""the session became a left message (for agent_id if set)"""
+Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 @_typing.final
 class ShopPolicy(_message.Message):
@@ -1367,6 +1418,368 @@ class ListLeftMessagesRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListLeftMessagesRequest: _TypeAlias = ListLeftMessagesRequest  # noqa: Y015
+
+@_typing.final
+class Event(_message.Message):
+    """One thing that happened in a shop. seq numbers the shop's events 1, 2, 3, ...
+    without gaps (an agent's stream shows only that agent's, so it sees gaps).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    AT_MS_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    BUYER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    kind: Global___EventKind.ValueType
+    shop_id: _builtins.str
+    at_ms: _builtins.int
+    agent_id: _builtins.str
+    session_id: _builtins.str
+    buyer_id: _builtins.str
+    reason: Global___Reason.ValueType
+    status: Global___AgentStatus.ValueType
+    """STATUS_CHANGED only"""
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        kind: Global___EventKind.ValueType = ...,
+        shop_id: _builtins.str = ...,
+        at_ms: _builtins.int = ...,
+        agent_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        buyer_id: _builtins.str = ...,
+        reason: Global___Reason.ValueType = ...,
+        status: Global___AgentStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "at_ms", b"at_ms", "buyer_id", b"buyer_id", "kind", b"kind", "reason", b"reason", "seq", b"seq", "session_id", b"session_id", "shop_id", b"shop_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class WatchShopRequest(_message.Message):
+    """after_seq absent: events from now on. Present: the events after it (resume)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    after_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        after_seq: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_seq", b"_after_seq", "after_seq", b"after_seq"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_seq", b"_after_seq", "after_seq", b"after_seq", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__after_seq: _TypeAlias = _typing.Literal["after_seq"]  # noqa: Y015
+    _WhichOneofArgType__after_seq: _TypeAlias = _typing.Literal["_after_seq", b"_after_seq"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after_seq) -> _WhichOneofReturnType__after_seq | None: ...
+
+Global___WatchShopRequest: _TypeAlias = WatchShopRequest  # noqa: Y015
+
+@_typing.final
+class WatchAgentRequest(_message.Message):
+    """The events naming the agent (agent_id): its assignments, backlog, status, timeouts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    agent_id: _builtins.str
+    after_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        after_seq: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_seq", b"_after_seq", "after_seq", b"after_seq"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_seq", b"_after_seq", "after_seq", b"after_seq", "agent_id", b"agent_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__after_seq: _TypeAlias = _typing.Literal["after_seq"]  # noqa: Y015
+    _WhichOneofArgType__after_seq: _TypeAlias = _typing.Literal["_after_seq", b"_after_seq"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after_seq) -> _WhichOneofReturnType__after_seq | None: ...
+
+Global___WatchAgentRequest: _TypeAlias = WatchAgentRequest  # noqa: Y015
+
+@_typing.final
+class WatchStarted(_message.Message):
+    """The first message of every watch stream: the shop's seq when it started. Resumed
+    events (seq <= head_seq) follow it, then live ones.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_SEQ_FIELD_NUMBER: _builtins.int
+    head_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        head_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head_seq", b"head_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchStarted: _TypeAlias = WatchStarted  # noqa: Y015
+
+@_typing.final
+class FellBehind(_message.Message):
+    """Events were lost for this watcher: it resumed from further back than the server keeps
+    (or from a seq the shop never reached), or it read too slowly and its buffer overflowed.
+    Re-read the state (ListTeam, ListQueue, ...); the stream goes on with the events after
+    resume_after_seq (the state read may already include some of them).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Cause:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _CauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[FellBehind._Cause.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        CAUSE_UNSPECIFIED: FellBehind._Cause.ValueType  # 0
+        CAUSE_NOT_KEPT: FellBehind._Cause.ValueType  # 1
+        """the events after after_seq are no longer (or never were) kept"""
+        CAUSE_OVERFLOW: FellBehind._Cause.ValueType  # 2
+        """this watcher's buffer overflowed"""
+
+    class Cause(_Cause, metaclass=_CauseEnumTypeWrapper): ...
+    CAUSE_UNSPECIFIED: FellBehind.Cause.ValueType  # 0
+    CAUSE_NOT_KEPT: FellBehind.Cause.ValueType  # 1
+    """the events after after_seq are no longer (or never were) kept"""
+    CAUSE_OVERFLOW: FellBehind.Cause.ValueType  # 2
+    """this watcher's buffer overflowed"""
+
+    RESUME_AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    resume_after_seq: _builtins.int
+    cause: Global___FellBehind.Cause.ValueType
+    def __init__(
+        self,
+        *,
+        resume_after_seq: _builtins.int = ...,
+        cause: Global___FellBehind.Cause.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "resume_after_seq", b"resume_after_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FellBehind: _TypeAlias = FellBehind  # noqa: Y015
+
+@_typing.final
+class WatchMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTED_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    FELL_BEHIND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def started(self) -> Global___WatchStarted: ...
+    @_builtins.property
+    def event(self) -> Global___Event: ...
+    @_builtins.property
+    def fell_behind(self) -> Global___FellBehind: ...
+    def __init__(
+        self,
+        *,
+        started: Global___WatchStarted | None = ...,
+        event: Global___Event | None = ...,
+        fell_behind: Global___FellBehind | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "fell_behind", b"fell_behind", "message", b"message", "started", b"started"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "fell_behind", b"fell_behind", "message", b"message", "started", b"started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["started", "event", "fell_behind"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___WatchMessage: _TypeAlias = WatchMessage  # noqa: Y015
+
+@_typing.final
+class GetShopStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    WINDOW_MINUTES_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    window_minutes: _builtins.int
+    """the sliding window, 1-60 minutes; 0 = 60"""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        window_minutes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shop_id", b"shop_id", "window_minutes", b"window_minutes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetShopStatsRequest: _TypeAlias = GetShopStatsRequest  # noqa: Y015
+
+@_typing.final
+class StatsCounts(_message.Message):
+    """Counts over one period. fast_reply_rate = fast_first_replies / (first_replies +
+    unreplied): the share of sessions whose first reply came within 2 minutes of the
+    request, queue time included; unreplied = ended without a reply, or open and already
+    more than 2 minutes without one. 0 when there is nothing to count.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSIGNED_FIELD_NUMBER: _builtins.int
+    REASSIGNED_FIELD_NUMBER: _builtins.int
+    TRANSFERRED_FIELD_NUMBER: _builtins.int
+    TIMEOUTS_FIELD_NUMBER: _builtins.int
+    FIRST_REPLIES_FIELD_NUMBER: _builtins.int
+    FAST_FIRST_REPLIES_FIELD_NUMBER: _builtins.int
+    UNREPLIED_FIELD_NUMBER: _builtins.int
+    FAST_REPLY_RATE_FIELD_NUMBER: _builtins.int
+    assigned: _builtins.int
+    """sessions landing with an agent (any reason)"""
+    reassigned: _builtins.int
+    """moved away from an agent: timeouts, OFFLINE, removed"""
+    transferred: _builtins.int
+    timeouts: _builtins.int
+    """accept, reply and idle-end timeouts"""
+    first_replies: _builtins.int
+    fast_first_replies: _builtins.int
+    unreplied: _builtins.int
+    fast_reply_rate: _builtins.float
+    def __init__(
+        self,
+        *,
+        assigned: _builtins.int = ...,
+        reassigned: _builtins.int = ...,
+        transferred: _builtins.int = ...,
+        timeouts: _builtins.int = ...,
+        first_replies: _builtins.int = ...,
+        fast_first_replies: _builtins.int = ...,
+        unreplied: _builtins.int = ...,
+        fast_reply_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "fast_first_replies", b"fast_first_replies", "fast_reply_rate", b"fast_reply_rate", "first_replies", b"first_replies", "reassigned", b"reassigned", "timeouts", b"timeouts", "transferred", b"transferred", "unreplied", b"unreplied"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatsCounts: _TypeAlias = StatsCounts  # noqa: Y015
+
+@_typing.final
+class AgentStats(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
+    SERVED_TODAY_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    status: Global___AgentStatus.ValueType
+    load: _builtins.int
+    served_today: _builtins.int
+    """the day in the shop's time zone"""
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        status: Global___AgentStatus.ValueType = ...,
+        load: _builtins.int = ...,
+        served_today: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "load", b"load", "served_today", b"served_today", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentStats: _TypeAlias = AgentStats  # noqa: Y015
+
+@_typing.final
+class ShopStats(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    AT_MS_FIELD_NUMBER: _builtins.int
+    QUEUE_LENGTH_FIELD_NUMBER: _builtins.int
+    LONGEST_WAIT_MS_FIELD_NUMBER: _builtins.int
+    LEFT_MESSAGES_FIELD_NUMBER: _builtins.int
+    OPEN_SESSIONS_FIELD_NUMBER: _builtins.int
+    TODAY_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    WINDOW_MINUTES_FIELD_NUMBER: _builtins.int
+    AGENTS_FIELD_NUMBER: _builtins.int
+    EVENT_SEQ_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    at_ms: _builtins.int
+    queue_length: _builtins.int
+    longest_wait_ms: _builtins.int
+    """of the shop queue, since the original request"""
+    left_messages: _builtins.int
+    open_sessions: _builtins.int
+    window_minutes: _builtins.int
+    event_seq: _builtins.int
+    """the shop's latest event"""
+    @_builtins.property
+    def today(self) -> Global___StatsCounts:
+        """the day in the shop's time zone"""
+
+    @_builtins.property
+    def window(self) -> Global___StatsCounts:
+        """the last window_minutes minutes"""
+
+    @_builtins.property
+    def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentStats]: ...
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        at_ms: _builtins.int = ...,
+        queue_length: _builtins.int = ...,
+        longest_wait_ms: _builtins.int = ...,
+        left_messages: _builtins.int = ...,
+        open_sessions: _builtins.int = ...,
+        today: Global___StatsCounts | None = ...,
+        window: Global___StatsCounts | None = ...,
+        window_minutes: _builtins.int = ...,
+        agents: _abc.Iterable[Global___AgentStats] | None = ...,
+        event_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["today", b"today", "window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "at_ms", b"at_ms", "event_seq", b"event_seq", "left_messages", b"left_messages", "longest_wait_ms", b"longest_wait_ms", "open_sessions", b"open_sessions", "queue_length", b"queue_length", "shop_id", b"shop_id", "today", b"today", "window", b"window", "window_minutes", b"window_minutes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShopStats: _TypeAlias = ShopStats  # noqa: Y015
 
 @_typing.final
 class EchoMessage(_message.Message):

@@ -1020,6 +1020,166 @@ class Queue:
             _registered_method=True)
 
 
+class MonitorStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.WatchShop = channel.unary_stream(
+                '/fenliu.v1.Monitor/WatchShop',
+                request_serializer=fenliu_dot_v1_dot_fenliu__pb2.WatchShopRequest.SerializeToString,
+                response_deserializer=fenliu_dot_v1_dot_fenliu__pb2.WatchMessage.FromString,
+                _registered_method=True)
+        self.WatchAgent = channel.unary_stream(
+                '/fenliu.v1.Monitor/WatchAgent',
+                request_serializer=fenliu_dot_v1_dot_fenliu__pb2.WatchAgentRequest.SerializeToString,
+                response_deserializer=fenliu_dot_v1_dot_fenliu__pb2.WatchMessage.FromString,
+                _registered_method=True)
+        self.GetShopStats = channel.unary_unary(
+                '/fenliu.v1.Monitor/GetShopStats',
+                request_serializer=fenliu_dot_v1_dot_fenliu__pb2.GetShopStatsRequest.SerializeToString,
+                response_deserializer=fenliu_dot_v1_dot_fenliu__pb2.ShopStats.FromString,
+                _registered_method=True)
+
+
+class MonitorServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def WatchShop(self, request, context):
+        """Server streams: WatchStarted, then events (and FellBehind when some were lost).
+        They end when the server stops; resume with after_seq = the last seq seen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchAgent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetShopStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_MonitorServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'WatchShop': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchShop,
+                    request_deserializer=fenliu_dot_v1_dot_fenliu__pb2.WatchShopRequest.FromString,
+                    response_serializer=fenliu_dot_v1_dot_fenliu__pb2.WatchMessage.SerializeToString,
+            ),
+            'WatchAgent': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAgent,
+                    request_deserializer=fenliu_dot_v1_dot_fenliu__pb2.WatchAgentRequest.FromString,
+                    response_serializer=fenliu_dot_v1_dot_fenliu__pb2.WatchMessage.SerializeToString,
+            ),
+            'GetShopStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShopStats,
+                    request_deserializer=fenliu_dot_v1_dot_fenliu__pb2.GetShopStatsRequest.FromString,
+                    response_serializer=fenliu_dot_v1_dot_fenliu__pb2.ShopStats.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fenliu.v1.Monitor', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fenliu.v1.Monitor', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Monitor:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def WatchShop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fenliu.v1.Monitor/WatchShop',
+            fenliu_dot_v1_dot_fenliu__pb2.WatchShopRequest.SerializeToString,
+            fenliu_dot_v1_dot_fenliu__pb2.WatchMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fenliu.v1.Monitor/WatchAgent',
+            fenliu_dot_v1_dot_fenliu__pb2.WatchAgentRequest.SerializeToString,
+            fenliu_dot_v1_dot_fenliu__pb2.WatchMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetShopStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fenliu.v1.Monitor/GetShopStats',
+            fenliu_dot_v1_dot_fenliu__pb2.GetShopStatsRequest.SerializeToString,
+            fenliu_dot_v1_dot_fenliu__pb2.ShopStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class DiagnosticsStub:
     """The transport floor: the same server stack with no work behind it, so benchmarks can
     report Route's throughput and latency as ratios to it (bench/README.md).

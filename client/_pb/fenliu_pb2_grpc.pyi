@@ -4,8 +4,9 @@
 isort:skip_file
 fenliu v1: routing buyers' conversations to a shop's customer-service agents.
 
-Three services share one package: Presence (shops, agents, status), Routing
-(Route and the session operations) and Queue (the shop queue and left messages).
+Four services share one package: Presence (shops, agents, status), Routing
+(Route and the session operations), Queue (the shop queue and left messages) and
+Monitor (watch streams of events and the shop stats).
 Errors are gRPC status codes; the message names the offending field and the
 trailing metadata key "fenliu-field" carries the field path. A failed call also
 carries a google.rpc.Status in "grpc-status-details-bin" whose details hold an
@@ -275,6 +276,55 @@ class QueueServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_fenliu_pb2.ListQueueReply, _abc.Awaitable[_fenliu_pb2.ListQueueReply]]: ...
 
 def add_QueueServicer_to_server(servicer: QueueServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class MonitorStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> MonitorAsyncStub: ...
+    WatchShop: _grpc.UnaryStreamMultiCallable[_fenliu_pb2.WatchShopRequest, _fenliu_pb2.WatchMessage]
+    """Server streams: WatchStarted, then events (and FellBehind when some were lost).
+    They end when the server stops; resume with after_seq = the last seq seen.
+    """
+    WatchAgent: _grpc.UnaryStreamMultiCallable[_fenliu_pb2.WatchAgentRequest, _fenliu_pb2.WatchMessage]
+    GetShopStats: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.GetShopStatsRequest, _fenliu_pb2.ShopStats]
+
+@_typing.type_check_only
+class MonitorAsyncStub(MonitorStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    WatchShop: _aio.UnaryStreamMultiCallable[_fenliu_pb2.WatchShopRequest, _fenliu_pb2.WatchMessage]  # type: ignore[assignment]
+    """Server streams: WatchStarted, then events (and FellBehind when some were lost).
+    They end when the server stops; resume with after_seq = the last seq seen.
+    """
+    WatchAgent: _aio.UnaryStreamMultiCallable[_fenliu_pb2.WatchAgentRequest, _fenliu_pb2.WatchMessage]  # type: ignore[assignment]
+    GetShopStats: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.GetShopStatsRequest, _fenliu_pb2.ShopStats]  # type: ignore[assignment]
+
+class MonitorServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def WatchShop(
+        self,
+        request: _fenliu_pb2.WatchShopRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_fenliu_pb2.WatchMessage], _abc.AsyncIterator[_fenliu_pb2.WatchMessage]]:
+        """Server streams: WatchStarted, then events (and FellBehind when some were lost).
+        They end when the server stops; resume with after_seq = the last seq seen.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchAgent(
+        self,
+        request: _fenliu_pb2.WatchAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_fenliu_pb2.WatchMessage], _abc.AsyncIterator[_fenliu_pb2.WatchMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def GetShopStats(
+        self,
+        request: _fenliu_pb2.GetShopStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fenliu_pb2.ShopStats, _abc.Awaitable[_fenliu_pb2.ShopStats]]: ...
+
+def add_MonitorServicer_to_server(servicer: MonitorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class DiagnosticsStub:
     """The transport floor: the same server stack with no work behind it, so benchmarks can

@@ -16,9 +16,18 @@ from . import validate as v
 from .errors import FailedPrecondition, FenliuError, InvalidArgument, NotFound, resource_name
 from .shop import IDEMPOTENCY_WINDOW_MS, T_NOTICE, T_RECENT, T_REQUEST, T_SESSION, Shop
 from .state import Agent, Session
+from .stats import (
+    FAST_REPLY_MS,
+    REPLIED,
+    REPLIED_FAST,
+    WINDOW_MINUTES,
+    ShopCounters,
+    counts_view,
+)
 from .types import (
     Acknowledge,
     AddPrivateContact,
+    AgentStatsView,
     AgentView,
     Decision,
     Done,
@@ -28,6 +37,7 @@ from .types import (
     GetPolicy,
     GetPosition,
     GetSession,
+    GetShopStats,
     LeaveQueue,
     ListAgentSessions,
     ListLeftMessages,
@@ -51,6 +61,7 @@ from .types import (
     SessionView,
     SetPolicy,
     SetStatus,
+    ShopStatsView,
     State,
     Status,
     StatusResult,
@@ -230,7 +241,7 @@ class Shard:
             )
             shop.agents[agent.agent_id] = agent
             shop.join(agent)
-            shop.emit("status_changed", agent.agent_id)
+            shop.emit("status_changed", agent.agent_id, status=agent.status)
         else:
             shop.leave(agent)
             agent.role, agent.groups, agent.max_concurrent = cmd.role, groups, cmd.max_concurrent
@@ -296,6 +307,9 @@ class Shard:
         shop.act(session, agent)
         if not session.first_reply_at:
             session.first_reply_at = self.now
+            shop.tally(REPLIED)
+            if self.now - session.created_at <= FAST_REPLY_MS:
+                shop.tally(REPLIED_FAST)
         session.awaiting_since = None
         session.last_activity = self.now
         shop.schedule(session)
@@ -505,6 +519,40 @@ class Shard:
         entries = [_entry_view(s, i + 1, now) for i, s in enumerate(shop.left.values())]
         return QueueList(entries=tuple(entries[:limit]), total=len(entries))
 
+    def get_shop_stats(self, q: GetShopStats) -> ShopStatsView:
+        shop = self.shop(q.shop_id)
+        minutes = q.window_minutes or WINDOW_MINUTES
+        v.check_range(minutes, "window_minutes", 1, WINDOW_MINUTES)
+        now = max(q.at, self.now)
+        day = shop.today(now)
+        overdue = sum(
+            1
+            for s in shop.sessions.values()
+            if not s.first_reply_at and now - s.created_at > FAST_REPLY_MS
+        )
+        counters = shop.counters or ShopCounters()
+        return ShopStatsView(
+            shop_id=shop.shop_id,
+            at=now,
+            queue_length=len(shop.queue),
+            longest_wait_ms=max((now - e[3].created_at for e in shop.queue), default=0),
+            left_messages=len(shop.left),
+            open_sessions=len(shop.sessions),
+            today=counts_view(counters.today_counts(day), overdue),
+            window=counts_view(counters.window(now, minutes), overdue),
+            window_minutes=minutes,
+            agents=tuple(
+                AgentStatsView(
+                    agent_id=a.agent_id,
+                    status=a.status,
+                    load=a.load,
+                    served_today=a.served_count if a.served_day == day else 0,
+                )
+                for a in shop.agents.values()
+            ),
+            event_seq=shop.event_seq,
+        )
+
 
 # ---------------------------------------------------------------- checks and views
 
@@ -622,4 +670,5 @@ _QUERIES: dict[type, Callable[[Shard, Any], Any]] = {
     ListQueue: Shard.list_queue,
     GetPosition: Shard.get_position,
     ListLeftMessages: Shard.list_left_messages,
+    GetShopStats: Shard.get_shop_stats,
 }

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from .errors import NotFound, ResourceExhausted, resource_name
 from .shop_heap import AgentHeap, strategy_key
 from .state import Agent, Session
+from .stats import COUNTED_EVENTS, ENDED_UNREPLIED, ShopCounters
 from .types import (
     RECEIVING,
     Decision,
@@ -85,6 +86,8 @@ class Shop:
         self.day_start = 0
         self.day_end = 0
         self.day = 0
+        self.event_seq = 0  # the seq of the shop's latest event
+        self.counters: ShopCounters | None = None  # stats, from the first counted event
 
     # ------------------------------------------------------------ events and helpers
 
@@ -94,7 +97,12 @@ class Shop:
         agent_id: str = "",
         session: Session | None = None,
         reason: Reason | None = None,
+        status: Status | None = None,
     ) -> None:
+        self.event_seq += 1
+        counted = COUNTED_EVENTS.get(kind)
+        if counted is not None:
+            self.tally(counted)
         self.shard.outbox.append(
             Event(
                 kind=kind,
@@ -104,8 +112,18 @@ class Shop:
                 session_id=session.session_id if session else "",
                 buyer_id=session.buyer_id if session else "",
                 reason=reason,
+                seq=self.event_seq,
+                status=status,
             )
         )
+
+    def tally(self, index: int) -> None:
+        """Count one event of a stats field (``stats.py``) now."""
+        now = self.shard.now
+        counters = self.counters
+        if counters is None:
+            counters = self.counters = ShopCounters()
+        counters.add(index, self.today(now), now)
 
     def agent(self, agent_id: str, field: str = "agent_id") -> Agent:
         agent = self.agents.get(agent_id)
@@ -415,6 +433,8 @@ class Shop:
         holder = session.agent
         if session.state is State.ACTIVE and holder is not None:
             self.remember_contact(session.buyer_id, holder)
+        if not session.first_reply_at:
+            self.tally(ENDED_UNREPLIED)
         freed = self.detach(session)
         session.state = State.ENDED
         del self.sessions[session.session_id]
@@ -693,7 +713,7 @@ class Shop:
         agent.status = status
         self.count(agent, 1)
         self.touch(agent)
-        self.emit("status_changed", agent.agent_id)
+        self.emit("status_changed", agent.agent_id, status=status)
         if status is Status.OFFLINE:
             moving = [s for s in agent.sessions.values() if s.state is State.ASSIGNED]
             for session in [*moving, *agent.backlog.values()]:
@@ -720,7 +740,7 @@ class Shop:
                 session.left_for = ""  # MAIN is gone: the shop's now
                 session.private = False
                 self.reserved_left -= 1
-        self.emit("status_changed", agent.agent_id)
+        self.emit("status_changed", agent.agent_id, status=Status.OFFLINE)
         self.fill_all()
 
     def rebuild_queue(self) -> None:

@@ -289,6 +289,12 @@ class ListLeftMessages(Query):
     limit: int = 100
 
 
+class GetShopStats(Query):
+    """The shop's stats; ``window_minutes`` 0 means the longest window (60)."""
+
+    window_minutes: int = 0
+
+
 AnyQuery = (
     GetPolicy
     | ListTeam
@@ -297,6 +303,7 @@ AnyQuery = (
     | ListQueue
     | GetPosition
     | ListLeftMessages
+    | GetShopStats
 )
 
 
@@ -375,6 +382,45 @@ class EndResult(msgspec.Struct, kw_only=True, frozen=True):
     moved: tuple[Decision, ...]
 
 
+class CountsView(msgspec.Struct, kw_only=True, frozen=True):
+    """A shop's counts over one period (today, or the sliding window).
+
+    ``fast_reply_rate`` = fast_first_replies / (first_replies + unreplied): sessions whose
+    first reply came within 2 minutes of the request, among those whose first reply came,
+    ended without one, or is already more than 2 minutes late. 0 when there are none.
+    """
+
+    assigned: int
+    reassigned: int
+    transferred: int
+    timeouts: int
+    first_replies: int
+    fast_first_replies: int
+    unreplied: int
+    fast_reply_rate: float
+
+
+class AgentStatsView(msgspec.Struct, kw_only=True, frozen=True):
+    agent_id: str
+    status: Status
+    load: int
+    served_today: int
+
+
+class ShopStatsView(msgspec.Struct, kw_only=True, frozen=True):
+    shop_id: str
+    at: int
+    queue_length: int
+    longest_wait_ms: int
+    left_messages: int
+    open_sessions: int
+    today: CountsView
+    window: CountsView
+    window_minutes: int
+    agents: tuple[AgentStatsView, ...]
+    event_seq: int
+
+
 class Done(msgspec.Struct, frozen=True):
     """The result of a command with nothing to report."""
 
@@ -386,7 +432,9 @@ class Event(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """Something a workstation or dashboard watching the shop wants to know.
 
     kind is one of: assigned, reassigned_away, transferred, backlog_changed,
-    queue_changed, status_changed, timeout, ended, left_message.
+    queue_changed, status_changed, timeout, ended, left_message. ``seq`` counts the
+    shop's events from 1 without gaps; ``status`` is the agent's new status
+    (status_changed only).
     """
 
     kind: str
@@ -396,3 +444,5 @@ class Event(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     session_id: str = ""
     buyer_id: str = ""
     reason: Reason | None = None
+    seq: int = 0
+    status: Status | None = None

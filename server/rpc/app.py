@@ -31,7 +31,9 @@ from ..config import Config
 from ..core import types as t
 from ..core.dispatcher import Dispatcher
 from ..storage.journal import Journal
+from .monitor import add_monitor
 from .service import Clock, Core, EventSink, add_services, discard
+from .watch import Hub
 
 log = logging.getLogger("fenliu.server")
 
@@ -79,13 +81,15 @@ class Server:
         self.config = config or Config()
         self.dispatcher = dispatcher or Dispatcher(self.config.shards)
         self.journal = _open_journal(self.config, self.dispatcher)
-        self.core = Core(self.dispatcher, now_ms, events, self.journal)
+        self.hub = Hub()  # watch streams; ``events`` gets every event too
+        self.core = Core(self.dispatcher, now_ms, self.hub.tee(events), self.journal)
         self._snapshotter: asyncio.Task[None] | None = None
         self.port: int | None = None
         self._health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._grpc = grpc.aio.server(options=_OPTIONS)
         self._ticker: asyncio.Task[None] | None = None
         add_services(self._grpc, self.core)
+        add_monitor(self._grpc, self.core, self.hub)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self._grpc)
@@ -125,6 +129,7 @@ class Server:
         (0 cancels running calls now) cuts a running drain short.
         """
         await self._health.enter_graceful_shutdown()
+        self.hub.close()  # watch streams end now: a drain must not wait for them
         await self._grpc.stop(self.config.grace_s if grace is None else grace)
         for task in (self._ticker, self._snapshotter):
             if task is not None:

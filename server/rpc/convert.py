@@ -289,3 +289,63 @@ def end_reply(result: t.EndResult) -> pb.EndSessionsReply:
 
 def empty(_: t.Done) -> pb.Empty:
     return pb.Empty()
+
+
+# ---------------------------------------------------------------- monitor (watch, stats)
+
+_EVENT_KINDS: dict[str, pb.EventKind.ValueType] = {
+    name[len("EVENT_KIND_") :].lower(): value
+    for name, value in pb.EventKind.items()
+    if value != pb.EVENT_KIND_UNSPECIFIED
+}
+
+
+def get_shop_stats(request: pb.GetShopStatsRequest, at: int) -> t.GetShopStats:
+    return t.GetShopStats(at=at, shop_id=request.shop_id, window_minutes=request.window_minutes)
+
+
+def event(e: t.Event) -> pb.Event:
+    return pb.Event(
+        seq=e.seq,
+        kind=_EVENT_KINDS[e.kind],
+        shop_id=e.shop_id,
+        at_ms=e.at,
+        agent_id=e.agent_id,
+        session_id=e.session_id,
+        buyer_id=e.buyer_id,
+        reason=cast(pb.Reason.ValueType, e.reason or 0),
+        status=cast(pb.AgentStatus.ValueType, e.status or 0),
+    )
+
+
+def watch_event(e: t.Event) -> pb.WatchMessage:
+    return pb.WatchMessage(event=event(e))
+
+
+def watch_started(head: int) -> pb.WatchMessage:
+    return pb.WatchMessage(started=pb.WatchStarted(head_seq=head))
+
+
+def fell_behind(seq: int, overflow: bool) -> pb.WatchMessage:
+    cause = pb.FellBehind.CAUSE_OVERFLOW if overflow else pb.FellBehind.CAUSE_NOT_KEPT
+    return pb.WatchMessage(fell_behind=pb.FellBehind(resume_after_seq=seq, cause=cause))
+
+
+def stats_counts(view: t.CountsView) -> pb.StatsCounts:
+    return pb.StatsCounts(**msgspec.structs.asdict(view))
+
+
+def shop_stats(view: t.ShopStatsView) -> pb.ShopStats:
+    return pb.ShopStats(
+        shop_id=view.shop_id,
+        at_ms=view.at,
+        queue_length=view.queue_length,
+        longest_wait_ms=view.longest_wait_ms,
+        left_messages=view.left_messages,
+        open_sessions=view.open_sessions,
+        today=stats_counts(view.today),
+        window=stats_counts(view.window),
+        window_minutes=view.window_minutes,
+        agents=[pb.AgentStats(**msgspec.structs.asdict(a)) for a in view.agents],
+        event_seq=view.event_seq,
+    )

@@ -1,7 +1,7 @@
 """The Presence, Routing and Queue servicers: convert, call the core, convert back.
 
 Every method runs on the event loop, so the core sees one command at a time. After
-each command the core's pending events go to the ``events`` sink (a later watch hub),
+each command the core's pending events go to the ``events`` sink (the watch hub, ``watch.py``),
 so they never pile up in the shards' outboxes.
 """
 

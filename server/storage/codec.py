@@ -23,9 +23,12 @@ from ..core import types as t
 from ..core.shard import Shard
 from ..core.shop import T_SESSION, Shop
 from ..core.state import Agent, Session
+from ..core.stats import FIELDS, ShopCounters
 
 MAGIC = b"FENLIU"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""1: the first format. 2: shop images end with the event seq and the stats counters
+(a version-1 image reads as seq 0 and empty counters)."""
 _HEADER = struct.Struct("<6sH")  # magic, version
 _FRAME = struct.Struct("<II")  # payload length, crc32 of the payload
 HEADER_SIZE = _HEADER.size
@@ -123,6 +126,14 @@ class SessionImage(msgspec.Struct, array_like=True, gc=False):
     private: bool
 
 
+class CountersImage(msgspec.Struct, array_like=True, gc=False):
+    day: int
+    today: list[int]
+    minute: int
+    current: list[int]
+    buckets: list[tuple[int, list[int]]]  # oldest first
+
+
 class ShopImage(msgspec.Struct, array_like=True):
     shop_id: str
     policy: t.Policy
@@ -137,6 +148,8 @@ class ShopImage(msgspec.Struct, array_like=True):
     next_seq: int
     assign_seq: int
     reg_seq: int
+    event_seq: int = 0  # since format 2
+    counters: CountersImage | None = None  # since format 2
 
 
 class ShardImage(msgspec.Struct, array_like=True):
@@ -217,7 +230,29 @@ def _shop_image(shop: Shop) -> ShopImage:
         next_seq=shop.next_seq,
         assign_seq=shop.assign_seq,
         reg_seq=shop.reg_seq,
+        event_seq=shop.event_seq,
+        counters=_counters_image(shop.counters),
     )
+
+
+def _counters_image(c: ShopCounters | None) -> CountersImage | None:
+    if c is None:
+        return None
+    return CountersImage(c.day, list(c.today), c.minute, list(c.current), list(c.buckets.items()))
+
+
+def _restore_counters(shop: Shop, image: CountersImage | None) -> None:
+    if image is None:
+        return
+    c = shop.counters = ShopCounters()
+    c.day, c.today = image.day, _padded(image.today)
+    c.minute, c.current = image.minute, _padded(image.current)
+    c.buckets = {minute: _padded(counts) for minute, counts in image.buckets}
+
+
+def _padded(counts: list[int]) -> list[int]:
+    """Counts as this version keeps them (an older image may hold fewer fields)."""
+    return counts + [0] * (FIELDS - len(counts))
 
 
 def _session_image(s: Session) -> SessionImage:
@@ -275,4 +310,6 @@ def _restore_shop(shard: Shard, image: ShopImage) -> Shop:
     shop.notices = dict(image.notices)
     shop.requests = {rid: (decision, at) for rid, (decision, at) in image.requests.items()}
     shop.next_seq, shop.assign_seq, shop.reg_seq = image.next_seq, image.assign_seq, image.reg_seq
+    shop.event_seq = image.event_seq
+    _restore_counters(shop, image.counters)
     return shop

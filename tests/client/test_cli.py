@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fenliu.client import Client
 from fenliu.client._cli import main
 
 
@@ -72,3 +73,32 @@ def test_the_installed_console_script(target: str) -> None:
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["time_zone"] == "Asia/Shanghai"
+
+
+def test_stats_and_watch(target: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(target, capsys, "agent", "register", "cli-watch", "a", "--max", "1",
+               "--status", "online")[0] == 0  # fmt: skip
+    with Client(target) as fenliu:
+        keep = fenliu.watch_shop("cli-watch")
+        next(keep)  # started: from here on the shop's events are kept for a resume
+        run(target, capsys, "route", "cli-watch", "b1")
+        run(target, capsys, "route", "cli-watch", "b2")
+        code, out, _ = run(target, capsys, "--json", "watch", "cli-watch", "--after", "1",
+                           "--count", "2")  # fmt: skip
+        keep.close()  # type: ignore[attr-defined]
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0
+    assert [(x["type"], x.get("seq"), x.get("kind")) for x in lines] == [
+        ("Started", None, None),
+        ("Event", 2, "ASSIGNED"),
+        ("Event", 3, "QUEUE_CHANGED"),
+    ]
+    code, out, _ = run(target, capsys, "stats", "cli-watch")
+    assert code == 0
+    assert "queue_length     1" in out and "today: assigned=1" in out
+    assert "(first reply within 2 min: 0.0%)" in out
+    assert out.splitlines()[-2].split() == ["agent_id", "status", "load", "served_today"]
+    code, out, _ = run(target, capsys, "--json", "stats", "cli-watch", "--window", "5")
+    assert json.loads(out)["window"]["assigned"] == 1
+    code, _, err = run(target, capsys, "stats", "cli-watch", "--window", "61")
+    assert code == 1 and "window_minutes" in err

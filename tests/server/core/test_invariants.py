@@ -141,7 +141,17 @@ def dump_shop(shop: Shop) -> Any:
         shop.next_seq,
         shop.assign_seq,
         shop.main.agent_id if shop.main else None,
+        shop.event_seq,
+        _counters(shop),
     )
+
+
+def _counters(shop: Shop) -> Any:
+    c = shop.counters
+    if c is None:
+        return None
+    buckets = [(minute, list(counts)) for minute, counts in c.buckets.items()]
+    return (c.day, list(c.today), c.minute, list(c.current), buckets)  # copies: they change
 
 
 class RoutingMachine(RuleBasedStateMachine):
@@ -154,6 +164,7 @@ class RoutingMachine(RuleBasedStateMachine):
         self.ended: set[tuple[str, str]] = set()
         self.may_exceed: set[tuple[str, str]] = set()
         self.requests = 0
+        self.event_seqs: dict[str, int] = {}  # shop -> seq of its last event seen
 
     # ------------------------------------------------------------ driving
 
@@ -188,6 +199,10 @@ class RoutingMachine(RuleBasedStateMachine):
             if agent is not None and agent.load > agent.max_concurrent:
                 self.may_exceed.add((shop, target))
         for event in self.d.drain_events():
+            # Every shop numbers its events 1, 2, 3, ... without gaps, across snapshots.
+            assert event.seq == self.event_seqs.get(event.shop_id, 0) + 1, event
+            self.event_seqs[event.shop_id] = event.seq
+            assert (event.status is not None) == (event.kind == "status_changed"), event
             if event.kind == "ended":
                 self.ended.add((event.shop_id, event.session_id))
             if event.kind == "assigned" and event.reason is Reason.PRIORITY_OVERFLOW:

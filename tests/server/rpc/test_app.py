@@ -32,6 +32,7 @@ FENLIU_SERVICES = {
     "fenliu.v1.Presence",
     "fenliu.v1.Routing",
     "fenliu.v1.Queue",
+    "fenliu.v1.Monitor",
     "fenliu.v1.Diagnostics",
 }
 

@@ -1,0 +1,98 @@
+"""``WatchStream``: a watch RPC as an async iterator that reconnects and resumes by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncGenerator, Callable
+from types import TracebackType
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from ._errors import Unavailable, from_rpc_error
+from ._types import Started, WatchItem, watch_item
+
+DEFAULT_GIVE_UP_AFTER = 30.0
+MAX_BACKOFF = 1.0
+
+
+class WatchStream:
+    """``async for item in fenliu.watch_shop(shop_id):`` yields ``Started`` when (re)connected,
+    then ``Event`` items in seq order, and ``FellBehind`` when events were lost (re-read the
+    state then).
+
+    When the server goes away or stops, it reconnects with backoff and resumes after
+    ``last_seq``, the seq of the last item it yielded; after ``give_up_after`` seconds of
+    failed attempts in a row it raises ``Unavailable``. Other errors (NotFound, ...) end it.
+    Close it with ``aclose()`` or ``async with``.
+    """
+
+    def __init__(
+        self,
+        open_stream: Callable[[int | None], Any],
+        after_seq: int | None,
+        *,
+        backoff: float,
+        give_up_after: float = DEFAULT_GIVE_UP_AFTER,
+    ) -> None:
+        self.last_seq = after_seq
+        self._open = open_stream
+        self._backoff = backoff
+        self._give_up_after = give_up_after
+        self._items = self._run()
+
+    def __aiter__(self) -> WatchStream:
+        return self
+
+    async def __anext__(self) -> WatchItem:
+        return await self._items.__anext__()
+
+    async def aclose(self) -> None:
+        await self._items.aclose()
+
+    async def __aenter__(self) -> WatchStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _run(self) -> AsyncGenerator[WatchItem, None]:
+        loop = asyncio.get_running_loop()
+        failing_since: float | None = None
+        attempt = 0
+        while True:
+            call = self._open(self.last_seq)
+            try:
+                async for message in call:
+                    failing_since, attempt = None, 0
+                    item = watch_item(message)
+                    if not isinstance(item, Started):
+                        self.last_seq = item.seq
+                    elif self.last_seq is None:
+                        self.last_seq = item.head_seq  # a reconnect resumes from here
+                    yield item
+            except grpc.aio.AioRpcError as exc:
+                error = from_rpc_error(exc)
+                if not isinstance(error, Unavailable):
+                    raise error from None
+            finally:
+                call.cancel()
+            # The server stopped (the stream ended) or cannot be reached: try again.
+            now = loop.time()
+            if failing_since is None:
+                failing_since = now
+            elif now - failing_since > self._give_up_after:
+                raise Unavailable(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the watch stream could not reconnect for {self._give_up_after:g} s",
+                )
+            pause = min(self._backoff * 2**attempt, MAX_BACKOFF)
+            await asyncio.sleep(pause * (0.5 + random.random()))
+            attempt += 1

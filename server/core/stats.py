@@ -1,0 +1,95 @@
+"""Per-shop counters for the shop stats (SPEC §5): today (shop time zone) and a window.
+
+The hot path only increments integers: ``Shop.emit`` counts the events it emits
+(assigned, reassigned away, transferred, timeout), ``Shard.reply`` counts first replies
+and ``Shop.end`` sessions ended without any. Counts go to today's tally and to the
+current minute's bucket; the last ``WINDOW_MINUTES`` buckets make the sliding window.
+Only minutes with activity keep a bucket; a shop gets its counters with its first count.
+"""
+
+from __future__ import annotations
+
+from .types import MINUTE, CountsView
+
+ASSIGNED, REASSIGNED, TRANSFERRED, TIMEOUTS, REPLIED, REPLIED_FAST, ENDED_UNREPLIED = range(7)
+FIELDS = 7
+WINDOW_MINUTES = 60
+"""The longest sliding window a stats query may ask for, in minutes."""
+FAST_REPLY_MS = 2 * MINUTE
+"""A first reply within this time of the buyer's request (queue time included) is fast."""
+
+COUNTED_EVENTS = {
+    "assigned": ASSIGNED,
+    "reassigned_away": REASSIGNED,
+    "transferred": TRANSFERRED,
+    "timeout": TIMEOUTS,
+}
+
+
+class ShopCounters:
+    """Today's counts and per-minute buckets of one shop."""
+
+    __slots__ = ("day", "today", "minute", "current", "buckets")
+
+    def __init__(self) -> None:
+        self.day = 0  # the local day (ordinal) ``today`` counts
+        self.today = [0] * FIELDS
+        self.minute = 0  # the minute (ms // MINUTE) ``current`` counts
+        self.current = [0] * FIELDS
+        self.buckets: dict[int, list[int]] = {}  # earlier minutes with activity, oldest first
+
+    def add(self, index: int, day: int, now: int) -> None:
+        """Count one ``index`` at ``now`` (ms), on local ``day``."""
+        if day != self.day:
+            self.day = day
+            self.today = [0] * FIELDS
+        self.today[index] += 1
+        minute = now // MINUTE
+        if minute != self.minute:
+            self.roll(minute)
+        self.current[index] += 1
+
+    def roll(self, minute: int) -> None:
+        """Start counting ``minute``: the current bucket joins the older ones."""
+        if any(self.current):
+            self.buckets[self.minute] = self.current
+            self.current = [0] * FIELDS
+        buckets = self.buckets
+        oldest = minute - WINDOW_MINUTES
+        while buckets:
+            first = next(iter(buckets))
+            if first > oldest:
+                break
+            del buckets[first]
+        self.minute = minute
+
+    def window(self, now: int, minutes: int) -> list[int]:
+        """The counts of the last ``minutes`` minutes up to ``now`` (the current one included)."""
+        total = [0] * FIELDS
+        newest = now // MINUTE
+        oldest = newest - minutes
+        for minute, counts in (*self.buckets.items(), (self.minute, self.current)):
+            if oldest < minute <= newest:
+                for i, n in enumerate(counts):
+                    total[i] += n
+        return total
+
+    def today_counts(self, day: int) -> list[int]:
+        return list(self.today) if day == self.day else [0] * FIELDS
+
+
+def counts_view(counts: list[int], overdue: int) -> CountsView:
+    """The view of one period; ``overdue`` open sessions still wait for a late first reply."""
+    unreplied = counts[ENDED_UNREPLIED] + overdue
+    judged = counts[REPLIED] + unreplied
+    fast = counts[REPLIED_FAST]
+    return CountsView(
+        assigned=counts[ASSIGNED],
+        reassigned=counts[REASSIGNED],
+        transferred=counts[TRANSFERRED],
+        timeouts=counts[TIMEOUTS],
+        first_replies=counts[REPLIED],
+        fast_first_replies=fast,
+        unreplied=unreplied,
+        fast_reply_rate=fast / judged if judged else 0.0,
+    )

@@ -1,0 +1,80 @@
+"""The Monitor servicer: watch streams per shop and per agent, and the shop stats.
+
+A watch stream starts with ``WatchStarted`` (the shop's seq now), then what the watcher
+missed (when it passed ``after_seq``), then live events from the hub (``watch.py``). The
+stream ends when the client goes away or the server stops (``Hub.close``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc.aio
+
+from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
+
+from ..core import types as t
+from . import convert
+from .service import Context, Core
+from .status import abort_on_error
+from .watch import Behind, Hub, Item
+
+
+class MonitorService(pb_grpc.MonitorServicer):
+    """Events as server streams, and the shop stats."""
+
+    def __init__(self, core: Core, hub: Hub) -> None:
+        self._core = core
+        self._hub = hub
+
+    async def WatchShop(
+        self, request: pb.WatchShopRequest, context: Context
+    ) -> AsyncIterator[pb.WatchMessage]:
+        after = request.after_seq if request.HasField("after_seq") else None
+        async for message in self._watch(request.shop_id, None, after, context):
+            yield message
+
+    async def WatchAgent(
+        self, request: pb.WatchAgentRequest, context: Context
+    ) -> AsyncIterator[pb.WatchMessage]:
+        after = request.after_seq if request.HasField("after_seq") else None
+        async for message in self._watch(request.shop_id, request.agent_id, after, context):
+            yield message
+
+    async def GetShopStats(self, request: pb.GetShopStatsRequest, context: Context) -> pb.ShopStats:
+        async with abort_on_error(context):
+            query = convert.get_shop_stats(request, self._core.now())
+            return convert.shop_stats(self._core.read(query))
+
+    async def _watch(
+        self, shop_id: str, agent_id: str | None, after: int | None, context: Context
+    ) -> AsyncIterator[pb.WatchMessage]:
+        """One watch stream; ``agent_id`` None watches the whole shop."""
+        async with abort_on_error(context):
+            shop = self._core.dispatcher.shard_for(shop_id).shop(shop_id)  # NOT_FOUND
+            if agent_id is not None:
+                shop.agent(agent_id)  # NOT_FOUND, or INVALID_ARGUMENT when malformed
+            head = shop.event_seq
+        # No await between reading the head and subscribing: no event slips in between.
+        watcher, missed = self._hub.subscribe(shop_id, agent_id or "", head, after)
+        try:
+            yield convert.watch_started(head)
+            for item in missed:
+                yield _message(item)
+            while items := await watcher.take():
+                for item in items:
+                    yield _message(item)
+        finally:
+            self._hub.unsubscribe(watcher)
+
+
+def _message(item: Item) -> pb.WatchMessage:
+    if isinstance(item, Behind):
+        return convert.fell_behind(item.seq, item.overflow)
+    assert isinstance(item, t.Event)
+    return convert.watch_event(item)
+
+
+def add_monitor(server: grpc.aio.Server, core: Core, hub: Hub) -> None:
+    """Register the Monitor servicer on ``server``, fed by ``hub``."""
+    pb_grpc.add_MonitorServicer_to_server(MonitorService(core, hub), server)

@@ -1,0 +1,172 @@
+"""The watch hub: the server's event sink, fanning events out to watch streams.
+
+Per watched shop the hub keeps a ring of its latest events (``ring_size``), so that a
+watcher reconnecting with the last seq it saw gets what it missed. A ring is created when
+a shop gets its first watcher and kept while it has one; afterwards it stays, for a
+reconnect, among the ``idle_rings`` most recently unwatched ones. Shops nobody watches
+cost nothing but a dict lookup per event.
+
+Each watcher has a bounded buffer (``buffer_size`` items). ``publish`` only appends to
+rings and buffers and never waits, so a watcher that does not read cannot slow routing:
+when its buffer is full, the buffer is emptied and replaced by one ``FellBehind`` marker
+(``Behind``), after which new events queue up again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from ..core import types as t
+from .service import discard
+
+DEFAULT_RING_SIZE = 1024
+DEFAULT_BUFFER_SIZE = 256
+DEFAULT_IDLE_RINGS = 256
+
+
+class Behind(NamedTuple):
+    """Events were lost; the ones that follow come after ``seq``."""
+
+    seq: int
+    overflow: bool  # True: the watcher's buffer overflowed; False: not kept
+
+
+Item = t.Event | Behind
+
+
+class Watcher:
+    """One watch stream's subscription: a bounded buffer the stream drains."""
+
+    __slots__ = ("shop_id", "agent_id", "buffer", "limit", "overflows", "closed", "_wake")
+
+    def __init__(self, shop_id: str, agent_id: str, limit: int) -> None:
+        self.shop_id = shop_id
+        self.agent_id = agent_id  # "" = every event of the shop
+        self.buffer: deque[Item] = deque()
+        self.limit = limit
+        self.overflows = 0
+        self.closed = False
+        self._wake = asyncio.Event()
+
+    def wants(self, event: t.Event) -> bool:
+        return not self.agent_id or event.agent_id == self.agent_id
+
+    def put(self, item: Item) -> None:
+        buffer = self.buffer
+        if len(buffer) >= self.limit and isinstance(item, t.Event):
+            buffer.clear()  # it has fallen behind: say so instead of queueing more
+            self.overflows += 1
+            item = Behind(item.seq, overflow=True)
+        buffer.append(item)
+        self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    async def take(self) -> list[Item]:
+        """What has arrived since the last call (waits for something); [] once closed."""
+        while not self.buffer and not self.closed:
+            self._wake.clear()
+            await self._wake.wait()
+        if self.closed:
+            return []
+        items = list(self.buffer)
+        self.buffer.clear()
+        return items
+
+
+class Hub:
+    """Rings of recent events per watched shop, and the watchers to feed."""
+
+    def __init__(
+        self,
+        ring_size: int = DEFAULT_RING_SIZE,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        idle_rings: int = DEFAULT_IDLE_RINGS,
+    ) -> None:
+        if min(ring_size, buffer_size) < 1 or idle_rings < 0:
+            raise ValueError("ring_size and buffer_size must be at least 1, idle_rings >= 0")
+        self.ring_size = ring_size
+        self.buffer_size = buffer_size
+        self.idle_rings = idle_rings
+        self.rings: dict[str, deque[t.Event]] = {}
+        self.watchers: dict[str, list[Watcher]] = {}
+        self._idle: OrderedDict[str, None] = OrderedDict()  # unwatched rings, oldest first
+        self.closed = False
+
+    def publish(self, events: list[t.Event]) -> None:
+        """The event sink: runs after every command; appends, never waits."""
+        rings, watchers = self.rings, self.watchers
+        for event in events:
+            ring = rings.get(event.shop_id)
+            if ring is None:
+                continue  # nobody watches this shop, nor did recently
+            ring.append(event)
+            for watcher in watchers.get(event.shop_id, ()):
+                if watcher.wants(event):
+                    watcher.put(event)
+
+    def tee(self, other: Callable[[list[t.Event]], None]) -> Callable[[list[t.Event]], None]:
+        """An event sink feeding this hub, then ``other`` (unless it is ``discard``)."""
+        if other is discard:
+            return self.publish
+
+        def sink(events: list[t.Event]) -> None:
+            self.publish(events)
+            other(events)
+
+        return sink
+
+    def subscribe(
+        self, shop_id: str, agent_id: str, head: int, after: int | None
+    ) -> tuple[Watcher, list[Item]]:
+        """A new watcher of the shop (of one agent when ``agent_id``), and what it missed.
+
+        ``head`` is the shop's latest seq now; ``after`` the last seq the watcher saw
+        (None: from now on). Returns the watcher and the items to send before its buffer.
+        """
+        ring = self.rings.get(shop_id)
+        if ring is None:
+            ring = self.rings[shop_id] = deque(maxlen=self.ring_size)
+        self._idle.pop(shop_id, None)
+        watcher = Watcher(shop_id, agent_id, self.buffer_size)
+        if self.closed:
+            watcher.close()
+        self.watchers.setdefault(shop_id, []).append(watcher)
+        return watcher, _missed(ring, head, after, watcher)
+
+    def unsubscribe(self, watcher: Watcher) -> None:
+        watchers = self.watchers.get(watcher.shop_id)
+        if watchers is None or watcher not in watchers:
+            return
+        watchers.remove(watcher)
+        if watchers:
+            return
+        del self.watchers[watcher.shop_id]
+        self._idle[watcher.shop_id] = None
+        while len(self._idle) > self.idle_rings:
+            oldest, _ = self._idle.popitem(last=False)
+            del self.rings[oldest]
+
+    def close(self) -> None:
+        """The server is stopping: every watch stream ends."""
+        self.closed = True
+        for watchers in self.watchers.values():
+            for watcher in watchers:
+                watcher.close()
+
+    def buffered(self) -> Iterable[int]:
+        """The buffer length of every watcher (for tests and metrics)."""
+        return [len(w.buffer) for ws in self.watchers.values() for w in ws]
+
+
+def _missed(ring: deque[t.Event], head: int, after: int | None, watcher: Watcher) -> list[Item]:
+    if after is None or after == head:
+        return []
+    if after > head or not ring or ring[0].seq > after + 1 or ring[-1].seq != head:
+        return [Behind(head, overflow=False)]
+    return [e for e in ring if e.seq > after and watcher.wants(e)]

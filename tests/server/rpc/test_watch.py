@@ -1,0 +1,111 @@
+"""The watch hub on its own: rings, resume, bounded buffers, idle rings."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fenliu.server.core.types import Event
+from fenliu.server.rpc.watch import Behind, Hub
+
+
+def events(shop: str, seqs: range, agent: str = "a") -> list[Event]:
+    return [Event(kind="assigned", shop_id=shop, at=0, agent_id=agent, seq=n) for n in seqs]
+
+
+def seqs(items: list[Event | Behind]) -> list[object]:
+    return [i.seq if isinstance(i, Event) else i for i in items]
+
+
+def test_unwatched_shops_keep_nothing() -> None:
+    hub = Hub()
+    hub.publish(events("s", range(1, 4)))
+    assert hub.rings == {} and hub.watchers == {}
+
+
+def test_resume_gets_what_was_missed_from_the_ring() -> None:
+    hub = Hub(ring_size=4)
+    first, missed = hub.subscribe("s", "", head=0, after=None)
+    assert missed == []
+    hub.publish(events("s", range(1, 6)))
+    assert list(hub.rings["s"]) == events("s", range(2, 6))  # the ring keeps the last 4
+    _, missed = hub.subscribe("s", "", head=5, after=2)
+    assert seqs(missed) == [3, 4, 5]
+    _, missed = hub.subscribe("s", "", head=5, after=1)
+    assert seqs(missed) == [2, 3, 4, 5]
+    _, missed = hub.subscribe("s", "", head=5, after=0)
+    assert missed == [Behind(5, overflow=False)]  # 1 is gone
+    _, missed = hub.subscribe("s", "", head=5, after=5)
+    assert missed == []  # nothing missed
+    _, missed = hub.subscribe("s", "", head=5, after=9)
+    assert missed == [Behind(5, overflow=False)]  # a seq the shop never reached
+    assert seqs(list(first.buffer)) == [1, 2, 3, 4, 5]
+
+
+def test_a_first_watcher_cannot_resume_from_before_the_ring_existed() -> None:
+    hub = Hub()
+    _, missed = hub.subscribe("s", "", head=7, after=3)
+    assert missed == [Behind(7, overflow=False)]
+    _, missed = hub.subscribe("t", "", head=7, after=7)
+    assert missed == []  # e.g. after a restart with nothing new: nothing lost
+
+
+def test_an_agent_watcher_gets_only_its_agents_events() -> None:
+    hub = Hub()
+    watcher, _ = hub.subscribe("s", "b", head=0, after=None)
+    hub.publish([*events("s", range(1, 3), "a"), *events("s", range(3, 5), "b")])
+    assert seqs(list(watcher.buffer)) == [3, 4]
+    _, missed = hub.subscribe("s", "a", head=4, after=0)
+    assert seqs(missed) == [1, 2]
+
+
+def test_a_full_buffer_becomes_one_fell_behind_marker_and_stays_bounded() -> None:
+    hub = Hub(buffer_size=3)
+    watcher, _ = hub.subscribe("s", "", head=0, after=None)
+    hub.publish(events("s", range(1, 4)))
+    assert seqs(list(watcher.buffer)) == [1, 2, 3]
+    hub.publish(events("s", range(4, 6)))
+    assert seqs(list(watcher.buffer)) == [Behind(4, overflow=True), 5]
+    hub.publish(events("s", range(6, 1000)))
+    assert len(watcher.buffer) <= 3 and watcher.overflows > 1
+    first = watcher.buffer[0]
+    assert isinstance(first, Behind)
+    assert seqs(list(watcher.buffer))[1:] == list(range(first.seq + 1, 1000))
+
+
+def test_idle_rings_are_dropped_oldest_first() -> None:
+    hub = Hub(idle_rings=1)
+    a, _ = hub.subscribe("a", "", head=0, after=None)
+    b, _ = hub.subscribe("b", "", head=0, after=None)
+    hub.unsubscribe(a)
+    assert set(hub.rings) == {"a", "b"}  # a is kept for a reconnect
+    hub.unsubscribe(b)
+    assert set(hub.rings) == {"b"}
+    hub.subscribe("b", "", head=0, after=None)  # watched again: no longer idle
+    hub.unsubscribe(b)  # a second unsubscribe of the same watcher changes nothing
+    assert set(hub.rings) == {"b"}
+
+
+def test_take_waits_for_items_and_returns_nothing_once_closed() -> None:
+    async def run() -> None:
+        hub = Hub()
+        watcher, _ = hub.subscribe("s", "", head=0, after=None)
+        waiting = asyncio.create_task(watcher.take())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        hub.publish(events("s", range(1, 3)))
+        assert seqs(await waiting) == [1, 2]
+        waiting = asyncio.create_task(watcher.take())
+        await asyncio.sleep(0)
+        hub.close()
+        assert await waiting == []
+        late, _ = hub.subscribe("s", "", head=2, after=None)
+        assert await late.take() == []  # a stream opened while stopping ends at once
+
+    asyncio.run(run())
+
+
+def test_sizes_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        Hub(ring_size=0)
