@@ -14,7 +14,7 @@ import msgspec
 
 from . import validate as v
 from .errors import FailedPrecondition, FenliuError, InvalidArgument, NotFound
-from .shop import IDEMPOTENCY_WINDOW_MS, T_NOTICE, T_RECENT, T_REQUEST, T_SESSION, Shop
+from .shop import T_NOTICE, T_RECENT, T_REQUEST, T_SESSION, Shop
 from .state import Agent, Session
 from .types import (
     Acknowledge,
@@ -147,8 +147,7 @@ class Shard:
             )
         else:
             decision = shop.route_buyer(cmd.buyer_id, addressed, cmd.crowds, cmd.group, cmd.channel)
-        shop.requests[cmd.request_id] = (decision, self.now)
-        self.push_timer(self.now + IDEMPOTENCY_WINDOW_MS, T_REQUEST, shop, cmd.request_id)
+        shop.remember_request(cmd.request_id, decision)
         return decision
 
     def tick(self, cmd: Tick) -> Moved:
@@ -160,9 +159,9 @@ class Shard:
             if kind == T_SESSION:
                 shop.fire(key, due)
             elif kind == T_RECENT:
-                self._expire(shop, shop.recent, key, shop.policy.recent_contact_ttl_ms, kind)
+                shop.expire_recent()
             elif kind == T_REQUEST:
-                self._expire(shop, shop.requests, key, IDEMPOTENCY_WINDOW_MS, kind)
+                shop.expire_requests()
             elif kind == T_NOTICE:
                 self._expire(shop, shop.notices, key, shop.policy.notice_interval_ms, kind)
         return Moved(moved=tuple(self.moved))

@@ -40,9 +40,11 @@ ASSIGN, PIN, QUEUE, LEAVE = "assign", "pin", "queue", "leave"
 Plan = tuple[str, Agent | None, Reason]
 
 # Timer kinds of the shard's timer heap.
+# T_RECENT and T_REQUEST entries are per shop (key ""), for the oldest entry of the table.
 T_SESSION, T_RECENT, T_REQUEST, T_NOTICE = 0, 1, 2, 3
 
 IDEMPOTENCY_WINDOW_MS = 10 * 60_000
+_INDEX_MASK = (1 << 32) - 1
 _PRIORITY_REASONS = (Reason.PRIORITY_CROWD, Reason.PRIORITY_OVERFLOW)
 
 _OUTCOME_OF_STATE = {
@@ -75,7 +77,11 @@ class Shop:
         self.queue: list[tuple[int, int, int, Session]] = []  # sorted by queue key
         self.left: dict[str, Session] = {}  # left messages, oldest first
         self.reserved_left = 0  # left messages reserved for one agent (MAIN's private ones)
-        self.recent: dict[str, tuple[str, int]] = {}  # buyer -> (agent, last act)
+        # buyer -> last act << 32 | index of the agent id in contact_ids (see pack_contact),
+        # oldest first: an update moves the buyer to the end, so expiry pops from the front.
+        self.recent: dict[str, int] = {}
+        self.contact_ids: list[str] = []  # agent ids of recent contacts, append-only
+        self.contact_index: dict[str, int] = {}
         self.private: set[str] = set()
         self.notices: dict[str, int] = {}  # buyer -> last priority notice
         self.requests: dict[str, tuple[Decision, int]] = {}  # request id -> (decision, at)
@@ -282,8 +288,8 @@ class Shop:
                 return LEAVE, main, Reason.PRIVATE_CONTACT
             return PIN, main, Reason.PRIVATE_CONTACT
         recent = self.recent.get(buyer_id)
-        if recent is not None and self.shard.now - recent[1] <= self.policy.sticky_window_ms:
-            agent = self.agents.get(recent[0])
+        if recent is not None and self.shard.now - (recent >> 32) <= self.policy.sticky_window_ms:
+            agent = self.agents.get(self.contact_ids[recent & _INDEX_MASK])
             if (
                 agent is not None
                 and agent.status is not Status.OFFLINE
@@ -419,10 +425,65 @@ class Shop:
         self.remember_contact(session.buyer_id, agent)
 
     def remember_contact(self, buyer_id: str, agent: Agent) -> None:
+        """Remember (or refresh) the buyer's recent contact, newest last.
+
+        One T_RECENT timer per shop stands for the oldest entry (``expire_recent``), so a
+        contact costs a dict slot and one int rather than a timer-heap entry of its own.
+        """
+        recent = self.recent
         now = self.shard.now
-        if buyer_id not in self.recent:
-            self.shard.push_timer(now + self.policy.recent_contact_ttl_ms, T_RECENT, self, buyer_id)
-        self.recent[buyer_id] = (agent.agent_id, now)
+        if not recent:
+            self.shard.push_timer(now + self.policy.recent_contact_ttl_ms, T_RECENT, self, "")
+        elif buyer_id in recent:
+            del recent[buyer_id]  # re-inserted at the end: the dict stays oldest first
+        recent[buyer_id] = self.pack_contact(agent.agent_id, now)
+
+    def pack_contact(self, agent_id: str, at: int) -> int:
+        index = self.contact_index.get(agent_id)
+        if index is None:
+            index = self.contact_index[agent_id] = len(self.contact_ids)
+            self.contact_ids.append(agent_id)
+        return at << 32 | index
+
+    def recent_contacts(self) -> dict[str, tuple[str, int]]:
+        """buyer -> (agent id, last act), oldest first: the recent contacts unpacked."""
+        ids = self.contact_ids
+        return {b: (ids[p & _INDEX_MASK], p >> 32) for b, p in self.recent.items()}
+
+    def expire_recent(self) -> None:
+        """The shop's T_RECENT timer: forget contacts older than the TTL, then stand for
+        the oldest one left (a TTL shortened since is applied when this fires, as before)."""
+        ttl = self.policy.recent_contact_ttl_ms
+        recent = self.recent
+        horizon = self.shard.now - ttl
+        expired = []
+        for buyer, packed in recent.items():
+            if packed >> 32 > horizon:
+                self.shard.push_timer((packed >> 32) + ttl, T_RECENT, self, "")
+                break
+            expired.append(buyer)
+        for buyer in expired:
+            del recent[buyer]
+
+    def remember_request(self, request_id: str, decision: Decision) -> None:
+        """Cache a Route's decision for the idempotency window; oldest first, like
+        ``recent``, with one T_REQUEST timer per shop for the oldest entry."""
+        now = self.shard.now
+        if not self.requests:
+            self.shard.push_timer(now + IDEMPOTENCY_WINDOW_MS, T_REQUEST, self, "")
+        self.requests[request_id] = (decision, now)
+
+    def expire_requests(self) -> None:
+        requests = self.requests
+        horizon = self.shard.now - IDEMPOTENCY_WINDOW_MS
+        expired = []
+        for request_id, (_, at) in requests.items():
+            if at > horizon:
+                self.shard.push_timer(at + IDEMPOTENCY_WINDOW_MS, T_REQUEST, self, "")
+                break
+            expired.append(request_id)
+        for request_id in expired:
+            del requests[request_id]
 
     def reroute(
         self, session: Session, reason: Reason, exclude: Agent | None

@@ -88,7 +88,7 @@ def test_frames_stop_at_a_torn_or_corrupt_record() -> None:
 
 def test_a_newer_format_is_refused_with_a_clear_message() -> None:
     newer = codec.MAGIC + (codec.FORMAT_VERSION + 1).to_bytes(2, "little")
-    with pytest.raises(codec.FormatError, match="newer|format version 2"):
+    with pytest.raises(codec.FormatError, match=f"format version {codec.FORMAT_VERSION + 1}"):
         codec.check_header(newer, "journal-0")
     with pytest.raises(codec.FormatError, match="not a fenliu file"):
         codec.check_header(b"GARBAGE!", "journal-0")
