@@ -45,6 +45,29 @@ T_SESSION, T_RECENT, T_REQUEST, T_NOTICE = 0, 1, 2, 3
 
 IDEMPOTENCY_WINDOW_MS = 10 * 60_000
 _INDEX_MASK = (1 << 32) - 1
+# Enum members as module constants for the hot path: on Python 3.11 an attribute of an
+# enum class (``State.QUEUED``) goes through EnumType's __getattr__ hook, ~5x a global.
+_ACTIVE = State.ACTIVE
+_ASSIGNED = State.ASSIGNED
+_BACKLOG = State.BACKLOG
+_ENDED = State.ENDED
+_LEFT_MESSAGE = State.LEFT_MESSAGE
+_QUEUED = State.QUEUED
+_OFFLINE = Status.OFFLINE
+_SUSPENDED = Status.SUSPENDED
+_ADDRESSED = Reason.ADDRESSED
+_AGENT_OFFLINE = Reason.AGENT_OFFLINE
+_ALL_BUSY = Reason.ALL_BUSY
+_ALL_OFFLINE = Reason.ALL_OFFLINE
+_ALL_SUSPENDED = Reason.ALL_SUSPENDED
+_CAPACITY_FREED = Reason.CAPACITY_FREED
+_OPEN_SESSION = Reason.OPEN_SESSION
+_PRIORITY_CROWD = Reason.PRIORITY_CROWD
+_PRIORITY_OVERFLOW = Reason.PRIORITY_OVERFLOW
+_PRIVATE_CONTACT = Reason.PRIVATE_CONTACT
+_RECENT_CONTACT = Reason.RECENT_CONTACT
+_STRATEGY = Reason.STRATEGY
+_LIFO = QueueOrder.LIFO
 _PRIORITY_REASONS = (Reason.PRIORITY_CROWD, Reason.PRIORITY_OVERFLOW)
 
 _OUTCOME_OF_STATE = {
@@ -144,7 +167,7 @@ class Shop:
 
     def position(self, session: Session) -> int:
         """1-based place in the shop queue; 0 when not queued."""
-        if session.state is not State.QUEUED:
+        if session.state is not _QUEUED:
             return 0
         return bisect_left(self.queue, self.queue_key(session)) + 1
 
@@ -201,7 +224,7 @@ class Shop:
 
     def count(self, agent: Agent, sign: int) -> None:
         receiving = agent.status in RECEIVING
-        present = agent.status is not Status.OFFLINE
+        present = agent.status is not _OFFLINE
         for scope in agent.scopes:
             if receiving:
                 self.receiving[scope] += sign
@@ -261,7 +284,7 @@ class Shop:
         policy = self.policy
         agent = self.best(group, excluded)
         if agent is not None:
-            return ASSIGN, agent, Reason.PRIORITY_CROWD if priority else Reason.STRATEGY
+            return ASSIGN, agent, _PRIORITY_CROWD if priority else _STRATEGY
         receiving = self.receiving.get(group, 0)
         if excluded and receiving:
             receiving = sum(
@@ -271,33 +294,29 @@ class Shop:
             )
         if priority and receiving and policy.priority_may_exceed_capacity:
             agent = self.least_loaded(group, RECEIVING, excluded, capped=False)
-            return ASSIGN, agent, Reason.PRIORITY_OVERFLOW
+            return ASSIGN, agent, _PRIORITY_OVERFLOW
         if not receiving and policy.route_when_all_suspended:
-            agent = self.least_loaded(group, (Status.SUSPENDED,), excluded, capped=True)
+            agent = self.least_loaded(group, (_SUSPENDED,), excluded, capped=True)
             if agent is not None:
-                return ASSIGN, agent, Reason.ALL_SUSPENDED
+                return ASSIGN, agent, _ALL_SUSPENDED
         if self.present.get(group, 0):
-            return QUEUE, None, Reason.ALL_BUSY
-        return LEAVE, None, Reason.ALL_OFFLINE
+            return QUEUE, None, _ALL_BUSY
+        return LEAVE, None, _ALL_OFFLINE
 
     def first_rules(self, buyer_id: str, addressed: Agent | None, group: str) -> Plan | None:
         """Rules 3–5: private contact, recent contact, addressed agent."""
         main = self.main
         if addressed is not None and addressed is main and buyer_id in self.private:
-            if main.status is Status.OFFLINE:
-                return LEAVE, main, Reason.PRIVATE_CONTACT
-            return PIN, main, Reason.PRIVATE_CONTACT
+            if main.status is _OFFLINE:
+                return LEAVE, main, _PRIVATE_CONTACT
+            return PIN, main, _PRIVATE_CONTACT
         recent = self.recent.get(buyer_id)
         if recent is not None and self.shard.now - (recent >> 32) <= self.policy.sticky_window_ms:
             agent = self.agents.get(self.contact_ids[recent & _INDEX_MASK])
-            if (
-                agent is not None
-                and agent.status is not Status.OFFLINE
-                and self.in_scope(agent, group)
-            ):
-                return PIN, agent, Reason.RECENT_CONTACT
+            if agent is not None and agent.status is not _OFFLINE and self.in_scope(agent, group):
+                return PIN, agent, _RECENT_CONTACT
         if addressed is not None and addressed.status in RECEIVING:
-            return PIN, addressed, Reason.ADDRESSED
+            return PIN, addressed, _ADDRESSED
         return None
 
     # ------------------------------------------------------------ placing (mutation)
@@ -324,7 +343,7 @@ class Shop:
 
     def assign(self, session: Session, agent: Agent, reason: Reason, active: bool = False) -> None:
         now = self.shard.now
-        session.state = State.ACTIVE if active else State.ASSIGNED
+        session.state = _ACTIVE if active else _ASSIGNED
         session.agent = agent
         session.reason = reason
         session.assigned_at = now
@@ -352,12 +371,12 @@ class Shop:
     def queue_key(self, session: Session) -> tuple[int, int, int]:
         if session.priority:
             return (0, session.created_at, session.seq)
-        if self.policy.queue_order is QueueOrder.LIFO:
+        if self.policy.queue_order is _LIFO:
             return (1, -session.created_at, -session.seq)
         return (1, session.created_at, session.seq)
 
     def enqueue(self, session: Session, reason: Reason) -> None:
-        session.state = State.QUEUED
+        session.state = _QUEUED
         session.agent = None
         session.reason = reason
         session.entered_at = self.shard.now
@@ -380,23 +399,23 @@ class Shop:
         state = session.state
         agent = session.agent
         session.agent = None
-        if state is State.ASSIGNED or state is State.ACTIVE:
+        if state is _ASSIGNED or state is _ACTIVE:
             assert agent is not None
             agent.load -= 1
-            if state is State.ASSIGNED:
+            if state is _ASSIGNED:
                 agent.new_count -= 1
             del agent.sessions[session.session_id]
             self.touch(agent)
             return agent
-        if state is State.BACKLOG:
+        if state is _BACKLOG:
             assert agent is not None
             del agent.backlog[session.session_id]
             self.emit("backlog_changed", agent.agent_id, session)
-        elif state is State.QUEUED:
+        elif state is _QUEUED:
             index = bisect_left(self.queue, self.queue_key(session))
             del self.queue[index]
             self.emit("queue_changed", "", session)
-        elif state is State.LEFT_MESSAGE:
+        elif state is _LEFT_MESSAGE:
             del self.left[session.session_id]
             if session.left_for:
                 self.reserved_left -= 1
@@ -406,10 +425,10 @@ class Shop:
     def end(self, session: Session, reason: Reason | None = None) -> Agent | None:
         """End an open session; returns the agent whose capacity it freed."""
         holder = session.agent
-        if session.state is State.ACTIVE and holder is not None:
+        if session.state is _ACTIVE and holder is not None:
             self.remember_contact(session.buyer_id, holder)
         freed = self.detach(session)
-        session.state = State.ENDED
+        session.state = _ENDED
         del self.sessions[session.session_id]
         del self.by_buyer[session.buyer_id]
         self.emit("ended", holder.agent_id if holder else "", session, reason)
@@ -417,8 +436,8 @@ class Shop:
 
     def act(self, session: Session, agent: Agent) -> None:
         """The agent acted on the session (acknowledge, reply, pick)."""
-        if session.state is State.ASSIGNED:
-            session.state = State.ACTIVE
+        if session.state is _ASSIGNED:
+            session.state = _ACTIVE
             agent.new_count -= 1
             self.touch(agent)
             self.served(agent)
@@ -540,15 +559,15 @@ class Shop:
 
     def fill(self, agent: Agent) -> None:
         """SPEC §3: refill the agent's capacity from its backlog, the queue, left messages."""
-        while agent.load < agent.max_concurrent and agent.status is not Status.OFFLINE:
+        while agent.load < agent.max_concurrent and agent.status is not _OFFLINE:
             session = next(iter(agent.backlog.values()), None)
             if session is None:
                 session = self.next_for(agent)
                 if session is None:
                     return
             self.detach(session)
-            self.assign(session, agent, Reason.CAPACITY_FREED)
-            self.shard.moved.append(self.decision(session, Reason.CAPACITY_FREED))
+            self.assign(session, agent, _CAPACITY_FREED)
+            self.shard.moved.append(self.decision(session, _CAPACITY_FREED))
 
     def next_for(self, agent: Agent) -> Session | None:
         """The next session the agent takes after its backlog: left messages reserved for it
@@ -603,15 +622,15 @@ class Shop:
         """When the session's next timer fires, from its state and the policy."""
         policy = self.policy
         state = session.state
-        if state is State.QUEUED or state is State.BACKLOG:
+        if state is _QUEUED or state is _BACKLOG:
             limit = policy.queue_wait_limit_ms
             return session.entered_at + limit if limit else None
-        if session.private and (state is State.ASSIGNED or session.awaiting_since is not None):
+        if session.private and (state is _ASSIGNED or session.awaiting_since is not None):
             return None  # rule 3: a private contact is MAIN's; no timeout moves it
-        if state is State.ASSIGNED:
+        if state is _ASSIGNED:
             limit = policy.accept_timeout_ms
             return session.assigned_at + limit if limit else None
-        if state is State.ACTIVE:
+        if state is _ACTIVE:
             if session.awaiting_since is not None:
                 limit = policy.reply_timeout_ms
                 return session.awaiting_since + limit if limit else None
@@ -670,7 +689,7 @@ class Shop:
         """Rules 2–6 for one buyer message (rules 0 and 1 are the shard's)."""
         now = self.shard.now
         session = self.by_buyer.get(buyer_id)
-        if session is not None and session.state is not State.LEFT_MESSAGE:
+        if session is not None and session.state is not _LEFT_MESSAGE:
             return self.open_session_message(session)
         priority = bool(crowds) and not self.priority_crowds.isdisjoint(crowds)
         plan = self.first_rules(buyer_id, addressed, group)
@@ -692,7 +711,7 @@ class Shop:
                 return self.decision(session, session.reason)  # still nobody to take it
             self.detach(session)
             session.group, session.priority, session.channel = group, priority, channel
-        session.private = plan[2] is Reason.PRIVATE_CONTACT
+        session.private = plan[2] is _PRIVATE_CONTACT
         return self.place(session, plan, notice)
 
     def queue_full(self, session: Session | None) -> Plan:
@@ -721,12 +740,12 @@ class Shop:
         if session.awaiting_since is None:
             session.awaiting_since = now
         agent = session.agent
-        if session.state is State.ASSIGNED or session.state is State.ACTIVE:
+        if session.state is _ASSIGNED or session.state is _ACTIVE:
             assert agent is not None
-            if agent.status is Status.OFFLINE:
-                return self.reroute(session, Reason.AGENT_OFFLINE, exclude=None)[0]
+            if agent.status is _OFFLINE:
+                return self.reroute(session, _AGENT_OFFLINE, exclude=None)[0]
         self.schedule(session)
-        return self.decision(session, Reason.OPEN_SESSION)
+        return self.decision(session, _OPEN_SESSION)
 
     # ------------------------------------------------------------ agent presence
 
