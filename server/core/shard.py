@@ -126,8 +126,10 @@ class Shard:
         cached = shop.requests.get(cmd.request_id)
         if cached is not None:
             return cached[0]
-        v.check_optional_id(cmd.group, "group")
-        v.check_optional_id(cmd.channel, "channel")
+        if cmd.group:
+            v.check_optional_id(cmd.group, "group")
+        if cmd.channel:
+            v.check_optional_id(cmd.channel, "channel")
         if cmd.crowds:
             v.check_ids(cmd.crowds, "crowds", v.MAX_CROWDS)
         addressed = None
@@ -356,9 +358,12 @@ class Shard:
     def end_sessions(self, cmd: EndSessions) -> EndResult:
         shop = self.shop(cmd.shop_id)
         v.check_batch(len(cmd.session_ids), "session_ids")
+        sessions = shop.sessions
         for i, session_id in enumerate(cmd.session_ids):
+            if session_id in sessions:
+                continue  # an open session's id is well formed
             v.check_id(session_id, f"session_ids[{i}]")
-            if session_id not in shop.sessions and not shop.issued(session_id):
+            if not shop.issued(session_id):
                 raise NotFound(
                     f"session_ids[{i}]: shop {cmd.shop_id!r} never had session {session_id!r}",
                     f"session_ids[{i}]",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from datetime import datetime, timedelta
+from heapq import heappush
 from typing import TYPE_CHECKING
 
 from .errors import NotFound, ResourceExhausted
@@ -190,10 +191,12 @@ class Shop:
         """Record a change to the agent: older heap entries go stale, a fresh one is pushed."""
         agent.version += 1
         if agent.status in RECEIVING and agent.load < agent.max_concurrent:
+            heaps = self.heaps
+            entry = heaps[""].entry(agent)  # one strategy per shop: the same in every scope
             for scope in agent.scopes:
-                heap = self.heaps[scope]
-                heap.push(agent)
-                if len(heap.entries) > 2 * len(self.members[scope]) + 16:
+                entries = heaps[scope].entries
+                heappush(entries, entry)
+                if len(entries) > 2 * len(self.members[scope]) + 16:
                     self.rebuild_heap(scope)
 
     def rebuild_heap(self, scope: str) -> None:
