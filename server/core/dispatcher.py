@@ -23,9 +23,18 @@ class Dispatcher:
         if shards < 1:
             raise ValueError("shards must be at least 1")
         self.shards = [Shard(i) for i in range(shards)]
+        # shop id -> shard index, for shops that exist (they are never removed): a dict hit
+        # instead of encode + crc32 on every command. Indexes, not shards: recovery
+        # replaces the shard objects.
+        self._index: dict[str, int] = {}
 
     def shard_for(self, shop_id: str) -> Shard:
-        return self.shards[zlib.crc32(shop_id.encode()) % len(self.shards)]
+        index = self._index.get(shop_id)
+        if index is None:
+            index = zlib.crc32(shop_id.encode()) % len(self.shards)
+            if shop_id in self.shards[index].shops:
+                self._index[shop_id] = index
+        return self.shards[index]
 
     def execute(self, command: AnyCommand) -> Any:
         """Apply one command; raises a ``FenliuError`` having changed nothing."""

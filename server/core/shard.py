@@ -14,7 +14,7 @@ import msgspec
 
 from . import validate as v
 from .errors import FailedPrecondition, FenliuError, InvalidArgument, NotFound, resource_name
-from .shop import IDEMPOTENCY_WINDOW_MS, T_NOTICE, T_RECENT, T_REQUEST, T_SESSION, Shop
+from .shop import T_NOTICE, T_RECENT, T_REQUEST, T_SESSION, Shop
 from .state import Agent, Session
 from .stats import (
     FAST_REPLY_MS,
@@ -142,8 +142,10 @@ class Shard:
         cached = shop.requests.get(cmd.request_id)
         if cached is not None:
             return cached[0]
-        v.check_optional_id(cmd.group, "group")
-        v.check_optional_id(cmd.channel, "channel")
+        if cmd.group:
+            v.check_optional_id(cmd.group, "group")
+        if cmd.channel:
+            v.check_optional_id(cmd.channel, "channel")
         if cmd.crowds:
             v.check_ids(cmd.crowds, "crowds", v.MAX_CROWDS)
         addressed = None
@@ -163,8 +165,7 @@ class Shard:
             )
         else:
             decision = shop.route_buyer(cmd.buyer_id, addressed, cmd.crowds, cmd.group, cmd.channel)
-        shop.requests[cmd.request_id] = (decision, self.now)
-        self.push_timer(self.now + IDEMPOTENCY_WINDOW_MS, T_REQUEST, shop, cmd.request_id)
+        shop.remember_request(cmd.request_id, decision)
         return decision
 
     def tick(self, cmd: Tick) -> Moved:
@@ -176,9 +177,9 @@ class Shard:
             if kind == T_SESSION:
                 shop.fire(key, due)
             elif kind == T_RECENT:
-                self._expire(shop, shop.recent, key, shop.policy.recent_contact_ttl_ms, kind)
+                shop.expire_recent()
             elif kind == T_REQUEST:
-                self._expire(shop, shop.requests, key, IDEMPOTENCY_WINDOW_MS, kind)
+                shop.expire_requests()
             elif kind == T_NOTICE:
                 self._expire(shop, shop.notices, key, shop.policy.notice_interval_ms, kind)
         return Moved(moved=tuple(self.moved))
@@ -390,9 +391,12 @@ class Shard:
     def end_sessions(self, cmd: EndSessions) -> EndResult:
         shop = self.shop(cmd.shop_id)
         v.check_batch(len(cmd.session_ids), "session_ids")
+        sessions = shop.sessions
         for i, session_id in enumerate(cmd.session_ids):
+            if session_id in sessions:
+                continue  # an open session's id is well formed
             v.check_id(session_id, f"session_ids[{i}]")
-            if session_id not in shop.sessions and not shop.issued(session_id):
+            if not shop.issued(session_id):
                 raise NotFound(
                     f"session_ids[{i}]: shop {cmd.shop_id!r} never had session {session_id!r}",
                     f"session_ids[{i}]",

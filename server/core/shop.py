@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from datetime import datetime, timedelta
+from heapq import heappush
 from typing import TYPE_CHECKING
 
 from .errors import NotFound, ResourceExhausted, resource_name
@@ -41,9 +42,34 @@ ASSIGN, PIN, QUEUE, LEAVE = "assign", "pin", "queue", "leave"
 Plan = tuple[str, Agent | None, Reason]
 
 # Timer kinds of the shard's timer heap.
+# T_RECENT and T_REQUEST entries are per shop (key ""), for the oldest entry of the table.
 T_SESSION, T_RECENT, T_REQUEST, T_NOTICE = 0, 1, 2, 3
 
 IDEMPOTENCY_WINDOW_MS = 10 * 60_000
+_INDEX_MASK = (1 << 32) - 1
+# Enum members as module constants for the hot path: on Python 3.11 an attribute of an
+# enum class (``State.QUEUED``) goes through EnumType's __getattr__ hook, ~5x a global.
+_ACTIVE = State.ACTIVE
+_ASSIGNED = State.ASSIGNED
+_BACKLOG = State.BACKLOG
+_ENDED = State.ENDED
+_LEFT_MESSAGE = State.LEFT_MESSAGE
+_QUEUED = State.QUEUED
+_OFFLINE = Status.OFFLINE
+_SUSPENDED = Status.SUSPENDED
+_ADDRESSED = Reason.ADDRESSED
+_AGENT_OFFLINE = Reason.AGENT_OFFLINE
+_ALL_BUSY = Reason.ALL_BUSY
+_ALL_OFFLINE = Reason.ALL_OFFLINE
+_ALL_SUSPENDED = Reason.ALL_SUSPENDED
+_CAPACITY_FREED = Reason.CAPACITY_FREED
+_OPEN_SESSION = Reason.OPEN_SESSION
+_PRIORITY_CROWD = Reason.PRIORITY_CROWD
+_PRIORITY_OVERFLOW = Reason.PRIORITY_OVERFLOW
+_PRIVATE_CONTACT = Reason.PRIVATE_CONTACT
+_RECENT_CONTACT = Reason.RECENT_CONTACT
+_STRATEGY = Reason.STRATEGY
+_LIFO = QueueOrder.LIFO
 _PRIORITY_REASONS = (Reason.PRIORITY_CROWD, Reason.PRIORITY_OVERFLOW)
 
 _OUTCOME_OF_STATE = {
@@ -76,7 +102,11 @@ class Shop:
         self.queue: list[tuple[int, int, int, Session]] = []  # sorted by queue key
         self.left: dict[str, Session] = {}  # left messages, oldest first
         self.reserved_left = 0  # left messages reserved for one agent (MAIN's private ones)
-        self.recent: dict[str, tuple[str, int]] = {}  # buyer -> (agent, last act)
+        # buyer -> last act << 32 | index of the agent id in contact_ids (see pack_contact),
+        # oldest first: an update moves the buyer to the end, so expiry pops from the front.
+        self.recent: dict[str, int] = {}
+        self.contact_ids: list[str] = []  # agent ids of recent contacts, append-only
+        self.contact_index: dict[str, int] = {}
         self.private: set[str] = set()
         self.notices: dict[str, int] = {}  # buyer -> last priority notice
         self.requests: dict[str, tuple[Decision, int]] = {}  # request id -> (decision, at)
@@ -169,7 +199,7 @@ class Shop:
 
     def position(self, session: Session) -> int:
         """1-based place in the shop queue; 0 when not queued."""
-        if session.state is not State.QUEUED:
+        if session.state is not _QUEUED:
             return 0
         return bisect_left(self.queue, self.queue_key(session)) + 1
 
@@ -192,10 +222,12 @@ class Shop:
         """Record a change to the agent: older heap entries go stale, a fresh one is pushed."""
         agent.version += 1
         if agent.status in RECEIVING and agent.load < agent.max_concurrent:
+            heaps = self.heaps
+            entry = heaps[""].entry(agent)  # one strategy per shop: the same in every scope
             for scope in agent.scopes:
-                heap = self.heaps[scope]
-                heap.push(agent)
-                if len(heap.entries) > 2 * len(self.members[scope]) + 16:
+                entries = heaps[scope].entries
+                heappush(entries, entry)
+                if len(entries) > 2 * len(self.members[scope]) + 16:
                     self.rebuild_heap(scope)
 
     def rebuild_heap(self, scope: str) -> None:
@@ -226,7 +258,7 @@ class Shop:
 
     def count(self, agent: Agent, sign: int) -> None:
         receiving = agent.status in RECEIVING
-        present = agent.status is not Status.OFFLINE
+        present = agent.status is not _OFFLINE
         for scope in agent.scopes:
             if receiving:
                 self.receiving[scope] += sign
@@ -286,7 +318,7 @@ class Shop:
         policy = self.policy
         agent = self.best(group, excluded)
         if agent is not None:
-            return ASSIGN, agent, Reason.PRIORITY_CROWD if priority else Reason.STRATEGY
+            return ASSIGN, agent, _PRIORITY_CROWD if priority else _STRATEGY
         receiving = self.receiving.get(group, 0)
         if excluded and receiving:
             receiving = sum(
@@ -296,33 +328,29 @@ class Shop:
             )
         if priority and receiving and policy.priority_may_exceed_capacity:
             agent = self.least_loaded(group, RECEIVING, excluded, capped=False)
-            return ASSIGN, agent, Reason.PRIORITY_OVERFLOW
+            return ASSIGN, agent, _PRIORITY_OVERFLOW
         if not receiving and policy.route_when_all_suspended:
-            agent = self.least_loaded(group, (Status.SUSPENDED,), excluded, capped=True)
+            agent = self.least_loaded(group, (_SUSPENDED,), excluded, capped=True)
             if agent is not None:
-                return ASSIGN, agent, Reason.ALL_SUSPENDED
+                return ASSIGN, agent, _ALL_SUSPENDED
         if self.present.get(group, 0):
-            return QUEUE, None, Reason.ALL_BUSY
-        return LEAVE, None, Reason.ALL_OFFLINE
+            return QUEUE, None, _ALL_BUSY
+        return LEAVE, None, _ALL_OFFLINE
 
     def first_rules(self, buyer_id: str, addressed: Agent | None, group: str) -> Plan | None:
         """Rules 3–5: private contact, recent contact, addressed agent."""
         main = self.main
         if addressed is not None and addressed is main and buyer_id in self.private:
-            if main.status is Status.OFFLINE:
-                return LEAVE, main, Reason.PRIVATE_CONTACT
-            return PIN, main, Reason.PRIVATE_CONTACT
+            if main.status is _OFFLINE:
+                return LEAVE, main, _PRIVATE_CONTACT
+            return PIN, main, _PRIVATE_CONTACT
         recent = self.recent.get(buyer_id)
-        if recent is not None and self.shard.now - recent[1] <= self.policy.sticky_window_ms:
-            agent = self.agents.get(recent[0])
-            if (
-                agent is not None
-                and agent.status is not Status.OFFLINE
-                and self.in_scope(agent, group)
-            ):
-                return PIN, agent, Reason.RECENT_CONTACT
+        if recent is not None and self.shard.now - (recent >> 32) <= self.policy.sticky_window_ms:
+            agent = self.agents.get(self.contact_ids[recent & _INDEX_MASK])
+            if agent is not None and agent.status is not _OFFLINE and self.in_scope(agent, group):
+                return PIN, agent, _RECENT_CONTACT
         if addressed is not None and addressed.status in RECEIVING:
-            return PIN, addressed, Reason.ADDRESSED
+            return PIN, addressed, _ADDRESSED
         return None
 
     # ------------------------------------------------------------ placing (mutation)
@@ -349,7 +377,7 @@ class Shop:
 
     def assign(self, session: Session, agent: Agent, reason: Reason, active: bool = False) -> None:
         now = self.shard.now
-        session.state = State.ACTIVE if active else State.ASSIGNED
+        session.state = _ACTIVE if active else _ASSIGNED
         session.agent = agent
         session.reason = reason
         session.assigned_at = now
@@ -377,12 +405,12 @@ class Shop:
     def queue_key(self, session: Session) -> tuple[int, int, int]:
         if session.priority:
             return (0, session.created_at, session.seq)
-        if self.policy.queue_order is QueueOrder.LIFO:
+        if self.policy.queue_order is _LIFO:
             return (1, -session.created_at, -session.seq)
         return (1, session.created_at, session.seq)
 
     def enqueue(self, session: Session, reason: Reason) -> None:
-        session.state = State.QUEUED
+        session.state = _QUEUED
         session.agent = None
         session.reason = reason
         session.entered_at = self.shard.now
@@ -405,23 +433,23 @@ class Shop:
         state = session.state
         agent = session.agent
         session.agent = None
-        if state is State.ASSIGNED or state is State.ACTIVE:
+        if state is _ASSIGNED or state is _ACTIVE:
             assert agent is not None
             agent.load -= 1
-            if state is State.ASSIGNED:
+            if state is _ASSIGNED:
                 agent.new_count -= 1
             del agent.sessions[session.session_id]
             self.touch(agent)
             return agent
-        if state is State.BACKLOG:
+        if state is _BACKLOG:
             assert agent is not None
             del agent.backlog[session.session_id]
             self.emit("backlog_changed", agent.agent_id, session)
-        elif state is State.QUEUED:
+        elif state is _QUEUED:
             index = bisect_left(self.queue, self.queue_key(session))
             del self.queue[index]
             self.emit("queue_changed", "", session)
-        elif state is State.LEFT_MESSAGE:
+        elif state is _LEFT_MESSAGE:
             del self.left[session.session_id]
             if session.left_for:
                 self.reserved_left -= 1
@@ -431,12 +459,12 @@ class Shop:
     def end(self, session: Session, reason: Reason | None = None) -> Agent | None:
         """End an open session; returns the agent whose capacity it freed."""
         holder = session.agent
-        if session.state is State.ACTIVE and holder is not None:
+        if session.state is _ACTIVE and holder is not None:
             self.remember_contact(session.buyer_id, holder)
         if not session.first_reply_at:
             self.tally(ENDED_UNREPLIED)
         freed = self.detach(session)
-        session.state = State.ENDED
+        session.state = _ENDED
         del self.sessions[session.session_id]
         del self.by_buyer[session.buyer_id]
         self.emit("ended", holder.agent_id if holder else "", session, reason)
@@ -444,18 +472,73 @@ class Shop:
 
     def act(self, session: Session, agent: Agent) -> None:
         """The agent acted on the session (acknowledge, reply, pick)."""
-        if session.state is State.ASSIGNED:
-            session.state = State.ACTIVE
+        if session.state is _ASSIGNED:
+            session.state = _ACTIVE
             agent.new_count -= 1
             self.touch(agent)
             self.served(agent)
         self.remember_contact(session.buyer_id, agent)
 
     def remember_contact(self, buyer_id: str, agent: Agent) -> None:
+        """Remember (or refresh) the buyer's recent contact, newest last.
+
+        One T_RECENT timer per shop stands for the oldest entry (``expire_recent``), so a
+        contact costs a dict slot and one int rather than a timer-heap entry of its own.
+        """
+        recent = self.recent
         now = self.shard.now
-        if buyer_id not in self.recent:
-            self.shard.push_timer(now + self.policy.recent_contact_ttl_ms, T_RECENT, self, buyer_id)
-        self.recent[buyer_id] = (agent.agent_id, now)
+        if not recent:
+            self.shard.push_timer(now + self.policy.recent_contact_ttl_ms, T_RECENT, self, "")
+        elif buyer_id in recent:
+            del recent[buyer_id]  # re-inserted at the end: the dict stays oldest first
+        recent[buyer_id] = self.pack_contact(agent.agent_id, now)
+
+    def pack_contact(self, agent_id: str, at: int) -> int:
+        index = self.contact_index.get(agent_id)
+        if index is None:
+            index = self.contact_index[agent_id] = len(self.contact_ids)
+            self.contact_ids.append(agent_id)
+        return at << 32 | index
+
+    def recent_contacts(self) -> dict[str, tuple[str, int]]:
+        """buyer -> (agent id, last act), oldest first: the recent contacts unpacked."""
+        ids = self.contact_ids
+        return {b: (ids[p & _INDEX_MASK], p >> 32) for b, p in self.recent.items()}
+
+    def expire_recent(self) -> None:
+        """The shop's T_RECENT timer: forget contacts older than the TTL, then stand for
+        the oldest one left (a TTL shortened since is applied when this fires, as before)."""
+        ttl = self.policy.recent_contact_ttl_ms
+        recent = self.recent
+        horizon = self.shard.now - ttl
+        expired = []
+        for buyer, packed in recent.items():
+            if packed >> 32 > horizon:
+                self.shard.push_timer((packed >> 32) + ttl, T_RECENT, self, "")
+                break
+            expired.append(buyer)
+        for buyer in expired:
+            del recent[buyer]
+
+    def remember_request(self, request_id: str, decision: Decision) -> None:
+        """Cache a Route's decision for the idempotency window; oldest first, like
+        ``recent``, with one T_REQUEST timer per shop for the oldest entry."""
+        now = self.shard.now
+        if not self.requests:
+            self.shard.push_timer(now + IDEMPOTENCY_WINDOW_MS, T_REQUEST, self, "")
+        self.requests[request_id] = (decision, now)
+
+    def expire_requests(self) -> None:
+        requests = self.requests
+        horizon = self.shard.now - IDEMPOTENCY_WINDOW_MS
+        expired = []
+        for request_id, (_, at) in requests.items():
+            if at > horizon:
+                self.shard.push_timer(at + IDEMPOTENCY_WINDOW_MS, T_REQUEST, self, "")
+                break
+            expired.append(request_id)
+        for request_id in expired:
+            del requests[request_id]
 
     def reroute(
         self, session: Session, reason: Reason, exclude: Agent | None
@@ -512,15 +595,15 @@ class Shop:
 
     def fill(self, agent: Agent) -> None:
         """SPEC §3: refill the agent's capacity from its backlog, the queue, left messages."""
-        while agent.load < agent.max_concurrent and agent.status is not Status.OFFLINE:
+        while agent.load < agent.max_concurrent and agent.status is not _OFFLINE:
             session = next(iter(agent.backlog.values()), None)
             if session is None:
                 session = self.next_for(agent)
                 if session is None:
                     return
             self.detach(session)
-            self.assign(session, agent, Reason.CAPACITY_FREED)
-            self.shard.moved.append(self.decision(session, Reason.CAPACITY_FREED))
+            self.assign(session, agent, _CAPACITY_FREED)
+            self.shard.moved.append(self.decision(session, _CAPACITY_FREED))
 
     def next_for(self, agent: Agent) -> Session | None:
         """The next session the agent takes after its backlog: left messages reserved for it
@@ -575,15 +658,15 @@ class Shop:
         """When the session's next timer fires, from its state and the policy."""
         policy = self.policy
         state = session.state
-        if state is State.QUEUED or state is State.BACKLOG:
+        if state is _QUEUED or state is _BACKLOG:
             limit = policy.queue_wait_limit_ms
             return session.entered_at + limit if limit else None
-        if session.private and (state is State.ASSIGNED or session.awaiting_since is not None):
+        if session.private and (state is _ASSIGNED or session.awaiting_since is not None):
             return None  # rule 3: a private contact is MAIN's; no timeout moves it
-        if state is State.ASSIGNED:
+        if state is _ASSIGNED:
             limit = policy.accept_timeout_ms
             return session.assigned_at + limit if limit else None
-        if state is State.ACTIVE:
+        if state is _ACTIVE:
             if session.awaiting_since is not None:
                 limit = policy.reply_timeout_ms
                 return session.awaiting_since + limit if limit else None
@@ -642,7 +725,7 @@ class Shop:
         """Rules 2–6 for one buyer message (rules 0 and 1 are the shard's)."""
         now = self.shard.now
         session = self.by_buyer.get(buyer_id)
-        if session is not None and session.state is not State.LEFT_MESSAGE:
+        if session is not None and session.state is not _LEFT_MESSAGE:
             return self.open_session_message(session)
         priority = bool(crowds) and not self.priority_crowds.isdisjoint(crowds)
         plan = self.first_rules(buyer_id, addressed, group)
@@ -664,7 +747,7 @@ class Shop:
                 return self.decision(session, session.reason)  # still nobody to take it
             self.detach(session)
             session.group, session.priority, session.channel = group, priority, channel
-        session.private = plan[2] is Reason.PRIVATE_CONTACT
+        session.private = plan[2] is _PRIVATE_CONTACT
         return self.place(session, plan, notice)
 
     def queue_full(self, session: Session | None) -> Plan:
@@ -695,12 +778,12 @@ class Shop:
         if session.awaiting_since is None:
             session.awaiting_since = now
         agent = session.agent
-        if session.state is State.ASSIGNED or session.state is State.ACTIVE:
+        if session.state is _ASSIGNED or session.state is _ACTIVE:
             assert agent is not None
-            if agent.status is Status.OFFLINE:
-                return self.reroute(session, Reason.AGENT_OFFLINE, exclude=None)[0]
+            if agent.status is _OFFLINE:
+                return self.reroute(session, _AGENT_OFFLINE, exclude=None)[0]
         self.schedule(session)
-        return self.decision(session, Reason.OPEN_SESSION)
+        return self.decision(session, _OPEN_SESSION)
 
     # ------------------------------------------------------------ agent presence
 

@@ -9,20 +9,21 @@ still eligible, so stale entries are dropped lazily when they reach the top.
 
 from __future__ import annotations
 
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush
 from typing import Any
 
 from .state import Agent
 from .types import Strategy
 
 Entry = tuple[Any, int, int, int, int, Agent]
+_LEAST_NEW, _LEAST_LOAD = Strategy.LEAST_NEW, Strategy.LEAST_LOAD  # enum attributes are slow
 
 
 def strategy_key(strategy: Strategy, agent: Agent) -> tuple[Any, int, int, int]:
     """The ordering key of an agent: smaller is better."""
-    if strategy is Strategy.LEAST_NEW:
+    if strategy is _LEAST_NEW:
         return (agent.new_count, agent.load, agent.last_assign, agent.reg)
-    if strategy is Strategy.LEAST_LOAD:
+    if strategy is _LEAST_LOAD:
         # Equal ratios give equal doubles (IEEE division is correctly rounded).
         return (agent.load / agent.max_concurrent, agent.last_assign, 0, agent.reg)
     return (agent.last_assign, 0, 0, agent.reg)
@@ -37,8 +38,18 @@ class AgentHeap:
         self.entries: list[Entry] = []
         self.strategy = strategy
 
+    def entry(self, agent: Agent) -> Entry:
+        """The agent's entry now: ``strategy_key`` (inlined: this is the hot path), version."""
+        strategy = self.strategy
+        if strategy is _LEAST_NEW:
+            return (agent.new_count, agent.load, agent.last_assign, agent.reg, agent.version, agent)
+        if strategy is _LEAST_LOAD:
+            ratio = agent.load / agent.max_concurrent
+            return (ratio, agent.last_assign, 0, agent.reg, agent.version, agent)
+        return (agent.last_assign, 0, 0, agent.reg, agent.version, agent)
+
     def push(self, agent: Agent) -> None:
-        heappush(self.entries, (*strategy_key(self.strategy, agent), agent.version, agent))  # type: ignore[arg-type]
+        heappush(self.entries, self.entry(agent))
 
     def best(self) -> Agent | None:
         """The best live agent, dropping stale entries on the way."""
@@ -52,6 +63,6 @@ class AgentHeap:
         return None
 
     def rebuild(self, agents: list[Agent]) -> None:
-        self.entries = []
-        for agent in agents:
-            self.push(agent)
+        entries = [self.entry(agent) for agent in agents]
+        heapify(entries)
+        self.entries = entries

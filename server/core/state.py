@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from .types import Reason, Role, State, Status
 
+_QUEUED, _STRATEGY = State.QUEUED, Reason.STRATEGY  # enum attributes are slow on 3.11
+
 
 class Agent:
     """One customer-service account of a shop, with its sessions and backlog."""
@@ -86,7 +88,7 @@ class Session:
         self.session_id = f"s{seq}"
         self.seq = seq
         self.buyer_id = buyer_id
-        self.state = State.QUEUED
+        self.state = _QUEUED
         self.agent: Agent | None = None  # the holder when ASSIGNED/ACTIVE/BACKLOG
         self.group = group
         self.priority = priority
@@ -98,7 +100,7 @@ class Session:
         self.last_activity = at
         self.first_reply_at = 0
         self.excluded: set[str] | None = None  # agents it timed out on
-        self.reason = Reason.STRATEGY
+        self.reason = _STRATEGY
         self.timer_due: int | None = None  # due time of its live timer-heap entry
         self.left_for = ""  # a left message only this agent (MAIN) may take
         self.private = False  # a private contact's session: it stays MAIN's (rule 3)

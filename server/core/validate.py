@@ -26,7 +26,10 @@ _ID_RULE = f"must be 1-{MAX_ID} characters of [A-Za-z0-9._:@-]"
 
 def check_id(value: str, field: str) -> None:
     """A required id: shop, agent, buyer, request, session, group or crowd."""
-    if _ID_MATCH(value) is None:
+    # Fast path first: plain ASCII letters and digits (C string methods, no regex).
+    if not (value.isalnum() and value.isascii() and len(value) <= MAX_ID) and (
+        _ID_MATCH(value) is None
+    ):
         raise InvalidArgument(f"{field} {_ID_RULE} (got {_show(value)})", field)
 
 

@@ -244,6 +244,19 @@ def decision(result: t.Decision) -> pb.Decision:
     )
 
 
+def set_decision(target: pb.Decision, result: t.Decision) -> None:
+    """``decision`` written into a message in place, e.g. a field of a reply being built:
+    a nested message passed to a constructor is copied, which costs more than this."""
+    target.outcome = cast(pb.Outcome.ValueType, result.outcome)
+    target.reason = cast(pb.Reason.ValueType, result.reason)
+    target.agent_id = result.agent_id
+    target.session_id = result.session_id
+    target.queue_position = result.queue_position
+    target.state = cast(pb.SessionState.ValueType, result.state or 0)
+    target.priority_notice = result.priority_notice
+    target.buyer_id = result.buyer_id
+
+
 def decisions(results: tuple[t.Decision, ...]) -> list[pb.Decision]:
     return [decision(result) for result in results]
 

@@ -195,7 +195,7 @@ class RoutingService(pb_grpc.RoutingServicer):
             at = self._core.now()  # one arrival time for the whole batch
             commands = [convert.route(item, at) for item in request.requests]
             results = await self._core.execute_each(commands)
-            return pb.RouteBatchReply(results=[_route_result(result) for result in results])
+            return route_batch_reply(results)
 
     async def Acknowledge(self, request: pb.SessionRequest, context: Context) -> pb.Session:
         async with abort_on_error(context):
@@ -275,10 +275,16 @@ class DiagnosticsService(pb_grpc.DiagnosticsServicer):
         return request
 
 
-def _route_result(result: Any) -> pb.RouteResult:
-    if isinstance(result, Exception):
-        return pb.RouteResult(error=error_message(result))
-    return pb.RouteResult(decision=convert.decision(result))
+def route_batch_reply(results: list[Any]) -> pb.RouteBatchReply:
+    """One result per item, a decision or the error it got, built in place (no copies)."""
+    reply = pb.RouteBatchReply()
+    add = reply.results.add
+    for result in results:
+        if isinstance(result, Exception):
+            add(error=error_message(result))
+        else:
+            convert.set_decision(add().decision, result)
+    return reply
 
 
 def add_services(server: grpc.aio.Server, core: Core) -> None:

@@ -21,14 +21,16 @@ import msgspec
 
 from ..core import types as t
 from ..core.shard import Shard
-from ..core.shop import T_SESSION, Shop
+from ..core.shop import T_RECENT, T_REQUEST, T_SESSION, Shop
 from ..core.state import Agent, Session
 from ..core.stats import FIELDS, ShopCounters
 
 MAGIC = b"FENLIU"
 FORMAT_VERSION = 2
-"""1: the first format. 2: shop images end with the event seq and the stats counters
-(a version-1 image reads as seq 0 and empty counters)."""
+"""1: the first format. 2: shop images end with the event seq and the stats counters (a
+version-1 image reads as seq 0 and empty counters), and the T_RECENT / T_REQUEST timers are
+one per shop (key "") for the oldest entry of its table instead of one per buyer / request
+id (a version-1 image's are merged on load)."""
 _HEADER = struct.Struct("<6sH")  # magic, version
 _FRAME = struct.Struct("<II")  # payload length, crc32 of the payload
 HEADER_SIZE = _HEADER.size
@@ -193,10 +195,18 @@ def decode_shard(payload: bytes) -> tuple[Shard, int]:
     shard.timer_seq = image.timer_seq
     for shop_image in image.shops:
         shard.shops[shop_image.shop_id] = _restore_shop(shard, shop_image)
+    first: dict[tuple[str, int], tuple[int, int]] = {}  # the earliest table timer per shop
     for due, seq, kind, shop_id, key in image.timers:
+        if (kind == T_RECENT or kind == T_REQUEST) and key:  # a version 1 image
+            first[shop_id, kind] = min(first.get((shop_id, kind), (due, seq)), (due, seq))
+            continue
         shop = shard.shops[shop_id]
         target: Any = shop.sessions[key] if kind == T_SESSION else key
         shard.timers.append((due, seq, kind, shop, target))  # heap order kept
+    if first:  # version 1: one timer per shop and table stands for all its entries
+        for (shop_id, kind), (due, seq) in first.items():
+            shard.timers.append((due, seq, kind, shard.shops[shop_id], ""))
+        heapq.heapify(shard.timers)
     return shard, image.position
 
 
@@ -223,7 +233,7 @@ def _shop_image(shop: Shop) -> ShopImage:
         main=shop.main.agent_id if shop.main is not None else "",
         sessions=[_session_image(s) for s in shop.sessions.values()],
         left=list(shop.left),
-        recent=dict(shop.recent),
+        recent=shop.recent_contacts(),
         private=sorted(shop.private),
         notices=dict(shop.notices),
         requests=dict(shop.requests),
@@ -305,7 +315,9 @@ def _restore_shop(shard: Shard, image: ShopImage) -> Shop:
     shop.queue = sorted(
         (*shop.queue_key(s), s) for s in shop.sessions.values() if s.state is t.State.QUEUED
     )
-    shop.recent = {buyer: (agent_id, at) for buyer, (agent_id, at) in image.recent.items()}
+    # Oldest first (version 1 images kept the first insertion's place: sort, stably).
+    contacts = sorted(image.recent.items(), key=lambda item: item[1][1])
+    shop.recent = {buyer: shop.pack_contact(agent_id, at) for buyer, (agent_id, at) in contacts}
     shop.private = set(image.private)
     shop.notices = dict(image.notices)
     shop.requests = {rid: (decision, at) for rid, (decision, at) in image.requests.items()}

@@ -134,7 +134,7 @@ def dump_shop(shop: Shop) -> Any:
         sessions,
         [e[3].session_id for e in shop.queue],
         list(shop.left),
-        dict(shop.recent),
+        shop.recent_contacts(),
         sorted(shop.private),
         dict(shop.notices),
         {k: v for k, v in shop.requests.items()},

@@ -50,6 +50,9 @@ class Acked:
     end_sent: set[tuple[str, str]] = field(default_factory=set)
     status: dict[tuple[str, str], Status] = field(default_factory=dict)
     status_sent: dict[tuple[str, str], Status] = field(default_factory=dict)
+    # One status change in flight per agent: two concurrent ones may be applied in either
+    # order, and then neither reply says which status is the last.
+    status_locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     buyers: int = 0
 
 
@@ -89,9 +92,9 @@ async def one_change(fenliu: AsyncClient, rng: random.Random, acked: Acked) -> N
         acked.sessions[(shop, decision.session_id)] = buyer
     elif roll < 0.7:
         agent, status = rng.choice(AGENTS), rng.choice(list(Status))
-        acked.status_sent[(shop, agent)] = status
-        result = await fenliu.set_status(shop, agent, status)
-        if acked.status_sent.get((shop, agent)) is status:
+        async with acked.status_locks.setdefault((shop, agent), asyncio.Lock()):
+            acked.status_sent[(shop, agent)] = status
+            result = await fenliu.set_status(shop, agent, status)
             acked.status[(shop, agent)] = result.agent.status
     elif roll < 0.85:
         mine = [k for k in acked.sessions if k[0] == shop and k not in acked.end_sent]
@@ -115,6 +118,7 @@ async def one_change(fenliu: AsyncClient, rng: random.Random, acked: Acked) -> N
 
 
 async def load(target: str, rng: random.Random, acked: Acked, first: bool) -> None:
+    acked.status_locks.clear()  # locks belong to one event loop
     async with AsyncClient(target, retries=0, timeout=2) as fenliu:
         if first:
             for shop in SHOPS:
@@ -126,7 +130,8 @@ async def load(target: str, rng: random.Random, acked: Acked, first: bool) -> No
 
 
 async def verify(target: str, acked: Acked) -> None:
-    async with AsyncClient(target) as fenliu:
+    # A generous deadline: a loaded machine slows the answers, not what they say.
+    async with AsyncClient(target, timeout=30) as fenliu:
         limit = asyncio.Semaphore(32)
 
         async def check(shop: str, sid: str, buyer: str) -> None:

@@ -1,0 +1,135 @@
+"""RouteBatch's work in-process: decisions/s and where the time goes (SPEC §8: a batch path
+makes >= 150,000 decisions/s per process).
+
+    python bench/route_batch.py                        # 20 rounds of 1,000-item batches
+    python bench/route_batch.py --batch 1000 --rounds 50 --shops 100 --agents 10
+
+No network and no gRPC server: each round parses a serialized ``RouteBatchRequest`` (what
+grpc hands the servicer), awaits ``RoutingService.RouteBatch`` on one event loop with the
+journal off, and serializes the reply. Every item is a new buyer that the strategy
+assigns; the sessions are ended between rounds (not timed) so the shops stay in a steady
+state. The stages are also timed alone (best round of each), to show where time goes:
+
+- decode: ``RouteBatchRequest.FromString``;
+- convert: ``convert.route`` for each item;
+- core: ``Dispatcher.execute`` for each command (the routing itself);
+- encode: building the ``RouteBatchReply`` and serializing it.
+
+Prints one JSON record (decisions/s of the whole and of each stage alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import time
+from typing import Any
+
+from fenliu.client._pb import fenliu_pb2 as pb
+from fenliu.server.core.dispatcher import Dispatcher
+from fenliu.server.core.types import EndSessions, RegisterAgent, Status
+from fenliu.server.rpc import convert
+from fenliu.server.rpc.service import Core, RoutingService, route_batch_reply
+
+T0 = 1_700_000_000_000
+TARGET = 150_000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--shops", type=int, default=100)
+    parser.add_argument("--agents", type=int, default=10, help="per shop")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args)), indent=2))
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    dispatcher = Dispatcher()
+    shops = [f"shop{s}" for s in range(args.shops)]
+    for shop in shops:
+        for a in range(args.agents):
+            dispatcher.execute(
+                RegisterAgent(
+                    at=T0,
+                    shop_id=shop,
+                    agent_id=f"a{a}",
+                    max_concurrent=10_000,
+                    status=Status.ONLINE,
+                )
+            )
+    clock = itertools.count(T0)
+    core = Core(dispatcher, lambda: next(clock))
+    service = RoutingService(core)
+    ids = itertools.count()
+
+    def batch() -> bytes:
+        items = []
+        for _ in range(args.batch):
+            n = next(ids)
+            shop = shops[n % len(shops)]
+            items.append(pb.RouteRequest(shop_id=shop, buyer_id=f"b{n}", request_id=f"r{n}"))
+        return pb.RouteBatchRequest(requests=items).SerializeToString()
+
+    whole: list[float] = []
+    stages: dict[str, list[float]] = {"decode": [], "convert": [], "core": [], "encode": []}
+    for _ in range(args.rounds):
+        # The whole path, as the servicer runs it.
+        payload = batch()
+        start = time.perf_counter()
+        request = pb.RouteBatchRequest.FromString(payload)
+        reply = await service.RouteBatch(request, None)  # type: ignore[arg-type]
+        reply.SerializeToString()
+        whole.append(time.perf_counter() - start)
+        assert all(r.HasField("decision") for r in reply.results)
+        end_all(dispatcher, shops, reply, request)
+
+        # The same work stage by stage.
+        payload = batch()
+        t0 = time.perf_counter()
+        request = pb.RouteBatchRequest.FromString(payload)
+        t1 = time.perf_counter()
+        commands = [convert.route(item, T0) for item in request.requests]
+        t2 = time.perf_counter()
+        results = [dispatcher.execute(c) for c in commands]
+        dispatcher.drain_events()
+        t3 = time.perf_counter()
+        reply = route_batch_reply(results)
+        reply.SerializeToString()
+        t4 = time.perf_counter()
+        for name, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            stages[name].append(seconds)
+        end_all(dispatcher, shops, reply, request)
+
+    best = min(whole)
+    return {
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "shops": args.shops,
+        "agents_per_shop": args.agents,
+        "decisions_per_s": round(args.batch / best),
+        "target": TARGET,
+        "met": args.batch / best >= TARGET,
+        "stage_us_per_decision": {
+            name: round(min(v) / args.batch * 1e6, 2) for name, v in stages.items()
+        },
+    }
+
+
+def end_all(
+    dispatcher: Dispatcher, shops: list[str], reply: pb.RouteBatchReply, request: Any
+) -> None:
+    """End the batch's sessions (untimed): the shops stay in a steady state."""
+    for item, result in zip(request.requests, reply.results, strict=True):
+        command = EndSessions(
+            at=T0, shop_id=item.shop_id, session_ids=(result.decision.session_id,)
+        )
+        dispatcher.execute(command)
+    dispatcher.drain_events()
+
+
+if __name__ == "__main__":
+    main()
