@@ -8,6 +8,10 @@
     Unavailable            UNAVAILABLE (the journal could not be written)
     anything else          INTERNAL, logged, with a generic message
 
+    AccessError subclass   (refused before the call runs; not core errors)
+    Unauthenticated        UNAUTHENTICATED (no token, or an unknown one)
+    PermissionDenied       PERMISSION_DENIED (a shop outside the token's scope)
+
 A core error's message names the field; the field itself travels in the trailing
 metadata under ``fenliu-field`` (and in ``Error.field`` for RouteBatch items).
 """
@@ -39,6 +43,29 @@ CODES: dict[type[errors.FenliuError], grpc.StatusCode] = {
 }
 
 
+class AccessError(Exception):
+    """A caller refused by the call guard: ``message`` says why, ``field`` names the shop's."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class Unauthenticated(AccessError):
+    pass
+
+
+class PermissionDenied(AccessError):
+    pass
+
+
+ACCESS_CODES: dict[type[AccessError], grpc.StatusCode] = {
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
 class Failure(NamedTuple):
     """What a client is told about an error."""
 
@@ -57,7 +84,9 @@ def code_for(exc: BaseException) -> grpc.StatusCode | None:
 
 
 def failure(exc: Exception) -> Failure:
-    """A core error as it is; anything else logged and hidden behind INTERNAL."""
+    """A core or access error as it is; anything else logged and hidden behind INTERNAL."""
+    if isinstance(exc, AccessError):
+        return Failure(ACCESS_CODES[type(exc)], exc.message, exc.field)
     code = code_for(exc)
     if code is None or not isinstance(exc, errors.FenliuError):
         log.error("unexpected error while serving a call", exc_info=exc)
@@ -93,6 +122,11 @@ class abort_on_error:
     ) -> None:
         if not isinstance(exc, Exception) or isinstance(exc, grpc.aio.AbortError):
             return
-        code, message, field = failure(exc)
-        metadata = ((FIELD_KEY, field),) if field else ()
-        await self._context.abort(code, message, metadata)
+        await abort(self._context, exc)
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+    """End the call with ``failure(exc)``: its code, message and ``fenliu-field``."""
+    code, message, field = failure(exc)
+    metadata = ((FIELD_KEY, field),) if field else ()
+    await context.abort(code, message, metadata)
