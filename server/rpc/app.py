@@ -97,6 +97,10 @@ class Server:
         names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self._grpc)
 
+    def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
+        """Serve more services (before ``start``); the call guard covers them too."""
+        self._grpc.add_generic_rpc_handlers(handlers)
+
     def bind(self) -> int:
         """Listen on the configured host and port; returns the port (the one picked for 0).
 
