@@ -97,7 +97,9 @@ class Server:
         names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self._grpc)
 
-    def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
+    def add_generic_rpc_handlers(
+        self, handlers: tuple[grpc.GenericRpcHandler[Any, Any], ...]
+    ) -> None:
         """Serve more services (before ``start``); the call guard covers them too."""
         self._grpc.add_generic_rpc_handlers(handlers)
 
