@@ -18,6 +18,7 @@ cannot be checked up front, so it needs a token for every shop.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import time
@@ -39,9 +40,18 @@ OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 MAX_SHOPS_LOGGED = 5
 
+_caller: contextvars.ContextVar[Token | AccessError | None] = contextvars.ContextVar(
+    "fenliu_caller", default=None
+)
+
 
 class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """See the module docstring; ``authenticator`` None is auth off, ``metrics`` None off."""
+    """See the module docstring; ``authenticator`` None is auth off, ``metrics`` None off.
+
+    Per call, ``intercept_service`` only authenticates and notes the caller in a context
+    variable (grpc.aio runs the interceptor and the handler in the call's one task); the
+    wrapped handler of each method is built once.
+    """
 
     def __init__(
         self,
@@ -53,6 +63,7 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._auth = authenticator
         self._metrics = metrics
         self._access_log = access_log
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self,
@@ -65,127 +76,114 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         method = handler_call_details.method
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        token: Token | None = None
-        refusal: AccessError | None = None
         if self._auth is not None:
             try:
-                token = self._auth.authenticate(handler_call_details.invocation_metadata)
+                _caller.set(self._auth.authenticate(handler_call_details.invocation_metadata))
             except Unauthenticated as exc:
-                refusal = exc
-        call = _Call(self, method, token, refusal)
+                _caller.set(exc)
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            wrapped: grpc.RpcMethodHandler[Any, Any] = self._wrap(method, handler)
+            cached = self._wrapped[method] = (handler, wrapped)
+        return cached[1]
+
+    def _wrap(self, method: str, handler: Any) -> Any:
+        """``handler`` with its behaviour guarded (grpc's handlers are namedtuples)."""
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                call.unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return handler._replace(unary_unary=self._unary(method, handler.unary_unary, True))
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                call.unary_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if refusal is None and token is not None and token.shops is not None:
-            refusal = PermissionDenied(
-                f"{method} streams requests: it needs a token for every shop", "shop_id"
-            )
+            inner = handler.unary_stream
+            return handler._replace(unary_stream=self._streaming(method, inner, True))
         if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                call.unary(handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        assert handler.stream_stream is not None
-        return grpc.stream_stream_rpc_method_handler(
-            call.unary_stream(handler.stream_stream),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+            return handler._replace(stream_unary=self._unary(method, handler.stream_unary, False))
+        inner = handler.stream_stream
+        return handler._replace(stream_stream=self._streaming(method, inner, False))
 
+    def _unary(self, method: str, inner: Callable[..., Any], checked: bool) -> Callable[..., Any]:
+        """``inner`` guarded; ``checked``: its one request can be checked up front."""
+        metrics = self._metrics
 
-class _Call:
-    """One call being guarded: what it is, who made it, and how it ended."""
-
-    __slots__ = ("guard", "method", "token", "refusal", "started", "code")
-
-    def __init__(
-        self, guard: CallGuard, method: str, token: Token | None, refusal: AccessError | None
-    ) -> None:
-        self.guard = guard
-        self.method = method
-        self.token = token
-        self.refusal = refusal
-        self.started = 0.0
-        self.code = "OK"
-
-    def unary(self, inner: Callable[..., Any]) -> Callable[..., Any]:
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            self._begin(request)
+            started = time.perf_counter()
+            code = "OK"
+            caller = _caller.get()
             try:
-                self._admit(request)
+                self._admit(method, request if checked else None, caller)
                 response = await inner(request, context)
-                if self.guard._metrics is not None:
-                    self.guard._metrics.observe_response(response)
+                if metrics is not None:
+                    metrics.observe_response(response)
                 return response
             except AccessError as exc:
-                self.code = ACCESS_CODES[type(exc)].name
+                code = ACCESS_CODES[type(exc)].name
                 await abort(context, exc)
             except BaseException as exc:
-                self.code = _code_of(exc, context)
+                code = _code_of(exc, context)
                 raise
             finally:
-                self._end()
+                self._end(method, code, started, caller)
 
         return guarded
 
-    def unary_stream(self, inner: Callable[..., Any]) -> Callable[..., Any]:
+    def _streaming(
+        self, method: str, inner: Callable[..., Any], checked: bool
+    ) -> Callable[..., Any]:
         if not inspect.isasyncgenfunction(inner):  # writes with context.write
-            return self.unary(inner)
+            return self._unary(method, inner, checked)
 
         async def guarded(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            self._begin(request)
+            started = time.perf_counter()
+            code = "OK"
+            caller = _caller.get()
             try:
-                self._admit(request)
+                self._admit(method, request if checked else None, caller)
                 async for response in inner(request, context):
                     yield response
             except AccessError as exc:
-                self.code = ACCESS_CODES[type(exc)].name
+                code = ACCESS_CODES[type(exc)].name
                 await abort(context, exc)
             except BaseException as exc:
-                self.code = _code_of(exc, context)
+                code = _code_of(exc, context)
                 raise
             finally:
-                self._end()
+                self._end(method, code, started, caller)
 
         return guarded
 
-    def _begin(self, request: Any) -> None:
-        self.started = time.perf_counter()
-        call_method.set(self.method)  # each call runs in its own task: its own context
-        if hasattr(request, "DESCRIPTOR"):
-            shops = dict.fromkeys(shop for _, shop in shops_of(request))
-            if shops:
-                call_shop.set(",".join(list(shops)[:MAX_SHOPS_LOGGED]))
+    def _admit(self, method: str, request: Any, caller: Token | AccessError | None) -> None:
+        """Set the call's log context; raise if the caller may not make this call."""
+        call_method.set(method)
+        shops = shops_of(request) if request is not None else []
+        if shops:
+            call_shop.set(
+                shops[0][1] if len(shops) == 1
+                else ",".join(list(dict.fromkeys(s for _, s in shops))[:MAX_SHOPS_LOGGED])
+            )  # fmt: skip
+        if caller is None:
+            if self._auth is not None:  # unreachable: auth on always notes the caller
+                raise Unauthenticated("no credentials")
+            return
+        if isinstance(caller, AccessError):
+            raise caller
+        if caller.shops is not None:
+            if request is None:
+                raise PermissionDenied(
+                    f"{method} streams requests: it needs a token for every shop", "shop_id"
+                )
+            check_scope(caller, shops)
 
-    def _admit(self, request: Any) -> None:
-        if self.refusal is not None:
-            raise self.refusal
-        token = self.token
-        if token is not None and token.shops is not None and hasattr(request, "DESCRIPTOR"):
-            check_scope(token, shops_of(request))
-
-    def _end(self) -> None:
-        seconds = time.perf_counter() - self.started
-        guard = self.guard
-        if guard._metrics is not None:
-            guard._metrics.observe_call(self.method, self.code, seconds)
-        if guard._access_log:
-            extra: dict[str, Any] = {"code": self.code, "duration_ms": round(seconds * 1e3, 3)}
-            if self.token is not None:
-                extra["token"] = self.token.name
-            access.info("%s %s", self.method, self.code, extra=extra)
+    def _end(
+        self, method: str, code: str, started: float, caller: Token | AccessError | None
+    ) -> None:
+        seconds = time.perf_counter() - started
+        if self._metrics is not None:
+            self._metrics.observe_call(method, code, seconds)
+        if self._access_log:
+            extra: dict[str, Any] = {"code": code, "duration_ms": round(seconds * 1e3, 3)}
+            if isinstance(caller, Token):
+                extra["token"] = caller.name
+            access.info("%s %s", method, code, extra=extra)
 
 
 def _code_of(exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]) -> str:
