@@ -88,16 +88,22 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return cached[1]
 
     def _wrap(self, method: str, handler: Any) -> Any:
-        """``handler`` with its behaviour guarded (grpc's handlers are namedtuples)."""
+        """``handler`` with its behaviour guarded, the (de)serializers kept."""
+        codec = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._unary(method, handler.unary_unary, True))
+            guarded = self._unary(method, handler.unary_unary, True)
+            return grpc.unary_unary_rpc_method_handler(guarded, **codec)
         if handler.unary_stream is not None:
-            inner = handler.unary_stream
-            return handler._replace(unary_stream=self._streaming(method, inner, True))
+            guarded = self._streaming(method, handler.unary_stream, True)
+            return grpc.unary_stream_rpc_method_handler(guarded, **codec)
         if handler.stream_unary is not None:
-            return handler._replace(stream_unary=self._unary(method, handler.stream_unary, False))
-        inner = handler.stream_stream
-        return handler._replace(stream_stream=self._streaming(method, inner, False))
+            guarded = self._unary(method, handler.stream_unary, False)
+            return grpc.stream_unary_rpc_method_handler(guarded, **codec)
+        guarded = self._streaming(method, handler.stream_stream, False)
+        return grpc.stream_stream_rpc_method_handler(guarded, **codec)
 
     def _unary(self, method: str, inner: Callable[..., Any], checked: bool) -> Callable[..., Any]:
         """``inner`` guarded; ``checked``: its one request can be checked up front."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -126,15 +127,22 @@ async def _follow(request: pb.ListTeamRequest, context: Any) -> AsyncIterator[pb
         yield pb.Empty()
 
 
+async def _collect(requests: AsyncIterator[pb.ListTeamRequest], context: Any) -> pb.Empty:
+    async for _ in requests:
+        pass
+    return pb.Empty()
+
+
 async def _stream_calls() -> dict[str, Any]:
+    codec: dict[str, Any] = {
+        "request_deserializer": pb.ListTeamRequest.FromString,
+        "response_serializer": pb.Empty.SerializeToString,
+    }
     handler = grpc.method_handlers_generic_handler(
         "test.Watch",
         {
-            "Follow": grpc.unary_stream_rpc_method_handler(
-                _follow,
-                request_deserializer=pb.ListTeamRequest.FromString,
-                response_serializer=pb.Empty.SerializeToString,
-            )
+            "Follow": grpc.unary_stream_rpc_method_handler(_follow, **codec),
+            "Collect": grpc.stream_unary_rpc_method_handler(_collect, **codec),
         },
     )
     server = Server(Config(host="127.0.0.1", port=0, shards=1, tokens=(GATEWAY, DESK)))
@@ -159,6 +167,18 @@ async def _stream_calls() -> dict[str, Any]:
                 outcomes[name] = len(replies)
             except grpc.aio.AioRpcError as exc:
                 outcomes[name] = exc.code()
+        collect = channel.stream_unary(
+            "/test.Watch/Collect",
+            request_serializer=pb.ListTeamRequest.SerializeToString,
+            response_deserializer=pb.Empty.FromString,
+        )
+        requests = [pb.ListTeamRequest(shop_id="shop-a")]
+        for name, token in [("collect-scoped", DESK), ("collect-all", GATEWAY)]:
+            metadata = [("authorization", f"Bearer {token.secret}")]
+            try:
+                outcomes[name] = await collect(iter(requests), metadata=metadata)
+            except grpc.aio.AioRpcError as exc:
+                outcomes[name] = exc.code()
     return outcomes
 
 
@@ -167,4 +187,18 @@ def test_server_streams_are_guarded_too() -> None:
         "own": 3,
         "other": grpc.StatusCode.PERMISSION_DENIED,
         "none": grpc.StatusCode.UNAUTHENTICATED,
+        # A client stream's requests cannot be checked up front: every-shop tokens only.
+        "collect-scoped": grpc.StatusCode.PERMISSION_DENIED,
+        "collect-all": pb.Empty(),
     }
+
+
+def test_the_log_says_whether_auth_is_on(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="fenliu.server")
+    with ServerThread(Config(shards=1)):
+        pass
+    with ServerThread(Config(shards=1, tokens=(GATEWAY,))):
+        pass
+    messages = [r.getMessage() for r in caplog.records if r.name == "fenliu.server"]
+    assert any(m.startswith("auth is OFF: any caller may touch any shop") for m in messages)
+    assert "auth is on: 1 tokens; health and reflection stay open" in messages
