@@ -160,8 +160,8 @@ class Server:
         if journal is not None:
             await self._snapshot(journal)  # a quick start next time
             journal.close()
-        if self.metrics is not None:
-            self.metrics.close()
+        if self.metrics is not None:  # off the loop: a scrape in progress may wait on it
+            await asyncio.to_thread(self.metrics.close)
 
     async def __aenter__(self) -> Server:
         await self.start()
