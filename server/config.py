@@ -32,7 +32,9 @@ class Token:
         if not isinstance(self.secret, str) or len(self.secret) < 8:
             raise ValueError(f"auth.tokens[{self.name}] token must be at least 8 characters")
         if self.secret != self.secret.strip() or not self.secret.isprintable():
-            raise ValueError(f"auth.tokens[{self.name}] token must be printable, without spaces")
+            raise ValueError(
+                f"auth.tokens[{self.name}] token must be printable, not padded with spaces"
+            )
         if self.shops is not None and not self.shops:
             raise ValueError(f"auth.tokens[{self.name}] shops must name a shop or '*'")
 

@@ -124,8 +124,8 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ValueError as exc:
         message = str(exc)
         first = message.split()[0].split("[")[0].split(".")[0]
-        source = sources.get("tokens" if first == "auth" else first, "default")
-        raise ConfigError(f"{message} (from {source})") from None
+        source = sources.get("tokens" if first == "auth" else first)
+        raise ConfigError(f"{message} (from {source})" if source else message) from None
 
 
 def _parse(key: Key, raw: str, source: str) -> Any:
