@@ -213,14 +213,14 @@ class Server:
         return seconds
 
 
-def _interceptors(config: Config, metrics: Metrics | None) -> list[CallGuard]:
-    """The call guard, if anything needs it; with nothing on, a call pays for nothing."""
+def _interceptors(config: Config, metrics: Metrics | None) -> list[CallGuard] | None:
+    """The call guard, if anything needs it; with nothing on (None), a call pays for nothing."""
     if config.auth:
         log.info("auth is on: %d tokens; health and reflection stay open", len(config.tokens))
     else:
         log.warning("auth is OFF: any caller may touch any shop (configure [[auth.tokens]])")
     if not (config.auth or metrics or config.access_log or config.log_format == "json"):
-        return []
+        return None
     authenticator = Authenticator(config.tokens) if config.auth else None
     return [CallGuard(authenticator=authenticator, metrics=metrics, access_log=config.access_log)]
 
