@@ -22,6 +22,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import grpc
+
 from ._client import DEFAULT_TARGET, DEFAULT_TIMEOUT, Client
 from ._errors import DeadlineExceeded, FenliuError, Unavailable
 from ._types import Event, OnQueueFull, QueueOrder, QueueSort, Role, Status, Strategy
@@ -155,6 +157,18 @@ def _parser() -> argparse.ArgumentParser:
         "--target",
         default=os.environ.get("FENLIU_TARGET", DEFAULT_TARGET),
         help=f"server address (env FENLIU_TARGET, default {DEFAULT_TARGET})",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("FENLIU_TOKEN"),
+        help="bearer token, when the server has auth on (env FENLIU_TOKEN)",
+    )
+    p.add_argument("--tls", action="store_true", help="TLS, verified by the system's roots")
+    p.add_argument(
+        "--tls-ca",
+        default=os.environ.get("FENLIU_TLS_CA"),
+        metavar="PEM",
+        help="TLS, verified by this CA bundle (env FENLIU_TLS_CA)",
     )
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="deadline, seconds")
@@ -319,10 +333,24 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _tls(args: argparse.Namespace) -> bool | grpc.ChannelCredentials:
+    if args.tls_ca:
+        with open(args.tls_ca, "rb") as file:
+            return grpc.ssl_channel_credentials(root_certificates=file.read())
+    return bool(args.tls)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        with Client(args.target, timeout=args.timeout, retries=1) as client:
+        tls = _tls(args)
+    except OSError as exc:
+        print(f"fenliu: cannot read --tls-ca {args.tls_ca}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        with Client(
+            args.target, timeout=args.timeout, retries=1, token=args.token, tls=tls
+        ) as client:
             result = args.handler(client, args)
     except (Unavailable, DeadlineExceeded) as exc:
         print(f"fenliu: cannot reach {args.target}: {exc.message}", file=sys.stderr)

@@ -60,6 +60,13 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def _channel(target: str, tls: bool | grpc.ChannelCredentials) -> grpc.aio.Channel:
+    if tls is False:
+        return grpc.aio.insecure_channel(target)
+    credentials = grpc.ssl_channel_credentials() if tls is True else tls
+    return grpc.aio.secure_channel(target, credentials)
+
+
 class AsyncClient:
     """The asynchronous SDK. Use ``async with AsyncClient(target) as fenliu:``.
 
@@ -75,8 +82,13 @@ class AsyncClient:
         backoff: float = 0.05,
         metadata: Sequence[tuple[str, str]] = (),
         channel: grpc.aio.Channel | None = None,
+        token: str | None = None,
+        tls: bool | grpc.ChannelCredentials = False,
     ) -> None:
-        self._channel = channel or grpc.aio.insecure_channel(target)
+        """``token`` is sent as ``authorization: Bearer <token>`` on every call. ``tls``:
+        True verifies the server against the system's roots; for a private CA or a client
+        certificate pass ``grpc.ssl_channel_credentials(...)``."""
+        self._channel = channel or _channel(target, tls)
         self._presence = pb_grpc.PresenceStub(self._channel)
         self._routing = pb_grpc.RoutingStub(self._channel)
         self._queue = pb_grpc.QueueStub(self._channel)
@@ -84,6 +96,8 @@ class AsyncClient:
         self.retries = retries
         self.backoff = backoff
         self.metadata = tuple(metadata)
+        if token is not None:
+            self.metadata += (("authorization", f"Bearer {token}"),)
 
     async def close(self) -> None:
         await self._channel.close(None)
@@ -502,6 +516,8 @@ class Client:
         retries: int = DEFAULT_RETRIES,
         backoff: float = 0.05,
         metadata: Sequence[tuple[str, str]] = (),
+        token: str | None = None,
+        tls: bool | grpc.ChannelCredentials = False,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -511,8 +527,9 @@ class Client:
 
         async def make() -> AsyncClient:
             return AsyncClient(
-                target, timeout=timeout, retries=retries, backoff=backoff, metadata=metadata
-            )
+                target, timeout=timeout, retries=retries, backoff=backoff, metadata=metadata,
+                token=token, tls=tls,
+            )  # fmt: skip
 
         self._async = self._run(make())
 

@@ -1,4 +1,7 @@
-"""The server's settings: a frozen dataclass checked field by field when it is built."""
+"""The server's settings: a frozen dataclass checked field by field when it is built.
+
+``options.py`` builds one from defaults, a TOML file, the environment and flags.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,36 @@ import math
 
 MAX_PORT = 65_535
 MAX_SHARDS = 4096
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+ALL_SHOPS = "*"
+
+
+@dataclasses.dataclass(frozen=True)
+class Token:
+    """A caller's bearer token and the shops it may touch (``None``: every shop).
+
+    The secret never appears in a repr or a log line; ``name`` does.
+    """
+
+    name: str
+    secret: str = dataclasses.field(repr=False)
+    shops: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"auth.tokens name must be a non-empty string (got {self.name!r})")
+        if not isinstance(self.secret, str) or len(self.secret) < 8:
+            raise ValueError(f"auth.tokens[{self.name}] token must be at least 8 characters")
+        if self.secret != self.secret.strip() or not self.secret.isprintable():
+            raise ValueError(
+                f"auth.tokens[{self.name}] token must be printable, not padded with spaces"
+            )
+        if self.shops is not None and not self.shops:
+            raise ValueError(f"auth.tokens[{self.name}] shops must name a shop or '*'")
+
+    def allows(self, shop_id: str) -> bool:
+        return self.shops is None or shop_id in self.shops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,7 +47,7 @@ class Config:
     """How to run one fenliu server process.
 
     Raises:
-        ValueError: a field is out of range; the message names the field.
+        ValueError: a field is out of range; the message starts with the field's name.
     """
 
     host: str = "127.0.0.1"
@@ -25,26 +58,76 @@ class Config:
     data_dir: str = ""  # the journal and snapshots; "" keeps state in memory only
     fsync: bool = True  # off only for benchmarks: an acknowledged change may then be lost
     snapshot_interval_s: float = 300.0  # how often each shard is snapshotted
+    metrics_host: str = ""  # "" listens on ``host``
+    metrics_port: int = 0  # Prometheus metrics over HTTP; 0 is off
+    log_format: str = "text"  # or "json": one object per line
+    log_level: str = "info"
+    access_log: bool = False  # one line per call: method, shop, code, duration
+    tls_cert: str = ""  # PEM certificate chain; with tls_key the port speaks TLS only
+    tls_key: str = ""
+    tls_client_ca: str = ""  # PEM CA bundle: clients must present a certificate it signed
+    tokens: tuple[Token, ...] = ()  # none: auth is off
 
     def __post_init__(self) -> None:
-        _check_host(self.host)
+        _check_host(self.host, "host")
         _check_int(self.port, "port", 0, MAX_PORT)
         _check_int(self.shards, "shards", 1, MAX_SHARDS)
         _check_seconds(self.tick_interval_s, "tick_interval_s", positive=True)
         _check_seconds(self.grace_s, "grace_s", positive=False)
         _check_seconds(self.snapshot_interval_s, "snapshot_interval_s", positive=True)
-        if not isinstance(self.data_dir, str):
-            raise ValueError(f"data_dir must be a path (got {self.data_dir!r})")
+        for name in ("data_dir", "tls_cert", "tls_key", "tls_client_ca"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a path (got {getattr(self, name)!r})")
+        for name in ("fsync", "access_log"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false (got {getattr(self, name)!r})")
+        if self.metrics_host:
+            _check_host(self.metrics_host, "metrics_host")
+        _check_int(self.metrics_port, "metrics_port", 0, MAX_PORT)
+        _check_choice(self.log_format, "log_format", LOG_FORMATS)
+        _check_choice(self.log_level, "log_level", LOG_LEVELS)
+        if bool(self.tls_cert) != bool(self.tls_key):
+            missing = "tls_key" if self.tls_cert else "tls_cert"
+            raise ValueError(
+                f"{missing} must be set with {'tls_cert' if self.tls_cert else 'tls_key'}"
+            )
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
+        _check_tokens(self.tokens)
+
+    @property
+    def auth(self) -> bool:
+        """Whether callers must present a token."""
+        return bool(self.tokens)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
 
 
-def _check_host(value: str) -> None:
+def _check_tokens(tokens: tuple[Token, ...]) -> None:
+    if not isinstance(tokens, tuple) or not all(isinstance(t, Token) for t in tokens):
+        raise ValueError("tokens must be a tuple of Token")
+    names = [t.name for t in tokens]
+    if len(set(names)) != len(names):
+        raise ValueError("auth.tokens names must be unique")
+    if len({t.secret for t in tokens}) != len(tokens):
+        raise ValueError("auth.tokens token values must be unique")
+
+
+def _check_host(value: str, field: str) -> None:
     if not isinstance(value, str) or not value.strip() or value != value.strip():
-        raise ValueError(f"host must be a non-empty name or address (got {value!r})")
+        raise ValueError(f"{field} must be a non-empty name or address (got {value!r})")
 
 
 def _check_int(value: int, field: str, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"{field} must be an integer in {low}..{high} (got {value!r})")
+
+
+def _check_choice(value: str, field: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{field} must be one of {', '.join(choices)} (got {value!r})")
 
 
 def _check_seconds(value: float, field: str, *, positive: bool) -> None:

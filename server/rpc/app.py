@@ -31,6 +31,9 @@ from ..config import Config
 from ..core import types as t
 from ..core.dispatcher import Dispatcher
 from ..storage.journal import Journal
+from .auth import Authenticator
+from .guard import CallGuard
+from .metrics import Metrics
 from .monitor import add_monitor
 from .service import Clock, Core, EventSink, add_services, discard
 from .watch import Hub
@@ -86,13 +89,23 @@ class Server:
         self._snapshotter: asyncio.Task[None] | None = None
         self.port: int | None = None
         self._health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        self._grpc = grpc.aio.server(options=_OPTIONS)
+        self.metrics = Metrics(self.dispatcher) if self.config.metrics_port else None
+        if self.metrics is not None and self.journal is not None:
+            self.journal.observe_fsync(self.metrics.fsync.observe)
+        self._grpc = grpc.aio.server(interceptors=_interceptors(self.config, self.metrics),
+                                     options=_OPTIONS)  # fmt: skip
         self._ticker: asyncio.Task[None] | None = None
         add_services(self._grpc, self.core)
         add_monitor(self._grpc, self.core, self.hub)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self._grpc)
+
+    def add_generic_rpc_handlers(
+        self, handlers: tuple[grpc.GenericRpcHandler[Any, Any], ...]
+    ) -> None:
+        """Serve more services (before ``start``); the call guard covers them too."""
+        self._grpc.add_generic_rpc_handlers(handlers)
 
     def bind(self) -> int:
         """Listen on the configured host and port; returns the port (the one picked for 0).
@@ -103,7 +116,10 @@ class Server:
         host, port = self.config.host, self.config.port
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            bound = self._grpc.add_insecure_port(address)
+            if self.config.tls:
+                bound = self._grpc.add_secure_port(address, _credentials(self.config))
+            else:
+                bound = self._grpc.add_insecure_port(address)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {address}: {exc}") from None
         if not bound:
@@ -115,6 +131,14 @@ class Server:
         """Bind if not bound yet, start serving and ticking, then report SERVING."""
         if self.port is None:
             self.bind()
+        if self.metrics is not None and self.metrics.port is None:
+            host = self.config.metrics_host or self.config.host
+            try:
+                self.metrics.serve(host, self.config.metrics_port)
+            except OSError as exc:
+                raise OSError(f"metrics cannot listen on {host}:{self.config.metrics_port}: "
+                              f"{exc.strerror}") from None  # fmt: skip
+            log.info("metrics on http://%s:%d/metrics", host, self.metrics.port)
         await self._set_health(_NOT_SERVING)
         await self._grpc.start()
         self._ticker = asyncio.create_task(self._tick_forever(), name="fenliu-ticker")
@@ -139,8 +163,10 @@ class Server:
         self._ticker = self._snapshotter = None
         journal, self.journal = self.journal, None  # a second stop() must not close it twice
         if journal is not None:
-            await journal.snapshot()  # a quick start next time
+            await self._snapshot(journal)  # a quick start next time
             journal.close()
+        if self.metrics is not None:  # off the loop: a scrape in progress may wait on it
+            await asyncio.to_thread(self.metrics.close)
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -175,13 +201,54 @@ class Server:
         assert self.journal is not None
         while True:
             await asyncio.sleep(self.config.snapshot_interval_s)
-            started = time.perf_counter()
             try:
-                await self.journal.snapshot(fork=True)
+                seconds = await self._snapshot(self.journal, fork=True)
             except OSError as exc:
                 log.error("a snapshot failed: %s", exc)
                 continue
-            log.info("snapshot of all shards took %.3fs", time.perf_counter() - started)
+            log.info("snapshot of all shards took %.3fs", seconds)
+
+    async def _snapshot(self, journal: Journal, *, fork: bool = False) -> float:
+        """Snapshot every shard; returns (and with metrics, records) how long it took."""
+        started = time.perf_counter()
+        await journal.snapshot(fork=fork)
+        seconds = time.perf_counter() - started
+        if self.metrics is not None:
+            self.metrics.snapshot.observe(seconds)
+        return seconds
+
+
+def _interceptors(config: Config, metrics: Metrics | None) -> list[CallGuard] | None:
+    """The call guard, if anything needs it; with nothing on (None), a call pays for nothing."""
+    if config.auth:
+        log.info("auth is on: %d tokens; health and reflection stay open", len(config.tokens))
+    else:
+        log.warning("auth is OFF: any caller may touch any shop (configure [[auth.tokens]])")
+    if not (config.auth or metrics or config.access_log or config.log_format == "json"):
+        return None
+    authenticator = Authenticator(config.tokens) if config.auth else None
+    return [CallGuard(authenticator=authenticator, metrics=metrics, access_log=config.access_log)]
+
+
+def _credentials(config: Config) -> grpc.ServerCredentials:
+    """TLS from the PEM files; with ``tls_client_ca`` clients must present a certificate.
+
+    Raises:
+        OSError: a file cannot be read; the message names its key.
+    """
+    pem: dict[str, bytes] = {}
+    for key in ("tls_cert", "tls_key", "tls_client_ca"):
+        path = getattr(config, key)
+        if path:
+            try:
+                pem[key] = Path(path).read_bytes()
+            except OSError as exc:
+                raise OSError(f"{key}: cannot read {path}: {exc.strerror}") from None
+    return grpc.ssl_server_credentials(
+        [(pem["tls_key"], pem["tls_cert"])],
+        root_certificates=pem.get("tls_client_ca"),
+        require_client_auth="tls_client_ca" in pem,
+    )
 
 
 class _Signals:
@@ -226,6 +293,8 @@ async def serve(
     try:
         server = Server(config, now_ms=now_ms, events=events)
         await server.start()
+        if config.tls:
+            log.info("TLS is on%s", " with client certificates" if config.tls_client_ca else "")
         log.info("fenliu serving on %s:%d", config.host, server.port)
         await signals.drain.wait()
         await _drain(server, signals)
@@ -248,8 +317,9 @@ class ServerThread:
     """A real server on 127.0.0.1 and a free port, in a thread with its own event loop.
 
     ``with ServerThread() as server:`` gives ``server.port``, ``server.target``
-    (``"127.0.0.1:PORT"``) and ``server.dispatcher``. ``config`` supplies shards, tick
-    interval and grace; its host and port are replaced by 127.0.0.1 and 0.
+    (``"127.0.0.1:PORT"``), ``server.dispatcher`` and, with metrics on,
+    ``server.metrics_port``. ``config`` supplies everything else (shards, tick interval,
+    grace, auth, metrics, TLS); its host and port are replaced by 127.0.0.1 and 0.
     """
 
     def __init__(
@@ -265,6 +335,7 @@ class ServerThread:
         self.dispatcher = dispatcher or Dispatcher(self.config.shards)
         self.port = 0
         self.target = ""
+        self.metrics_port: int | None = None
         self._now_ms = now_ms
         self._events = events
         self._timeout = timeout
@@ -343,5 +414,6 @@ class ServerThread:
             self._server = server
             self.port = server.port or 0
             self.target = f"127.0.0.1:{self.port}"
+            self.metrics_port = server.metrics.port if server.metrics is not None else None
             self._ready.set()
             await self._stopping.wait()

@@ -8,6 +8,10 @@
     Unavailable           UNAVAILABLE          none more (the journal could not be written)
     anything else         INTERNAL, logged, with a generic message and no details
 
+    AccessError subclass   (refused before the call runs; not core errors)
+    Unauthenticated        UNAUTHENTICATED (no token, or an unknown one)
+    PermissionDenied       PERMISSION_DENIED (a shop outside the token's scope)
+
 Every core error also gets an ErrorInfo first: ``reason`` (the core error's stable
 code), ``domain`` "fenliu", ``metadata`` {"field", "subject"} when set. The details travel
 as a ``google.rpc.Status`` in the ``grpc-status-details-bin`` trailing metadata (and in
@@ -96,6 +100,29 @@ DETAILS: dict[type[errors.FenliuError], Callable[[errors.FenliuError], list[Mess
 """The code-specific details of each class in ``CODES`` (the same keys)."""
 
 
+class AccessError(Exception):
+    """A caller refused by the call guard: ``message`` says why, ``field`` names the shop's."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class Unauthenticated(AccessError):
+    pass
+
+
+class PermissionDenied(AccessError):
+    pass
+
+
+ACCESS_CODES: dict[type[AccessError], grpc.StatusCode] = {
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
 class Failure(NamedTuple):
     """What a client is told about an error."""
 
@@ -128,7 +155,9 @@ def details_for(exc: errors.FenliuError) -> tuple[Message, ...]:
 
 
 def failure(exc: Exception) -> Failure:
-    """A core error as it is; anything else logged and hidden behind INTERNAL."""
+    """A core or access error as it is; anything else logged and hidden behind INTERNAL."""
+    if isinstance(exc, AccessError):
+        return Failure(ACCESS_CODES[type(exc)], exc.message, exc.field)
     code = code_for(exc)
     if code is None or not isinstance(exc, errors.FenliuError):
         log.error("unexpected error while serving a call", exc_info=exc)
@@ -195,5 +224,10 @@ class abort_on_error:
     ) -> None:
         if not isinstance(exc, Exception) or isinstance(exc, grpc.aio.AbortError):
             return
-        failed = failure(exc)
-        await self._context.abort(failed.code, failed.message, trailing_metadata(failed))
+        await abort(self._context, exc)
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+    """End the call with ``failure(exc)``: its code, message, ``fenliu-field`` and details."""
+    failed = failure(exc)
+    await context.abort(failed.code, failed.message, trailing_metadata(failed))

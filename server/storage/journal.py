@@ -44,6 +44,7 @@ class ShardWriter:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # fsyncs done, for the group-commit figures
         self.records = 0
+        self.on_fsync: Callable[[float], None] | None = None  # seconds per write + fsync
 
     def submit(self, payload: bytes) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -67,9 +68,12 @@ class ShardWriter:
                 data = b"".join(records)
                 try:
                     if self.files.fsync:  # the slow part runs off the loop
+                        started = time.perf_counter()
                         await loop.run_in_executor(
                             self._executor, self.files.append, data, len(records)
                         )
+                        if self.on_fsync is not None:
+                            self.on_fsync(time.perf_counter() - started)
                     else:  # a write to the page cache is cheaper than a thread hop
                         self.files.append(data, len(records))
                 except OSError as exc:
@@ -118,6 +122,11 @@ class Journal:
             "recovered %d shards (%d journal records) from %s in %.2fs",
             len(self.writers), records, self.root, time.perf_counter() - started,
         )  # fmt: skip
+
+    def observe_fsync(self, observer: Callable[[float], None]) -> None:
+        """Call ``observer`` with the seconds each group commit's write + fsync took."""
+        for writer in self.writers:
+            writer.on_fsync = observer
 
     def submit(self, shard: Shard, payload: bytes) -> asyncio.Future[None]:
         return self.writers[shard.index].submit(payload)

@@ -11,6 +11,9 @@ import pytest
 
 from fenliu.client import Client
 from fenliu.client._cli import main
+from fenliu.server.config import Config, Token
+from fenliu.server.rpc.app import ServerThread
+from tests.server.rpc.test_tls import self_signed
 
 
 def run(target: str, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -102,3 +105,25 @@ def test_stats_and_watch(target: str, capsys: pytest.CaptureFixture[str]) -> Non
     assert json.loads(out)["window"]["assigned"] == 1
     code, _, err = run(target, capsys, "stats", "cli-watch", "--window", "61")
     assert code == 1 and "window_minutes" in err
+
+
+def test_token_and_tls_ca(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key, _ = self_signed(tmp_path, "server")
+    token = Token("ops", "ops-secret-123", frozenset({"cli-auth"}))
+    config = Config(shards=1, grace_s=1, tls_cert=str(cert), tls_key=str(key), tokens=(token,))
+    with ServerThread(config) as server:
+        target = server.target
+        code, _, err = run(target, capsys, "--tls-ca", str(cert), "team", "cli-auth")
+        assert code == 1 and "UNAUTHENTICATED" in err
+        monkeypatch.setenv("FENLIU_TOKEN", token.secret)  # read when the parser is built
+        code, _, _ = run(
+            target, capsys, "--tls-ca", str(cert), "agent", "register", "cli-auth", "a1"
+        )
+        code, out, _ = run(target, capsys, "--tls-ca", str(cert), "--json", "team", "cli-auth")
+        assert code == 0 and [a["agent_id"] for a in json.loads(out)] == ["a1"]
+        code, _, err = run(target, capsys, "--tls-ca", str(cert), "team", "other-shop")
+        assert code == 1 and "PERMISSION_DENIED" in err
+        code, _, err = run(target, capsys, "--tls-ca", str(tmp_path / "nope.pem"), "team", "x")
+        assert code == 2 and "cannot read --tls-ca" in err
