@@ -323,6 +323,7 @@ class LoadSpec:
     concurrency: int = 64
     inflight_cap: int = 2000
     buyers: int = 1_000_000
+    churn: bool = True  # acknowledge, reply, end sessions and flip statuses alongside
     hold_s: float = 1.0  # how long a session stays open before the churn ends it
     status_churn_per_s: float = 20.0
     window_ms: int = 100
@@ -439,7 +440,9 @@ async def drive(spec: LoadSpec) -> Result:
         echo = channel.unary_unary(ECHO)
         churn = _Churn(spec, channel, result)
         stop = asyncio.Event()
-        churn_task = asyncio.ensure_future(churn.run(stop)) if spec.kind == "route" else None
+        churn_task = (
+            asyncio.ensure_future(churn.run(stop)) if spec.kind == "route" and spec.churn else None
+        )
 
         def record(start: float, scheduled: float, done: float) -> None:
             latency = done - scheduled
@@ -485,7 +488,9 @@ async def drive(spec: LoadSpec) -> Result:
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
             if inflight:
-                await asyncio.wait(inflight, timeout=spec.timeout_s + 1)
+                # every call has its own deadline, so this ends; waiting less would
+                # cancel calls on close and count them as CANCELLED
+                await asyncio.wait(inflight)
         else:
             deadline = start + spec.schedule.seconds
 

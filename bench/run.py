@@ -323,7 +323,9 @@ def schedule_of(args: argparse.Namespace) -> Schedule:
     return Schedule(args.rate, args.seconds, tuple(args.bursts), 1.0, args.burst_factor)
 
 
-def spec_of(args: argparse.Namespace, target: str, kind: str, mode: str) -> LoadSpec:
+def spec_of(
+    args: argparse.Namespace, target: str, kind: str, mode: str, churn: bool = True
+) -> LoadSpec:
     return LoadSpec(
         target=target,
         kind=kind,
@@ -334,6 +336,7 @@ def spec_of(args: argparse.Namespace, target: str, kind: str, mode: str) -> Load
         inflight_cap=args.inflight_cap,
         buyers=args.buyers,
         hold_s=args.hold,
+        churn=churn and not args.no_churn,
         status_churn_per_s=args.status_churn,
     )
 
@@ -460,7 +463,7 @@ def cmd_all(args: argparse.Namespace) -> int:
                     f"{args.procs} procs x {args.concurrency // args.procs} callers, "
                     f"{args.seconds} s"
                 )
-                res = run_load(spec_of(args, target, kind, "closed"), args.procs)
+                res = run_load(spec_of(args, target, kind, "closed", churn=False), args.procs)
                 rnd[f"closed_{kind}"] = figures(res)
                 progress(
                     f"  {kind}: {rnd[f'closed_{kind}']['throughput_per_s']:.0f}/s, "
@@ -529,7 +532,9 @@ def journal_rounds(args: argparse.Namespace) -> dict[str, Any]:
             with server_for(args, data_dir=tmp if data else "", fsync=fsync) as (target, _):
                 for i in range(args.rounds):
                     progress(f"journal {mode} round {i + 1}/{args.rounds}: closed loop route")
-                    res = run_load(spec_of(args, target, "route", "closed"), args.procs)
+                    res = run_load(
+                        spec_of(args, target, "route", "closed", churn=False), args.procs
+                    )
                     runs.append(figures(res))
                     progress(f"  {runs[-1]['throughput_per_s']:.0f}/s, errors {dict(res.errors)}")
         out[mode] = {
@@ -726,6 +731,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--seconds", type=float, default=10.0, help="per load run")
         p.add_argument("--concurrency", type=int, default=128, help="closed loop callers")
         p.add_argument("--inflight-cap", type=int, default=5000, help="per load process")
+        p.add_argument("--no-churn", action="store_true", help="Route calls only")
         p.add_argument("--hold", type=float, default=1.0, help="s before churn ends a session")
         p.add_argument("--status-churn", type=float, default=20.0, help="status flips per s")
         p.add_argument("--batch-size", type=int, default=1000)
