@@ -39,6 +39,10 @@ def test_record_describes_the_run(run: tuple[Path, dict[str, Any], str]) -> None
     assert record["parameters"]["shops"] == 40
     assert record["world"]["shops"] == 40 and record["world"]["largest_shop"] == 12
     assert record["world"]["agents"] >= 40
+    # one world for the main server, one per journal mode, every agent registered
+    builds = record["world"]["builds"]
+    assert len(builds) == 4
+    assert all(b["agents"] == record["world"]["agents"] and b["errors"] == {} for b in builds)
     assert len(record["rounds"]) == 1
 
 
