@@ -49,7 +49,7 @@ class ServerProcess:
 
     def __init__(self, data_dir: str = "", fsync: bool = True, shards: int | None = None) -> None:
         self.args = [sys.executable, "-m", "fenliu.server", "--host", "127.0.0.1", "--port", "0"]
-        self.args += ["--data-dir", data_dir]
+        self.args += ["--data-dir", data_dir, "--grace", "0.2"]  # no drain needed here
         if data_dir and not fsync:
             self.args.append("--no-fsync")
         if shards:
@@ -136,6 +136,24 @@ def _batch_worker(kwargs: dict[str, Any]) -> dict[str, Any]:
     return loadgen.run_in_process(loadgen.drive_batch, *kwargs["args"])  # type: ignore[no-any-return]
 
 
+_POOLS: dict[int, Any] = {}
+
+
+def pool(procs: int) -> Any:
+    """``procs`` load processes, started once and reused by every load of the run (each
+    task runs its own event loop and channels, so nothing carries over between loads)."""
+    if procs not in _POOLS:
+        _POOLS[procs] = multiprocessing.get_context("spawn").Pool(procs)
+    return _POOLS[procs]
+
+
+def close_pools() -> None:
+    for p in _POOLS.values():
+        p.close()
+        p.join()
+    _POOLS.clear()
+
+
 def run_load(spec: LoadSpec, procs: int) -> Result:
     """``spec`` split over ``procs`` load processes (rate and concurrency divided)."""
     share = replace(spec.schedule, base_rate=spec.schedule.base_rate / procs)
@@ -149,9 +167,7 @@ def run_load(spec: LoadSpec, procs: int) -> Result:
         )
         for i in range(procs)
     ]
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(procs) as pool:
-        wires = pool.map(_drive_worker, specs)
+    wires = pool(procs).map(_drive_worker, specs)
     total = Result()
     for w in wires:
         total.merge(Result.from_wire(w))
@@ -384,9 +400,7 @@ def batch_round(target: str, args: argparse.Namespace, kind: str) -> dict[str, A
         }
         for i in range(args.procs)
     ]
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(args.procs) as pool:
-        parts = pool.map(_batch_worker, jobs)
+    parts = pool(args.procs).map(_batch_worker, jobs)
     decisions = sum(p["decisions"] for p in parts)
     seconds = max(p["seconds"] for p in parts)
     errors: dict[str, int] = {}
@@ -809,7 +823,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    finally:
+        close_pools()
 
 
 if __name__ == "__main__":
