@@ -619,6 +619,7 @@ def markdown(record: dict[str, Any]) -> str:
     p = record["parameters"]
     lines = [
         f"Run `{record['label']}` {record['started']} on {m['cores']} cores ({m['cpu']}), "
+        f"load average {m['loadavg'][0]:.1f} at start, "
         f"Python {m['python']}, grpcio {m['grpcio']}, commit {m['commit']}; "
         f"world {w['shops']:,} shops / {w['agents']:,} agents (largest {w['largest_shop']}), "
         f"Zipf s={w['zipf_s']}; {p['procs']} load processes; medians of {p['rounds']} rounds.",
