@@ -13,11 +13,13 @@ command opens a fresh segment, so writing resumes when the disk does.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -28,6 +30,10 @@ from . import codec
 from .files import ShardFiles
 
 log = logging.getLogger(__name__)
+
+SNAPSHOT_PROCESSES = max(1, min(2, os.cpu_count() or 1))
+"""Processes encoding and writing a forked snapshot's shards in parallel: two, where there
+are two cores (the images are independent; more would only compete with the server)."""
 
 
 class ShardWriter:
@@ -132,38 +138,47 @@ class Journal:
         return self.writers[shard.index].submit(payload)
 
     async def snapshot(self, *, fork: bool = False) -> None:
-        """Snapshot every shard, one at a time, each when its journal is idle.
+        """Snapshot every shard, each at an instant when its journal is idle.
 
-        With ``fork`` (where the OS has it) a child process encodes and writes the image
-        from a copy-on-write view of memory, so routing stalls only for the fork itself;
-        otherwise the image is encoded here, on the loop.
+        With ``fork`` (where the OS has it) one child process encodes and writes the images
+        of every shard idle at the fork, from a copy-on-write view of memory, so routing
+        stalls only for the fork itself; shards busy then follow in further rounds (one
+        fork each). Otherwise each image is encoded here, on the loop, one shard at a time.
         """
         loop = asyncio.get_running_loop()
         fork = fork and hasattr(os, "fork")
-        for writer in self.writers:
-            while not writer.idle:
+        pending = list(self.writers)
+        while pending:
+            while not any(writer.idle for writer in pending):
                 await asyncio.sleep(0.001)
-            # Nothing awaits from here to the rotation: the image, its position and the
-            # segment boundary agree, and no append runs while the segment changes.
-            files = writer.files
-            position = files.position
-            shard = self.dispatcher.shards[files.index]
+            ready = [w for w in pending if w.idle] if fork else [next(w for w in pending if w.idle)]
+            pending = [w for w in pending if w not in ready]
+            # Nothing awaits from here to the rotations: each image, its position and its
+            # segment boundary agree, and no append runs while a segment changes.
+            jobs = [
+                (w.files, w.files.position, self.dispatcher.shards[w.files.index]) for w in ready
+            ]
             if fork:
-                files.open_segment()
+                for files, _, _ in jobs:
+                    files.open_segment()
                 pid = os.fork()
                 if pid == 0:  # the child: encode, write, leave without running anything else
-                    _write_and_exit(shard, files, position)
+                    _write_and_exit(jobs, SNAPSHOT_PROCESSES)
                 status = await loop.run_in_executor(self._executor, _wait, pid)
                 if status != 0:
-                    log.error("shard %d: the snapshot child failed (%d)", files.index, status)
+                    indexes = [files.index for files, _, _ in jobs]
+                    log.error("shards %s: the snapshot child failed (%d)", indexes, status)
                     continue
             else:
-                payload = codec.encode_shard(shard, position)
+                ((files, position, shard),) = jobs
+                with _no_gc():
+                    payload = codec.encode_shard(shard, position)
                 files.open_segment()
                 await loop.run_in_executor(self._executor, files.write_snapshot, payload, position)
             # Pruning stays here: an orphaned child must never delete what a restarted
             # server is reading.
-            await loop.run_in_executor(self._executor, files.prune)
+            for files, _, _ in jobs:
+                await loop.run_in_executor(self._executor, files.prune)
 
     def close(self) -> None:
         for writer in self.writers:
@@ -180,14 +195,47 @@ class Journal:
         return reload
 
 
-def _write_and_exit(shard: Shard, files: ShardFiles, position: int) -> NoReturn:
-    """In a forked child: store the snapshot and exit at once (no atexit, no grpc)."""
+def _write_and_exit(jobs: list[tuple[ShardFiles, int, Shard]], processes: int) -> NoReturn:
+    """In a forked child: store the snapshots and exit at once (no atexit, no grpc).
+
+    The shards are shared out among ``processes`` processes (this one and grandchildren
+    forked from it, so the server's loop pays for one fork only); the exit code is 0 when
+    every snapshot is stored. No garbage is ever collected here: the child exits before it
+    would matter, and a collection would walk, and so copy, every page of the heap.
+    """
     code = 1
     try:
-        files.write_snapshot(codec.encode_shard(shard, position), position)
+        gc.disable()
+        children: list[int] = []
+        share = jobs[::processes]
+        for k in range(1, min(processes, len(jobs))):
+            pid = os.fork()
+            if pid == 0:
+                children.clear()
+                share = jobs[k::processes]
+                break
+            children.append(pid)
+        for files, position, shard in share:
+            files.write_snapshot(codec.encode_shard(shard, position), position)
         code = 0
+        for pid in children:
+            if _wait(pid) != 0:
+                code = 1
     finally:
         os._exit(code)
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """No collection while an image is built: its many small containers would trigger
+    full collections over the whole heap, which only cost time (nothing there is garbage)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _wait(pid: int) -> int:

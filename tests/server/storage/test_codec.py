@@ -9,6 +9,7 @@ from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.types import (
     MINUTE,
     AddPrivateContact,
+    EndSessions,
     PolicyChange,
     RegisterAgent,
     Role,
@@ -111,3 +112,39 @@ def test_a_newer_format_is_refused_with_a_clear_message() -> None:
         codec.check_header(b"GARBAGE!", "journal-0")
     codec.check_header(codec.file_header(), "journal-0")
     codec.check_header(codec.MAGIC + (1).to_bytes(2, "little"), "snapshot-1")  # older: read
+
+
+def test_an_ended_sessions_timer_is_written_but_dropped_on_load() -> None:
+    d = busy_dispatcher()
+    shard, shop = d.shards[0], d.shards[0].shops["s"]
+    ended = next(s for s in shop.sessions.values() if s.timer_due is not None)
+    d.execute(EndSessions(at=T0 + 11 * MINUTE, shop_id="s", session_ids=(ended.session_id,)))
+    d.drain_events()
+    assert any(entry[4] is ended for entry in shard.timers)  # inert, still in the live heap
+    raw = msgspec.msgpack.decode(codec.encode_shard(shard, 7))
+    assert ended.session_id in [key for *_, key in raw[4]]  # the heap is written whole
+    restored, _ = codec.decode_shard(codec.encode_shard(shard, 7))
+    keys = [getattr(key, "session_id", key) for *_, key in restored.timers]
+    assert ended.session_id not in keys
+    assert all(  # still a heap
+        restored.timers[i] <= restored.timers[c]
+        for c in range(1, len(restored.timers))
+        for i in [(c - 1) // 2]
+    )
+    assert dump(roundtrip(d)) == dump(d)
+
+
+def test_a_format_2_image_still_reads() -> None:
+    """Format 2 wrote "" for a session without a holder and only live timer entries."""
+    d = busy_dispatcher()
+    shop = d.shards[0].shops["s"]
+    assert any(s.agent is None for s in shop.sessions.values())
+    raw = msgspec.msgpack.decode(codec.encode_shard(d.shards[0], 7))
+    for shop_image in raw[5]:
+        for session_image in shop_image[4]:
+            session_image[3] = session_image[3] or ""
+    shard, position = codec.decode_shard(msgspec.msgpack.encode(raw))
+    restored = Dispatcher(shards=1)
+    restored.shards[0] = shard
+    assert position == 7
+    assert dump(restored) == dump(d)

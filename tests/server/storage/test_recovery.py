@@ -16,7 +16,7 @@ from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.types import RegisterAgent, Route
 from fenliu.server.rpc.app import ServerThread
 from fenliu.server.rpc.service import Core
-from fenliu.server.storage import codec
+from fenliu.server.storage import codec, journal as journal_module
 from fenliu.server.storage.files import ShardFiles
 from fenliu.server.storage.journal import Journal
 
@@ -190,4 +190,81 @@ def test_a_forked_snapshot_holds_the_exact_state(data: Path) -> None:
     for path in data.glob("shard-*/journal-*.log"):  # only the snapshots can tell now
         path.unlink()
     assert list(data.glob("shard-*/snapshot-*.snap"))
+    assert state_of(data) == dump(d)
+
+
+def load_all(data: Path, shards: int) -> Dispatcher:
+    d = Dispatcher(shards)
+    for i in range(shards):
+        d.shards[i] = ShardFiles(data, i, fsync=False).load()
+    return d
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+def test_a_forked_snapshot_of_busy_shards_records_each_exact_position(
+    data: Path, processes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shards whose journal is still writing are snapshotted in a later round; every image
+    covers exactly the records before its segment (the journals are kept: a wrong position
+    would replay records twice or not at all)."""
+    monkeypatch.setattr(journal_module, "SNAPSHOT_PROCESSES", processes)
+    shards = 4
+    d = Dispatcher(shards)
+    shops = [f"shop-{i}" for i in range(8)]
+    assert {d.shard_for(shop).index for shop in shops} == set(range(shards))
+    positions: dict[int, int] = {}
+
+    async def run() -> None:
+        journal = Journal(d, data, fsync=False)
+        journal.recover()
+        core = Core(d, lambda: T0, journal=journal)
+        for shop in shops:
+            await core.execute(RegisterAgent(at=T0, shop_id=shop, agent_id="a1",
+                                             max_concurrent=5, status=t.Status.ONLINE))  # fmt: skip
+        quiet = [shop for shop in shops if d.shard_for(shop).index >= 2]
+        busy = [
+            asyncio.ensure_future(
+                core.execute(Route(at=T0 + i, shop_id=shop, buyer_id=f"b{i}", request_id=f"r{i}"))
+            )  # fmt: skip
+            for i, shop in enumerate(shop for shop in shops * 3 if shop not in quiet)
+        ]
+        await asyncio.sleep(0)  # applied and queued, not yet durable
+        assert [writer.idle for writer in journal.writers] == [False, False, True, True]
+        await journal.snapshot(fork=True)
+        await asyncio.gather(*busy)
+        positions.update((w.files.index, w.files.position) for w in journal.writers)
+        journal.close()
+
+    asyncio.run(run())
+    for i in range(shards):
+        (snapshot,) = (data / f"shard-{i:03d}").glob("snapshot-*.snap")
+        assert snapshot.name == f"snapshot-{positions[i]:016d}.snap"
+    assert dump(load_all(data, shards)) == dump(d)
+    for path in data.glob("shard-*/journal-*.log"):  # the snapshots alone hold it all
+        path.unlink()
+    assert dump(load_all(data, shards)) == dump(d)
+
+
+def test_a_failed_snapshot_child_leaves_the_journal_to_recover_from(
+    data: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = Dispatcher(SHARDS)
+
+    def broken(*_: object) -> bytes:
+        raise MemoryError("no memory for the image")
+
+    async def run() -> None:
+        journal = Journal(d, data, fsync=False)
+        journal.recover()
+        core = Core(d, lambda: T0, journal=journal)
+        await core.execute(RegisterAgent(at=T0, shop_id="shop-a", agent_id="a1",
+                                         max_concurrent=1, status=t.Status.ONLINE))  # fmt: skip
+        await core.execute(Route(at=T0, shop_id="shop-a", buyer_id="b1", request_id="r1"))
+        monkeypatch.setattr(codec, "encode_shard", broken)  # the child inherits it
+        await journal.snapshot(fork=True)
+        journal.close()
+
+    asyncio.run(run())
+    assert "the snapshot child failed (1)" in caplog.text
+    assert not list(data.glob("shard-*/snapshot-*"))  # neither a snapshot nor a .tmp
     assert state_of(data) == dump(d)
