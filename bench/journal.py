@@ -87,6 +87,9 @@ async def throughput(mode: str, seconds: float, workers: int) -> dict[str, float
             batches = sum(w.batches for w in journal.writers)
             records = sum(w.records for w in journal.writers)
             result["records_per_fsync"] = records / max(batches, 1)
+            cycles = getattr(journal, "cycles", None)  # (absent before one cycle for all shards)
+            if cycles is not None:
+                result["records_per_cycle"] = records / max(cycles, 1)
             journal.close()
     return result
 

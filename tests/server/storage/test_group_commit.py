@@ -1,0 +1,100 @@
+"""The commit cycle shared by all shards: real files, fsync on, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from fenliu.server.core.dispatcher import Dispatcher
+from fenliu.server.core.errors import Unavailable
+from fenliu.server.core.types import RegisterAgent, Status
+from fenliu.server.rpc.service import Core
+from fenliu.server.storage.files import ShardFiles
+from fenliu.server.storage.journal import Journal
+
+from ..core.test_invariants import dump
+
+SHARDS = 4
+T0 = 1_700_000_000_000
+
+
+def shops_per_shard(d: Dispatcher) -> dict[int, str]:
+    """One shop id for every shard."""
+    found: dict[int, str] = {}
+    n = 0
+    while len(found) < SHARDS:
+        found.setdefault(d.shard_for(f"shop{n}").index, f"shop{n}")
+        n += 1
+    return found
+
+
+def register(shop: str, agent: str) -> RegisterAgent:
+    return RegisterAgent(
+        at=T0, shop_id=shop, agent_id=agent, max_concurrent=1, status=Status.ONLINE
+    )
+
+
+def on_disk(data: Path) -> object:
+    d = Dispatcher(SHARDS)
+    for i in range(SHARDS):
+        d.shards[i] = ShardFiles(data, i, fsync=False).load()
+    return dump(d)
+
+
+def test_concurrent_changes_on_every_shard_share_one_cycle_and_are_all_durable(
+    tmp_path: Path,
+) -> None:
+    async def main() -> tuple[object, int, list[int]]:
+        d = Dispatcher(SHARDS)
+        journal = Journal(d, tmp_path, fsync=True)
+        journal.recover()
+        core = Core(d, lambda: T0, journal=journal)
+        shops = shops_per_shard(d)
+        await asyncio.gather(
+            *(core.execute(register(shop, f"a{k}")) for shop in shops.values() for k in range(3))
+        )
+        state = dump(d)
+        cycles, batches = journal.cycles, [w.batches for w in journal.writers]
+        journal.close()
+        return state, cycles, batches
+
+    state, cycles, batches = asyncio.run(main())
+    assert cycles == 1  # 12 records on 4 shards: one thread hop
+    assert batches == [1] * SHARDS  # one write + fsync per shard
+    assert on_disk(tmp_path) == state
+
+
+def test_a_failing_shard_undoes_only_its_own_batch_in_a_shared_cycle(tmp_path: Path) -> None:
+    async def main() -> tuple[list[object], list[object], list[object]]:
+        d = Dispatcher(SHARDS)
+        journal = Journal(d, tmp_path, fsync=True)
+        journal.recover()
+        core = Core(d, lambda: T0, journal=journal)
+        shops = shops_per_shard(d)
+        await asyncio.gather(*(core.execute(register(shop, "a0")) for shop in shops.values()))
+        before = dump(d)
+        files = journal.writers[0].files
+        assert files._fd is not None  # break shard 0's disk: its next write gets EBADF
+        read_only = os.open(next(files.dir.glob("journal-*.log")), os.O_RDONLY)
+        os.dup2(read_only, files._fd)
+        os.close(read_only)
+        outcomes = await asyncio.gather(
+            *(core.execute(register(shops[i], "a1")) for i in range(SHARDS)),
+            return_exceptions=True,
+        )
+        after = dump(d)
+        again = await core.execute(register(shops[0], "a2"))  # a fresh segment: resumes
+        assert again is not None
+        journal.close()
+        return before, after, outcomes
+
+    before, after, outcomes = asyncio.run(main())
+    assert isinstance(outcomes[0], Unavailable)
+    assert [o for o in outcomes[1:] if isinstance(o, BaseException)] == []
+    assert after[0] == before[0]  # shard 0 reloaded: its change undone
+    assert all(after[i] != before[i] for i in range(1, SHARDS))  # the others kept theirs
+    recovered = [ShardFiles(tmp_path, i, fsync=False).load() for i in range(SHARDS)]
+    teams = [sorted(a for shop in s.shops.values() for a in shop.agents) for s in recovered]
+    assert teams[0] == ["a0", "a2"]  # a1 was refused and undone, a2 came after the disk
+    assert teams[1:] == [["a0", "a1"]] * (SHARDS - 1)
