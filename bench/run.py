@@ -47,9 +47,17 @@ class ServerProcess:
     """``fenliu-server`` in its own process (so it gets its own core), on a free
     loopback port; ready once it logs ``fenliu serving on HOST:PORT``."""
 
-    def __init__(self, data_dir: str = "", fsync: bool = True, shards: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str = "",
+        fsync: bool = True,
+        shards: int | None = None,
+        gc_freeze_interval: float | None = None,
+    ) -> None:
         self.args = [sys.executable, "-m", "fenliu.server", "--host", "127.0.0.1", "--port", "0"]
         self.args += ["--data-dir", data_dir, "--grace", "0.2"]  # no drain needed here
+        if gc_freeze_interval is not None:  # 0: CPython's default GC (the A/B baseline)
+            self.args += ["--gc-freeze-interval", str(gc_freeze_interval)]
         if data_dir and not fsync:
             self.args.append("--no-fsync")
         if shards:
@@ -102,7 +110,7 @@ def server_for(
     if getattr(args, "target", None):
         yield args.target, None
         return
-    server = ServerProcess(data_dir=data_dir, fsync=fsync)
+    server = ServerProcess(data_dir=data_dir, fsync=fsync, gc_freeze_interval=args.gc_freeze)
     try:
         target = server.start()
         built = loadgen.run_in_process(loadgen.build_world, target, world_of(args))
@@ -362,7 +370,9 @@ def spec_of(
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    server = ServerProcess(data_dir=args.data_dir, fsync=not args.no_fsync)
+    server = ServerProcess(
+        data_dir=args.data_dir, fsync=not args.no_fsync, gc_freeze_interval=args.gc_freeze
+    )
     target = server.start()
     built = loadgen.run_in_process(loadgen.build_world, target, world_of(args))
     print(f"serving on {target}; world {built}", flush=True)
@@ -789,6 +799,11 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--h2-clients", type=int, default=8)
         p.add_argument("--h2-streams", type=int, default=32)
         p.add_argument("--h2-threads", type=int, default=1)
+        p.add_argument(
+            "--gc-freeze", type=float, default=None, metavar="S",
+            help="the server's --gc-freeze-interval (default: the server's, 10; "
+            "0: CPython's default GC, the pre-fix baseline)",
+        )  # fmt: skip
 
     p = sub.add_parser("serve", help="start a server, build the world, wait")
     common(p)

@@ -58,6 +58,9 @@ class Config:
     data_dir: str = ""  # the journal and snapshots; "" keeps state in memory only
     fsync: bool = True  # off only for benchmarks: an acknowledged change may then be lost
     snapshot_interval_s: float = 300.0  # how often each shard is snapshotted
+    # collect + gc.freeze() at start and this often (README "Garbage collection"); 0 leaves
+    # the process's GC alone: the library's default, fenliu-server's is 10
+    gc_freeze_interval_s: float = 0.0
     metrics_host: str = ""  # "" listens on ``host``
     metrics_port: int = 0  # Prometheus metrics over HTTP; 0 is off
     log_format: str = "text"  # or "json": one object per line
@@ -75,6 +78,7 @@ class Config:
         _check_seconds(self.tick_interval_s, "tick_interval_s", positive=True)
         _check_seconds(self.grace_s, "grace_s", positive=False)
         _check_seconds(self.snapshot_interval_s, "snapshot_interval_s", positive=True)
+        _check_seconds(self.gc_freeze_interval_s, "gc_freeze_interval_s", positive=False)
         for name in ("data_dir", "tls_cert", "tls_key", "tls_client_ca"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a path (got {getattr(self, name)!r})")

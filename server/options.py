@@ -24,7 +24,8 @@ from .config import ALL_SHOPS, LOG_FORMATS, LOG_LEVELS, Config, Token
 
 ENV_PREFIX = "FENLIU_"
 CONFIG_ENV = "FENLIU_CONFIG"
-PROGRAM_DEFAULTS: dict[str, Any] = {"data_dir": "data"}  # the library's default is memory
+# the library's defaults are memory and the process's GC left alone
+PROGRAM_DEFAULTS: dict[str, Any] = {"data_dir": "data", "gc_freeze_interval_s": 10.0}
 
 
 class ConfigError(ValueError):
@@ -47,6 +48,7 @@ KEYS: tuple[Key, ...] = (
     Key("data_dir", str, "--data-dir", "journal and snapshots; '' keeps state in memory"),
     Key("fsync", bool, "--fsync", "fsync before acknowledging; off: benchmarks only"),
     Key("snapshot_interval_s", float, "--snapshot-interval", "seconds between snapshots"),
+    Key("gc_freeze_interval_s", float, "--gc-freeze-interval", "s between GC freezes; 0: none"),
     Key("metrics_host", str, "--metrics-host", "metrics address; '' is the host key's"),
     Key("metrics_port", int, "--metrics-port", "Prometheus metrics over HTTP; 0 is off"),
     Key("log_format", str, "--log-format", "/".join(LOG_FORMATS)),

@@ -8,6 +8,8 @@
     fenliu_queued_buyers, fenliu_left_messages        on the event loop at scrape time
     fenliu_journal_fsync_seconds                      one group commit: write + fsync (histogram)
     fenliu_snapshot_duration_seconds                  one snapshot of every shard (histogram)
+    fenliu_gc_freeze_seconds                          one periodic collect + gc.freeze(): the
+                                                      loop stalls that long (histogram)
 
 Each server has its own registry, so two servers in one process (tests) do not mix.
 No label carries a shop id: 100,000 shops would be 100,000 series.
@@ -63,6 +65,10 @@ class Metrics:
         self.snapshot = Histogram(
             "fenliu_snapshot_duration_seconds", "One snapshot of every shard",
             buckets=SNAPSHOT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.gc_freeze = Histogram(
+            "fenliu_gc_freeze_seconds", "One collect + gc.freeze() (the event loop waits)",
+            buckets=FSYNC_BUCKETS, registry=r,
         )  # fmt: skip
         self.state = StateCollector(dispatcher)
         r.register(self.state)
