@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import itertools
 import logging
 import signal
 import threading
@@ -67,15 +68,23 @@ def _open_journal(config: Config, dispatcher: Dispatcher) -> Journal | None:
     return journal
 
 
-def freeze_heap() -> float:
+# Every this many periodic freezes (an hour at fenliu-server's 10 s), the freeze first
+# thaws the heap, so its collection is a full one and reclaims the cyclic garbage that
+# was frozen in between (README "Garbage collection").
+THAW_EVERY = 360
+
+
+def freeze_heap(*, thaw: bool = False) -> float:
     """Collect the garbage, then move every surviving object to the permanent generation.
 
     Later collections skip frozen objects, so a full one costs what was allocated since
     the last freeze, not the whole core. Frozen objects are still freed by their reference
-    counts; only cyclic garbage among them is never reclaimed (the core builds no cycles
-    that outlive a session: README "Garbage collection"). Returns the seconds it took.
+    counts; only cyclic garbage among them is not reclaimed until a freeze with ``thaw``,
+    which unfreezes first and so walks the whole heap once. Returns the seconds it took.
     """
     started = time.perf_counter()
+    if thaw:
+        gc.unfreeze()
     gc.collect()
     gc.freeze()
     return time.perf_counter() - started
@@ -218,9 +227,9 @@ class Server:
 
     async def _freeze_forever(self) -> None:
         interval = self.config.gc_freeze_interval_s
-        while True:
+        for count in itertools.count(1):
             await asyncio.sleep(interval)
-            seconds = freeze_heap()
+            seconds = freeze_heap(thaw=count % THAW_EVERY == 0)
             if self.metrics is not None:
                 self.metrics.gc_freeze.observe(seconds)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from fenliu.server import options
 from fenliu.server.config import Config
 from fenliu.server.core import types as t
 from fenliu.server.core.state import Agent
-from fenliu.server.rpc.app import Server
+from fenliu.server.rpc.app import Server, freeze_heap
 
 AT = 1_000
 
@@ -108,3 +109,27 @@ def test_gc_freeze_interval_is_a_setting() -> None:
     assert options.load([], env).gc_freeze_interval_s == 30.0
     with pytest.raises(ValueError, match="gc_freeze_interval_s"):
         Config(gc_freeze_interval_s=-1)
+
+
+class Cyclic:
+    """Half of a reference cycle, weakly referenceable to see when it is freed."""
+
+    def __init__(self) -> None:
+        self.other: Cyclic | None = None
+
+
+def test_only_a_thawing_freeze_reclaims_cyclic_garbage_that_was_frozen() -> None:
+    gc.disable()  # only the freezes below may collect
+    try:
+        a, b = Cyclic(), Cyclic()
+        a.other, b.other = b, a
+        alive = weakref.ref(a)
+        freeze_heap()  # frozen while alive (an RPC in flight at a freeze, say)
+        del a, b
+        freeze_heap()  # an ordinary freeze does not walk the permanent generation
+        assert alive() is not None
+        freeze_heap(thaw=True)  # every THAW_EVERY-th one: a full collection
+        assert alive() is None
+        assert gc.get_freeze_count() > 0  # and the survivors are frozen again
+    finally:
+        gc.enable()
