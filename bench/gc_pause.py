@@ -7,8 +7,8 @@ In-process (no gRPC): builds the world (ONLINE agents), then routes a stream of 
 buyers, ending each session ``--hold`` routes later (as the load harness's churn does).
 Every collection the interpreter runs is timed through ``gc.callbacks`` (that is how long
 the event loop would stand still). ``default`` leaves CPython's GC alone; ``freeze`` does
-what the server does with ``gc_freeze_interval_s``: ``gc.collect(); gc.freeze()`` after
-the world is built and again every ``--freeze-every`` routes (the freezes are timed too:
+what the server does with ``gc_freeze_interval_s`` (``freeze_heap``): a full one after
+the world is built and an ordinary one every ``--freeze-every`` routes (the freezes are timed too:
 the first, of the whole world, is the server's after recovery, before it serves). Prints
 one JSON record: per mode, collections by generation, the longest pause, the total, and
 the traced-memory growth of the stream.
@@ -26,6 +26,7 @@ from typing import Any
 
 from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.types import EndSessions, RegisterAgent, Route, Status
+from fenliu.server.rpc.app import freeze_heap
 
 T0 = 1_700_000_000_000
 
@@ -53,14 +54,8 @@ def run(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     d.drain_events()
     freezes: list[float] = []
 
-    def freeze() -> None:
-        t = time.perf_counter()
-        gc.collect()
-        gc.freeze()
-        freezes.append(time.perf_counter() - t)
-
-    if mode == "freeze":
-        freeze()
+    if mode == "freeze":  # the whole world, as the server does after recovery
+        freezes.append(freeze_heap(full=True))
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     gc.callbacks.append(timed)
@@ -77,7 +72,7 @@ def run(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                 d.execute(EndSessions(at=at, shop_id=shop_id, session_ids=(session_id,)))
             d.drain_events()
             if mode == "freeze" and n and n % args.freeze_every == 0:
-                freeze()
+                freezes.append(freeze_heap())
     finally:
         gc.callbacks.remove(timed)
     growth = tracemalloc.get_traced_memory()[0] - base

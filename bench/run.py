@@ -801,7 +801,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--h2-threads", type=int, default=1)
         p.add_argument(
             "--gc-freeze", type=float, default=None, metavar="S",
-            help="the server's --gc-freeze-interval (default: the server's, 10; "
+            help="the server's --gc-freeze-interval (default: the server's, 1; "
             "0: CPython's default GC, the pre-fix baseline)",
         )  # fmt: skip
 

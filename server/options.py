@@ -25,7 +25,7 @@ from .config import ALL_SHOPS, LOG_FORMATS, LOG_LEVELS, Config, Token
 ENV_PREFIX = "FENLIU_"
 CONFIG_ENV = "FENLIU_CONFIG"
 # the library's defaults are memory and the process's GC left alone
-PROGRAM_DEFAULTS: dict[str, Any] = {"data_dir": "data", "gc_freeze_interval_s": 10.0}
+PROGRAM_DEFAULTS: dict[str, Any] = {"data_dir": "data", "gc_freeze_interval_s": 1.0}
 
 
 class ConfigError(ValueError):

@@ -68,24 +68,25 @@ def _open_journal(config: Config, dispatcher: Dispatcher) -> Journal | None:
     return journal
 
 
-# Every this many periodic freezes (an hour at fenliu-server's 10 s), the freeze first
-# thaws the heap, so its collection is a full one and reclaims the cyclic garbage that
-# was frozen in between (README "Garbage collection").
-THAW_EVERY = 360
+# About this often a periodic freeze is a full one (README "Garbage collection").
+FULL_FREEZE_INTERVAL_S = 3600.0
 
 
-def freeze_heap(*, thaw: bool = False) -> float:
-    """Collect the garbage, then move every surviving object to the permanent generation.
+def freeze_heap(*, full: bool = False) -> float:
+    """Collect garbage, then move every surviving object to the permanent generation.
 
-    Later collections skip frozen objects, so a full one costs what was allocated since
-    the last freeze, not the whole core. Frozen objects are still freed by their reference
-    counts; only cyclic garbage among them is not reclaimed until a freeze with ``thaw``,
-    which unfreezes first and so walks the whole heap once. Returns the seconds it took.
+    Later collections skip frozen objects, so they cost what was allocated since the last
+    freeze, not the whole core. An ordinary freeze collects the young generations only and
+    freezes the rest unexamined: it costs what is young, and cyclic garbage it freezes
+    (objects in flight at that instant) waits for the next ``full`` one, which unfreezes
+    everything and walks the whole heap once. Returns the seconds it took.
     """
     started = time.perf_counter()
-    if thaw:
+    if full:
         gc.unfreeze()
-    gc.collect()
+        gc.collect()
+    else:
+        gc.collect(1)
     gc.freeze()
     return time.perf_counter() - started
 
@@ -166,7 +167,7 @@ class Server:
             log.info("metrics on http://%s:%d/metrics", host, self.metrics.port)
         await self._set_health(_NOT_SERVING)
         if self.config.gc_freeze_interval_s:  # the recovered state is never traversed again
-            log.info("gc: froze the recovered heap in %.3fs", freeze_heap())
+            log.info("gc: froze the recovered heap in %.3fs", freeze_heap(full=True))
             self._freezer = asyncio.create_task(self._freeze_forever(), name="fenliu-gc")
         await self._grpc.start()
         self._ticker = asyncio.create_task(self._tick_forever(), name="fenliu-ticker")
@@ -227,9 +228,10 @@ class Server:
 
     async def _freeze_forever(self) -> None:
         interval = self.config.gc_freeze_interval_s
+        full_every = max(1, round(FULL_FREEZE_INTERVAL_S / interval))
         for count in itertools.count(1):
             await asyncio.sleep(interval)
-            seconds = freeze_heap(thaw=count % THAW_EVERY == 0)
+            seconds = freeze_heap(full=count % full_every == 0)
             if self.metrics is not None:
                 self.metrics.gc_freeze.observe(seconds)
 

@@ -69,7 +69,8 @@ def test_command_line() -> None:
     ]
     assert parse_config(argv) == Config(
         host="::1", port=0, shards=2, tick_interval_s=0.5, grace_s=1,
-        data_dir="/var/lib/fenliu", fsync=False, snapshot_interval_s=10,
+        data_dir="/var/lib/fenliu", fsync=False, snapshot_interval_s=10, gc_freeze_interval_s=1,
     )  # fmt: skip
-    # The program keeps its state in ./data; the library default (tests) is memory only.
-    assert parse_config([]) == Config(data_dir="data")
+    # The program keeps its state in ./data and freezes the GC heap; the library default
+    # (tests) is memory only and the process's GC left alone.
+    assert parse_config([]) == Config(data_dir="data", gc_freeze_interval_s=1)

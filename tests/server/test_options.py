@@ -18,7 +18,7 @@ def write(tmp_path: Path, text: str) -> str:
 
 
 def test_no_file_no_env_no_flags_is_the_quick_start() -> None:
-    assert load([], {}) == Config(data_dir="data", gc_freeze_interval_s=10.0)
+    assert load([], {}) == Config(data_dir="data", gc_freeze_interval_s=1.0)
     assert load([], {}).auth is False
 
 
