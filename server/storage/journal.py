@@ -90,6 +90,15 @@ class ShardWriter:
             if not waiter.done():
                 waiter.set_exception(error)
 
+    def abandon(self, waiters: list[asyncio.Future[None]]) -> None:
+        """Last resort when settling a batch raised: nobody may wait forever."""
+        self._writing = False
+        error = Unavailable("the change could not be confirmed durable; retry", "")
+        for waiter in waiters + self._waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._records, self._waiters = [], []
+
 
 _Write = tuple[ShardFiles, bytes, int]
 
@@ -184,24 +193,40 @@ class Journal:
                     if records:  # (a shard that failed since it was queued has none)
                         batches.append((writer, records, waiters))
                         writes.append((writer.files, data, records))
-                if self.fsync:  # the slow part runs off the loop, one hop for all shards
-                    outcomes = await loop.run_in_executor(
-                        self._executor, _append_all, writes, self._sync_pool
-                    )
-                else:  # a write to the page cache is cheaper than a thread hop
-                    outcomes = _append_all(writes, None)
+                try:
+                    if self.fsync:  # the slow part runs off the loop, one hop for all shards
+                        outcomes = await loop.run_in_executor(
+                            self._executor, _append_all, writes, self._sync_pool
+                        )
+                    else:  # a write to the page cache is cheaper than a thread hop
+                        outcomes = _append_all(writes, None)
+                except Exception as exc:  # not a disk error (a closed pool, a bug): fail all
+                    log.exception("a commit cycle failed")
+                    failed = OSError(0, f"the commit cycle failed: {exc!r}")
+                    outcomes = [(failed, 0.0)] * len(batches)
                 self.cycles += 1
+                # One shard's trouble must not strand the callers of the others: each
+                # batch is settled on its own.
                 for (writer, records, waiters), (error, seconds) in zip(
                     batches, outcomes, strict=True
                 ):
-                    if error is not None:
-                        writer.fail(waiters, error)
-                        continue
-                    if self.fsync and writer.on_fsync is not None:
-                        writer.on_fsync(seconds)
-                    writer.done(records, waiters)
+                    try:
+                        if error is not None:
+                            writer.fail(waiters, error)
+                            continue
+                        if self.fsync and writer.on_fsync is not None:
+                            writer.on_fsync(seconds)
+                        writer.done(records, waiters)
+                    except Exception:
+                        log.exception("shard %d: settling a batch failed", writer.files.index)
+                        writer.abandon(waiters)
         finally:
             self._task = None
+            # Cancelled (the loop closing): a writer left queued would never be queued
+            # again, so no later submit would start a cycle for it.
+            for writer in self._queued:
+                writer.queued = False
+            self._queued = []
 
     async def snapshot(self, *, fork: bool = False) -> None:
         """Snapshot every shard, each at an instant when its journal is idle.
@@ -247,10 +272,11 @@ class Journal:
                 await loop.run_in_executor(self._executor, files.prune)
 
     def close(self) -> None:
-        for writer in self.writers:
-            writer.files.close()
+        # The threads first: a cycle still writing must not find its files closed under it.
         self._executor.shutdown(wait=True)
         self._sync_pool.shutdown(wait=True)
+        for writer in self.writers:
+            writer.files.close()
 
     def _reloader(self, index: int) -> Callable[[], None]:
         def reload() -> None:
@@ -258,6 +284,8 @@ class Journal:
                 self.dispatcher.shards[index] = self.writers[index].files.load()
             except OSError as exc:  # still failing: keep what we have, refuse writes
                 log.error("shard %d: cannot reload from disk: %s", index, exc)
+            except Exception:  # noqa: BLE001 - a reload must never take the commit task down
+                log.exception("shard %d: cannot reload from disk", index)
 
         return reload
 

@@ -10,6 +10,7 @@ from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.errors import Unavailable
 from fenliu.server.core.types import RegisterAgent, Status
 from fenliu.server.rpc.service import Core
+from fenliu.server.storage.codec import FormatError
 from fenliu.server.storage.files import ShardFiles
 from fenliu.server.storage.journal import Journal
 
@@ -98,3 +99,80 @@ def test_a_failing_shard_undoes_only_its_own_batch_in_a_shared_cycle(tmp_path: P
     teams = [sorted(a for shop in s.shops.values() for a in shop.agents) for s in recovered]
     assert teams[0] == ["a0", "a2"]  # a1 was refused and undone, a2 came after the disk
     assert teams[1:] == [["a0", "a1"]] * (SHARDS - 1)
+
+
+def test_an_unexpected_error_in_one_shard_neither_strands_the_others_nor_wedges_the_journal(
+    tmp_path: Path,
+) -> None:
+    """Shard 0's reload raises something other than OSError (say a FormatError from a
+    segment header cut short by the same failing disk). Before: the shared commit task
+    died in its outcome loop, so shards 1-3, durable, never released their callers, their
+    ``_writing`` stayed set and ``snapshot`` (hence ``Server.stop``) waited forever."""
+
+    async def main() -> tuple[list[object], bool]:
+        d = Dispatcher(SHARDS)
+        journal = Journal(d, tmp_path, fsync=True)
+        journal.recover()
+        core = Core(d, lambda: T0, journal=journal)
+        shops = shops_per_shard(d)
+        await asyncio.gather(*(core.execute(register(shop, "a0")) for shop in shops.values()))
+        files = journal.writers[0].files
+        assert files._fd is not None
+        read_only = os.open(next(files.dir.glob("journal-*.log")), os.O_RDONLY)
+        os.dup2(read_only, files._fd)
+        os.close(read_only)
+
+        def broken_load() -> object:
+            raise FormatError("shard-000: not a fenliu file")
+
+        files.load = broken_load  # type: ignore[method-assign]
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(
+                *(core.execute(register(shops[i], "a1")) for i in range(SHARDS)),
+                return_exceptions=True,
+            ),
+            5,
+        )
+        del files.load
+        again = await asyncio.wait_for(core.execute(register(shops[1], "a2")), 5)
+        await asyncio.wait_for(journal.snapshot(), 5)
+        journal.close()
+        return outcomes, again is not None
+
+    outcomes, resumed = asyncio.run(main())
+    assert isinstance(outcomes[0], Unavailable)
+    assert [o for o in outcomes[1:] if isinstance(o, BaseException)] == []
+    assert resumed
+
+
+def test_close_waits_for_a_cycle_in_the_thread_before_closing_the_files(tmp_path: Path) -> None:
+    """Before: close() closed the shard files first, so a cycle still in the thread found
+    ``_fd`` None and reopened a segment (a leaked fd after close), or between its write
+    and its fsync got ``os.fsync(None)``: a TypeError that killed the commit task."""
+    import threading
+
+    async def main() -> tuple[int | None, bool]:
+        d = Dispatcher(SHARDS)
+        journal = Journal(d, tmp_path, fsync=True)
+        journal.recover()
+        core = Core(d, lambda: T0, journal=journal)
+        files = journal.writers[d.shard_for("shop0").index].files
+        original, entered, release = files.append, threading.Event(), threading.Event()
+
+        def slow_append(data: bytes, records: int) -> None:
+            entered.set()
+            release.wait(5)
+            original(data, records)
+
+        files.append = slow_append  # type: ignore[method-assign]
+        pending = asyncio.ensure_future(core.execute(register("shop0", "a0")))
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        threading.Timer(0.2, release.set).start()
+        journal.close()  # Server.stop's order: nothing new comes, one cycle may be running
+        await asyncio.wait_for(pending, 5)
+        return files._fd, pending.exception() is None
+
+    fd, ok = asyncio.run(main())
+    assert fd is None  # no file left open by the journal after close
+    assert ok
