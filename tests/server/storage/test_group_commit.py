@@ -125,7 +125,7 @@ def test_an_unexpected_error_in_one_shard_neither_strands_the_others_nor_wedges_
         def broken_load() -> object:
             raise FormatError("shard-000: not a fenliu file")
 
-        files.load = broken_load  # type: ignore[method-assign]
+        files.load = broken_load  # type: ignore[method-assign,assignment]
         outcomes = await asyncio.wait_for(
             asyncio.gather(
                 *(core.execute(register(shops[i], "a1")) for i in range(SHARDS)),
