@@ -11,6 +11,7 @@ one plus a longer replay. A segment is opened at each start and each snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -103,13 +104,23 @@ class ShardFiles:
         """Write framed records and make them durable (one fsync for the whole batch)."""
         if self._fd is None:
             self.open_segment()
-        assert self._fd is not None
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        if self.fsync:
-            os.fsync(self._fd)
+        fd = self._fd
+        assert fd is not None
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if self.fsync:
+                os.fsync(fd)
+        except OSError:
+            # Not durable, so not acknowledged: take the batch back out of the file, or
+            # the reload that undoes it (and any later recovery) would replay what a
+            # failed write or fsync left in the page cache. Best effort: the disk is failing.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
         self.position += records
 
     def close(self) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from pathlib import Path
+
+import pytest
 
 from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.errors import Unavailable
@@ -176,3 +179,41 @@ def test_close_waits_for_a_cycle_in_the_thread_before_closing_the_files(tmp_path
     fd, ok = asyncio.run(main())
     assert fd is None  # no file left open by the journal after close
     assert ok
+
+
+def test_a_failed_fsync_takes_its_batch_back_out_of_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write reached the page cache but the fsync failed: the callers hear Unavailable,
+    so neither the reload that undoes the change nor a later recovery may replay it."""
+
+    async def main() -> tuple[object, object, object]:
+        d = Dispatcher(SHARDS)
+        journal = Journal(d, tmp_path, fsync=True)
+        journal.recover()
+        core = Core(d, lambda: T0, journal=journal)
+        shops = shops_per_shard(d)
+        await core.execute(register(shops[0], "a0"))
+        before = dump(d)
+        broken = journal.writers[0].files._fd
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            if fd == broken:
+                raise OSError(errno.EIO, "injected: the disk lost the write")
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        with pytest.raises(Unavailable):
+            await core.execute(register(shops[0], "a1"))
+        after = dump(d)
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        await core.execute(register(shops[0], "a2"))  # a fresh segment: resumes
+        journal.close()
+        return before, after, dump(d)
+
+    before, after, final = asyncio.run(main())
+    assert after == before  # the reload did not bring a1 back from the page cache
+    recovered = ShardFiles(tmp_path, 0, fsync=False).load()
+    assert sorted(a for shop in recovered.shops.values() for a in shop.agents) == ["a0", "a2"]
+    assert on_disk(tmp_path) == final
