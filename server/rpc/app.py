@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import itertools
 import logging
 import signal
 import threading
@@ -113,6 +112,7 @@ class Server:
         self.core = Core(self.dispatcher, now_ms, self.hub.tee(events), self.journal)
         self._snapshotter: asyncio.Task[None] | None = None
         self._freezer: asyncio.Task[None] | None = None
+        self.snapshotting = False  # a snapshot (perhaps a forked child) is under way
         self.port: int | None = None
         self._health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.metrics = Metrics(self.dispatcher) if self.config.metrics_port else None
@@ -229,9 +229,16 @@ class Server:
     async def _freeze_forever(self) -> None:
         interval = self.config.gc_freeze_interval_s
         full_every = max(1, round(FULL_FREEZE_INTERVAL_S / interval))
-        for count in itertools.count(1):
+        since_full = 0
+        while True:
             await asyncio.sleep(interval)
-            seconds = freeze_heap(full=count % full_every == 0)
+            since_full += 1
+            # A full collection writes every object's GC header: while a forked snapshot
+            # child shares the heap copy-on-write, that would copy every page. It waits.
+            full = since_full >= full_every and not self.snapshotting
+            if full:
+                since_full = 0
+            seconds = freeze_heap(full=full)
             if self.metrics is not None:
                 self.metrics.gc_freeze.observe(seconds)
 
@@ -249,7 +256,11 @@ class Server:
     async def _snapshot(self, journal: Journal, *, fork: bool = False) -> float:
         """Snapshot every shard; returns (and with metrics, records) how long it took."""
         started = time.perf_counter()
-        await journal.snapshot(fork=fork)
+        self.snapshotting = True
+        try:
+            await journal.snapshot(fork=fork)
+        finally:
+            self.snapshotting = False
         seconds = time.perf_counter() - started
         if self.metrics is not None:
             self.metrics.snapshot.observe(seconds)
