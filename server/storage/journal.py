@@ -78,26 +78,22 @@ class ShardWriter:
                 waiter.set_result(None)
 
     def fail(self, waiters: list[asyncio.Future[None]], exc: OSError) -> None:
-        """Undo everything not yet durable: the failed batch and whatever queued behind it."""
-        self._writing = False
-        log.error("shard %d: the journal write failed: %s", self.files.index, exc)
-        waiters += self._waiters
-        self._records, self._waiters = [], []
-        self.files.close()
-        self._on_failure()
-        error = Unavailable(f"the change could not be made durable ({exc.strerror}); retry", "")
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_exception(error)
+        """Undo everything not yet durable: the failed batch and whatever queued behind it.
 
-    def abandon(self, waiters: list[asyncio.Future[None]]) -> None:
-        """Last resort when settling a batch raised: nobody may wait forever."""
+        The shard is reloaded from its files; whatever happens on the way, every caller
+        hears ``Unavailable`` (nobody may wait forever)."""
         self._writing = False
-        error = Unavailable("the change could not be confirmed durable; retry", "")
-        for waiter in waiters + self._waiters:
-            if not waiter.done():
-                waiter.set_exception(error)
+        waiters = waiters + self._waiters
         self._records, self._waiters = [], []
+        error = Unavailable(f"the change could not be made durable ({exc.strerror}); retry", "")
+        try:
+            log.error("shard %d: the journal write failed: %s", self.files.index, exc)
+            self.files.close()
+            self._on_failure()
+        finally:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(error)
 
 
 _Write = tuple[ShardFiles, bytes, int]
@@ -214,12 +210,11 @@ class Journal:
                         if error is not None:
                             writer.fail(waiters, error)
                             continue
+                        writer.done(records, waiters)
                         if self.fsync and writer.on_fsync is not None:
                             writer.on_fsync(seconds)
-                        writer.done(records, waiters)
-                    except Exception:
+                    except Exception:  # its callers have their answers (fail, done)
                         log.exception("shard %d: settling a batch failed", writer.files.index)
-                        writer.abandon(waiters)
         finally:
             self._task = None
             # Cancelled (the loop closing): a writer left queued would never be queued
