@@ -92,6 +92,7 @@ class AsyncClient:
         self._presence = pb_grpc.PresenceStub(self._channel)
         self._routing = pb_grpc.RoutingStub(self._channel)
         self._queue = pb_grpc.QueueStub(self._channel)
+        self._monitor = pb_grpc.MonitorStub(self._channel)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -404,13 +405,6 @@ class AsyncClient:
         return QueueList.from_pb(reply)
 
     # ------------------------------------------------------------ monitor
-
-    @property
-    def _monitor(self) -> pb_grpc.MonitorStub:
-        stub: pb_grpc.MonitorStub | None = self.__dict__.get("_monitor_stub")
-        if stub is None:
-            stub = self.__dict__["_monitor_stub"] = pb_grpc.MonitorStub(self._channel)
-        return stub
 
     async def get_shop_stats(
         self, shop_id: str, *, window_minutes: int = 0, timeout: float | None = None
