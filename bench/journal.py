@@ -4,7 +4,7 @@
     python bench/journal.py --stall              # + longest routing stall during a snapshot
     python bench/journal.py --stall --agents 100000 --sessions 1000000
 
-Throughput drives ``Core.execute`` (what every RPC calls) from many concurrent
+Throughput drives ``Node.execute`` (what every RPC calls) from many concurrent
 coroutines on one event loop, without gRPC, so the figure isolates the journal; each
 mode runs ``--rounds`` times and the median is reported. Prints one JSON record.
 """
@@ -22,8 +22,9 @@ from pathlib import Path
 
 from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.types import EndSessions, RegisterAgent, Route, Status
-from fenliu.server.rpc.service import Core
-from fenliu.server.storage.journal import Journal
+from fenliu.server.node import Node
+from fenliu.server.snapshots import snapshot_all
+from fenliu.server.storage.files import FilesStorage
 
 T0 = 1_700_000_000_000
 SHOPS = 64
@@ -48,7 +49,7 @@ def world(d: Dispatcher, agents_per_shop: int) -> None:
     d.drain_events()
 
 
-async def drive(core: Core, seconds: float, workers: int) -> int:
+async def drive(core: Node, seconds: float, workers: int) -> int:
     """Route-and-end pairs from ``workers`` coroutines for ``seconds``; decisions made."""
     done = 0
     stop = time.perf_counter() + seconds
@@ -73,30 +74,29 @@ async def drive(core: Core, seconds: float, workers: int) -> int:
 
 async def throughput(mode: str, seconds: float, workers: int) -> dict[str, float]:
     d = Dispatcher()
-    world(d, 10)
-    journal = None
+    node = Node(d, clock)
+    storage = None
     with tempfile.TemporaryDirectory() as tmp:
         if mode != "off":
-            journal = Journal(d, Path(tmp), fsync=mode == "fsync")
-            journal.recover()
-            world(d, 10)  # recovery replaced the shards: build the world again
-        core = Core(d, clock, journal=journal)
-        done = await drive(core, seconds, workers)
+            storage = FilesStorage(Path(tmp), len(d.shards), fsync=mode == "fsync")
+            node.open(storage)
+        world(d, 10)  # (after recovery, which installs the shards)
+        done = await drive(node, seconds, workers)
         result = {"decisions_per_s": done / seconds}
-        if journal is not None:
-            batches = sum(w.batches for w in journal.writers)
-            records = sum(w.records for w in journal.writers)
-            result["records_per_fsync"] = records / max(batches, 1)
-            cycles = getattr(journal, "cycles", None)  # (absent before one cycle for all shards)
-            if cycles is not None:
-                result["records_per_cycle"] = records / max(cycles, 1)
-            journal.close()
+        if storage is not None:
+            records = sum(log.position for log in storage.logs)
+            result["records_per_cycle"] = records / max(storage.cycles, 1)
+            storage.close()
     return result
 
 
 async def stall(agents: int, sessions: int) -> dict[str, float]:
     """The longest gap in a 1 ms heartbeat while every shard is snapshotted."""
     d = Dispatcher()
+    node = Node(d, clock)
+    tmp_dir = tempfile.TemporaryDirectory()
+    storage = FilesStorage(Path(tmp_dir.name), len(d.shards), fsync=True)
+    node.open(storage)  # an empty directory: empty shards, the logs ready to append
     per_shop = max(1, agents // SHOPS)
     world(d, per_shop)
     for i in range(sessions):
@@ -108,11 +108,7 @@ async def stall(agents: int, sessions: int) -> dict[str, float]:
         for shop in shard.shops.values():
             shop.requests.clear()  # the idempotency window would have expired these
     gc.collect()
-    with tempfile.TemporaryDirectory() as tmp:
-        journal = Journal(d, Path(tmp), fsync=True)
-        for writer in journal.writers:
-            writer.files.dir.mkdir(parents=True, exist_ok=True)
-            writer.files.open_segment()
+    with tmp_dir as tmp:
         gaps: list[float] = []
         running = True
 
@@ -130,7 +126,7 @@ async def stall(agents: int, sessions: int) -> dict[str, float]:
             running = True
             beat = asyncio.create_task(heartbeat())
             started = time.perf_counter()
-            await journal.snapshot(fork=fork)
+            await snapshot_all(node, storage, fork=fork)
             took = time.perf_counter() - started
             running = False
             await beat
@@ -139,7 +135,7 @@ async def stall(agents: int, sessions: int) -> dict[str, float]:
             result[f"{mode}_longest_stall_ms"] = max(gaps) * 1000
         size = sum(p.stat().st_size for p in Path(tmp).glob("shard-*/snapshot-*.snap"))
         result["snapshot_mb"] = size / 1e6
-        journal.close()
+        storage.close()
     return result
 
 

@@ -325,6 +325,7 @@ class FellBehindCause(enum.IntEnum):
     UNSPECIFIED = 0
     NOT_KEPT = 1  # resumed from further back than the server keeps
     OVERFLOW = 2  # read too slowly: the watcher's buffer overflowed
+    UNDONE = 3  # a storage failure undid changes after seq (never sent): re-read
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

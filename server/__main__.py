@@ -17,6 +17,8 @@ from typing import Any
 from . import logs, options
 from .config import Config
 from .rpc.app import serve
+from .storage.base import StorageError
+from .storage.codec import FormatError
 
 log = logging.getLogger("fenliu.server")
 
@@ -37,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(config.log_format, config.log_level)
     try:
         return _run(serve(config))
-    except OSError as exc:
+    except (OSError, StorageError, FormatError) as exc:
         log.error("fenliu cannot start: %s", exc)
         return 1
 

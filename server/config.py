@@ -58,6 +58,8 @@ class Config:
     data_dir: str = ""  # the journal and snapshots; "" keeps state in memory only
     fsync: bool = True  # off only for benchmarks: an acknowledged change may then be lost
     snapshot_interval_s: float = 300.0  # how often each shard is snapshotted
+    # start on a journal damaged in the middle by dropping it from the damage on (logged)
+    truncate_corrupt_journal: bool = False
     # collect + gc.freeze() at start and this often (README "Garbage collection"); 0 leaves
     # the process's GC alone: the library's default, fenliu-server's is 10
     gc_freeze_interval_s: float = 0.0
@@ -82,7 +84,7 @@ class Config:
         for name in ("data_dir", "tls_cert", "tls_key", "tls_client_ca"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a path (got {getattr(self, name)!r})")
-        for name in ("fsync", "access_log"):
+        for name in ("fsync", "access_log", "truncate_corrupt_journal"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false (got {getattr(self, name)!r})")
         if self.metrics_host:

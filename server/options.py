@@ -48,6 +48,12 @@ KEYS: tuple[Key, ...] = (
     Key("data_dir", str, "--data-dir", "journal and snapshots; '' keeps state in memory"),
     Key("fsync", bool, "--fsync", "fsync before acknowledging; off: benchmarks only"),
     Key("snapshot_interval_s", float, "--snapshot-interval", "seconds between snapshots"),
+    Key(
+        "truncate_corrupt_journal",
+        bool,
+        "--truncate-corrupt-journal",
+        "start on a journal damaged mid-way by dropping it from there (logged)",
+    ),
     Key("gc_freeze_interval_s", float, "--gc-freeze-interval", "s between GC freezes; 0: none"),
     Key("metrics_host", str, "--metrics-host", "metrics address; '' is the host key's"),
     Key("metrics_port", int, "--metrics-port", "Prometheus metrics over HTTP; 0 is off"),

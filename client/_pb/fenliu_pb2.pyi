@@ -1566,6 +1566,10 @@ class FellBehind(_message.Message):
         """the events after after_seq are no longer (or never were) kept"""
         CAUSE_OVERFLOW: FellBehind._Cause.ValueType  # 2
         """this watcher's buffer overflowed"""
+        CAUSE_UNDONE: FellBehind._Cause.ValueType  # 3
+        """A storage failure undid the shop's changes after resume_after_seq (none of them
+        was ever sent): re-read the state. Events after it reuse those seqs.
+        """
 
     class Cause(_Cause, metaclass=_CauseEnumTypeWrapper): ...
     CAUSE_UNSPECIFIED: FellBehind.Cause.ValueType  # 0
@@ -1573,6 +1577,10 @@ class FellBehind(_message.Message):
     """the events after after_seq are no longer (or never were) kept"""
     CAUSE_OVERFLOW: FellBehind.Cause.ValueType  # 2
     """this watcher's buffer overflowed"""
+    CAUSE_UNDONE: FellBehind.Cause.ValueType  # 3
+    """A storage failure undid the shop's changes after resume_after_seq (none of them
+    was ever sent): re-read the state. Events after it reuse those seqs.
+    """
 
     RESUME_AFTER_SEQ_FIELD_NUMBER: _builtins.int
     CAUSE_FIELD_NUMBER: _builtins.int

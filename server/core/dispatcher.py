@@ -28,17 +28,36 @@ class Dispatcher:
         # replaces the shard objects.
         self._index: dict[str, int] = {}
 
-    def shard_for(self, shop_id: str) -> Shard:
+    def index_of(self, shop_id: str) -> int:
+        """The shard number of a shop (cached once the shop exists)."""
         index = self._index.get(shop_id)
         if index is None:
-            index = zlib.crc32(shop_id.encode()) % len(self.shards)
+            index = shard_index(shop_id, len(self.shards))
             if shop_id in self.shards[index].shops:
                 self._index[shop_id] = index
-        return self.shards[index]
+        return index
+
+    def shard_for(self, shop_id: str) -> Shard:
+        return self.shards[self.index_of(shop_id)]
+
+    def install(self, index: int, shard: Shard) -> None:
+        """Put ``shard`` (recovered or reloaded) in place of shard ``index``."""
+        if shard.index != index:
+            raise ValueError(f"shard {shard.index} cannot be installed as shard {index}")
+        self.shards[index] = shard
+
+    def due(self, now: int) -> list[int]:
+        """The shards with a timer due by ``now``: the ones a Tick has work for."""
+        return [s.index for s in self.shards if s.timers and s.timers[0][0] <= now]
 
     def execute(self, command: AnyCommand) -> Any:
-        """Apply one command; raises a ``FenliuError`` having changed nothing."""
+        """Apply one command; raises a ``FenliuError`` having changed nothing.
+
+        A ``Tick`` goes to its shard, or (``shard`` -1) to every shard.
+        """
         if type(command) is Tick:
+            if command.shard >= 0:
+                return self.shards[command.shard].apply(command)
             moved: list[Any] = []
             for shard in self.shards:
                 moved.extend(shard.apply(command).moved)
@@ -49,6 +68,7 @@ class Dispatcher:
         return self.shard_for(query.shop_id).read(query)
 
     def drain_events(self) -> list[Event]:
+        """Every shard's pending events (tests; the server takes each shard's own)."""
         events: list[Event] = []
         for shard in self.shards:
             if shard.outbox:

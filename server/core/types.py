@@ -137,18 +137,25 @@ class PolicyChange(msgspec.Struct, kw_only=True, omit_defaults=True):
 # ---------------------------------------------------------------- commands (journaled)
 
 
-class Command(msgspec.Struct, tag=True, kw_only=True):
-    """A state change. ``at`` is its time in ms; the core never reads a clock."""
+class Command(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True):
+    """A state change. ``at`` is its time in ms; the core never reads a clock.
+
+    Commands are the journal's records, so their schema is on disk: every command names its
+    tag explicitly (never derived from the class name), fields are the attribute names
+    below, and fields with their default value are left out. Evolve by adding fields with
+    defaults; never rename a tag or a field (``tests/server/storage/test_schema.py`` pins
+    them).
+    """
 
     at: int
 
 
-class SetPolicy(Command):
+class SetPolicy(Command, tag="SetPolicy"):
     shop_id: str
     change: PolicyChange
 
 
-class RegisterAgent(Command):
+class RegisterAgent(Command, tag="RegisterAgent"):
     shop_id: str
     agent_id: str
     role: Role = Role.SUB
@@ -157,28 +164,28 @@ class RegisterAgent(Command):
     status: Status = Status.OFFLINE  # for a new agent only
 
 
-class RemoveAgent(Command):
+class RemoveAgent(Command, tag="RemoveAgent"):
     shop_id: str
     agent_id: str
 
 
-class SetStatus(Command):
+class SetStatus(Command, tag="SetStatus"):
     shop_id: str
     agent_id: str
     status: Status
 
 
-class AddPrivateContact(Command):
+class AddPrivateContact(Command, tag="AddPrivateContact"):
     shop_id: str
     buyer_id: str
 
 
-class RemovePrivateContact(Command):
+class RemovePrivateContact(Command, tag="RemovePrivateContact"):
     shop_id: str
     buyer_id: str
 
 
-class Route(Command):
+class Route(Command, tag="Route"):
     shop_id: str
     buyer_id: str
     request_id: str
@@ -189,19 +196,19 @@ class Route(Command):
     from_team_member: bool = False
 
 
-class Acknowledge(Command):
+class Acknowledge(Command, tag="Acknowledge"):
     shop_id: str
     agent_id: str
     session_id: str
 
 
-class Reply(Command):
+class Reply(Command, tag="Reply"):
     shop_id: str
     agent_id: str
     session_id: str
 
 
-class Transfer(Command):
+class Transfer(Command, tag="Transfer"):
     shop_id: str
     session_id: str
     agent_id: str = ""
@@ -210,25 +217,29 @@ class Transfer(Command):
     force: bool = False
 
 
-class EndSessions(Command):
+class EndSessions(Command, tag="EndSessions"):
     shop_id: str
     session_ids: tuple[str, ...]
 
 
-class Pick(Command):
+class Pick(Command, tag="Pick"):
     shop_id: str
     agent_id: str
     session_id: str = ""
     force: bool = False
 
 
-class LeaveQueue(Command):
+class LeaveQueue(Command, tag="LeaveQueue"):
     shop_id: str
     buyer_id: str
 
 
-class Tick(Command):
-    """Fires every timer due at ``at``; the server sends one per shard every second."""
+class Tick(Command, tag="Tick"):
+    """Fires every timer of shard ``shard`` due at ``at``; the server sends one to a shard
+    only when one of its timers is due. ``shard`` -1 (records of format 3 and before, and
+    tests) ticks every shard."""
+
+    shard: int = -1
 
 
 AnyCommand = (

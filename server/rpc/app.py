@@ -31,12 +31,14 @@ from fenliu.client._pb import fenliu_pb2 as pb
 from ..config import Config
 from ..core import types as t
 from ..core.dispatcher import Dispatcher
-from ..storage.journal import Journal
+from ..node import Clock, EventSink, Node, Storage, discard
+from ..snapshots import snapshot_all
+from ..storage.files import FilesStorage
 from .auth import Authenticator
 from .guard import CallGuard
 from .metrics import Metrics
 from .monitor import add_monitor
-from .service import Clock, Core, EventSink, add_services, discard
+from .service import add_services
 from .watch import Hub
 
 log = logging.getLogger("fenliu.server")
@@ -55,17 +57,37 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _open_journal(config: Config, dispatcher: Dispatcher) -> Journal | None:
-    """With a data directory: the journal, the state recovered from it."""
+def _open_storage(config: Config) -> FilesStorage | None:
+    """With a data directory: its files, locked and checked (the state is not read yet).
+
+    Raises:
+        StorageError: the directory is locked, or made with another shard count.
+    """
     if not config.data_dir:
         log.warning("no data directory: state lives in memory and a restart loses it")
         return None
     if not config.fsync:
         log.warning("fsync is OFF: a crash may lose acknowledged changes (benchmarks only)")
-    journal = Journal(dispatcher, Path(config.data_dir), fsync=config.fsync)
-    journal.recover()
-    return journal
+    return FilesStorage(
+        Path(config.data_dir),
+        config.shards,
+        fsync=config.fsync,
+        truncate_corrupt=config.truncate_corrupt_journal,
+        created_by=f"fenliu {_version()}",
+    )
 
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fenliu")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return "unknown"
+
+
+SNAPSHOT_RETRY_S = 10.0
+"""A failed snapshot is tried again this soon (or at the interval, if shorter)."""
 
 # About this often a periodic freeze is a full one (README "Garbage collection").
 FULL_FREEZE_INTERVAL_S = 3600.0
@@ -107,22 +129,20 @@ class Server:
     ) -> None:
         self.config = config or Config()
         self.dispatcher = dispatcher or Dispatcher(self.config.shards)
-        self.journal = _open_journal(self.config, self.dispatcher)
-        self.hub = Hub()  # watch streams; ``events`` gets every event too
-        self.core = Core(self.dispatcher, now_ms, self.hub.tee(events), self.journal)
+        self.storage: Storage | None = None  # opened, and the state recovered, by start()
+        self.hub = Hub()  # watch streams; ``events`` gets every durable event too
+        self.node = Node(self.dispatcher, now_ms, self.hub.tee(events), undo=self.hub)
         self._snapshotter: asyncio.Task[None] | None = None
         self._freezer: asyncio.Task[None] | None = None
         self.snapshotting = False  # a snapshot (perhaps a forked child) is under way
         self.port: int | None = None
         self._health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.metrics = Metrics(self.dispatcher) if self.config.metrics_port else None
-        if self.metrics is not None and self.journal is not None:
-            self.journal.observe_fsync(self.metrics.fsync.observe)
         self._grpc = grpc.aio.server(interceptors=_interceptors(self.config, self.metrics),
                                      options=_OPTIONS)  # fmt: skip
         self._ticker: asyncio.Task[None] | None = None
-        add_services(self._grpc, self.core)
-        add_monitor(self._grpc, self.core, self.hub)
+        add_services(self._grpc, self.node)
+        add_monitor(self._grpc, self.node, self.hub)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self._grpc)
@@ -154,7 +174,24 @@ class Server:
         return bound
 
     async def start(self) -> None:
-        """Bind if not bound yet, start serving and ticking, then report SERVING."""
+        """Open the data directory and recover the state from it, bind if not bound yet,
+        start serving and ticking, then report SERVING.
+
+        Raises:
+            StorageError, FormatError: the data directory cannot be used as it is.
+            OSError: an address cannot be bound.
+        """
+        if self.config.data_dir and self.storage is None:
+            storage = _open_storage(self.config)
+            try:
+                self.node.open(storage)
+            except BaseException:
+                if storage is not None:
+                    storage.close()
+                raise
+            self.storage = storage
+            if self.metrics is not None and storage is not None:
+                storage.on_fsync = self.metrics.fsync.observe
         if self.port is None:
             self.bind()
         if self.metrics is not None and self.metrics.port is None:
@@ -171,7 +208,7 @@ class Server:
             self._freezer = asyncio.create_task(self._freeze_forever(), name="fenliu-gc")
         await self._grpc.start()
         self._ticker = asyncio.create_task(self._tick_forever(), name="fenliu-ticker")
-        if self.journal is not None:
+        if self.storage is not None:
             self._snapshotter = asyncio.create_task(self._snapshot_forever(), name="fenliu-snap")
         await self._set_health(_SERVING)
 
@@ -190,10 +227,12 @@ class Server:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._ticker = self._snapshotter = self._freezer = None
-        journal, self.journal = self.journal, None  # a second stop() must not close it twice
-        if journal is not None:
-            await self._snapshot(journal)  # a quick start next time
-            journal.close()
+        storage, self.storage = self.storage, None  # a second stop() must not close it twice
+        if storage is not None:
+            try:
+                await self._snapshot(storage)  # a quick start next time
+            finally:
+                storage.close()
         if self.metrics is not None:  # off the loop: a scrape in progress may wait on it
             await asyncio.to_thread(self.metrics.close)
 
@@ -220,11 +259,16 @@ class Server:
             await self.tick()
 
     async def tick(self) -> None:
-        """Fire the timers due now: one ``Tick`` command, stamped by the clock."""
-        try:
-            await self.core.execute(t.Tick(at=self.core.now()))
-        except Exception:
-            log.exception("a tick failed")
+        """Fire the timers due now: a ``Tick`` for each shard with one due, stamped by the
+        clock (a shard with none due journals nothing); retry restoring failed shards."""
+        self.node.retry_restores()
+        ticks = self.node.due_ticks()
+        outcomes = await asyncio.gather(
+            *(self.node.execute(tick) for tick in ticks), return_exceptions=True
+        )
+        for tick, outcome in zip(ticks, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                log.error("the tick of shard %d failed: %s", tick.shard, outcome)
 
     async def _freeze_forever(self) -> None:
         interval = self.config.gc_freeze_interval_s
@@ -243,28 +287,34 @@ class Server:
                 self.metrics.gc_freeze.observe(seconds)
 
     async def _snapshot_forever(self) -> None:
-        assert self.journal is not None
+        assert self.storage is not None
+        interval = self.config.snapshot_interval_s
+        wait = interval
         while True:
-            await asyncio.sleep(self.config.snapshot_interval_s)
-            try:
-                seconds = await self._snapshot(self.journal, fork=True)
-            except OSError as exc:
-                log.error("a snapshot failed: %s", exc)
-                continue
-            log.info("snapshot of all shards took %.3fs", seconds)
+            await asyncio.sleep(wait)
+            failed = await self._snapshot(self.storage, fork=True)
+            # A failed snapshot is tried again soon, not at the next interval.
+            wait = min(interval, SNAPSHOT_RETRY_S) if failed else interval
 
-    async def _snapshot(self, journal: Journal, *, fork: bool = False) -> float:
-        """Snapshot every shard; returns (and with metrics, records) how long it took."""
+    async def _snapshot(self, storage: Storage, *, fork: bool = False) -> list[int]:
+        """Snapshot every shard, logged and (with metrics) timed and counted; returns the
+        shards whose snapshot failed."""
         started = time.perf_counter()
         self.snapshotting = True
         try:
-            await journal.snapshot(fork=fork)
+            failed = await snapshot_all(self.node, storage, fork=fork)
         finally:
             self.snapshotting = False
         seconds = time.perf_counter() - started
         if self.metrics is not None:
             self.metrics.snapshot.observe(seconds)
-        return seconds
+            self.metrics.snapshot_failures.inc(len(failed))
+        if failed:
+            log.error("the snapshot of shards %s FAILED (%.3fs); retrying in %.0fs", failed,
+                      seconds, min(self.config.snapshot_interval_s, SNAPSHOT_RETRY_S))  # fmt: skip
+        else:
+            log.info("snapshot of all shards took %.3fs", seconds)
+        return failed
 
 
 def _interceptors(config: Config, metrics: Metrics | None) -> list[CallGuard] | None:
@@ -430,7 +480,7 @@ class ServerThread:
             raise RuntimeError("the server is not running")
         if self._loop is None:
             raise RuntimeError("the server is not running")
-        coroutine = server.core.execute(command)
+        coroutine = server.node.execute(command)
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(self._timeout)
 
     def __enter__(self) -> ServerThread:

@@ -339,8 +339,8 @@ def watch_started(head: int) -> pb.WatchMessage:
     return pb.WatchMessage(started=pb.WatchStarted(head_seq=head))
 
 
-def fell_behind(seq: int, overflow: bool) -> pb.WatchMessage:
-    cause = pb.FellBehind.CAUSE_OVERFLOW if overflow else pb.FellBehind.CAUSE_NOT_KEPT
+def fell_behind(seq: int, cause: pb.FellBehind.Cause.ValueType) -> pb.WatchMessage:
+    """``cause``: the hub's ``Behind.cause``."""
     return pb.WatchMessage(fell_behind=pb.FellBehind(resume_after_seq=seq, cause=cause))
 
 

@@ -8,6 +8,7 @@
     fenliu_queued_buyers, fenliu_left_messages        on the event loop at scrape time
     fenliu_journal_fsync_seconds                      one group commit: write + fsync (histogram)
     fenliu_snapshot_duration_seconds                  one snapshot of every shard (histogram)
+    fenliu_snapshot_failures_total                    shard snapshots that failed (retried)
     fenliu_gc_freeze_seconds                          one periodic collect + gc.freeze(): the
                                                       loop stalls that long (histogram)
 
@@ -66,6 +67,11 @@ class Metrics:
             "fenliu_snapshot_duration_seconds", "One snapshot of every shard",
             buckets=SNAPSHOT_BUCKETS, registry=r,
         )  # fmt: skip
+        self.snapshot_failures = Counter(
+            "fenliu_snapshot_failures_total",
+            "Shard snapshots that failed (each is retried)",
+            registry=r,
+        )
         self.gc_freeze = Histogram(
             "fenliu_gc_freeze_seconds", "One collect + gc.freeze() (the event loop waits)",
             buckets=FSYNC_BUCKETS, registry=r,

@@ -14,8 +14,9 @@ import grpc.aio
 from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 
 from ..core import types as t
+from ..node import Node
 from . import convert
-from .service import Context, Core
+from .service import Context
 from .status import abort_on_error
 from .watch import Behind, Hub, Item
 
@@ -23,8 +24,8 @@ from .watch import Behind, Hub, Item
 class MonitorService(pb_grpc.MonitorServicer):
     """Events as server streams, and the shop stats."""
 
-    def __init__(self, core: Core, hub: Hub) -> None:
-        self._core = core
+    def __init__(self, node: Node, hub: Hub) -> None:
+        self._node = node
         self._hub = hub
 
     async def WatchShop(
@@ -43,18 +44,17 @@ class MonitorService(pb_grpc.MonitorServicer):
 
     async def GetShopStats(self, request: pb.GetShopStatsRequest, context: Context) -> pb.ShopStats:
         async with abort_on_error(context):
-            query = convert.get_shop_stats(request, self._core.now())
-            return convert.shop_stats(self._core.read(query))
+            query = convert.get_shop_stats(request, self._node.now())
+            return convert.shop_stats(self._node.read(query))
 
     async def _watch(
         self, shop_id: str, agent_id: str | None, after: int | None, context: Context
     ) -> AsyncIterator[pb.WatchMessage]:
         """One watch stream; ``agent_id`` None watches the whole shop."""
         async with abort_on_error(context):
-            shop = self._core.dispatcher.shard_for(shop_id).shop(shop_id)  # NOT_FOUND
-            if agent_id is not None:
-                shop.agent(agent_id)  # NOT_FOUND, or INVALID_ARGUMENT when malformed
-            head = shop.event_seq
+            head = self._node.watch_head(shop_id)  # NOT_FOUND
+            if agent_id is not None:  # NOT_FOUND, or INVALID_ARGUMENT when malformed
+                self._node.dispatcher.shard_for(shop_id).shop(shop_id).agent(agent_id)
         # No await between reading the head and subscribing: no event slips in between.
         watcher, missed = self._hub.subscribe(shop_id, agent_id or "", head, after)
         try:
@@ -70,11 +70,11 @@ class MonitorService(pb_grpc.MonitorServicer):
 
 def _message(item: Item) -> pb.WatchMessage:
     if isinstance(item, Behind):
-        return convert.fell_behind(item.seq, item.overflow)
+        return convert.fell_behind(item.seq, item.cause)
     assert isinstance(item, t.Event)
     return convert.watch_event(item)
 
 
-def add_monitor(server: grpc.aio.Server, core: Core, hub: Hub) -> None:
+def add_monitor(server: grpc.aio.Server, node: Node, hub: Hub) -> None:
     """Register the Monitor servicer on ``server``, fed by ``hub``."""
-    pb_grpc.add_MonitorServicer_to_server(MonitorService(core, hub), server)
+    pb_grpc.add_MonitorServicer_to_server(MonitorService(node, hub), server)

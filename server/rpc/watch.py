@@ -19,19 +19,26 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
+from fenliu.client._pb import fenliu_pb2 as pb
+
 from ..core import types as t
-from .service import discard
+from ..node import discard
 
 DEFAULT_RING_SIZE = 1024
 DEFAULT_BUFFER_SIZE = 256
 DEFAULT_IDLE_RINGS = 256
 
 
+NOT_KEPT = pb.FellBehind.CAUSE_NOT_KEPT
+OVERFLOW = pb.FellBehind.CAUSE_OVERFLOW
+UNDONE = pb.FellBehind.CAUSE_UNDONE
+
+
 class Behind(NamedTuple):
-    """Events were lost; the ones that follow come after ``seq``."""
+    """Events were lost (or undone); the ones that follow come after ``seq``."""
 
     seq: int
-    overflow: bool  # True: the watcher's buffer overflowed; False: not kept
+    cause: pb.FellBehind.Cause.ValueType  # NOT_KEPT, OVERFLOW or UNDONE
 
 
 Item = t.Event | Behind
@@ -59,7 +66,7 @@ class Watcher:
         if len(buffer) >= self.limit and isinstance(item, t.Event):
             buffer.clear()  # it has fallen behind: say so instead of queueing more
             self.overflows += 1
-            item = Behind(item.seq, overflow=True)
+            item = Behind(item.seq, OVERFLOW)
         buffer.append(item)
         self._wake.set()
 
@@ -109,6 +116,12 @@ class Hub:
             for watcher in watchers.get(event.shop_id, ()):
                 if watcher.wants(event):
                     watcher.put(event)
+
+    def undone(self, shop_id: str, seq: int) -> None:
+        """The shop's changes after ``seq`` were undone (never published): its watchers
+        re-read, and its ring, which holds only what was published, stays as it is."""
+        for watcher in self.watchers.get(shop_id, ()):
+            watcher.put(Behind(seq, UNDONE))
 
     def tee(self, other: Callable[[list[t.Event]], None]) -> Callable[[list[t.Event]], None]:
         """An event sink feeding this hub, then ``other`` (unless it is ``discard``)."""
@@ -168,5 +181,5 @@ def _missed(ring: deque[t.Event], head: int, after: int | None, watcher: Watcher
     if after is None or after == head:
         return []
     if after > head or not ring or ring[0].seq > after + 1 or ring[-1].seq != head:
-        return [Behind(head, overflow=False)]
+        return [Behind(head, NOT_KEPT)]
     return [e for e in ring if e.seq > after and watcher.wants(e)]

@@ -1,40 +1,33 @@
-"""Pure encoding of what goes to disk: journal records and shard snapshots (msgspec).
+"""Pure encoding of what goes to disk: file headers, frames, journal records (msgspec).
 
 A journal record is ``[u32 length][u32 crc32][payload]`` (little endian), the payload a
-msgpack-encoded command. A snapshot is the same frame around one ``ShardImage``. Both
-files start with ``MAGIC`` and a format version; a newer version is refused, never read.
-
-The image keeps everything that decides future behaviour exactly (orders of dicts that
-are iterated, the timer heap with its sequence numbers); what is derived (scope
-members and counters, heaps, the queue's sorted list, buyer index) is rebuilt on load.
+msgpack-encoded command (its schema: ``core/types.py``, pinned by
+``tests/server/storage/test_schema.py``). A snapshot is the same frame around one shard
+image, which the core encodes itself (``core/image.py``). Both files start with ``MAGIC``
+and a format version; a newer version is refused, never read.
 """
 
 from __future__ import annotations
 
-import heapq
 import struct
 import zlib
-from collections.abc import Callable, Iterator
-from operator import attrgetter
-from typing import Any
+from collections.abc import Iterator
 
 import msgspec
 
 from ..core import types as t
-from ..core.shard import Shard
-from ..core.shop import T_RECENT, T_REQUEST, T_SESSION, Shop
-from ..core.state import Agent, Session
-from ..core.stats import FIELDS, ShopCounters
 
 MAGIC = b"FENLIU"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """1: the first format. 2: shop images end with the event seq and the stats counters (a
 version-1 image reads as seq 0 and empty counters), and the T_RECENT / T_REQUEST timers are
 one per shop (key "") for the oldest entry of its table instead of one per buyer / request
 id (a version-1 image's are merged on load). 3: encoded straight from the live objects
 (issue 5, snapshot speed): a session without a holder has agent_id nil instead of "", its
 excluded agents are in no particular order, and the timer heap is written whole, so it may
-hold the inert entries of ended sessions, which are dropped on load."""
+hold the inert entries of ended sessions, which are dropped on load. 4: journal records
+leave out fields at their default and carry explicit tags (issue 10), a Tick names the one
+shard it ticks, and the data directory has a MANIFEST; images are as in 3."""
 _HEADER = struct.Struct("<6sH")  # magic, version
 _FRAME = struct.Struct("<II")  # payload length, crc32 of the payload
 HEADER_SIZE = _HEADER.size
@@ -92,254 +85,3 @@ def encode_command(command: t.Command) -> bytes:
 
 def decode_command(payload: bytes) -> t.Command:
     return _command_decoder.decode(payload)  # type: ignore[no-any-return]
-
-
-# ---------------------------------------------------------------- snapshot image
-
-
-class AgentImage(msgspec.Struct, array_like=True, gc=False):
-    agent_id: str
-    role: t.Role
-    groups: tuple[str, ...]
-    max_concurrent: int
-    status: t.Status
-    sessions: list[str]  # ASSIGNED + ACTIVE, in order
-    backlog: list[str]  # FIFO
-    last_assign: int
-    reg: int
-    served_day: int
-    served_count: int
-
-
-class SessionImage(msgspec.Struct, array_like=True, gc=False):
-    seq: int
-    buyer_id: str
-    state: t.State
-    agent_id: str | None  # informational (the agents' lists decide); nil: none since format 3
-    group: str
-    priority: bool
-    channel: str
-    created_at: int
-    entered_at: int
-    assigned_at: int
-    awaiting_since: int | None
-    last_activity: int
-    first_reply_at: int
-    excluded: list[str] | None
-    reason: t.Reason
-    timer_due: int | None
-    left_for: str
-    private: bool
-
-
-class CountersImage(msgspec.Struct, array_like=True, gc=False):
-    day: int
-    today: list[int]
-    minute: int
-    current: list[int]
-    buckets: list[tuple[int, list[int]]]  # oldest first
-
-
-class ShopImage(msgspec.Struct, array_like=True):
-    shop_id: str
-    policy: t.Policy
-    agents: list[AgentImage]
-    main: str
-    sessions: list[SessionImage]  # in the shop's order
-    left: list[str]  # left messages, oldest first
-    recent: dict[str, tuple[str, int]]
-    private: list[str]
-    notices: dict[str, int]
-    requests: dict[str, tuple[t.Decision, int]]
-    next_seq: int
-    assign_seq: int
-    reg_seq: int
-    event_seq: int = 0  # since format 2
-    counters: CountersImage | None = None  # since format 2
-
-
-class ShardImage(msgspec.Struct, array_like=True):
-    index: int
-    position: int  # journal records this image covers
-    now: int
-    timer_seq: int
-    timers: list[tuple[int, int, int, str, str]]  # due, seq, kind, shop, key (session id)
-    shops: list[ShopImage]
-
-
-def _live_key(obj: Any) -> str:
-    """The id standing for a live object met while encoding (enc_hook): a session's holder."""
-    if type(obj) is Agent:
-        return obj.agent_id  # type: ignore[no-any-return]
-    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
-
-
-_image_encoder = msgspec.msgpack.Encoder(enc_hook=_live_key)
-_image_decoder = msgspec.msgpack.Decoder(ShardImage)
-# A SessionImage's fields, read in C: the live Session encodes as that array directly
-# (its holder through _live_key, its excluded set as an array), no image object per session.
-_session_fields: Callable[[Session], Any] = attrgetter(
-    *SessionImage.__struct_fields__[:3], "agent", *SessionImage.__struct_fields__[4:]
-)
-
-
-def encode_shard(shard: Shard, position: int) -> bytes:
-    """The shard's whole state, covering the first ``position`` journal records.
-
-    Built for speed (a snapshot of a million sessions must take seconds, SPEC §8): the
-    sessions go to the encoder as tuples of the live objects' fields read in C (their
-    holders become ids through the encoder's hook), instead of through per-item image
-    structs, and the timer heap as it is.
-    """
-    image = ShardImage(
-        index=shard.index,
-        position=position,
-        now=shard.now,
-        timer_seq=shard.timer_seq,
-        # In heap order, ended sessions' inert entries included (dropped on load): a
-        # comprehension is twice as fast as the encoder's hook for the objects in them.
-        timers=[
-            (due, seq, kind, shop.shop_id, key if kind != T_SESSION else key.session_id)
-            for due, seq, kind, shop, key in shard.timers
-        ],
-        shops=[_shop_image(shop) for shop in shard.shops.values()],
-    )
-    return _image_encoder.encode(image)
-
-
-def decode_shard(payload: bytes) -> tuple[Shard, int]:
-    """A shard rebuilt from its image, and the journal position the image covers."""
-    image = _image_decoder.decode(payload)
-    shard = Shard(image.index)
-    shard.now = image.now
-    shard.timer_seq = image.timer_seq
-    for shop_image in image.shops:
-        shard.shops[shop_image.shop_id] = _restore_shop(shard, shop_image)
-    first: dict[tuple[str, int], tuple[int, int]] = {}  # the earliest table timer per shop
-    dropped = False
-    for due, seq, kind, shop_id, key in image.timers:
-        if (kind == T_RECENT or kind == T_REQUEST) and key:  # a version 1 image
-            first[shop_id, kind] = min(first.get((shop_id, kind), (due, seq)), (due, seq))
-            continue
-        shop = shard.shops[shop_id]
-        target: Any = key
-        if kind == T_SESSION:
-            target = shop.sessions.get(key)
-            if target is None:  # an ended session's entry (format 3): inert, left out
-                dropped = True
-                continue
-        shard.timers.append((due, seq, kind, shop, target))  # heap order kept
-    if first:  # version 1: one timer per shop and table stands for all its entries
-        for (shop_id, kind), (due, seq) in first.items():
-            shard.timers.append((due, seq, kind, shard.shops[shop_id], ""))
-    if first or dropped:
-        heapq.heapify(shard.timers)
-    return shard, image.position
-
-
-def _shop_image(shop: Shop) -> ShopImage:
-    return ShopImage(
-        shop_id=shop.shop_id,
-        policy=shop.policy,
-        agents=[
-            AgentImage(
-                a.agent_id,
-                a.role,
-                a.groups,
-                a.max_concurrent,
-                a.status,
-                list(a.sessions),
-                list(a.backlog),
-                a.last_assign,
-                a.reg,
-                a.served_day,
-                a.served_count,
-            )  # fmt: skip
-            for a in shop.agents.values()
-        ],
-        main=shop.main.agent_id if shop.main is not None else "",
-        sessions=list(map(_session_fields, shop.sessions.values())),
-        left=list(shop.left),
-        recent=shop.recent_contacts(),
-        private=sorted(shop.private),
-        notices=dict(shop.notices),
-        requests=dict(shop.requests),
-        next_seq=shop.next_seq,
-        assign_seq=shop.assign_seq,
-        reg_seq=shop.reg_seq,
-        event_seq=shop.event_seq,
-        counters=_counters_image(shop.counters),
-    )
-
-
-def _counters_image(c: ShopCounters | None) -> CountersImage | None:
-    if c is None:
-        return None
-    return CountersImage(c.day, list(c.today), c.minute, list(c.current), list(c.buckets.items()))
-
-
-def _restore_counters(shop: Shop, image: CountersImage | None) -> None:
-    if image is None:
-        return
-    c = shop.counters = ShopCounters()
-    c.day, c.today = image.day, _padded(image.today)
-    c.minute, c.current = image.minute, _padded(image.current)
-    c.buckets = {minute: _padded(counts) for minute, counts in image.buckets}
-
-
-def _padded(counts: list[int]) -> list[int]:
-    """Counts as this version keeps them (an older image may hold fewer fields)."""
-    return counts + [0] * (FIELDS - len(counts))
-
-
-def _restore_shop(shard: Shard, image: ShopImage) -> Shop:
-    shop = Shop(shard, image.shop_id)
-    shop.policy = image.policy
-    shop.priority_crowds = frozenset(image.policy.priority_crowds)
-    for heap in shop.heaps.values():
-        heap.strategy = image.policy.strategy
-    for s in image.sessions:
-        session = Session(s.seq, s.buyer_id, s.group, s.priority, s.channel, s.created_at)
-        session.state = s.state
-        session.entered_at, session.assigned_at = s.entered_at, s.assigned_at
-        session.awaiting_since, session.last_activity = s.awaiting_since, s.last_activity
-        session.first_reply_at, session.reason = s.first_reply_at, s.reason
-        session.excluded = set(s.excluded) if s.excluded else None
-        session.timer_due, session.left_for, session.private = s.timer_due, s.left_for, s.private
-        shop.sessions[session.session_id] = session
-        shop.by_buyer[session.buyer_id] = session
-    for a in image.agents:
-        agent = Agent(a.agent_id, a.role, a.groups, a.max_concurrent, a.status, a.reg)
-        agent.last_assign, agent.served_day, agent.served_count = (
-            a.last_assign, a.served_day, a.served_count,
-        )  # fmt: skip
-        for sid in a.sessions:
-            session = shop.sessions[sid]
-            session.agent = agent
-            agent.sessions[sid] = session
-            agent.load += 1
-            agent.new_count += session.state is t.State.ASSIGNED
-        for sid in a.backlog:
-            shop.sessions[sid].agent = agent
-            agent.backlog[sid] = shop.sessions[sid]
-        shop.agents[agent.agent_id] = agent
-        shop.join(agent)
-        shop.touch(agent)
-    shop.main = shop.agents.get(image.main)
-    for sid in image.left:
-        session = shop.sessions[sid]
-        shop.left[sid] = session
-        shop.reserved_left += bool(session.left_for)
-    shop.queue = sorted(
-        (*shop.queue_key(s), s) for s in shop.sessions.values() if s.state is t.State.QUEUED
-    )
-    # Oldest first (version 1 images kept the first insertion's place: sort, stably).
-    contacts = sorted(image.recent.items(), key=lambda item: item[1][1])
-    shop.recent = {buyer: shop.pack_contact(agent_id, at) for buyer, (agent_id, at) in contacts}
-    shop.private = set(image.private)
-    shop.notices = dict(image.notices)
-    shop.requests = {rid: (decision, at) for rid, (decision, at) in image.requests.items()}
-    shop.next_seq, shop.assign_seq, shop.reg_seq = image.next_seq, image.assign_seq, image.reg_seq
-    shop.event_seq = image.event_seq
-    _restore_counters(shop, image.counters)
-    return shop

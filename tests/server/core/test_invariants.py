@@ -23,6 +23,7 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from fenliu.server.core import image
 from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.errors import FenliuError
 from fenliu.server.core.shop import Shop
@@ -52,7 +53,6 @@ from fenliu.server.core.types import (
     Tick,
     Transfer,
 )
-from fenliu.server.storage import codec
 
 SHOPS = ["shop-a", "shop-b"]
 AGENTS = ["main", "a1", "a2", "a3"]
@@ -385,7 +385,7 @@ class RoutingMachine(RuleBasedStateMachine):
         # the same way (the final replay from scratch checks the rest of the run).
         before = dump(self.d)
         for i, shard in enumerate(self.d.shards):
-            restored, position = codec.decode_shard(codec.encode_shard(shard, len(self.log)))
+            restored, position = image.decode(image.encode(shard, len(self.log)))
             assert position == len(self.log)
             self.d.shards[i] = restored
         assert dump(self.d) == before

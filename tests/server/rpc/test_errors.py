@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,8 +16,8 @@ from grpc_status import rpc_status
 
 from fenliu.client._pb import fenliu_pb2 as pb
 from fenliu.server.config import Config
-from fenliu.server.core import types as t
 from fenliu.server.core.dispatcher import Dispatcher
+from fenliu.server.core.shard import Shard
 from fenliu.server.rpc import status
 from fenliu.server.rpc.app import ServerThread
 
@@ -401,23 +402,39 @@ def test_a_refused_route_does_not_use_up_its_request_id(world: World) -> None:
 # ---------------------------------------------------------------- unexpected failures
 
 
-class _Faulty(Dispatcher):
-    """Fails, as a bug would, on any command for buyer "boom"."""
+class _FaultyShard(Shard):
+    """Fails, as a bug would, half-way through any command for buyer "boom": after it
+    has changed something (the shard's clock)."""
 
-    def execute(self, command: t.AnyCommand) -> Any:
+    def apply(self, command: Any) -> Any:
         if getattr(command, "buyer_id", "") == "boom":
+            self.now = command.at
             raise RuntimeError("secret internals")
-        return super().execute(command)
+        return super().apply(command)
 
 
-@pytest.fixture(scope="module")
-def faulty_api() -> Iterator[Api]:
-    with ServerThread(Config(shards=2), dispatcher=_Faulty(shards=2)) as server:
+class _Faulty(Dispatcher):
+    """Every shard faulty, also those recovered or restored from storage."""
+
+    def __init__(self, shards: int) -> None:
+        super().__init__(shards)
+        self.shards = [_FaultyShard(i) for i in range(shards)]
+
+    def install(self, index: int, shard: Shard) -> None:
+        shard.__class__ = _FaultyShard
+        super().install(index, shard)
+
+
+@pytest.fixture
+def faulty_api(tmp_path: Path) -> Iterator[Api]:
+    """A server with files, so a failed shard is restored from them."""
+    config = Config(shards=2, data_dir=str(tmp_path))
+    with ServerThread(config, dispatcher=_Faulty(shards=2)) as server:
         with grpc.insecure_channel(server.target) as channel:
             yield Api(channel)
 
 
-def test_unexpected_error_is_internal_without_internals(
+def test_unexpected_error_is_internal_without_internals_and_the_shard_is_restored(
     faulty_api: Api, shop: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     faulty_api.agent(shop, "a1")
@@ -427,7 +444,7 @@ def test_unexpected_error_is_internal_without_internals(
     assert error.details() == status.INTERNAL_MESSAGE  # type: ignore[attr-defined]
     assert field_of(error) is None
     assert "secret internals" in caplog.text  # logged with its traceback, never sent
-    # And the server goes on serving
+    # And the shard, restored to its durable state, goes on serving
     assert faulty_api.route(shop, "b1").agent_id == "a1"
 
 
@@ -444,6 +461,26 @@ def test_unexpected_error_in_a_batch_fails_only_its_item(
         "",
     )
     assert fine.decision.agent_id == "a1"
+
+
+def test_without_storage_a_failed_shard_is_fenced_not_served_half_applied(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with ServerThread(Config(shards=2), dispatcher=_Faulty(shards=2)) as server:
+        with grpc.insecure_channel(server.target) as channel:
+            api = Api(channel)
+            shops = {server.dispatcher.index_of(f"f{n}"): f"f{n}" for n in range(20)}
+            broken, other = shops[0], shops[1]
+            api.agent(broken, "a1")
+            api.agent(other, "a1")
+            with caplog.at_level(logging.CRITICAL):
+                error = rpc_error(api.routing.Route, _request(broken, "boom"))
+            assert error.code() == grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
+            # Nothing durable to restore it from: it refuses rather than serve a
+            # half-applied state; the other shard serves on.
+            error = rpc_error(api.routing.Route, _request(broken, "b1"))
+            assert error.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            assert api.route(other, "b1").agent_id == "a1"
 
 
 def _request(shop: str, buyer: str) -> pb.RouteRequest:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from fenliu.server.core.types import Event
-from fenliu.server.rpc.watch import Behind, Hub
+from fenliu.server.rpc.watch import NOT_KEPT, OVERFLOW, Behind, Hub
 
 
 def events(shop: str, seqs: range, agent: str = "a") -> list[Event]:
@@ -35,18 +35,18 @@ def test_resume_gets_what_was_missed_from_the_ring() -> None:
     _, missed = hub.subscribe("s", "", head=5, after=1)
     assert seqs(missed) == [2, 3, 4, 5]
     _, missed = hub.subscribe("s", "", head=5, after=0)
-    assert missed == [Behind(5, overflow=False)]  # 1 is gone
+    assert missed == [Behind(5, NOT_KEPT)]  # 1 is gone
     _, missed = hub.subscribe("s", "", head=5, after=5)
     assert missed == []  # nothing missed
     _, missed = hub.subscribe("s", "", head=5, after=9)
-    assert missed == [Behind(5, overflow=False)]  # a seq the shop never reached
+    assert missed == [Behind(5, NOT_KEPT)]  # a seq the shop never reached
     assert seqs(list(first.buffer)) == [1, 2, 3, 4, 5]
 
 
 def test_a_first_watcher_cannot_resume_from_before_the_ring_existed() -> None:
     hub = Hub()
     _, missed = hub.subscribe("s", "", head=7, after=3)
-    assert missed == [Behind(7, overflow=False)]
+    assert missed == [Behind(7, NOT_KEPT)]
     _, missed = hub.subscribe("t", "", head=7, after=7)
     assert missed == []  # e.g. after a restart with nothing new: nothing lost
 
@@ -66,7 +66,7 @@ def test_a_full_buffer_becomes_one_fell_behind_marker_and_stays_bounded() -> Non
     hub.publish(events("s", range(1, 4)))
     assert seqs(list(watcher.buffer)) == [1, 2, 3]
     hub.publish(events("s", range(4, 6)))
-    assert seqs(list(watcher.buffer)) == [Behind(4, overflow=True), 5]
+    assert seqs(list(watcher.buffer)) == [Behind(4, OVERFLOW), 5]
     hub.publish(events("s", range(6, 1000)))
     assert len(watcher.buffer) <= 3 and watcher.overflows > 1
     first = watcher.buffer[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from fenliu.server.core import image
 from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.types import (
     MINUTE,
@@ -51,7 +52,7 @@ def busy_dispatcher() -> Dispatcher:
 def roundtrip(d: Dispatcher) -> Dispatcher:
     restored = Dispatcher(shards=len(d.shards))
     for i, shard in enumerate(d.shards):
-        restored.shards[i], position = codec.decode_shard(codec.encode_shard(shard, 42))
+        restored.shards[i], position = image.decode(image.encode(shard, 42))
         assert position == 42
     return restored
 
@@ -67,10 +68,10 @@ def test_a_shard_image_restores_the_exact_state() -> None:
 
 def test_a_format_1_image_reads_with_no_event_seq_and_no_counters() -> None:
     d = busy_dispatcher()
-    raw = msgspec.msgpack.decode(codec.encode_shard(d.shards[0], 7))
+    raw = msgspec.msgpack.decode(image.encode(d.shards[0], 7))
     for shop_image in raw[5]:
         del shop_image[-2:]  # format 1 ended a shop image at reg_seq
-    shard, position = codec.decode_shard(msgspec.msgpack.encode(raw))
+    shard, position = image.decode(msgspec.msgpack.encode(raw))
     shop, original = shard.shops["s"], d.shards[0].shops["s"]
     assert position == 7
     assert shop.event_seq == 0 and shop.counters is None
@@ -121,9 +122,9 @@ def test_an_ended_sessions_timer_is_written_but_dropped_on_load() -> None:
     d.execute(EndSessions(at=T0 + 11 * MINUTE, shop_id="s", session_ids=(ended.session_id,)))
     d.drain_events()
     assert any(entry[4] is ended for entry in shard.timers)  # inert, still in the live heap
-    raw = msgspec.msgpack.decode(codec.encode_shard(shard, 7))
+    raw = msgspec.msgpack.decode(image.encode(shard, 7))
     assert ended.session_id in [key for *_, key in raw[4]]  # the heap is written whole
-    restored, _ = codec.decode_shard(codec.encode_shard(shard, 7))
+    restored, _ = image.decode(image.encode(shard, 7))
     keys = [getattr(key, "session_id", key) for *_, key in restored.timers]
     assert ended.session_id not in keys
     assert all(  # still a heap
@@ -139,11 +140,11 @@ def test_a_format_2_image_still_reads() -> None:
     d = busy_dispatcher()
     shop = d.shards[0].shops["s"]
     assert any(s.agent is None for s in shop.sessions.values())
-    raw = msgspec.msgpack.decode(codec.encode_shard(d.shards[0], 7))
+    raw = msgspec.msgpack.decode(image.encode(d.shards[0], 7))
     for shop_image in raw[5]:
         for session_image in shop_image[4]:
             session_image[3] = session_image[3] or ""
-    shard, position = codec.decode_shard(msgspec.msgpack.encode(raw))
+    shard, position = image.decode(msgspec.msgpack.encode(raw))
     restored = Dispatcher(shards=1)
     restored.shards[0] = shard
     assert position == 7

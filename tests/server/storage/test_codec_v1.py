@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from fenliu.server.core import image
 from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.shop import T_RECENT, T_REQUEST
 from fenliu.server.core.types import (
@@ -18,7 +19,6 @@ from fenliu.server.core.types import (
     Status,
     Tick,
 )
-from fenliu.server.storage import codec
 
 T0 = 1_700_000_000_000
 
@@ -37,19 +37,19 @@ def test_a_version_1_image_keeps_its_contacts_and_requests_and_expires_them() ->
         d.execute(EndSessions(at=at, shop_id="s", session_ids=(decision.session_id,)))
     # Rewrite the image as version 1 wrote it: x's contact renewed in place (not moved to
     # the end), one timer per contact and per request id.
-    image = msgspec.msgpack.decode(codec.encode_shard(d.shards[0], 7), type=codec.ShardImage)
-    shop = image.shops[0]
+    old = msgspec.msgpack.decode(image.encode(d.shards[0], 7), type=image.ShardImage)
+    shop = old.shops[0]
     shop.recent = {"x": ("a1", T0 + 1500), "y": ("a1", T0 + 1000)}
-    timers = [e for e in image.timers if e[2] not in (T_RECENT, T_REQUEST)]
-    seq = image.timer_seq
+    timers = [e for e in old.timers if e[2] not in (T_RECENT, T_REQUEST)]
+    seq = old.timer_seq
     for buyer, (_, at) in shop.recent.items():
         seq += 1
         timers.append((at + MINUTE, seq, T_RECENT, "s", buyer))
     for request_id, (_, at) in shop.requests.items():
         seq += 1
         timers.append((at + 10 * MINUTE, seq, T_REQUEST, "s", request_id))
-    image.timers, image.timer_seq = sorted(timers), seq
-    shard, position = codec.decode_shard(msgspec.msgpack.encode(image))
+    old.timers, old.timer_seq = sorted(timers), seq
+    shard, position = image.decode(msgspec.msgpack.encode(old))
     assert position == 7
     assert [t[2] for t in shard.timers].count(T_RECENT) == 1
     assert [t[2] for t in shard.timers].count(T_REQUEST) == 1

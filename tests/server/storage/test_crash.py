@@ -31,10 +31,9 @@ from fenliu.client import (
     Status,
     Unavailable,
 )
-from fenliu.server.core.dispatcher import Dispatcher
-from fenliu.server.storage.files import ShardFiles
 
 from ..core.test_invariants import RoutingMachine
+from .conftest import load as load_files
 
 KILLS = 20
 SHARDS = 4
@@ -199,9 +198,7 @@ def test_nothing_acknowledged_is_lost_across_20_sigkills(tmp_path: Path) -> None
 def check_invariants(data: Path) -> None:
     """The core's invariants on the state the files hold."""
     machine = RoutingMachine()
-    machine.d = Dispatcher(SHARDS)
-    for i in range(SHARDS):
-        machine.d.shards[i] = ShardFiles(data, i, fsync=False).load()
+    machine.d = load_files(data, SHARDS)
     machine.capacity_respected()
     machine.counters_match_a_recount()
     machine.heaps_agree_with_brute_force()

@@ -10,20 +10,19 @@ from pathlib import Path
 import pytest
 
 from fenliu.client import Client, Status, Unavailable
+from fenliu.server import snapshots as snapshots_module
 from fenliu.server.config import Config
-from fenliu.server.core import types as t
+from fenliu.server.core import image, types as t
 from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.types import RegisterAgent, Route
 from fenliu.server.rpc.app import ServerThread
-from fenliu.server.rpc.service import Core
-from fenliu.server.storage import codec, journal as journal_module
-from fenliu.server.storage.files import ShardFiles
-from fenliu.server.storage.journal import Journal
+from fenliu.server.snapshots import snapshot_all
+from fenliu.server.storage import codec
 
 from ..core.test_invariants import dump
+from .conftest import T0, load, open_node
 
 SHARDS = 2
-T0 = 1_700_000_000_000
 
 
 def serve(data: Path) -> ServerThread:
@@ -52,10 +51,7 @@ def served(data: Path, buyers: range) -> object:
 
 def state_of(data: Path) -> object:
     """The state the files hold, loaded in-process."""
-    d = Dispatcher(SHARDS)
-    for i in range(SHARDS):
-        d.shards[i] = ShardFiles(data, i, fsync=False).load()
-    return dump(d)
+    return dump(load(data, SHARDS))
 
 
 @pytest.fixture
@@ -125,9 +121,9 @@ def test_a_failing_disk_answers_unavailable_changes_nothing_and_recovers(data: P
     with serve(data) as server, Client(server.target, retries=0) as fenliu:
         drive(server.target, range(2))
         before = server.call(lambda: dump(server.dispatcher))
-        journal = server.call(lambda: server._server.journal)  # type: ignore[union-attr]
+        storage = server.call(lambda: server._server.storage)  # type: ignore[union-attr]
         shard = server.dispatcher.shard_for("shop-a").index
-        files = journal.writers[shard].files
+        files = storage.logs[shard]
 
         def break_disk() -> None:
             # The journal's descriptor becomes a read-only one (dup2 is atomic, so no other
@@ -152,12 +148,12 @@ def test_a_failing_disk_answers_unavailable_changes_nothing_and_recovers(data: P
 def test_reads_are_not_journaled(data: Path) -> None:
     with serve(data) as server:
         drive(server.target, range(2))
-        journal = server.call(lambda: server._server.journal)  # type: ignore[union-attr]
-        records = sum(w.files.position for w in journal.writers)
+        storage = server.call(lambda: server._server.storage)  # type: ignore[union-attr]
+        records = sum(log.position for log in storage.logs)
         with Client(server.target) as fenliu:
             fenliu.list_team("shop-a")
             fenliu.list_queue("shop-a")
-        assert sum(w.files.position for w in journal.writers) == records
+        assert sum(log.position for log in storage.logs) == records
 
 
 def test_a_segment_killed_before_its_header_is_dropped(data: Path) -> None:
@@ -169,7 +165,6 @@ def test_a_segment_killed_before_its_header_is_dropped(data: Path) -> None:
 
 
 def test_a_forked_snapshot_holds_the_exact_state(data: Path) -> None:
-    d = Dispatcher(SHARDS)
     commands = [
         RegisterAgent(at=T0, shop_id="shop-a", agent_id="a1", max_concurrent=1,
                       status=t.Status.ONLINE),
@@ -177,27 +172,19 @@ def test_a_forked_snapshot_holds_the_exact_state(data: Path) -> None:
           for i in range(3)),
     ]  # fmt: skip
 
-    async def run() -> None:
-        journal = Journal(d, data, fsync=False)
-        journal.recover()
-        core = Core(d, lambda: T0, journal=journal)
+    async def run() -> object:
+        node, storage = open_node(data, SHARDS)
         for command in commands:
-            await core.execute(command)
-        await journal.snapshot(fork=True)
-        journal.close()
+            await node.execute(command)
+        assert await snapshot_all(node, storage, fork=True) == []
+        storage.close()
+        return dump(node.dispatcher)
 
-    asyncio.run(run())
+    state = asyncio.run(run())
     for path in data.glob("shard-*/journal-*.log"):  # only the snapshots can tell now
         path.unlink()
     assert list(data.glob("shard-*/snapshot-*.snap"))
-    assert state_of(data) == dump(d)
-
-
-def load_all(data: Path, shards: int) -> Dispatcher:
-    d = Dispatcher(shards)
-    for i in range(shards):
-        d.shards[i] = ShardFiles(data, i, fsync=False).load()
-    return d
+    assert state_of(data) == state
 
 
 @pytest.mark.parametrize("processes", [1, 3])
@@ -207,64 +194,61 @@ def test_a_forked_snapshot_of_busy_shards_records_each_exact_position(
     """Shards whose journal is still writing are snapshotted in a later round; every image
     covers exactly the records before its segment (the journals are kept: a wrong position
     would replay records twice or not at all)."""
-    monkeypatch.setattr(journal_module, "SNAPSHOT_PROCESSES", processes)
+    monkeypatch.setattr(snapshots_module, "SNAPSHOT_PROCESSES", processes)
     shards = 4
-    d = Dispatcher(shards)
     shops = [f"shop-{i}" for i in range(8)]
-    assert {d.shard_for(shop).index for shop in shops} == set(range(shards))
+    assert {Dispatcher(shards).shard_for(shop).index for shop in shops} == set(range(shards))
     positions: dict[int, int] = {}
 
-    async def run() -> None:
-        journal = Journal(d, data, fsync=False)
-        journal.recover()
-        core = Core(d, lambda: T0, journal=journal)
+    async def run() -> object:
+        node, storage = open_node(data, shards)
+        d = node.dispatcher
         for shop in shops:
-            await core.execute(RegisterAgent(at=T0, shop_id=shop, agent_id="a1",
+            await node.execute(RegisterAgent(at=T0, shop_id=shop, agent_id="a1",
                                              max_concurrent=5, status=t.Status.ONLINE))  # fmt: skip
         quiet = [shop for shop in shops if d.shard_for(shop).index >= 2]
         busy = [
             asyncio.ensure_future(
-                core.execute(Route(at=T0 + i, shop_id=shop, buyer_id=f"b{i}", request_id=f"r{i}"))
+                node.execute(Route(at=T0 + i, shop_id=shop, buyer_id=f"b{i}", request_id=f"r{i}"))
             )  # fmt: skip
             for i, shop in enumerate(shop for shop in shops * 3 if shop not in quiet)
         ]
-        await asyncio.sleep(0)  # applied and queued, not yet durable
-        assert [writer.idle for writer in journal.writers] == [False, False, True, True]
-        await journal.snapshot(fork=True)
+        await asyncio.sleep(0)  # applied and staged, not yet durable
+        assert [node.idle(i) for i in range(shards)] == [False, False, True, True]
+        assert await snapshot_all(node, storage, fork=True) == []
         await asyncio.gather(*busy)
-        positions.update((w.files.index, w.files.position) for w in journal.writers)
-        journal.close()
+        positions.update((i, log.position) for i, log in enumerate(storage.logs))
+        storage.close()
+        return dump(d)
 
-    asyncio.run(run())
+    state = asyncio.run(run())
     for i in range(shards):
         (snapshot,) = (data / f"shard-{i:03d}").glob("snapshot-*.snap")
         assert snapshot.name == f"snapshot-{positions[i]:016d}.snap"
-    assert dump(load_all(data, shards)) == dump(d)
+    assert dump(load(data, shards)) == state
     for path in data.glob("shard-*/journal-*.log"):  # the snapshots alone hold it all
         path.unlink()
-    assert dump(load_all(data, shards)) == dump(d)
+    assert dump(load(data, shards)) == state
 
 
 def test_a_failed_snapshot_child_leaves_the_journal_to_recover_from(
     data: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    d = Dispatcher(SHARDS)
-
     def broken(*_: object) -> bytes:
         raise MemoryError("no memory for the image")
 
-    async def run() -> None:
-        journal = Journal(d, data, fsync=False)
-        journal.recover()
-        core = Core(d, lambda: T0, journal=journal)
-        await core.execute(RegisterAgent(at=T0, shop_id="shop-a", agent_id="a1",
+    async def run() -> tuple[object, list[int]]:
+        node, storage = open_node(data, SHARDS)
+        await node.execute(RegisterAgent(at=T0, shop_id="shop-a", agent_id="a1",
                                          max_concurrent=1, status=t.Status.ONLINE))  # fmt: skip
-        await core.execute(Route(at=T0, shop_id="shop-a", buyer_id="b1", request_id="r1"))
-        monkeypatch.setattr(codec, "encode_shard", broken)  # the child inherits it
-        await journal.snapshot(fork=True)
-        journal.close()
+        await node.execute(Route(at=T0, shop_id="shop-a", buyer_id="b1", request_id="r1"))
+        monkeypatch.setattr(image, "encode", broken)  # the child inherits it
+        failed = await snapshot_all(node, storage, fork=True)
+        storage.close()
+        return dump(node.dispatcher), failed
 
-    asyncio.run(run())
-    assert "the snapshot child failed (1)" in caplog.text
+    state, failed = asyncio.run(run())
+    assert failed == list(range(SHARDS))  # said, so that it is counted and retried
+    assert "the snapshot failed: the snapshot child exited with 1" in caplog.text
     assert not list(data.glob("shard-*/snapshot-*"))  # neither a snapshot nor a .tmp
-    assert state_of(data) == dump(d)
+    assert state_of(data) == state

@@ -1,0 +1,341 @@
+"""The write path's owner: a command is applied, made durable, published, then answered.
+
+    execute(command)
+      1. apply it to its shard (the core checks everything first; a refusal changes nothing)
+      2. stage its record and its events beside the shard's other changes not yet durable
+      3. append them to the shard's log: one batch in flight per shard (group commit)
+      4. once durable: publish the batch's events, in order, then release its callers
+
+Nothing leaves before it is durable: no event, no reply. A read may see a change whose
+record is still in flight (step 3); if that append fails, the shard returns to its durable
+state (``storage.base.recover``), every caller of the failed batch and of the ones queued
+behind it gets UNAVAILABLE, and every watcher of the shard's shops is told the shop was
+``undone`` (it re-reads): the seqs of events never published are issued again, but no
+watcher ever saw them. An unexpected exception inside a command (a bug) is handled the
+same way: the half-applied shard is restored, the caller gets INTERNAL. While a shard is
+being restored its commands and reads answer UNAVAILABLE.
+
+Without storage (no data directory) a change is answered at once; a bug then leaves the
+shard fenced (every call on it UNAVAILABLE) with nothing to restore it from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeAlias
+
+from .core import types as t
+from .core.dispatcher import Dispatcher
+from .core.errors import FenliuError, Unavailable
+from .core.shard import Shard
+from .storage import codec
+from .storage.base import Log, SnapshotStore, recover
+
+log = logging.getLogger(__name__)
+
+Clock: TypeAlias = Callable[[], int]
+"""Milliseconds since the epoch."""
+EventSink: TypeAlias = Callable[[list[t.Event]], None]
+"""Receives durable events, in order; never called with an empty list."""
+
+
+class UndoSink(Protocol):
+    def undone(self, shop_id: str, seq: int) -> None:
+        """The shop's changes after ``seq`` were undone: its watchers must re-read."""
+        ...
+
+
+class Storage(Protocol):
+    """Every shard's log and snapshot store (``storage/files.py``, ``storage/memory.py``)."""
+
+    @property
+    def logs(self) -> Sequence[Log]: ...
+
+    @property
+    def snapshots(self) -> Sequence[SnapshotStore]: ...
+
+    def close(self) -> None: ...
+
+
+def discard(events: list[t.Event]) -> None:
+    """The default event sink: drops them."""
+
+
+class _Staged:
+    """One shard's changes on their way to its log: at most one batch in flight."""
+
+    __slots__ = ("records", "events", "waiters", "flushing", "in_flight")
+
+    def __init__(self) -> None:
+        self.records: list[bytes] = []
+        self.events: list[t.Event] = []
+        self.waiters: list[asyncio.Future[None]] = []
+        self.flushing = False  # a flush is scheduled
+        self.in_flight: tuple[list[t.Event], list[asyncio.Future[None]]] | None = None
+
+
+class Node:
+    """The dispatcher behind the servicers: stamped by a clock, every change durable before
+    it is published or acknowledged, reads and watch heads that agree with that."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        now_ms: Clock,
+        events: EventSink = discard,
+        storage: Storage | None = None,
+        undo: UndoSink | None = None,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.now = now_ms
+        self.storage = storage
+        self._publish = events
+        self._undo = undo
+        count = len(dispatcher.shards)
+        self._staged = [_Staged() for _ in range(count)]
+        self._fenced = [False] * count  # being restored (or, without storage, broken)
+        self._restoring: set[int] = set()
+
+    # ------------------------------------------------------------ start-up
+
+    def open(self, storage: Storage | None) -> None:
+        """Serve from ``storage``: load every shard's durable state (at start, before serving).
+
+        Raises:
+            StorageError, codec.FormatError: storage cannot be trusted as it is.
+        """
+        self.storage = storage
+        if storage is None:
+            return
+        started = time.perf_counter()
+        replayed = 0
+        for i, (log_, snapshots) in enumerate(zip(storage.logs, storage.snapshots, strict=True)):
+            shard = recover(i, log_, snapshots)
+            self.dispatcher.install(i, shard)
+            replayed += log_.position - log_.start
+        shops = sum(len(s.shops) for s in self.dispatcher.shards)
+        log.info(
+            "recovered %d shards, %d shops, up to %d journal records replayed, in %.2fs",
+            len(self._staged), shops, replayed, time.perf_counter() - started,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------ the write path
+
+    async def execute(self, command: t.AnyCommand) -> Any:
+        """Apply one command and answer once it is durable.
+
+        Raises:
+            FenliuError: the core refused it (nothing changed), or Unavailable: it could
+                not be made durable (undone) or its shard is being restored.
+        """
+        if type(command) is t.Tick and command.shard < 0:
+            return await self._tick_all(command.at)
+        result, durable = self._submit(command)
+        if durable is not None:
+            await durable
+        return result
+
+    async def execute_each(self, commands: Iterable[t.AnyCommand]) -> list[Any]:
+        """Apply commands one by one; each item's result or the exception it raised."""
+        results: list[Any] = []
+        waits: list[tuple[int, asyncio.Future[None]]] = []
+        for command in commands:
+            try:
+                result, durable = self._submit(command)
+            except Exception as exc:
+                results.append(exc)
+                continue
+            if durable is not None:
+                waits.append((len(results), durable))
+            results.append(result)
+        if waits:
+            outcomes = await asyncio.gather(*(f for _, f in waits), return_exceptions=True)
+            for (i, _), outcome in zip(waits, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    results[i] = outcome
+        return results
+
+    def _submit(self, command: t.AnyCommand) -> tuple[Any, asyncio.Future[None] | None]:
+        """Apply ``command`` and stage its record and events: its result, and the future
+        of its durability (None without storage: its events are published at once)."""
+        if type(command) is t.Tick:
+            index = command.shard
+        else:
+            index = self.dispatcher.index_of(command.shop_id)  # type: ignore[union-attr]
+        shard = self._shard(index)
+        result = self._apply(index, shard, command)
+        events = shard.outbox
+        if events:
+            shard.outbox = []
+        if self.storage is None:
+            if events:
+                self._deliver(events)
+            return result, None
+        return result, self._stage(index, codec.encode_command(command), events)
+
+    async def _tick_all(self, at: int) -> t.Moved:
+        """A Tick of every shard (``shard`` -1: tests and tools), one command per shard."""
+        results = await self.execute_each(
+            [t.Tick(at=at, shard=i) for i in range(len(self._staged))]
+        )
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return t.Moved(moved=tuple(d for result in results for d in result.moved))
+
+    def read(self, query: t.AnyQuery) -> Any:
+        return self._shard(self.dispatcher.index_of(query.shop_id)).read(query)
+
+    def watch_head(self, shop_id: str) -> int:
+        """The seq of the shop's latest published event: a watcher starts after it.
+
+        Raises:
+            NotFound: no such shop. Unavailable: its shard is being restored.
+        """
+        index = self.dispatcher.index_of(shop_id)
+        shop = self._shard(index).shop(shop_id)
+        staged = self._staged[index]
+        unpublished = staged.events + (staged.in_flight[0] if staged.in_flight else [])
+        return shop.event_seq - sum(1 for e in unpublished if e.shop_id == shop_id)
+
+    def due_ticks(self) -> list[t.Tick]:
+        """One Tick for every shard with a timer due now (none is journaled otherwise)."""
+        now = self.now()
+        return [t.Tick(at=now, shard=i) for i in self.dispatcher.due(now) if not self._fenced[i]]
+
+    def idle(self, index: int) -> bool:
+        """Nothing of shard ``index`` is on its way to the log (a snapshot may be taken)."""
+        staged = self._staged[index]
+        return not staged.records and staged.in_flight is None
+
+    def fenced(self, index: int) -> bool:
+        """Shard ``index`` refuses every call until it is restored from storage."""
+        return self._fenced[index]
+
+    def retry_restores(self) -> None:
+        """Try again to restore the shards a failing disk kept from being restored."""
+        for index in [i for i, fenced in enumerate(self._fenced) if fenced]:
+            if index not in self._restoring and self.storage is not None:
+                self._restore(index)
+
+    # ------------------------------------------------------------ internals
+
+    def _shard(self, index: int) -> Shard:
+        if self._fenced[index]:
+            raise Unavailable(f"shard {index} is being restored after a storage failure; retry", "")
+        return self.dispatcher.shards[index]
+
+    def _apply(self, index: int, shard: Shard, command: t.AnyCommand) -> Any:
+        try:
+            return shard.apply(command)
+        except FenliuError:
+            raise
+        except Exception:
+            shard.outbox.clear()
+            log.exception("shard %d: a command failed half-way; restoring the shard", index)
+            self._fenced[index] = True
+            if self.storage is not None:
+                self._fail_staged(index, Unavailable("an earlier change was undone; retry", ""))
+                self._restore(index)
+            else:
+                log.critical("shard %d: no storage to restore it from: it stays fenced", index)
+            raise
+
+    def _stage(self, index: int, record: bytes, events: list[t.Event]) -> asyncio.Future[None]:
+        staged = self._staged[index]
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        staged.records.append(record)
+        if events:
+            staged.events.extend(events)
+        staged.waiters.append(waiter)
+        if not staged.flushing and staged.in_flight is None:
+            staged.flushing = True
+            loop.call_soon(self._flush, index)  # the calls ready now join this batch
+        return waiter
+
+    def _flush(self, index: int) -> None:
+        staged = self._staged[index]
+        staged.flushing = False
+        if staged.in_flight is not None or not staged.records or self._fenced[index]:
+            return
+        assert self.storage is not None
+        records, staged.records = staged.records, []
+        batch = staged.in_flight = (staged.events, staged.waiters)
+        staged.events, staged.waiters = [], []
+        try:
+            appended = self.storage.logs[index].append(records)
+        except Exception as exc:  # noqa: BLE001 - as a failed append
+            appended = asyncio.get_running_loop().create_future()
+            appended.set_exception(exc)
+        appended.add_done_callback(lambda done: self._settled(index, batch, done))
+
+    def _settled(
+        self,
+        index: int,
+        batch: tuple[list[t.Event], list[asyncio.Future[None]]],
+        done: asyncio.Future[None],
+    ) -> None:
+        staged = self._staged[index]
+        staged.in_flight = None
+        events, waiters = batch
+        error = done.exception() if not done.cancelled() else OSError("cancelled")
+        if error is None:
+            if events:
+                self._deliver(events)
+            for waiter in waiters:
+                if not waiter.done():  # a cancelled call: its change is durable all the same
+                    waiter.set_result(None)
+            if self._fenced[index]:
+                self._restore(index)  # a bug was waiting for this batch to settle
+            elif staged.records:
+                self._flush(index)
+            return
+        reason = getattr(error, "strerror", None) or str(error)
+        unavailable = Unavailable(f"the change could not be made durable ({reason}); retry", "")
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(unavailable)
+        self._fenced[index] = True
+        self._fail_staged(index, unavailable)
+        self._restore(index)
+
+    def _deliver(self, events: list[t.Event]) -> None:
+        try:
+            self._publish(events)
+        except Exception:  # the change has happened: its callers still get their answers
+            log.exception("the event sink failed; %d events dropped", len(events))
+
+    def _fail_staged(self, index: int, error: Unavailable) -> None:
+        """Drop what is staged behind (it built on what is being undone)."""
+        staged = self._staged[index]
+        waiters, staged.waiters = staged.waiters, []
+        staged.records, staged.events = [], []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+
+    def _restore(self, index: int) -> None:
+        """Put shard ``index`` back to its durable state, once its batch in flight settled."""
+        staged = self._staged[index]
+        if staged.in_flight is not None or self.storage is None:
+            return  # ``_settled`` calls again
+        self._restoring.add(index)
+        try:
+            shard = recover(index, self.storage.logs[index], self.storage.snapshots[index])
+        except Exception as exc:  # noqa: BLE001 - still failing: stay fenced, retry later
+            log.error("shard %d: cannot be restored from storage yet: %s", index, exc)
+            return
+        finally:
+            self._restoring.discard(index)
+        old = self.dispatcher.shards[index]
+        self.dispatcher.install(index, shard)
+        self._fenced[index] = False
+        log.warning("shard %d: restored to its durable state", index)
+        if self._undo is not None:
+            for shop_id in old.shops:
+                shop = shard.shops.get(shop_id)
+                self._undo.undone(shop_id, shop.event_seq if shop is not None else 0)

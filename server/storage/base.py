@@ -1,0 +1,113 @@
+"""The storage seams: a shard's ``Log`` and its ``SnapshotStore``, and recovery over them.
+
+The write path (``server/node.py``) needs two things per shard and nothing more:
+
+- a ``Log``: records appended in order, durable once the returned future resolves, read
+  back after a position (local files: ``files.py``; memory: ``memory.py``; a replicated
+  stream in cluster mode);
+- a ``SnapshotStore``: shard images saved at a log position, the newest valid one
+  loaded back.
+
+``recover`` turns the two into the shard's durable state; it is the same at start-up,
+after a failed write (the shard returns to what is durable) and in a replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+from ..core import image
+from ..core.errors import FenliuError
+from ..core.shard import Shard
+from . import codec
+
+log = logging.getLogger(__name__)
+
+
+class StorageError(Exception):
+    """Storage cannot be trusted as it is (corrupt, locked, mismatched): refuse, loudly."""
+
+
+class Log(Protocol):
+    """One shard's ordered log of records (positions count from 1)."""
+
+    @property
+    def position(self) -> int:
+        """Records durable so far: the position of the last one."""
+        ...
+
+    @property
+    def start(self) -> int:
+        """The position before the first record still kept (0: nothing pruned)."""
+        ...
+
+    def append(self, records: Sequence[bytes]) -> asyncio.Future[None]:
+        """Append in order; resolves once all are durable, or fails with ``OSError``
+        having made none of them durable. Called with one append in flight at most."""
+        ...
+
+    def replay(self, after: int) -> Iterator[bytes]:
+        """The records after position ``after``, in order.
+
+        Raises:
+            StorageError: a record in the middle is damaged (a torn tail is not).
+        """
+        ...
+
+    def rotate(self) -> None:
+        """Start a new segment at the current position (so older ones can be pruned)."""
+        ...
+
+    def prune(self, before: int) -> None:
+        """Records up to ``before`` are covered by snapshots: they may be dropped."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SnapshotStore(Protocol):
+    """One shard's snapshots: images (``core/image.py``) at log positions."""
+
+    def save(self, payload: bytes, position: int) -> None:
+        """Store an image covering ``position`` records, atomically."""
+        ...
+
+    def load(self) -> tuple[bytes, int] | None:
+        """The newest valid image and its position (damaged ones are skipped), or None."""
+        ...
+
+    def prune(self) -> int:
+        """Drop all but the newest kept images; returns the position the oldest kept one
+        covers (0: none), up to which the log may be pruned."""
+        ...
+
+
+def recover(index: int, log_: Log, snapshots: SnapshotStore) -> Shard:
+    """Shard ``index`` as it is durable: the newest valid snapshot, then the log after it.
+
+    Raises:
+        StorageError: no usable snapshot for a log that no longer starts at 0, or a
+            damaged record in the middle of the log.
+        codec.FormatError: a file written by a newer format.
+    """
+    found = snapshots.load()
+    shard, position = image.decode(found[0]) if found is not None else (Shard(index), 0)
+    if shard.index != index:
+        raise StorageError(f"shard {index}: its snapshot holds shard {shard.index}")
+    if position < log_.start:
+        raise StorageError(
+            f"shard {index}: no usable snapshot, and its journal starts after record "
+            f"{log_.start} (the records before were pruned): the shard cannot be rebuilt. "
+            "Restore the shard's directory from a backup."
+        )
+    for payload in log_.replay(position):
+        command = codec.decode_command(payload)
+        try:
+            shard.apply(command)
+        except FenliuError as exc:  # it was accepted once: refusing now is a core bug
+            raise StorageError(f"shard {index}: a journal record no longer applies: {exc}") from exc
+        shard.outbox.clear()
+    return shard
