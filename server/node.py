@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeAlias
 
 from .core import types as t
@@ -32,7 +32,7 @@ from .core.dispatcher import Dispatcher
 from .core.errors import FenliuError, Unavailable
 from .core.shard import Shard
 from .storage import codec
-from .storage.base import Log, SnapshotStore, recover
+from .storage.base import Storage, recover, recover_all
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +46,6 @@ class UndoSink(Protocol):
     def undone(self, shop_id: str, seq: int) -> None:
         """The shop's changes after ``seq`` were undone: its watchers must re-read."""
         ...
-
-
-class Storage(Protocol):
-    """Every shard's log and snapshot store (``storage/files.py``, ``storage/memory.py``)."""
-
-    @property
-    def logs(self) -> Sequence[Log]: ...
-
-    @property
-    def snapshots(self) -> Sequence[SnapshotStore]: ...
-
-    def close(self) -> None: ...
 
 
 def discard(events: list[t.Event]) -> None:
@@ -111,11 +99,9 @@ class Node:
         if storage is None:
             return
         started = time.perf_counter()
-        replayed = 0
-        for i, (log_, snapshots) in enumerate(zip(storage.logs, storage.snapshots, strict=True)):
-            shard = recover(i, log_, snapshots)
+        for i, shard in enumerate(recover_all(storage)):
             self.dispatcher.install(i, shard)
-            replayed += log_.position - log_.start
+        replayed = sum(log_.position - log_.start for log_ in storage.logs)
         shops = sum(len(s.shops) for s in self.dispatcher.shards)
         log.info(
             "recovered %d shards, %d shops, up to %d journal records replayed, in %.2fs",

@@ -20,8 +20,8 @@ from typing import NoReturn
 
 from .core import image
 from .core.shard import Shard
-from .node import Node, Storage
-from .storage.base import SnapshotStore
+from .node import Node
+from .storage.base import SnapshotStore, Storage
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,9 @@ from fenliu.client._pb import fenliu_pb2 as pb
 from ..config import Config
 from ..core import types as t
 from ..core.dispatcher import Dispatcher
-from ..node import Clock, EventSink, Node, Storage, discard
+from ..node import Clock, EventSink, Node, discard
 from ..snapshots import snapshot_all
+from ..storage.base import Storage
 from ..storage.files import FilesStorage
 from .auth import Authenticator
 from .guard import CallGuard

@@ -85,6 +85,23 @@ class SnapshotStore(Protocol):
         ...
 
 
+class Storage(Protocol):
+    """Every shard's log and snapshot store (``files.py``, ``memory.py``)."""
+
+    @property
+    def logs(self) -> Sequence[Log]: ...
+
+    @property
+    def snapshots(self) -> Sequence[SnapshotStore]: ...
+
+    def replay(self, after: Sequence[int]) -> Iterator[tuple[int, bytes]]:
+        """(shard, record) of every shard's records after its position in ``after``, in
+        one pass (at start: a shared log is read once, not once per shard)."""
+        ...
+
+    def close(self) -> None: ...
+
+
 def recover(index: int, log_: Log, snapshots: SnapshotStore) -> Shard:
     """Shard ``index`` as it is durable: the newest valid snapshot, then the log after it.
 
@@ -93,6 +110,26 @@ def recover(index: int, log_: Log, snapshots: SnapshotStore) -> Shard:
             damaged record in the middle of the log.
         codec.FormatError: a file written by a newer format.
     """
+    shard, position = _snapshot(index, log_, snapshots)
+    for payload in log_.replay(position):
+        _replay(shard, payload)
+    return shard
+
+
+def recover_all(storage: Storage) -> list[Shard]:
+    """Every shard as it is durable, reading the logs in one pass (see ``recover``)."""
+    found = [
+        _snapshot(i, *pair)
+        for i, pair in enumerate(zip(storage.logs, storage.snapshots, strict=True))
+    ]
+    shards = [shard for shard, _ in found]
+    for index, payload in storage.replay([position for _, position in found]):
+        _replay(shards[index], payload)
+    return shards
+
+
+def _snapshot(index: int, log_: Log, snapshots: SnapshotStore) -> tuple[Shard, int]:
+    """The shard's newest valid snapshot (an empty shard if none) and its position."""
     found = snapshots.load()
     shard, position = image.decode(found[0]) if found is not None else (Shard(index), 0)
     if shard.index != index:
@@ -103,11 +140,15 @@ def recover(index: int, log_: Log, snapshots: SnapshotStore) -> Shard:
             f"{log_.start} (the records before were pruned): the shard cannot be rebuilt. "
             "Restore the shard's directory from a backup."
         )
-    for payload in log_.replay(position):
-        command = codec.decode_command(payload)
-        try:
-            shard.apply(command)
-        except FenliuError as exc:  # it was accepted once: refusing now is a core bug
-            raise StorageError(f"shard {index}: a journal record no longer applies: {exc}") from exc
-        shard.outbox.clear()
-    return shard
+    return shard, position
+
+
+def _replay(shard: Shard, payload: bytes) -> None:
+    command = codec.decode_command(payload)
+    try:
+        shard.apply(command)
+    except FenliuError as exc:  # it was accepted once: refusing now is a core bug
+        raise StorageError(
+            f"shard {shard.index}: a journal record no longer applies: {exc}"
+        ) from exc
+    shard.outbox.clear()

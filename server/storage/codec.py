@@ -60,13 +60,14 @@ def frame(payload: bytes) -> bytes:
 
 def frames(data: bytes, offset: int) -> Iterator[tuple[bytes, int]]:
     """(payload, end offset) of each intact frame from ``offset``; stops at the first torn
-    or corrupt one (a crash mid-write: it was never acknowledged)."""
+    or corrupt one (a crash mid-write: it was never acknowledged). No payload is empty, so
+    a zero-length frame is a hole of zeros (whose crc32 would match), not a frame."""
     size = len(data)
     while offset + _FRAME.size <= size:
         length, crc = _FRAME.unpack_from(data, offset)
         start = offset + _FRAME.size
         end = start + length
-        if end > size:
+        if end > size or not length:
             return
         payload = data[start:end]
         if zlib.crc32(payload) != crc:

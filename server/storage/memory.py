@@ -74,5 +74,10 @@ class MemoryStorage:
         self.logs = [MemoryLog() for _ in range(shards)]
         self.snapshots = [MemorySnapshots() for _ in range(shards)]
 
+    def replay(self, after: Sequence[int]) -> Iterator[tuple[int, bytes]]:
+        for i, (log, position) in enumerate(zip(self.logs, after, strict=True)):
+            for record in log.replay(position):
+                yield i, record
+
     def close(self) -> None:
         pass

@@ -44,13 +44,14 @@ def written(data: Path, commands: list[RegisterAgent]) -> object:
 
 
 def the_segment(data: Path) -> Path:
-    (segment,) = [p for p in data.glob("shard-*/journal-*.log") if p.stat().st_size > 8]
+    (segment,) = data.glob("wal/wal-*.log")
     return segment
 
 
 def record_offsets(segment: Path) -> list[int]:
+    """Where each record starts (the first frame is the segment's start, not a record)."""
     data = segment.read_bytes()
-    return [codec.HEADER_SIZE] + [end for _, end in codec.frames(data, codec.HEADER_SIZE)]
+    return [end for _, end in codec.frames(data, codec.HEADER_SIZE)]
 
 
 def test_a_flipped_byte_mid_journal_is_damage_named_by_file_and_offset(tmp_path: Path) -> None:
@@ -90,12 +91,11 @@ def test_a_torn_tail_is_still_a_crash_not_damage(tmp_path: Path) -> None:
 
 def test_a_bad_segment_with_a_later_segment_after_it_is_damage(tmp_path: Path) -> None:
     written(tmp_path, agents(3))
-    segment = the_segment(tmp_path)
-    later = segment.with_name("journal-0000000000000004.log")
-    later.write_bytes(codec.file_header() + codec.frame(codec.encode_command(agents(5)[4])))
-    with open(segment, "ab") as f:
-        f.write(b"\x07" * 10)  # garbage where record 4 should be
-    with pytest.raises(StorageError, match="damaged record"):
+    written(tmp_path, agents(5)[3:])  # the next start writes a later segment
+    first = min(tmp_path.glob("wal/wal-*.log"))
+    with open(first, "ab") as f:
+        f.write(b"\x07" * 10)  # garbage between the first segment's end and the next
+    with pytest.raises(StorageError, match=f"{first}: a damaged record"):
         load(tmp_path, SHARDS)
 
 
@@ -165,8 +165,8 @@ def test_a_segment_that_cannot_be_opened_leaks_no_descriptor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     storage = FilesStorage(tmp_path, SHARDS, fsync=False)
-    shard_log = storage.logs[0]
-    list(shard_log.replay(0))
+    wal = storage.wal
+    list(wal.replay([0] * SHARDS))
     real_write = os.write
 
     def full(fd: int, data: bytes) -> int:
@@ -176,10 +176,10 @@ def test_a_segment_that_cannot_be_opened_leaks_no_descriptor(
     monkeypatch.setattr(os, "write", full)
     for _ in range(50):
         with pytest.raises(OSError):
-            shard_log.write(b"x", 1)
+            wal.write([(0, [b"x"])])
     monkeypatch.setattr(os, "write", real_write)
     assert len(os.listdir("/proc/self/fd")) == fds
-    assert not list(shard_log.dir.glob("journal-*.log"))  # no header-less segment left
+    assert not list(wal.dir.glob("wal-*.log"))  # no header-less segment left
     storage.close()
 
 

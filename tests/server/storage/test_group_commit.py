@@ -15,7 +15,7 @@ from fenliu.server.core.errors import Unavailable
 from fenliu.server.core.types import RegisterAgent, Status
 from fenliu.server.snapshots import snapshot_all
 from fenliu.server.storage.codec import FormatError
-from fenliu.server.storage.files import ShardLog
+from fenliu.server.storage.files import FilesStorage
 
 from ..core.test_invariants import dump
 from .conftest import T0, load, open_node
@@ -47,12 +47,13 @@ def teams(d: Dispatcher) -> list[list[str]]:
     return [sorted(a for shop in s.shops.values() for a in shop.agents) for s in d.shards]
 
 
-def break_disk(shard_log: ShardLog) -> None:
+def break_disk(storage: FilesStorage) -> None:
     """The log's descriptor becomes a read-only one (dup2 is atomic, so no other file can
     take the number): its next write fails with EBADF, a real OSError."""
-    assert shard_log._fd is not None
-    read_only = os.open(next(shard_log.dir.glob("journal-*.log")), os.O_RDONLY)
-    os.dup2(read_only, shard_log._fd)
+    wal = storage.wal
+    assert wal._fd is not None
+    read_only = os.open(next(wal.dir.glob("wal-*.log")), os.O_RDONLY)
+    os.dup2(read_only, wal._fd)
     os.close(read_only)
 
 
@@ -71,52 +72,51 @@ def test_concurrent_changes_on_every_shard_share_one_cycle_and_are_all_durable(
         return state, cycles, positions
 
     state, cycles, positions = asyncio.run(main())
-    assert cycles == 1  # 12 records on 4 shards: one thread hop, one batch per shard
+    assert cycles == 1  # 12 records on 4 shards: one thread hop, one write, one fsync
     assert positions == [3] * SHARDS
     assert on_disk(tmp_path) == state
 
 
-def test_a_failing_shard_undoes_only_its_own_batch_in_a_shared_cycle(tmp_path: Path) -> None:
-    async def main() -> tuple[list[object], list[object], list[object]]:
+def test_a_failed_write_undoes_every_batch_of_its_cycle_and_nothing_before(
+    tmp_path: Path,
+) -> None:
+    async def main() -> tuple[object, object, list[object], list[list[str]]]:
         node, storage = open_node(tmp_path, SHARDS, fsync=True)
         d = node.dispatcher
         shops = shops_per_shard(d)
         await asyncio.gather(*(node.execute(register(shop, "a0")) for shop in shops.values()))
         before = dump(d)
-        break_disk(storage.logs[0])
+        break_disk(storage)
         outcomes = await asyncio.gather(
             *(node.execute(register(shops[i], "a1")) for i in range(SHARDS)),
             return_exceptions=True,
         )
         after = dump(d)
-        again = await node.execute(register(shops[0], "a2"))  # a fresh segment: resumes
-        assert again is not None
+        await asyncio.gather(*(node.execute(register(shop, "a2")) for shop in shops.values()))
+        live = teams(d)
         storage.close()
-        return before, after, outcomes
+        return before, after, outcomes, live
 
-    before, after, outcomes = asyncio.run(main())
-    assert isinstance(outcomes[0], Unavailable)
-    assert [o for o in outcomes[1:] if isinstance(o, BaseException)] == []
-    assert after[0] == before[0]  # shard 0 restored: its change undone
-    assert all(after[i] != before[i] for i in range(1, SHARDS))  # the others kept theirs
-    recovered = teams(load(tmp_path, SHARDS))
-    assert recovered[0] == ["a0", "a2"]  # a1 was refused and undone, a2 came after the disk
-    assert recovered[1:] == [["a0", "a1"]] * (SHARDS - 1)
+    before, after, outcomes, live = asyncio.run(main())
+    assert all(isinstance(o, Unavailable) for o in outcomes)  # one write for all 4 batches
+    assert after == before  # every shard restored: the refused changes are gone
+    assert live == [["a0", "a2"]] * SHARDS  # writing resumed in a fresh segment
+    assert teams(load(tmp_path, SHARDS)) == live
 
 
 def test_a_shard_that_cannot_be_restored_yet_strands_nobody_and_is_restored_later(
     tmp_path: Path,
 ) -> None:
     """Shard 0's restore raises something other than OSError (say a FormatError from a
-    file damaged by the same failing disk). The others release their callers, shard 0
-    refuses calls (never serving the undone change) and a snapshot does not wait for it;
-    once its files read again, it is restored and serves."""
+    file damaged by the same failing disk). Every caller is answered, shard 0 refuses
+    calls (never serving the undone change) and a snapshot does not wait for it; once its
+    files read again, it is restored and serves."""
 
     async def main() -> tuple[list[object], object, list[int], bool]:
         node, storage = open_node(tmp_path, SHARDS, fsync=True)
         shops = shops_per_shard(node.dispatcher)
         await asyncio.gather(*(node.execute(register(shop, "a0")) for shop in shops.values()))
-        break_disk(storage.logs[0])
+        break_disk(storage)
 
         def broken_load() -> object:
             raise FormatError("shard-000: not a fenliu file")
@@ -139,8 +139,7 @@ def test_a_shard_that_cannot_be_restored_yet_strands_nobody_and_is_restored_late
         return outcomes, refused[0], failed, again is not None
 
     outcomes, refused, failed, resumed = asyncio.run(main())
-    assert isinstance(outcomes[0], Unavailable)
-    assert [o for o in outcomes[1:] if isinstance(o, BaseException)] == []
+    assert all(isinstance(o, Unavailable) for o in outcomes)
     assert isinstance(refused, Unavailable)
     assert failed == [0]
     assert resumed
@@ -154,22 +153,22 @@ def test_close_waits_for_a_cycle_in_the_thread_before_closing_the_files(tmp_path
 
     async def main() -> tuple[int | None, bool]:
         node, storage = open_node(tmp_path, SHARDS, fsync=True)
-        shard_log = storage.logs[node.dispatcher.shard_for("shop0").index]
-        original, entered, release = shard_log.write, threading.Event(), threading.Event()
+        wal = storage.wal
+        original, entered, release = wal.write, threading.Event(), threading.Event()
 
-        def slow_write(data: bytes, records: int) -> None:
+        def slow_write(batches: object) -> None:
             entered.set()
             release.wait(5)
-            original(data, records)
+            original(batches)  # type: ignore[arg-type]
 
-        shard_log.write = slow_write  # type: ignore[method-assign]
+        wal.write = slow_write  # type: ignore[method-assign,assignment]
         pending = asyncio.ensure_future(node.execute(register("shop0", "a0")))
         while not entered.is_set():
             await asyncio.sleep(0.01)
         threading.Timer(0.2, release.set).start()
         storage.close()  # Server.stop's order: nothing new comes, one cycle may be running
         await asyncio.wait_for(pending, 5)
-        return shard_log._fd, pending.exception() is None
+        return wal._fd, pending.exception() is None
 
     fd, ok = asyncio.run(main())
     assert fd is None  # no file left open by the journal after close
@@ -188,7 +187,7 @@ def test_a_failed_fsync_takes_its_batch_back_out_of_the_file(
         shops = shops_per_shard(d)
         await node.execute(register(shops[0], "a0"))
         before = dump(d)
-        broken = storage.logs[0]._fd
+        broken = storage.wal._fd
         real_fsync = os.fsync
 
         def fsync(fd: int) -> None:

@@ -79,7 +79,7 @@ def test_a_torn_tail_is_dropped_and_the_rest_recovered(data: Path) -> None:
     before = served(data, range(5))
     for snapshot in data.glob("shard-*/snapshot-*.snap"):
         snapshot.unlink()
-    segment = max(data.glob("shard-*/journal-*.log"), key=lambda p: p.stat().st_size)
+    segment = max(data.glob("wal/wal-*.log"), key=lambda p: p.stat().st_size)
     intact = segment.stat().st_size
     whole = codec.frame(b"a record the crash cut short")
     with open(segment, "ab") as f:
@@ -107,7 +107,7 @@ def test_a_corrupt_snapshot_falls_back_to_an_older_one_and_a_longer_replay(data:
 
 def test_a_newer_format_is_refused_not_misread(data: Path) -> None:
     served(data, range(2))
-    segment = next(data.glob("shard-*/journal-*.log"))
+    segment = next(data.glob("wal/wal-*.log"))
     raw = bytearray(segment.read_bytes())
     raw[6:8] = (codec.FORMAT_VERSION + 1).to_bytes(2, "little")
     segment.write_bytes(bytes(raw))
@@ -122,15 +122,14 @@ def test_a_failing_disk_answers_unavailable_changes_nothing_and_recovers(data: P
         drive(server.target, range(2))
         before = server.call(lambda: dump(server.dispatcher))
         storage = server.call(lambda: server._server.storage)  # type: ignore[union-attr]
-        shard = server.dispatcher.shard_for("shop-a").index
-        files = storage.logs[shard]
+        wal = storage.wal
 
         def break_disk() -> None:
-            # The journal's descriptor becomes a read-only one (dup2 is atomic, so no other
+            # The log's descriptor becomes a read-only one (dup2 is atomic, so no other
             # file can take the number): its next write fails with EBADF, a real OSError.
-            assert files._fd is not None
-            read_only = os.open(next(files.dir.glob("journal-*.log")), os.O_RDONLY)
-            os.dup2(read_only, files._fd)
+            assert wal._fd is not None
+            read_only = os.open(next(wal.dir.glob("wal-*.log")), os.O_RDONLY)
+            os.dup2(read_only, wal._fd)
             os.close(read_only)
 
         server.call(break_disk)
@@ -158,10 +157,10 @@ def test_reads_are_not_journaled(data: Path) -> None:
 
 def test_a_segment_killed_before_its_header_is_dropped(data: Path) -> None:
     before = served(data, range(3))
-    shard_dir = next(data.glob("shard-*"))
-    (shard_dir / "journal-9999999999999999.log").write_bytes(codec.MAGIC[:3])
+    cut_short = data / "wal" / "wal-99999999.log"
+    cut_short.write_bytes(codec.MAGIC[:3])
     assert state_of(data) == before
-    assert not (shard_dir / "journal-9999999999999999.log").exists()
+    assert not cut_short.exists()
 
 
 def test_a_forked_snapshot_holds_the_exact_state(data: Path) -> None:
@@ -181,7 +180,7 @@ def test_a_forked_snapshot_holds_the_exact_state(data: Path) -> None:
         return dump(node.dispatcher)
 
     state = asyncio.run(run())
-    for path in data.glob("shard-*/journal-*.log"):  # only the snapshots can tell now
+    for path in data.glob("wal/wal-*.log"):  # only the snapshots can tell now
         path.unlink()
     assert list(data.glob("shard-*/snapshot-*.snap"))
     assert state_of(data) == state
@@ -226,7 +225,7 @@ def test_a_forked_snapshot_of_busy_shards_records_each_exact_position(
         (snapshot,) = (data / f"shard-{i:03d}").glob("snapshot-*.snap")
         assert snapshot.name == f"snapshot-{positions[i]:016d}.snap"
     assert dump(load(data, shards)) == state
-    for path in data.glob("shard-*/journal-*.log"):  # the snapshots alone hold it all
+    for path in data.glob("wal/wal-*.log"):  # the snapshots alone hold it all
         path.unlink()
     assert dump(load(data, shards)) == state
 
