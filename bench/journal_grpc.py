@@ -65,11 +65,17 @@ async def _setup(target: str) -> None:
 async def _drive(target: str, proc: int, inflight: int, start: float, stop: float) -> int:
     """Closed-loop new-buyer Routes between ``start`` and ``stop`` (wall clock)."""
     done = 0
-    async with grpc.aio.insecure_channel(target) as channel:
-        route = pb_grpc.RoutingStub(channel).Route
+    # One connection per 64 callers: past ~100 concurrent streams on one HTTP/2
+    # connection the calls queue in the client (and some end CANCELLED).
+    own = [("grpc.use_local_subchannel_pool", 1)]  # else channels share one connection
+    channels = [
+        grpc.aio.insecure_channel(target, options=own) for _ in range((inflight + 63) // 64)
+    ]
+    try:
 
         async def caller(c: int) -> None:
             nonlocal done
+            route = pb_grpc.RoutingStub(channels[c // 64]).Route
             n = 0
             while time.time() < stop:
                 n += 1
@@ -84,6 +90,9 @@ async def _drive(target: str, proc: int, inflight: int, start: float, stop: floa
                     done += 1
 
         await asyncio.gather(*(caller(c) for c in range(inflight)))
+    finally:
+        for channel in channels:
+            await channel.close()
     return done
 
 

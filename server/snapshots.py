@@ -1,117 +1,149 @@
-"""Snapshots of every shard, each at an instant when nothing of it is on its way to the log.
+"""Snapshots of every shard, and pruning what they cover.
 
-With ``fork`` (where the OS has it) one child process encodes and stores the images of
-every shard idle at the fork, from a copy-on-write view of memory, so routing stalls only
-for the fork itself; shards busy then follow in further rounds (one fork each). Otherwise
-each image is encoded here, on the loop, one shard at a time (the final one at shutdown).
-Old snapshots and the journal they cover are pruned here, in the server, only after the
-new ones are stored: an orphaned child must never delete what a restarted server reads.
+Periodic snapshots are written by the snapshotter (``storage/snapshotter.py``), a process
+of its own that follows the write-ahead log and keeps a replica of the shards: the server
+sends it the positions durable now, it brings its replica there and stores every shard's
+image at exactly those positions, and the server then prunes. The serving process never
+forks and never encodes an image while it serves, so routing does not stall for a
+snapshot. ``snapshot_in_process`` encodes here, on the loop, shard by shard: for a storage
+without files (memory) and as the fallback of the final snapshot at shutdown. Old
+snapshots and the log they cover are pruned by the server only, after the new ones are
+stored: a snapshotter must never delete what a restarted server reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import json
 import logging
-import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import NoReturn
+from pathlib import Path
 
 from .core import image
-from .core.shard import Shard
 from .node import Node
-from .storage.base import SnapshotStore, Storage
+from .storage.base import Storage
+from .storage.files import FilesStorage
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_PROCESSES = max(1, min(2, os.cpu_count() or 1))
-"""Processes encoding and storing a forked snapshot's shards in parallel: two, where there
-are two cores (the images are independent; more would only compete with the server)."""
 
-_Job = tuple[SnapshotStore, int, Shard]
-
-
-async def snapshot_all(node: Node, storage: Storage, *, fork: bool = False) -> list[int]:
-    """Snapshot every shard; returns the shards whose snapshot failed (logged)."""
-    fork = fork and hasattr(os, "fork")
+async def snapshot_in_process(node: Node, storage: Storage) -> list[int]:
+    """Snapshot every shard here, each at an instant when nothing of it is on its way to
+    the log; returns the shards whose snapshot failed (logged)."""
     pending = list(range(len(storage.logs)))
     failed: list[int] = []
     while pending:
         while not any(node.idle(i) or node.fenced(i) for i in pending):
             await asyncio.sleep(0.001)
-        fenced = [i for i in pending if node.fenced(i)]  # nothing trustworthy to image
-        if fenced:
-            log.error("shards %s: no snapshot while being restored", fenced)
-            failed += fenced
-            pending = [i for i in pending if i not in fenced]
+        index = next(i for i in pending if node.idle(i) or node.fenced(i))
+        pending.remove(index)
+        if node.fenced(index):  # nothing trustworthy to image
+            log.error("shard %d: no snapshot while it is being restored", index)
+            failed.append(index)
             continue
-        ready = [i for i in pending if node.idle(i)]
-        if not fork:
-            ready = ready[:1]
-        pending = [i for i in pending if i not in ready]
-        # Nothing awaits from here to the rotations: each image, its position and its
-        # segment boundary agree, and no append runs while a segment changes.
-        jobs: list[_Job] = []
-        for i in ready:
-            storage.logs[i].rotate()
-            jobs.append((storage.snapshots[i], storage.logs[i].position, node.dispatcher.shards[i]))
+        # Nothing awaits from here to the encoding: the image and its position agree.
+        shard_log, store = storage.logs[index], storage.snapshots[index]
+        shard_log.rotate()
+        position = shard_log.position
+        with _no_gc():
+            payload = image.encode(node.dispatcher.shards[index], position)
         try:
-            if fork:
-                pid = os.fork()
-                if pid == 0:  # the child: encode, store, leave without running anything else
-                    _store_and_exit(jobs, SNAPSHOT_PROCESSES)
-                status = await asyncio.to_thread(_wait, pid)
-                if status != 0:
-                    raise OSError(f"the snapshot child exited with {status}")
-            else:
-                ((store, position, shard),) = jobs
-                with _no_gc():
-                    payload = image.encode(shard, position)
-                await asyncio.to_thread(store.save, payload, position)
+            await asyncio.to_thread(store.save, payload, position)
         except OSError as exc:
-            log.error("shards %s: the snapshot failed: %s", ready, exc)
-            failed += ready
+            log.error("shard %d: the snapshot failed: %s", index, exc)
+            failed.append(index)
             continue
-        for i in ready:
-            await asyncio.to_thread(_prune, storage, i)
+        await asyncio.to_thread(prune, storage, index)
     return failed
 
 
-def _prune(storage: Storage, index: int) -> None:
+def prune(storage: Storage, index: int) -> None:
+    """Drop shard ``index``'s snapshots beyond the kept ones and the log they cover."""
     keep_from = storage.snapshots[index].prune()
     if keep_from:
         storage.logs[index].prune(keep_from)
 
 
-def _store_and_exit(jobs: list[_Job], processes: int) -> NoReturn:
-    """In a forked child: store the snapshots and exit at once (no atexit, no grpc).
+class Snapshotter:
+    """The snapshotter process of a data directory, driven over its stdin and stdout."""
 
-    The shards are shared out among ``processes`` processes (this one and grandchildren
-    forked from it, so the server's loop pays for one fork only); the exit code is 0 when
-    every snapshot is stored. No garbage is ever collected here: the child exits before it
-    would matter, and a collection would walk, and so copy, every page of the heap.
-    """
-    code = 1
-    try:
-        gc.disable()
-        children: list[int] = []
-        share = jobs[::processes]
-        for k in range(1, min(processes, len(jobs))):
-            pid = os.fork()
-            if pid == 0:
-                children.clear()
-                share = jobs[k::processes]
-                break
-            children.append(pid)
-        for store, position, shard in share:
-            store.save(image.encode(shard, position), position)
-        code = 0
-        for pid in children:
-            if _wait(pid) != 0:
-                code = 1
-    finally:
-        os._exit(code)
+    def __init__(self, root: Path, shards: int) -> None:
+        self.root = root
+        self.shards = shards
+        self._proc: asyncio.subprocess.Process | None = None
+        self._ready = False
+        self.restarts = 0
+
+    async def start(self) -> None:
+        """Start the process (it loads its replica from the files on its own)."""
+        self._ready = False
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fenliu.server.storage.snapshotter",
+            str(self.root), str(self.shards),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+
+    async def snapshot(self, storage: FilesStorage) -> bool:
+        """Every shard's snapshot at the positions durable now, then pruned; False (and
+        logged) if it failed, in which case the next call starts a fresh snapshotter."""
+        if self._proc is None or self._proc.returncode is not None:
+            if self._proc is not None:
+                self.restarts += 1
+                log.warning("the snapshotter exited (%s); starting a new one",
+                            self._proc.returncode)  # fmt: skip
+            await self.start()
+        targets = list(storage.wal.positions)  # durable now (one cycle's, never half of one)
+        for shard_log in storage.logs:
+            shard_log.rotate()
+        try:
+            answer = await self._ask(targets)
+        except (OSError, ValueError, EOFError) as exc:
+            log.error("the snapshotter failed: %s", exc)
+            await self.close()
+            return False
+        if "ok" not in answer:
+            log.error("the snapshotter failed: %s", answer.get("failed", answer))
+            return False
+        for index in range(len(storage.logs)):
+            await asyncio.to_thread(prune, storage, index)
+        return True
+
+    async def _ask(self, targets: Sequence[int]) -> dict[str, object]:
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        while not self._ready:
+            self._ready = "ready" in await self._line(proc)
+        proc.stdin.write((json.dumps({"to": list(targets)}) + "\n").encode())
+        await proc.stdin.drain()
+        return await self._line(proc)
+
+    @staticmethod
+    async def _line(proc: asyncio.subprocess.Process) -> dict[str, object]:
+        assert proc.stdout is not None
+        line = await proc.stdout.readline()
+        if not line:
+            raise EOFError(f"the snapshotter exited ({await proc.wait()})")
+        answer = json.loads(line)
+        if not isinstance(answer, dict):
+            raise ValueError(f"the snapshotter said {answer!r}")
+        return answer
+
+    async def close(self, timeout: float = 30.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
 
 
 @contextmanager
@@ -125,9 +157,3 @@ def _no_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def _wait(pid: int) -> int:
-    """The child's exit code (negative: killed by that signal)."""
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)

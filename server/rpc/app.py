@@ -32,8 +32,7 @@ from ..config import Config
 from ..core import types as t
 from ..core.dispatcher import Dispatcher
 from ..node import Clock, EventSink, Node, discard
-from ..snapshots import snapshot_all
-from ..storage.base import Storage
+from ..snapshots import Snapshotter, snapshot_in_process
 from ..storage.files import FilesStorage
 from .auth import Authenticator
 from .guard import CallGuard
@@ -130,12 +129,12 @@ class Server:
     ) -> None:
         self.config = config or Config()
         self.dispatcher = dispatcher or Dispatcher(self.config.shards)
-        self.storage: Storage | None = None  # opened, and the state recovered, by start()
+        self.storage: FilesStorage | None = None  # opened, the state recovered, by start()
+        self.snapshotter: Snapshotter | None = None
         self.hub = Hub()  # watch streams; ``events`` gets every durable event too
         self.node = Node(self.dispatcher, now_ms, self.hub.tee(events), undo=self.hub)
-        self._snapshotter: asyncio.Task[None] | None = None
+        self._snapshots: asyncio.Task[None] | None = None
         self._freezer: asyncio.Task[None] | None = None
-        self.snapshotting = False  # a snapshot (perhaps a forked child) is under way
         self.port: int | None = None
         self._health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.metrics = Metrics(self.dispatcher) if self.config.metrics_port else None
@@ -191,8 +190,12 @@ class Server:
                     storage.close()
                 raise
             self.storage = storage
-            if self.metrics is not None and storage is not None:
-                storage.on_fsync = self.metrics.fsync.observe
+            if storage is not None:
+                if self.metrics is not None:
+                    storage.on_fsync = self.metrics.fsync.observe
+                # Started before gRPC's threads are (a spawn, not a fork of this process).
+                self.snapshotter = Snapshotter(storage.root, self.config.shards)
+                await self.snapshotter.start()
         if self.port is None:
             self.bind()
         if self.metrics is not None and self.metrics.port is None:
@@ -210,7 +213,7 @@ class Server:
         await self._grpc.start()
         self._ticker = asyncio.create_task(self._tick_forever(), name="fenliu-ticker")
         if self.storage is not None:
-            self._snapshotter = asyncio.create_task(self._snapshot_forever(), name="fenliu-snap")
+            self._snapshots = asyncio.create_task(self._snapshot_forever(), name="fenliu-snap")
         await self._set_health(_SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -222,17 +225,21 @@ class Server:
         await self._health.enter_graceful_shutdown()
         self.hub.close()  # watch streams end now: a drain must not wait for them
         await self._grpc.stop(self.config.grace_s if grace is None else grace)
-        for task in (self._ticker, self._snapshotter, self._freezer):
+        for task in (self._ticker, self._snapshots, self._freezer):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._ticker = self._snapshotter = self._freezer = None
+        self._ticker = self._snapshots = self._freezer = None
         storage, self.storage = self.storage, None  # a second stop() must not close it twice
         if storage is not None:
             try:
-                await self._snapshot(storage)  # a quick start next time
+                if not await self._snapshot(storage):  # a quick start next time
+                    log.warning("snapshotting in-process instead")
+                    await snapshot_in_process(self.node, storage)
             finally:
+                if self.snapshotter is not None:
+                    await self.snapshotter.close()
                 storage.close()
         if self.metrics is not None:  # off the loop: a scrape in progress may wait on it
             await asyncio.to_thread(self.metrics.close)
@@ -278,9 +285,7 @@ class Server:
         while True:
             await asyncio.sleep(interval)
             since_full += 1
-            # A full collection writes every object's GC header: while a forked snapshot
-            # child shares the heap copy-on-write, that would copy every page. It waits.
-            full = since_full >= full_every and not self.snapshotting
+            full = since_full >= full_every
             if full:
                 since_full = 0
             seconds = freeze_heap(full=full)
@@ -293,29 +298,27 @@ class Server:
         wait = interval
         while True:
             await asyncio.sleep(wait)
-            failed = await self._snapshot(self.storage, fork=True)
+            ok = await self._snapshot(self.storage)
             # A failed snapshot is tried again soon, not at the next interval.
-            wait = min(interval, SNAPSHOT_RETRY_S) if failed else interval
+            wait = interval if ok else min(interval, SNAPSHOT_RETRY_S)
 
-    async def _snapshot(self, storage: Storage, *, fork: bool = False) -> list[int]:
-        """Snapshot every shard, logged and (with metrics) timed and counted; returns the
-        shards whose snapshot failed."""
+    async def _snapshot(self, storage: FilesStorage) -> bool:
+        """Every shard's snapshot by the snapshotter, logged and (with metrics) timed and
+        counted; whether it was stored."""
+        assert self.snapshotter is not None
         started = time.perf_counter()
-        self.snapshotting = True
-        try:
-            failed = await snapshot_all(self.node, storage, fork=fork)
-        finally:
-            self.snapshotting = False
+        ok = await self.snapshotter.snapshot(storage)
         seconds = time.perf_counter() - started
         if self.metrics is not None:
             self.metrics.snapshot.observe(seconds)
-            self.metrics.snapshot_failures.inc(len(failed))
-        if failed:
-            log.error("the snapshot of shards %s FAILED (%.3fs); retrying in %.0fs", failed,
-                      seconds, min(self.config.snapshot_interval_s, SNAPSHOT_RETRY_S))  # fmt: skip
-        else:
+            if not ok:
+                self.metrics.snapshot_failures.inc()
+        if ok:
             log.info("snapshot of all shards took %.3fs", seconds)
-        return failed
+        else:
+            log.error("the snapshot FAILED after %.3fs; retrying in %.0fs", seconds,
+                      min(self.config.snapshot_interval_s, SNAPSHOT_RETRY_S))  # fmt: skip
+        return ok
 
 
 def _interceptors(config: Config, metrics: Metrics | None) -> list[CallGuard] | None:

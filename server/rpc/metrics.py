@@ -8,7 +8,7 @@
     fenliu_queued_buyers, fenliu_left_messages        on the event loop at scrape time
     fenliu_journal_fsync_seconds                      one group commit: write + fsync (histogram)
     fenliu_snapshot_duration_seconds                  one snapshot of every shard (histogram)
-    fenliu_snapshot_failures_total                    shard snapshots that failed (retried)
+    fenliu_snapshot_failures_total                    snapshots that failed (each is retried)
     fenliu_gc_freeze_seconds                          one periodic collect + gc.freeze(): the
                                                       loop stalls that long (histogram)
 

@@ -110,40 +110,40 @@ def recover(index: int, log_: Log, snapshots: SnapshotStore) -> Shard:
             damaged record in the middle of the log.
         codec.FormatError: a file written by a newer format.
     """
-    shard, position = _snapshot(index, log_, snapshots)
+    shard, position = load_snapshot(index, snapshots, log_.start)
     for payload in log_.replay(position):
-        _replay(shard, payload)
+        apply_record(shard, payload)
     return shard
 
 
 def recover_all(storage: Storage) -> list[Shard]:
     """Every shard as it is durable, reading the logs in one pass (see ``recover``)."""
-    found = [
-        _snapshot(i, *pair)
-        for i, pair in enumerate(zip(storage.logs, storage.snapshots, strict=True))
-    ]
+    pairs = zip(storage.logs, storage.snapshots, strict=True)
+    found = [load_snapshot(i, snaps, log_.start) for i, (log_, snaps) in enumerate(pairs)]
     shards = [shard for shard, _ in found]
     for index, payload in storage.replay([position for _, position in found]):
-        _replay(shards[index], payload)
+        apply_record(shards[index], payload)
     return shards
 
 
-def _snapshot(index: int, log_: Log, snapshots: SnapshotStore) -> tuple[Shard, int]:
-    """The shard's newest valid snapshot (an empty shard if none) and its position."""
+def load_snapshot(index: int, snapshots: SnapshotStore, log_start: int) -> tuple[Shard, int]:
+    """Shard ``index``'s newest valid snapshot (an empty shard if none) and its position,
+    for a log whose first kept record follows ``log_start``."""
     found = snapshots.load()
     shard, position = image.decode(found[0]) if found is not None else (Shard(index), 0)
     if shard.index != index:
         raise StorageError(f"shard {index}: its snapshot holds shard {shard.index}")
-    if position < log_.start:
+    if position < log_start:
         raise StorageError(
             f"shard {index}: no usable snapshot, and its journal starts after record "
-            f"{log_.start} (the records before were pruned): the shard cannot be rebuilt. "
+            f"{log_start} (the records before were pruned): the shard cannot be rebuilt. "
             "Restore the shard's directory from a backup."
         )
     return shard, position
 
 
-def _replay(shard: Shard, payload: bytes) -> None:
+def apply_record(shard: Shard, payload: bytes) -> None:
+    """Replay one journal record (accepted once, so it must apply again)."""
     command = codec.decode_command(payload)
     try:
         shard.apply(command)

@@ -29,6 +29,7 @@ import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 
@@ -126,6 +127,12 @@ class Wal:
         bounds[shard] = after
         for _, payload in self._replay_segments(bounds, counts, only=shard):
             yield payload
+
+    def follow(self, after: Sequence[int]) -> Follower:
+        """A reader of the log as it grows, from every shard's position in ``after``: for a
+        replica of the shards kept by another process (the snapshotter) while this one's
+        owner appends. It reads only what it is told is durable and never truncates."""
+        return Follower(self, after)
 
     def _replay_legacy(self, shard: int, counts: list[int]) -> Iterator[bytes]:
         paths = [p for p in self._legacy[shard] if p.exists()]
@@ -268,8 +275,10 @@ class Wal:
                 self.close()
             raise
         self._size = start + len(data)
+        positions = list(self.positions)
         for shard, records in batches:
-            self.positions[shard] += len(records)
+            positions[shard] += len(records)
+        self.positions = positions  # one assignment: a reader sees one cycle or the next
 
     def _open_segment(self) -> None:
         self.close()
@@ -316,6 +325,93 @@ class Wal:
                 s <= c for s, c in zip(self._segments[1].starts, self.covered, strict=True)
             ):
                 self._segments.pop(0).path.unlink()
+
+
+class Follower:
+    """Reads the log forward up to positions its owner says are durable (``advance``)."""
+
+    def __init__(self, wal: Wal, after: Sequence[int]) -> None:
+        self.wal = wal
+        self.after = list(after)  # records at or before these were applied already
+        self.counts: list[int] | None = None  # positions read so far (None: not started)
+        self._legacy_done = False
+        self._segment: _Segment | None = None
+        self._file: BinaryIO | None = None
+        self._buffer = b""
+
+    def advance(self, targets: Sequence[int]) -> Iterator[tuple[int, bytes]]:
+        """(shard, record) of every record after the last call's up to ``targets`` (all
+        durable: the owner said so); stops exactly there.
+
+        Raises:
+            StorageError: the log ends (or breaks) before reaching ``targets``.
+        """
+        wal = self.wal
+        if not self._legacy_done:  # frozen per-shard journals of format 3 and before
+            counts = [0] * wal.shards
+            for i in range(wal.shards):
+                for payload in wal._replay_legacy(i, counts):
+                    if counts[i] > self.after[i]:
+                        yield i, payload
+            self._legacy_done = True
+            self.counts = counts
+        assert self.counts is not None
+        counts = self.counts
+        while any(c < t for c, t in zip(counts, targets, strict=True)):
+            if self._file is None and not self._open_next(counts):
+                raise StorageError(
+                    f"{wal.dir}: the log ends at {counts}, before the durable positions "
+                    f"{list(targets)}"
+                )
+            assert self._file is not None
+            self._buffer += self._file.read()
+            offset = 0
+            for payload, end in codec.frames(self._buffer, 0):
+                shard = payload[0] | payload[1] << 8
+                if counts[shard] >= targets[shard]:
+                    break  # beyond the durable point: left for the next call
+                counts[shard] += 1
+                offset = end
+                if counts[shard] > self.after[shard]:
+                    yield shard, payload[2:]
+                if not any(c < t for c, t in zip(counts, targets, strict=True)):
+                    break
+            self._buffer = self._buffer[offset:]
+            if any(c < t for c, t in zip(counts, targets, strict=True)):
+                self._file.close()  # this segment is done: the rest is in the next one
+                self._file, self._buffer = None, b""
+
+    def _open_next(self, counts: list[int]) -> bool:
+        with self.wal._lock:
+            self.wal._segments = self.wal._scan()  # the owner may have added (or pruned) some
+            segments = list(self.wal._segments)
+        later = [s for s in segments if self._segment is None or s.seq > self._segment.seq]
+        if self._segment is None:  # the first: the last one starting at or before ``after``
+            starts = [
+                s for s in later if all(a >= b for a, b in zip(self.after, s.starts, strict=True))
+            ]
+            later = later[len(starts) - 1 :] if starts else later
+        if not later:
+            return False
+        segment = later[0]
+        if self._segment is not None and segment.starts != counts:
+            raise StorageError(f"{segment.path}: starts at {segment.starts}, not at {counts}")
+        counts[:] = segment.starts if self._segment is None else counts
+        self._segment = segment
+        self._file = open(segment.path, "rb")  # noqa: SIM115 - kept open between calls
+        header = self._file.read(codec.HEADER_SIZE)
+        codec.check_header(header, str(segment.path))
+        self._buffer = self._file.read()
+        first = next(codec.frames(self._buffer, 0), None)
+        if first is None or first[0][:2] != _START:
+            raise StorageError(f"{segment.path}: a segment without its start frame")
+        self._buffer = self._buffer[first[1] :]
+        return True
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class _Cut:

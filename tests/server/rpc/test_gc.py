@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,6 @@ from fenliu.server import options
 from fenliu.server.config import Config
 from fenliu.server.core import types as t
 from fenliu.server.core.state import Agent
-from fenliu.server.rpc import app
 from fenliu.server.rpc.app import Server, freeze_heap
 
 AT = 1_000
@@ -133,33 +132,3 @@ def test_only_a_full_freeze_reclaims_cyclic_garbage_that_was_frozen() -> None:
         assert gc.get_freeze_count() > 0  # and the survivors are frozen again
     finally:
         gc.enable()
-
-
-def test_a_full_freeze_waits_while_a_snapshot_is_under_way(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A full collection would copy every page a forked snapshot child shares: it waits."""
-    fulls: list[bool] = []
-
-    def record(*, full: bool = False) -> float:
-        fulls.append(full)
-        return 0.0
-
-    monkeypatch.setattr(app, "freeze_heap", record)
-    monkeypatch.setattr(app, "FULL_FREEZE_INTERVAL_S", 0.02)  # every 2nd freeze is full
-
-    async def wait_for(done: Callable[[], bool]) -> None:
-        for _ in range(500):
-            if done():
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"freezes so far: {fulls}")
-
-    async def scenario() -> None:
-        async with Server(Config(port=0, shards=1, gc_freeze_interval_s=0.01)) as server:
-            assert fulls == [True]  # the recovered heap, before serving
-            server.snapshotting = True  # before the freezer's first turn
-            await wait_for(lambda: len(fulls) >= 9)
-            assert not any(fulls[1:])
-            server.snapshotting = False
-            await wait_for(lambda: any(fulls[1:]))
-
-    asyncio.run(scenario())

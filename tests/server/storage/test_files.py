@@ -101,13 +101,13 @@ def test_a_bad_segment_with_a_later_segment_after_it_is_damage(tmp_path: Path) -
 
 def test_both_snapshots_damaged_after_pruning_refuses_to_start(tmp_path: Path) -> None:
     async def main() -> None:
-        from fenliu.server.snapshots import snapshot_all
+        from fenliu.server.snapshots import snapshot_in_process
 
         node, storage = open_node(tmp_path, SHARDS)
         for round_ in range(3):  # three snapshots: the journal before the second is pruned
             for command in agents(2, shop=f"shop{round_}"):
                 await node.execute(command)
-            assert await snapshot_all(node, storage) == []
+            assert await snapshot_in_process(node, storage) == []
         storage.close()
 
     asyncio.run(main())

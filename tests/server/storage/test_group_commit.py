@@ -13,7 +13,7 @@ import pytest
 from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.errors import Unavailable
 from fenliu.server.core.types import RegisterAgent, Status
-from fenliu.server.snapshots import snapshot_all
+from fenliu.server.snapshots import snapshot_in_process
 from fenliu.server.storage.codec import FormatError
 from fenliu.server.storage.files import FilesStorage
 
@@ -131,7 +131,7 @@ def test_a_shard_that_cannot_be_restored_yet_strands_nobody_and_is_restored_late
         )
         refused = await asyncio.gather(node.execute(register(shops[0], "a9")),
                                        return_exceptions=True)  # fmt: skip
-        failed = await asyncio.wait_for(snapshot_all(node, storage), 5)
+        failed = await asyncio.wait_for(snapshot_in_process(node, storage), 5)
         del storage.snapshots[0].load
         node.retry_restores()  # the server's ticker does this every tick
         again = await asyncio.wait_for(node.execute(register(shops[0], "a2")), 5)

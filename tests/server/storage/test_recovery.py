@@ -10,13 +10,11 @@ from pathlib import Path
 import pytest
 
 from fenliu.client import Client, Status, Unavailable
-from fenliu.server import snapshots as snapshots_module
 from fenliu.server.config import Config
-from fenliu.server.core import image, types as t
-from fenliu.server.core.dispatcher import Dispatcher
+from fenliu.server.core import types as t
 from fenliu.server.core.types import RegisterAgent, Route
 from fenliu.server.rpc.app import ServerThread
-from fenliu.server.snapshots import snapshot_all
+from fenliu.server.snapshots import Snapshotter, snapshot_in_process
 from fenliu.server.storage import codec
 
 from ..core.test_invariants import dump
@@ -163,19 +161,28 @@ def test_a_segment_killed_before_its_header_is_dropped(data: Path) -> None:
     assert not cut_short.exists()
 
 
-def test_a_forked_snapshot_holds_the_exact_state(data: Path) -> None:
-    commands = [
-        RegisterAgent(at=T0, shop_id="shop-a", agent_id="a1", max_concurrent=1,
+def commands(shop: str, buyers: range) -> list[t.Command]:
+    return [
+        RegisterAgent(at=T0, shop_id=shop, agent_id="a1", max_concurrent=100,
                       status=t.Status.ONLINE),
-        *(Route(at=T0 + i, shop_id="shop-a", buyer_id=f"b{i}", request_id=f"r{i}")
-          for i in range(3)),
+        *(Route(at=T0 + i, shop_id=shop, buyer_id=f"b{i}", request_id=f"r{i}")
+          for i in buyers),
     ]  # fmt: skip
 
+
+@pytest.mark.parametrize("where", ["snapshotter", "in-process"])
+def test_a_snapshot_holds_the_exact_state(data: Path, where: str) -> None:
     async def run() -> object:
         node, storage = open_node(data, SHARDS)
-        for command in commands:
+        for command in commands("shop-a", range(3)):
             await node.execute(command)
-        assert await snapshot_all(node, storage, fork=True) == []
+        if where == "snapshotter":
+            snapshotter = Snapshotter(data, SHARDS)
+            await snapshotter.start()
+            assert await snapshotter.snapshot(storage)
+            await snapshotter.close()
+        else:
+            assert await snapshot_in_process(node, storage) == []
         storage.close()
         return dump(node.dispatcher)
 
@@ -186,68 +193,74 @@ def test_a_forked_snapshot_holds_the_exact_state(data: Path) -> None:
     assert state_of(data) == state
 
 
-@pytest.mark.parametrize("processes", [1, 3])
-def test_a_forked_snapshot_of_busy_shards_records_each_exact_position(
-    data: Path, processes: int, monkeypatch: pytest.MonkeyPatch
+def test_the_snapshotter_follows_the_log_and_snapshots_exactly_what_is_durable(
+    data: Path,
 ) -> None:
-    """Shards whose journal is still writing are snapshotted in a later round; every image
-    covers exactly the records before its segment (the journals are kept: a wrong position
-    would replay records twice or not at all)."""
-    monkeypatch.setattr(snapshots_module, "SNAPSHOT_PROCESSES", processes)
+    """Changes in flight when a snapshot is ordered are not in it (only what is durable
+    is), the snapshotter keeps its replica between orders (each replays only what is new),
+    and old segments are pruned once every shard's two kept snapshots cover them."""
     shards = 4
     shops = [f"shop-{i}" for i in range(8)]
-    assert {Dispatcher(shards).shard_for(shop).index for shop in shops} == set(range(shards))
-    positions: dict[int, int] = {}
+    ordered: list[list[int]] = []
 
     async def run() -> object:
         node, storage = open_node(data, shards)
-        d = node.dispatcher
-        for shop in shops:
-            await node.execute(RegisterAgent(at=T0, shop_id=shop, agent_id="a1",
-                                             max_concurrent=5, status=t.Status.ONLINE))  # fmt: skip
-        quiet = [shop for shop in shops if d.shard_for(shop).index >= 2]
-        busy = [
-            asyncio.ensure_future(
-                node.execute(Route(at=T0 + i, shop_id=shop, buyer_id=f"b{i}", request_id=f"r{i}"))
-            )  # fmt: skip
-            for i, shop in enumerate(shop for shop in shops * 3 if shop not in quiet)
-        ]
-        await asyncio.sleep(0)  # applied and staged, not yet durable
-        assert [node.idle(i) for i in range(shards)] == [False, False, True, True]
-        assert await snapshot_all(node, storage, fork=True) == []
-        await asyncio.gather(*busy)
-        positions.update((i, log.position) for i, log in enumerate(storage.logs))
+        snapshotter = Snapshotter(data, shards)
+        await snapshotter.start()
+        for k in range(3):
+            for shop in shops:
+                for command in commands(shop, range(k * 10, k * 10 + 3)):
+                    if k and type(command) is RegisterAgent:
+                        continue
+                    await node.execute(command)
+            busy = [
+                asyncio.ensure_future(node.execute(command))
+                for shop in shops
+                for command in commands(shop, range(k * 10 + 3, k * 10 + 5))[1:]
+            ]
+            await asyncio.sleep(0)  # applied and staged, not yet durable
+            ordered.append(list(storage.wal.positions))
+            assert await snapshotter.snapshot(storage)
+            await asyncio.gather(*busy)
+        await snapshotter.close()
         storage.close()
-        return dump(d)
+        return dump(node.dispatcher)
 
     state = asyncio.run(run())
     for i in range(shards):
-        (snapshot,) = (data / f"shard-{i:03d}").glob("snapshot-*.snap")
-        assert snapshot.name == f"snapshot-{positions[i]:016d}.snap"
-    assert dump(load(data, shards)) == state
-    for path in data.glob("wal/wal-*.log"):  # the snapshots alone hold it all
-        path.unlink()
+        kept = sorted(p.name for p in (data / f"shard-{i:03d}").glob("snapshot-*.snap"))
+        assert kept == [f"snapshot-{ordered[k][i]:016d}.snap" for k in (1, 2)]
+    assert min(int(p.stem.split("-")[1]) for p in data.glob("wal/wal-*.log")) > 1  # pruned
     assert dump(load(data, shards)) == state
 
 
-def test_a_failed_snapshot_child_leaves_the_journal_to_recover_from(
-    data: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_a_dead_snapshotter_is_replaced_and_a_failed_snapshot_stores_nothing(
+    data: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(*_: object) -> bytes:
-        raise MemoryError("no memory for the image")
-
-    async def run() -> tuple[object, list[int]]:
+    async def run() -> tuple[object, list[bool], int]:
         node, storage = open_node(data, SHARDS)
-        await node.execute(RegisterAgent(at=T0, shop_id="shop-a", agent_id="a1",
-                                         max_concurrent=1, status=t.Status.ONLINE))  # fmt: skip
-        await node.execute(Route(at=T0, shop_id="shop-a", buyer_id="b1", request_id="r1"))
-        monkeypatch.setattr(image, "encode", broken)  # the child inherits it
-        failed = await snapshot_all(node, storage, fork=True)
+        for command in commands("shop-a", range(2)):
+            await node.execute(command)
+        snapshotter = Snapshotter(data, SHARDS)
+        await snapshotter.start()
+        assert snapshotter._proc is not None
+        snapshotter._proc.kill()  # died, say by the OOM killer
+        await snapshotter._proc.wait()
+        outcomes = [await snapshotter.snapshot(storage)]  # replaced first, then stored
+        await node.execute(Route(at=T0, shop_id="shop-a", buyer_id="b9", request_id="r9"))
+        # The next image of shard 0 cannot be written (a directory in the way).
+        position = storage.wal.positions[0]
+        blocker = data / "shard-000" / f"snapshot-{position:016d}.tmp"
+        blocker.mkdir()
+        outcomes.append(await snapshotter.snapshot(storage))
+        blocker.rmdir()
+        outcomes.append(await snapshotter.snapshot(storage))  # the retry
+        await snapshotter.close()
         storage.close()
-        return dump(node.dispatcher), failed
+        return dump(node.dispatcher), outcomes, snapshotter.restarts
 
-    state, failed = asyncio.run(run())
-    assert failed == list(range(SHARDS))  # said, so that it is counted and retried
-    assert "the snapshot failed: the snapshot child exited with 1" in caplog.text
-    assert not list(data.glob("shard-*/snapshot-*"))  # neither a snapshot nor a .tmp
+    state, outcomes, restarts = asyncio.run(run())
+    assert (outcomes, restarts) == ([True, False, True], 1)
+    assert "the snapshotter exited" in caplog.text
+    assert "the snapshotter failed" in caplog.text
     assert state_of(data) == state
