@@ -51,7 +51,7 @@ def desk(w):
     w.policy(idle_end_timeout_ms=0, reply_timeout_ms=0)
     w.agent("a1", max=10)
     w.sid = {}
-    for i, (buyer, channel) in enumerate((("b1", "item_page"), ("b2", "item_page"))):
+    for buyer, channel in (("b1", "item_page"), ("b2", "item_page")):
         w.sid[buyer] = w.route(buyer, channel=channel).session_id
         w.advance(minutes=1)
     w.sid["b3"] = w.route("b3", channel="message_box").session_id
