@@ -87,6 +87,10 @@ def _key(key: Any) -> str:
     return key if isinstance(key, str) else key.session_id
 
 
+def _ended(e: Any) -> tuple[Any, ...]:
+    return tuple(getattr(e, name) for name in type(e).__slots__)
+
+
 def dump_shop(shop: Shop) -> Any:
     agents = [
         (
@@ -102,6 +106,8 @@ def dump_shop(shop: Shop) -> Any:
             a.last_assign,
             a.reg,
             a.served_count,
+            [_ended(e) for e in (a.ended or {}).values()],
+            dict(a.starred or {}),
         )
         for a in shop.agents.values()
     ]
@@ -125,6 +131,7 @@ def dump_shop(shop: Shop) -> Any:
             s.timer_due,
             s.left_for,
             s.private,
+            s.last_buyer_at,
         )
         for s in shop.sessions.values()
     ]
