@@ -893,10 +893,11 @@ def _wait_key(s: Session | Ended) -> tuple[int, int]:
     return (1, -s.last_activity)
 
 
+# Ties keep the list's own order (held sessions by arrival, then the backlog): sorts are stable.
 _SORTS: dict[SessionSort, Callable[[Session], Any]] = {
-    SessionSort.LATEST_MESSAGE: lambda s: (-s.last_buyer_at, -s.seq),
-    SessionSort.LONGEST_WAIT: lambda s: (*_wait_key(s), -s.seq),
-    SessionSort.ACCESS_TIME: lambda s: (-(s.assigned_at or s.entered_at), -s.seq),
+    SessionSort.LATEST_MESSAGE: lambda s: -s.last_buyer_at,
+    SessionSort.LONGEST_WAIT: _wait_key,
+    SessionSort.ACCESS_TIME: lambda s: -(s.assigned_at or s.entered_at),
 }
 _ENDED_SORTS: dict[SessionSort, Callable[[Ended], Any]] = {
     SessionSort.LATEST_MESSAGE: lambda e: -e.last_buyer_at,

@@ -795,8 +795,13 @@ class Shop:
             return self.open_session_message(session)
         priority = bool(crowds) and not self.priority_crowds.isdisjoint(crowds)
         plan = self.first_rules(buyer_id, addressed, group)
+        # A left message back in play keeps the agents it timed out on out (rule 3 aside).
+        excluded = session.excluded if session is not None else None
+        if excluded and plan is not None and plan[2] is not _PRIVATE_CONTACT:
+            if plan[1] is not None and plan[1].agent_id in excluded:
+                plan = None
         if plan is None:
-            plan = self.shop_route(group, priority, None, crowds)
+            plan = self.shop_route(group, priority, excluded, crowds)
             if plan[0] == QUEUE and len(self.queue) >= self.policy.queue_limit:
                 plan = self.queue_full(session)
         if session is None:

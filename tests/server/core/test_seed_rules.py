@@ -162,6 +162,17 @@ def test_priority_fails_without_a_notice_when_everybody_is_offline(w, vip):
     assert (d.notice, d.priority_notice) == (PriorityNotice.NONE, False)
 
 
+def test_priority_to_a_suspended_recent_contact_with_nobody_online_has_no_notice(w, vip):
+    # Rule 4 still takes the buyer to R (SUSPENDED), but no agent is ONLINE/INVISIBLE:
+    # seed 004 calls that a failed priority reception
+    w.agent("r1")
+    w.serve("v1", "r1")
+    w.status("r1", Status.SUSPENDED)
+    d = priority(w)
+    assert (d.reason, d.agent_id) == (Reason.RECENT_CONTACT, "r1")
+    assert (d.notice, d.priority_notice) == (PriorityNotice.NONE, False)
+
+
 def test_priority_buyer_queued_ahead_gets_no_notice_until_a_person_has_it(w, vip):
     # Overflow off, everyone online but full: first in line, but nobody serves it yet
     w.policy(priority_may_exceed_capacity=False)

@@ -8,9 +8,9 @@ import pytest
 from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.types import (
     MINUTE,
+    Acknowledge,
     AddPrivateContact,
     EndSessions,
-    Acknowledge,
     PolicyChange,
     RegisterAgent,
     Role,
