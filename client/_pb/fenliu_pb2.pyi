@@ -1477,7 +1477,7 @@ class ListSessionsReply(_message.Message):
 
     @_builtins.property
     def ended(self) -> _containers.RepeatedCompositeFieldContainer[Global___Session]:
-        """ended in the last 24 h (at most 200), same order"""
+        """ended in the last 24 h (at most 100), same order"""
 
     def __init__(
         self,

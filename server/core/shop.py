@@ -50,8 +50,8 @@ T_SESSION, T_RECENT, T_REQUEST, T_NOTICE = 0, 1, 2, 3
 IDEMPOTENCY_WINDOW_MS = 10 * 60_000
 ENDED_KEEP_MS = 24 * 3600 * 1000
 """How long an agent's list shows a session after it ended (seed 003's 已结束会话)."""
-ENDED_PER_AGENT = 200
-"""At most this many ended sessions per agent list (the oldest go first)."""
+ENDED_PER_AGENT = 100
+"""At most this many ended sessions per agent list (the oldest go first): the memory bound."""
 _INDEX_MASK = (1 << 32) - 1
 # Enum members as module constants for the hot path: on Python 3.11 an attribute of an
 # enum class (``State.QUEUED``) goes through EnumType's __getattr__ hook, ~5x a global.
@@ -230,6 +230,16 @@ class Shop:
         self, session: Session, reason: Reason, notice: PriorityNotice = _NO_NOTICE
     ) -> Decision:
         agent = session.agent
+        if notice is _NO_NOTICE:  # the hot path: the notice fields keep their defaults
+            return Decision(
+                outcome=_OUTCOME_OF_STATE[session.state],
+                reason=reason,
+                buyer_id=session.buyer_id,
+                agent_id=agent.agent_id if agent is not None else session.left_for,
+                session_id=session.session_id,
+                queue_position=self.position(session),
+                state=session.state,
+            )
         return Decision(
             outcome=_OUTCOME_OF_STATE[session.state],
             reason=reason,
@@ -238,7 +248,7 @@ class Shop:
             session_id=session.session_id,
             queue_position=self.position(session),
             state=session.state,
-            priority_notice=notice is not _NO_NOTICE,
+            priority_notice=True,
             notice=notice,
         )
 
@@ -735,7 +745,8 @@ class Shop:
             if awaiting is not None:
                 # counted from the later of the first unanswered message and the assignment
                 limit = policy.reply_timeout_ms
-                return max(awaiting, session.assigned_at) + limit if limit else None
+                assigned = session.assigned_at
+                return (awaiting if awaiting > assigned else assigned) + limit if limit else None
             limit = policy.idle_end_timeout_ms
             return session.last_activity + limit if limit else None
         return None
