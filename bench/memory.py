@@ -15,7 +15,10 @@ strings, dict slots, timer-heap entries, events drained). Steps:
   (10 minutes), per request;
 - recent contacts: the sessions acknowledged and ended; what stays is one remembered
   recent contact per buyer (``recent_contact_ttl_ms``, 180 days by default), less what
-  the same run leaves when no session was acted on (dict tables do not shrink).
+  the same run leaves when no session was acted on (dict tables do not shrink);
+- ended records: what each ended session leaves in its agent's list (seed 003's ended
+  part, kept ``ENDED_KEEP_MS``, at most ``ENDED_PER_AGENT`` per agent): the same run with
+  the records kept, less one with them switched off, per record kept.
 
 Prints one JSON record.
 """
@@ -27,6 +30,7 @@ import gc
 import json
 import tracemalloc
 
+from fenliu.server.core import shop as core_shop
 from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.types import (
     MINUTE,
@@ -42,6 +46,7 @@ from fenliu.server.core.types import (
 
 T0 = 1_700_000_000_000
 TARGETS = {"agent": 1024, "open_session": 600, "recent_contact": 150}
+# ended_record has no SPEC target; it is reported beside them
 
 
 def traced() -> int:
@@ -97,6 +102,12 @@ def measure(shops: list[str], agents: int, buyers: int, act: bool) -> dict[str, 
     d.drain_events()
     del opened
     figures["ended"] = (traced() - base) / buyers  # what the ended sessions left behind
+    figures["kept"] = sum(
+        len(a.ended or ())
+        for shard in d.shards
+        for shop in shard.shops.values()
+        for a in shop.agents.values()
+    )
     return figures
 
 
@@ -114,7 +125,17 @@ def main() -> None:
     control = measure(shops, args.agents, args.buyers, act=False)
     figures = measure(shops, args.agents, args.buyers, act=True)
     tracemalloc.stop()
+    kept = control.pop("kept")
+    figures.pop("kept")
     figures["recent_contact"] = figures.pop("ended") - control["ended"]
+    # The ended part: the control run again with no ended records kept.
+    keep = core_shop.Shop.keep_ended
+    core_shop.Shop.keep_ended = lambda self, agent, session: None  # type: ignore[method-assign]
+    tracemalloc.start()
+    bare = measure(shops, args.agents, args.buyers, act=False)
+    tracemalloc.stop()
+    core_shop.Shop.keep_ended = keep  # type: ignore[method-assign]
+    figures["ended_record"] = (control["ended"] - bare["ended"]) * args.buyers / kept
 
     report = {
         "shops": args.shops,

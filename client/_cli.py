@@ -1,6 +1,7 @@
 """``fenliu``: the operator's command line over the SDK.
 
     fenliu agent register shop1 alice --max 5 --groups presale --status online
+    fenliu agent update shop1 alice --max 8
     fenliu route shop1 buyer1 --crowd vip
     fenliu team shop1
     fenliu queue list shop1 --sort longest
@@ -101,6 +102,10 @@ def _register(c: Client, a: argparse.Namespace) -> Any:
     )
 
 
+def _update(c: Client, a: argparse.Namespace) -> Any:
+    return c.update_agent(a.shop, a.agent, role=a.role, groups=a.groups, max_concurrent=a.max)
+
+
 def _queue_list(c: Client, a: argparse.Namespace) -> Any:
     return c.list_queue(
         a.shop, priority_only=a.priority, group=a.group, channel=a.channel, sort=a.sort,
@@ -199,6 +204,10 @@ def _parser() -> argparse.ArgumentParser:
     reg.add_argument("--groups", type=_csv, default=[], help="comma-separated skill groups")
     reg.add_argument("--max", type=int, default=0, help="max concurrent conversations")
     reg.add_argument("--status", type=_choice(Status), default=Status.OFFLINE)
+    update = command(agent, "update", _update, "change only the fields given", "shop", "agent")
+    update.add_argument("--role", type=_choice(Role), help="main or sub")
+    update.add_argument("--groups", type=_csv, help="comma-separated skill groups ('' for none)")
+    update.add_argument("--max", type=int, help="max concurrent conversations")
     command(
         agent, "remove", lambda c, a: c.remove_agent(a.shop, a.agent), "remove", "shop", "agent"
     )

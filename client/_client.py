@@ -17,7 +17,7 @@ import asyncio
 import random
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -29,17 +29,22 @@ from ._errors import Unavailable, from_rpc_error
 from ._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 from ._types import (
     Agent,
+    AgentSessions,
     Decision,
     EndResult,
+    MessageFilter,
     OnQueueFull,
     Policy,
     QueueList,
     QueueOrder,
     QueueSort,
+    RecentContact,
     Role,
     RouteResult,
     Session,
+    SessionSort,
     ShopStats,
+    StarredSession,
     Status,
     StatusResult,
     Strategy,
@@ -153,14 +158,24 @@ class AsyncClient:
         sticky_window_ms: int | None = None,
         recent_contact_ttl_ms: int | None = None,
         time_zone: str | None = None,
+        member_crowd: str | None = None,
+        group_crowds: Mapping[str, Iterable[str]] | None = None,
         timeout: float | None = None,
     ) -> Policy:
-        """Change the fields given (the others keep their values); returns the whole policy."""
+        """Change the fields given (the others keep their values); returns the whole policy.
+
+        ``member_crowd`` names the crowd whose priority notice has the member wording;
+        ``group_crowds`` maps a group to the crowds it serves (routed within it first).
+        """
         fields = {k: v for k, v in locals().items() if k not in _NOT_POLICY and v is not None}
         policy = pb.ShopPolicy(**fields)
         if priority_crowds is not None:
             policy.priority_crowds.extend(priority_crowds)
             policy.set_priority_crowds = True
+        if group_crowds is not None:
+            for group, crowds in group_crowds.items():
+                policy.group_crowds.add(group=group, crowds=list(crowds))
+            policy.set_group_crowds = True
         request = pb.SetShopPolicyRequest(shop_id=shop_id, policy=policy)
         reply = await self._call(
             self._presence.SetShopPolicy, request, idempotent=True, timeout=timeout
@@ -183,9 +198,15 @@ class AsyncClient:
         groups: Iterable[str] = (),
         max_concurrent: int = 0,
         status: Status = Status.OFFLINE,
+        replace: bool = False,
         timeout: float | None = None,
     ) -> Agent:
-        """Create the agent (with ``status``) or update its role, groups and max_concurrent."""
+        """Create the agent (SUB, no groups, max 0, OFFLINE unless given).
+
+        Raises:
+            AlreadyExists: the agent exists with other fields; ``update_agent`` changes
+                only the fields it names, ``replace=True`` replaces role, groups and max.
+        """
         request = pb.RegisterAgentRequest(
             shop_id=shop_id,
             agent_id=agent_id,
@@ -193,9 +214,34 @@ class AsyncClient:
             groups=list(groups),
             max_concurrent=max_concurrent,
             status=status.value,  # type: ignore[arg-type]
+            replace=replace,
         )
         reply = await self._call(
             self._presence.RegisterAgent, request, idempotent=True, timeout=timeout
+        )
+        return Agent.from_pb(reply)
+
+    async def update_agent(
+        self,
+        shop_id: str,
+        agent_id: str,
+        *,
+        role: Role | None = None,
+        groups: Iterable[str] | None = None,
+        max_concurrent: int | None = None,
+        timeout: float | None = None,
+    ) -> Agent:
+        """Change only the fields given of an existing agent; returns the agent."""
+        request = pb.UpdateAgentRequest(shop_id=shop_id, agent_id=agent_id)
+        if role is not None:
+            request.role = role.value  # type: ignore[assignment]
+        if groups is not None:
+            request.groups.extend(groups)
+            request.set_groups = True
+        if max_concurrent is not None:
+            request.max_concurrent = max_concurrent
+        reply = await self._call(
+            self._presence.UpdateAgent, request, idempotent=True, timeout=timeout
         )
         return Agent.from_pb(reply)
 
@@ -335,13 +381,62 @@ class AsyncClient:
         return Session.from_pb(reply)
 
     async def list_agent_sessions(
-        self, shop_id: str, agent_id: str, *, timeout: float | None = None
-    ) -> tuple[Session, ...]:
-        request = pb.ListAgentSessionsRequest(shop_id=shop_id, agent_id=agent_id)
+        self,
+        shop_id: str,
+        agent_id: str,
+        *,
+        sort: SessionSort = SessionSort.LATEST_MESSAGE,
+        channel: str = "",
+        message_state: MessageFilter = MessageFilter.ANY,
+        timeout: float | None = None,
+    ) -> AgentSessions:
+        """The agent's list (seed 003): in progress and recently ended, sorted, filtered."""
+        request = pb.ListAgentSessionsRequest(
+            shop_id=shop_id, agent_id=agent_id, sort=sort.value, channel=channel,  # type: ignore[arg-type]
+            message_state=message_state.value,  # type: ignore[arg-type]
+        )  # fmt: skip
         reply = await self._call(
             self._routing.ListAgentSessions, request, idempotent=True, timeout=timeout
         )
-        return tuple(Session.from_pb(s) for s in reply.sessions)
+        return AgentSessions.from_pb(reply)
+
+    async def star_session(
+        self,
+        shop_id: str,
+        agent_id: str,
+        session_id: str,
+        *,
+        starred: bool = True,
+        timeout: float | None = None,
+    ) -> Session:
+        """Star a session of the agent's list (``starred=False`` clears the star)."""
+        request = pb.StarSessionRequest(
+            shop_id=shop_id, agent_id=agent_id, session_id=session_id, starred=starred
+        )
+        reply = await self._call(
+            self._routing.StarSession, request, idempotent=True, timeout=timeout
+        )
+        return Session.from_pb(reply)
+
+    async def list_recent_contacts(
+        self, shop_id: str, agent_id: str, *, limit: int = 0, timeout: float | None = None
+    ) -> tuple[RecentContact, ...]:
+        """Buyers whose recent contact is the agent, newest first."""
+        request = pb.AgentListRequest(shop_id=shop_id, agent_id=agent_id, limit=limit)
+        reply = await self._call(
+            self._routing.ListRecentContacts, request, idempotent=True, timeout=timeout
+        )
+        return tuple(RecentContact.from_pb(c) for c in reply.contacts)
+
+    async def list_starred(
+        self, shop_id: str, agent_id: str, *, limit: int = 0, timeout: float | None = None
+    ) -> tuple[StarredSession, ...]:
+        """The agent's starred sessions, newest star first."""
+        request = pb.AgentListRequest(shop_id=shop_id, agent_id=agent_id, limit=limit)
+        reply = await self._call(
+            self._routing.ListStarred, request, idempotent=True, timeout=timeout
+        )
+        return tuple(StarredSession.from_pb(s) for s in reply.sessions)
 
     # ------------------------------------------------------------ queue
 
@@ -452,7 +547,7 @@ class AsyncClient:
         )
 
 
-_NOT_POLICY = {"self", "shop_id", "timeout", "priority_crowds"}
+_NOT_POLICY = {"self", "shop_id", "timeout", "priority_crowds", "group_crowds"}
 
 
 def route_request(
@@ -553,6 +648,7 @@ class Client:
     set_shop_policy = _blocking(AsyncClient.set_shop_policy)
     get_shop_policy = _blocking(AsyncClient.get_shop_policy)
     register_agent = _blocking(AsyncClient.register_agent)
+    update_agent = _blocking(AsyncClient.update_agent)
     remove_agent = _blocking(AsyncClient.remove_agent)
     set_status = _blocking(AsyncClient.set_status)
     list_team = _blocking(AsyncClient.list_team)
@@ -566,6 +662,9 @@ class Client:
     end_sessions = _blocking(AsyncClient.end_sessions)
     get_session = _blocking(AsyncClient.get_session)
     list_agent_sessions = _blocking(AsyncClient.list_agent_sessions)
+    star_session = _blocking(AsyncClient.star_session)
+    list_recent_contacts = _blocking(AsyncClient.list_recent_contacts)
+    list_starred = _blocking(AsyncClient.list_starred)
     list_queue = _blocking(AsyncClient.list_queue)
     get_position = _blocking(AsyncClient.get_position)
     pick = _blocking(AsyncClient.pick)

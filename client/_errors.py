@@ -3,6 +3,7 @@
 FenliuError                 any failed call; .code, .message, .field and the details below
 ├── InvalidArgument         malformed input (INVALID_ARGUMENT); .field names it, .violations
 ├── NotFound                unknown shop, agent or session (NOT_FOUND); .resource
+├── AlreadyExists           registering an agent that exists (ALREADY_EXISTS); .resource
 ├── FailedPrecondition      the state does not allow it (FAILED_PRECONDITION); .preconditions
 ├── QueueFull               the shop queue is full and says REJECT (RESOURCE_EXHAUSTED);
 │                           .quota_violations
@@ -167,6 +168,10 @@ class NotFound(FenliuError):
     """The shop, agent or session named by ``field`` does not exist; see ``resource``."""
 
 
+class AlreadyExists(FenliuError):
+    """RegisterAgent of an existing agent: use update_agent, or replace=True."""
+
+
 class FailedPrecondition(FenliuError):
     """The request is well formed but the current state does not allow it; see ``reason``."""
 
@@ -198,6 +203,7 @@ class InternalError(FenliuError):
 _BY_CODE: dict[grpc.StatusCode, type[FenliuError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.RESOURCE_EXHAUSTED: QueueFull,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -70,6 +71,45 @@ class Reason(enum.IntEnum):
     MANUAL_PICK = 17
     CAPACITY_FREED = 18
     QUEUE_WAIT_LIMIT = 19
+    CROWD_GROUP = 20
+
+
+class PriorityNotice(enum.IntEnum):
+    """Which notice a priority buyer gets (seed 004); NONE: no notice. ``text`` is its wording."""
+
+    NONE = 0
+    SKIPPED_QUEUE = 1
+    ARRANGED = 2
+    MEMBER_SKIPPED_QUEUE = 3
+    MEMBER_ARRANGED = 4
+
+    @property
+    def text(self) -> str:
+        """The buyer's notice: title (member or not) and text (how the shop routes)."""
+        return _NOTICE_TEXT[self]
+
+
+_NOTICE_TEXT = {
+    PriorityNotice.NONE: "",
+    PriorityNotice.SKIPPED_QUEUE: "优先接待生效: 已跳过排队直连人工",
+    PriorityNotice.ARRANGED: "优先接待生效: 已安排优先接待",
+    PriorityNotice.MEMBER_SKIPPED_QUEUE: "会员专属客服: 已跳过排队直连人工",
+    PriorityNotice.MEMBER_ARRANGED: "会员专属客服: 已安排优先接待",
+}
+
+
+class SessionSort(enum.IntEnum):
+    """The orders of an agent's list (seed 003)."""
+
+    LATEST_MESSAGE = 1  # the buyer's latest message, newest first
+    LONGEST_WAIT = 2  # waiting for a reply, longest first; then answered, latest first
+    ACCESS_TIME = 3  # reached the agent, newest first
+
+
+class MessageFilter(enum.IntEnum):
+    ANY = 0
+    WAITING = 1  # the buyer waits for a reply
+    ANSWERED = 2  # the agent spoke last
 
 
 class SessionState(enum.IntEnum):
@@ -110,7 +150,8 @@ class Decision:
     session_id: str
     queue_position: int
     state: SessionState
-    priority_notice: bool
+    priority_notice: bool  # notice is not NONE
+    notice: PriorityNotice = PriorityNotice.NONE
 
     @classmethod
     def from_pb(cls, m: pb.Decision) -> Decision:
@@ -123,6 +164,7 @@ class Decision:
             queue_position=m.queue_position,
             state=_enum(SessionState, m.state),
             priority_notice=m.priority_notice,
+            notice=_enum(PriorityNotice, m.notice),
         )
 
 
@@ -137,6 +179,7 @@ class Agent:
     new_count: int
     backlog_size: int
     served_today: int
+    over_capacity: bool = False  # load > max_concurrent: end sessions or raise the max
 
     @classmethod
     def from_pb(cls, m: pb.Agent) -> Agent:
@@ -150,6 +193,7 @@ class Agent:
             new_count=m.new_count,
             backlog_size=m.backlog_size,
             served_today=m.served_today,
+            over_capacity=m.over_capacity,
         )
 
 
@@ -166,6 +210,12 @@ class Session:
     created_at_ms: int
     first_reply_at_ms: int
     reason: Reason
+    assigned_at_ms: int = 0  # reached its agent (接入时间); backlog: entered it
+    last_buyer_message_at_ms: int = 0
+    waiting_since_ms: int = 0  # the first unanswered buyer message; 0: answered
+    last_message_at_ms: int = 0
+    ended_at_ms: int = 0
+    starred: bool = False
 
     @classmethod
     def from_pb(cls, m: pb.Session) -> Session:
@@ -181,6 +231,74 @@ class Session:
             created_at_ms=m.created_at_ms,
             first_reply_at_ms=m.first_reply_at_ms,
             reason=_enum(Reason, m.reason),
+            assigned_at_ms=m.assigned_at_ms,
+            last_buyer_message_at_ms=m.last_buyer_message_at_ms,
+            waiting_since_ms=m.waiting_since_ms,
+            last_message_at_ms=m.last_message_at_ms,
+            ended_at_ms=m.ended_at_ms,
+            starred=m.starred,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentSessions:
+    """An agent's list (seed 003): ``sessions`` in progress and recently ``ended``.
+
+    Iterating, indexing and ``len`` go over the sessions in progress, as the tuple this
+    call returned before did.
+    """
+
+    sessions: tuple[Session, ...]
+    ended: tuple[Session, ...]
+    load: int
+    max_concurrent: int
+    over_capacity: bool  # load > max_concurrent (seed 003's warning)
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(self.sessions)
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def __getitem__(self, index: int) -> Session:
+        return self.sessions[index]
+
+    @classmethod
+    def from_pb(cls, m: pb.ListSessionsReply) -> AgentSessions:
+        return cls(
+            sessions=tuple(Session.from_pb(s) for s in m.sessions),
+            ended=tuple(Session.from_pb(s) for s in m.ended),
+            load=m.load,
+            max_concurrent=m.max_concurrent,
+            over_capacity=m.over_capacity,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecentContact:
+    buyer_id: str
+    agent_id: str
+    last_at_ms: int
+
+    @classmethod
+    def from_pb(cls, m: pb.RecentContact) -> RecentContact:
+        return cls(buyer_id=m.buyer_id, agent_id=m.agent_id, last_at_ms=m.last_at_ms)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StarredSession:
+    session_id: str
+    buyer_id: str
+    starred_at_ms: int
+    state: SessionState  # ENDED once it is no longer open
+
+    @classmethod
+    def from_pb(cls, m: pb.StarredSession) -> StarredSession:
+        return cls(
+            session_id=m.session_id,
+            buyer_id=m.buyer_id,
+            starred_at_ms=m.starred_at_ms,
+            state=_enum(SessionState, m.state),
         )
 
 
@@ -239,6 +357,8 @@ class Policy:
     sticky_window_ms: int
     recent_contact_ttl_ms: int
     time_zone: str
+    member_crowd: str = ""
+    group_crowds: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_pb(cls, m: pb.ShopPolicy) -> Policy:
@@ -259,6 +379,8 @@ class Policy:
             sticky_window_ms=m.sticky_window_ms,
             recent_contact_ttl_ms=m.recent_contact_ttl_ms,
             time_zone=m.time_zone,
+            member_crowd=m.member_crowd,
+            group_crowds={g.group: tuple(g.crowds) for g in m.group_crowds},
         )
 
 

@@ -223,6 +223,8 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """taken from a backlog, the queue or left messages"""
     REASON_QUEUE_WAIT_LIMIT: _Reason.ValueType  # 19
     """waited past queue_wait_limit: left message"""
+    REASON_CROWD_GROUP: _Reason.ValueType  # 20
+    """rule 6, a group serving one of the buyer's crowds"""
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Which rule decided (SPEC §2), or why a session moved later."""
@@ -266,7 +268,46 @@ REASON_CAPACITY_FREED: Reason.ValueType  # 18
 """taken from a backlog, the queue or left messages"""
 REASON_QUEUE_WAIT_LIMIT: Reason.ValueType  # 19
 """waited past queue_wait_limit: left message"""
+REASON_CROWD_GROUP: Reason.ValueType  # 20
+"""rule 6, a group serving one of the buyer's crowds"""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
+
+class _PriorityNotice:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PriorityNoticeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PriorityNotice.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PRIORITY_NOTICE_UNSPECIFIED: _PriorityNotice.ValueType  # 0
+    """no notice"""
+    PRIORITY_NOTICE_SKIPPED_QUEUE: _PriorityNotice.ValueType  # 1
+    """"skipped the queue straight to a person" """
+    PRIORITY_NOTICE_ARRANGED: _PriorityNotice.ValueType  # 2
+    """"priority reception arranged" """
+    PRIORITY_NOTICE_MEMBER_SKIPPED_QUEUE: _PriorityNotice.ValueType  # 3
+    """members' own agent; skipped the queue"""
+    PRIORITY_NOTICE_MEMBER_ARRANGED: _PriorityNotice.ValueType  # 4
+    """members' own agent; priority arranged"""
+
+class PriorityNotice(_PriorityNotice, metaclass=_PriorityNoticeEnumTypeWrapper):
+    """The buyer notice of a successful priority reception (seed 004), or none. Only for lit
+    entries (channel item_page, order_page or shop_home), at most once per buyer per
+    notice_interval_ms. The title is by the policy's member_crowd (会员专属客服, else
+    优先接待生效), the text by how the shop routes: with a queue (queue_limit > 0)
+    已跳过排队直连人工, without one 已安排优先接待.
+    """
+
+PRIORITY_NOTICE_UNSPECIFIED: PriorityNotice.ValueType  # 0
+"""no notice"""
+PRIORITY_NOTICE_SKIPPED_QUEUE: PriorityNotice.ValueType  # 1
+""""skipped the queue straight to a person" """
+PRIORITY_NOTICE_ARRANGED: PriorityNotice.ValueType  # 2
+""""priority reception arranged" """
+PRIORITY_NOTICE_MEMBER_SKIPPED_QUEUE: PriorityNotice.ValueType  # 3
+"""members' own agent; skipped the queue"""
+PRIORITY_NOTICE_MEMBER_ARRANGED: PriorityNotice.ValueType  # 4
+"""members' own agent; priority arranged"""
+Global___PriorityNotice: _TypeAlias = PriorityNotice  # noqa: Y015
 
 class _SessionState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -294,6 +335,57 @@ SESSION_STATE_ACTIVE: SessionState.ValueType  # 4
 SESSION_STATE_LEFT_MESSAGE: SessionState.ValueType  # 5
 SESSION_STATE_ENDED: SessionState.ValueType  # 6
 Global___SessionState: _TypeAlias = SessionState  # noqa: Y015
+
+class _SessionSort:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SessionSortEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SessionSort.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SESSION_SORT_UNSPECIFIED: _SessionSort.ValueType  # 0
+    """LATEST_MESSAGE"""
+    SESSION_SORT_LATEST_MESSAGE: _SessionSort.ValueType  # 1
+    """the buyer's latest message, newest first"""
+    SESSION_SORT_LONGEST_WAIT: _SessionSort.ValueType  # 2
+    """waiting for a reply, longest first; then answered ones, latest message first"""
+    SESSION_SORT_ACCESS_TIME: _SessionSort.ValueType  # 3
+    """reached the agent, newest first"""
+
+class SessionSort(_SessionSort, metaclass=_SessionSortEnumTypeWrapper):
+    """The orders of an agent's list (seed 003)."""
+
+SESSION_SORT_UNSPECIFIED: SessionSort.ValueType  # 0
+"""LATEST_MESSAGE"""
+SESSION_SORT_LATEST_MESSAGE: SessionSort.ValueType  # 1
+"""the buyer's latest message, newest first"""
+SESSION_SORT_LONGEST_WAIT: SessionSort.ValueType  # 2
+"""waiting for a reply, longest first; then answered ones, latest message first"""
+SESSION_SORT_ACCESS_TIME: SessionSort.ValueType  # 3
+"""reached the agent, newest first"""
+Global___SessionSort: _TypeAlias = SessionSort  # noqa: Y015
+
+class _MessageFilter:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MessageFilterEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageFilter.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MESSAGE_FILTER_UNSPECIFIED: _MessageFilter.ValueType  # 0
+    """all"""
+    MESSAGE_FILTER_WAITING: _MessageFilter.ValueType  # 1
+    """the buyer waits for a reply"""
+    MESSAGE_FILTER_ANSWERED: _MessageFilter.ValueType  # 2
+    """the agent spoke last"""
+
+class MessageFilter(_MessageFilter, metaclass=_MessageFilterEnumTypeWrapper): ...
+
+MESSAGE_FILTER_UNSPECIFIED: MessageFilter.ValueType  # 0
+"""all"""
+MESSAGE_FILTER_WAITING: MessageFilter.ValueType  # 1
+"""the buyer waits for a reply"""
+MESSAGE_FILTER_ANSWERED: MessageFilter.ValueType  # 2
+"""the agent spoke last"""
+Global___MessageFilter: _TypeAlias = MessageFilter  # noqa: Y015
 
 class _QueueSort:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -392,6 +484,9 @@ class ShopPolicy(_message.Message):
     STICKY_WINDOW_MS_FIELD_NUMBER: _builtins.int
     RECENT_CONTACT_TTL_MS_FIELD_NUMBER: _builtins.int
     TIME_ZONE_FIELD_NUMBER: _builtins.int
+    MEMBER_CROWD_FIELD_NUMBER: _builtins.int
+    GROUP_CROWDS_FIELD_NUMBER: _builtins.int
+    SET_GROUP_CROWDS_FIELD_NUMBER: _builtins.int
     strategy: Global___Strategy.ValueType
     """default LEAST_NEW"""
     queue_order: Global___QueueOrder.ValueType
@@ -424,9 +519,20 @@ class ShopPolicy(_message.Message):
     """default 180 days"""
     time_zone: _builtins.str
     """IANA name, default Asia/Shanghai"""
+    member_crowd: _builtins.str
+    """The crowd whose priority notice has the member wording; "" (default) for none."""
+    set_group_crowds: _builtins.bool
+    """replace group_crowds (even with an empty list)"""
     @_builtins.property
     def priority_crowds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """at most 10"""
+
+    @_builtins.property
+    def group_crowds(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupCrowds]:
+        """Groups and the crowds each serves (seed 004's 人群接待范围): a buyer in one of those
+        crowds, with no group required by the caller, goes to an eligible agent of the group
+        first. At most 32 groups, 10 crowds each.
+        """
 
     def __init__(
         self,
@@ -448,10 +554,13 @@ class ShopPolicy(_message.Message):
         sticky_window_ms: _builtins.int | None = ...,
         recent_contact_ttl_ms: _builtins.int | None = ...,
         time_zone: _builtins.str | None = ...,
+        member_crowd: _builtins.str | None = ...,
+        group_crowds: _abc.Iterable[Global___GroupCrowds] | None = ...,
+        set_group_crowds: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_accept_timeout_ms", b"_accept_timeout_ms", "_auto_assign_left_messages", b"_auto_assign_left_messages", "_idle_end_timeout_ms", b"_idle_end_timeout_ms", "_notice_interval_ms", b"_notice_interval_ms", "_on_queue_full", b"_on_queue_full", "_priority_may_exceed_capacity", b"_priority_may_exceed_capacity", "_queue_limit", b"_queue_limit", "_queue_order", b"_queue_order", "_queue_wait_limit_ms", b"_queue_wait_limit_ms", "_recent_contact_ttl_ms", b"_recent_contact_ttl_ms", "_reply_timeout_ms", b"_reply_timeout_ms", "_route_when_all_suspended", b"_route_when_all_suspended", "_sticky_window_ms", b"_sticky_window_ms", "_strategy", b"_strategy", "_time_zone", b"_time_zone", "accept_timeout_ms", b"accept_timeout_ms", "auto_assign_left_messages", b"auto_assign_left_messages", "idle_end_timeout_ms", b"idle_end_timeout_ms", "notice_interval_ms", b"notice_interval_ms", "on_queue_full", b"on_queue_full", "priority_may_exceed_capacity", b"priority_may_exceed_capacity", "queue_limit", b"queue_limit", "queue_order", b"queue_order", "queue_wait_limit_ms", b"queue_wait_limit_ms", "recent_contact_ttl_ms", b"recent_contact_ttl_ms", "reply_timeout_ms", b"reply_timeout_ms", "route_when_all_suspended", b"route_when_all_suspended", "sticky_window_ms", b"sticky_window_ms", "strategy", b"strategy", "time_zone", b"time_zone"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_accept_timeout_ms", b"_accept_timeout_ms", "_auto_assign_left_messages", b"_auto_assign_left_messages", "_idle_end_timeout_ms", b"_idle_end_timeout_ms", "_member_crowd", b"_member_crowd", "_notice_interval_ms", b"_notice_interval_ms", "_on_queue_full", b"_on_queue_full", "_priority_may_exceed_capacity", b"_priority_may_exceed_capacity", "_queue_limit", b"_queue_limit", "_queue_order", b"_queue_order", "_queue_wait_limit_ms", b"_queue_wait_limit_ms", "_recent_contact_ttl_ms", b"_recent_contact_ttl_ms", "_reply_timeout_ms", b"_reply_timeout_ms", "_route_when_all_suspended", b"_route_when_all_suspended", "_sticky_window_ms", b"_sticky_window_ms", "_strategy", b"_strategy", "_time_zone", b"_time_zone", "accept_timeout_ms", b"accept_timeout_ms", "auto_assign_left_messages", b"auto_assign_left_messages", "idle_end_timeout_ms", b"idle_end_timeout_ms", "member_crowd", b"member_crowd", "notice_interval_ms", b"notice_interval_ms", "on_queue_full", b"on_queue_full", "priority_may_exceed_capacity", b"priority_may_exceed_capacity", "queue_limit", b"queue_limit", "queue_order", b"queue_order", "queue_wait_limit_ms", b"queue_wait_limit_ms", "recent_contact_ttl_ms", b"recent_contact_ttl_ms", "reply_timeout_ms", b"reply_timeout_ms", "route_when_all_suspended", b"route_when_all_suspended", "sticky_window_ms", b"sticky_window_ms", "strategy", b"strategy", "time_zone", b"time_zone"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_accept_timeout_ms", b"_accept_timeout_ms", "_auto_assign_left_messages", b"_auto_assign_left_messages", "_idle_end_timeout_ms", b"_idle_end_timeout_ms", "_notice_interval_ms", b"_notice_interval_ms", "_on_queue_full", b"_on_queue_full", "_priority_may_exceed_capacity", b"_priority_may_exceed_capacity", "_queue_limit", b"_queue_limit", "_queue_order", b"_queue_order", "_queue_wait_limit_ms", b"_queue_wait_limit_ms", "_recent_contact_ttl_ms", b"_recent_contact_ttl_ms", "_reply_timeout_ms", b"_reply_timeout_ms", "_route_when_all_suspended", b"_route_when_all_suspended", "_sticky_window_ms", b"_sticky_window_ms", "_strategy", b"_strategy", "_time_zone", b"_time_zone", "accept_timeout_ms", b"accept_timeout_ms", "auto_assign_left_messages", b"auto_assign_left_messages", "idle_end_timeout_ms", b"idle_end_timeout_ms", "notice_interval_ms", b"notice_interval_ms", "on_queue_full", b"on_queue_full", "priority_crowds", b"priority_crowds", "priority_may_exceed_capacity", b"priority_may_exceed_capacity", "queue_limit", b"queue_limit", "queue_order", b"queue_order", "queue_wait_limit_ms", b"queue_wait_limit_ms", "recent_contact_ttl_ms", b"recent_contact_ttl_ms", "reply_timeout_ms", b"reply_timeout_ms", "route_when_all_suspended", b"route_when_all_suspended", "set_priority_crowds", b"set_priority_crowds", "sticky_window_ms", b"sticky_window_ms", "strategy", b"strategy", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_accept_timeout_ms", b"_accept_timeout_ms", "_auto_assign_left_messages", b"_auto_assign_left_messages", "_idle_end_timeout_ms", b"_idle_end_timeout_ms", "_member_crowd", b"_member_crowd", "_notice_interval_ms", b"_notice_interval_ms", "_on_queue_full", b"_on_queue_full", "_priority_may_exceed_capacity", b"_priority_may_exceed_capacity", "_queue_limit", b"_queue_limit", "_queue_order", b"_queue_order", "_queue_wait_limit_ms", b"_queue_wait_limit_ms", "_recent_contact_ttl_ms", b"_recent_contact_ttl_ms", "_reply_timeout_ms", b"_reply_timeout_ms", "_route_when_all_suspended", b"_route_when_all_suspended", "_sticky_window_ms", b"_sticky_window_ms", "_strategy", b"_strategy", "_time_zone", b"_time_zone", "accept_timeout_ms", b"accept_timeout_ms", "auto_assign_left_messages", b"auto_assign_left_messages", "group_crowds", b"group_crowds", "idle_end_timeout_ms", b"idle_end_timeout_ms", "member_crowd", b"member_crowd", "notice_interval_ms", b"notice_interval_ms", "on_queue_full", b"on_queue_full", "priority_crowds", b"priority_crowds", "priority_may_exceed_capacity", b"priority_may_exceed_capacity", "queue_limit", b"queue_limit", "queue_order", b"queue_order", "queue_wait_limit_ms", b"queue_wait_limit_ms", "recent_contact_ttl_ms", b"recent_contact_ttl_ms", "reply_timeout_ms", b"reply_timeout_ms", "route_when_all_suspended", b"route_when_all_suspended", "set_group_crowds", b"set_group_crowds", "set_priority_crowds", b"set_priority_crowds", "sticky_window_ms", b"sticky_window_ms", "strategy", b"strategy", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__accept_timeout_ms: _TypeAlias = _typing.Literal["accept_timeout_ms"]  # noqa: Y015
     _WhichOneofArgType__accept_timeout_ms: _TypeAlias = _typing.Literal["_accept_timeout_ms", b"_accept_timeout_ms"]  # noqa: Y015
@@ -459,6 +568,8 @@ class ShopPolicy(_message.Message):
     _WhichOneofArgType__auto_assign_left_messages: _TypeAlias = _typing.Literal["_auto_assign_left_messages", b"_auto_assign_left_messages"]  # noqa: Y015
     _WhichOneofReturnType__idle_end_timeout_ms: _TypeAlias = _typing.Literal["idle_end_timeout_ms"]  # noqa: Y015
     _WhichOneofArgType__idle_end_timeout_ms: _TypeAlias = _typing.Literal["_idle_end_timeout_ms", b"_idle_end_timeout_ms"]  # noqa: Y015
+    _WhichOneofReturnType__member_crowd: _TypeAlias = _typing.Literal["member_crowd"]  # noqa: Y015
+    _WhichOneofArgType__member_crowd: _TypeAlias = _typing.Literal["_member_crowd", b"_member_crowd"]  # noqa: Y015
     _WhichOneofReturnType__notice_interval_ms: _TypeAlias = _typing.Literal["notice_interval_ms"]  # noqa: Y015
     _WhichOneofArgType__notice_interval_ms: _TypeAlias = _typing.Literal["_notice_interval_ms", b"_notice_interval_ms"]  # noqa: Y015
     _WhichOneofReturnType__on_queue_full: _TypeAlias = _typing.Literal["on_queue_full"]  # noqa: Y015
@@ -490,6 +601,8 @@ class ShopPolicy(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__idle_end_timeout_ms) -> _WhichOneofReturnType__idle_end_timeout_ms | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__member_crowd) -> _WhichOneofReturnType__member_crowd | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__notice_interval_ms) -> _WhichOneofReturnType__notice_interval_ms | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__on_queue_full) -> _WhichOneofReturnType__on_queue_full | None: ...
@@ -515,6 +628,29 @@ class ShopPolicy(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__time_zone) -> _WhichOneofReturnType__time_zone | None: ...
 
 Global___ShopPolicy: _TypeAlias = ShopPolicy  # noqa: Y015
+
+@_typing.final
+class GroupCrowds(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    CROWDS_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    @_builtins.property
+    def crowds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        crowds: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crowds", b"crowds", "group", b"group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupCrowds: _TypeAlias = GroupCrowds  # noqa: Y015
 
 @_typing.final
 class SetShopPolicyRequest(_message.Message):
@@ -573,6 +709,7 @@ class Agent(_message.Message):
     NEW_COUNT_FIELD_NUMBER: _builtins.int
     BACKLOG_SIZE_FIELD_NUMBER: _builtins.int
     SERVED_TODAY_FIELD_NUMBER: _builtins.int
+    OVER_CAPACITY_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     role: Global___AgentRole.ValueType
     max_concurrent: _builtins.int
@@ -584,6 +721,10 @@ class Agent(_message.Message):
     backlog_size: _builtins.int
     served_today: _builtins.int
     """sessions acted on today, in the shop's time zone"""
+    over_capacity: _builtins.bool
+    """load > max_concurrent (the max was lowered below it): nothing new until below; end
+    sessions (EndSessions) or raise the max (UpdateAgent) to clear it.
+    """
     @_builtins.property
     def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -598,10 +739,11 @@ class Agent(_message.Message):
         new_count: _builtins.int = ...,
         backlog_size: _builtins.int = ...,
         served_today: _builtins.int = ...,
+        over_capacity: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "backlog_size", b"backlog_size", "groups", b"groups", "load", b"load", "max_concurrent", b"max_concurrent", "new_count", b"new_count", "role", b"role", "served_today", b"served_today", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "backlog_size", b"backlog_size", "groups", b"groups", "load", b"load", "max_concurrent", b"max_concurrent", "new_count", b"new_count", "over_capacity", b"over_capacity", "role", b"role", "served_today", b"served_today", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -617,13 +759,19 @@ class RegisterAgentRequest(_message.Message):
     GROUPS_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    REPLACE_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     agent_id: _builtins.str
     role: Global___AgentRole.ValueType
     max_concurrent: _builtins.int
     """0..10000"""
     status: Global___AgentStatus.ValueType
-    """The status of a newly registered agent (default OFFLINE); ignored on update."""
+    """The status of a newly registered agent (default OFFLINE); ignored on replace."""
+    replace: _builtins.bool
+    """The agent exists already: true replaces role, groups and max_concurrent (the absent
+    ones take their defaults); false (default) answers ALREADY_EXISTS unless they equal
+    the agent's (a retried registration). UpdateAgent changes only the fields it names.
+    """
     @_builtins.property
     def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """at most 32"""
@@ -637,14 +785,63 @@ class RegisterAgentRequest(_message.Message):
         groups: _abc.Iterable[_builtins.str] | None = ...,
         max_concurrent: _builtins.int = ...,
         status: Global___AgentStatus.ValueType = ...,
+        replace: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "groups", b"groups", "max_concurrent", b"max_concurrent", "role", b"role", "shop_id", b"shop_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "groups", b"groups", "max_concurrent", b"max_concurrent", "replace", b"replace", "role", b"role", "shop_id", b"shop_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterAgentRequest: _TypeAlias = RegisterAgentRequest  # noqa: Y015
+
+@_typing.final
+class UpdateAgentRequest(_message.Message):
+    """Changes only the fields present (like SetShopPolicy)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    SET_GROUPS_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    agent_id: _builtins.str
+    role: Global___AgentRole.ValueType
+    set_groups: _builtins.bool
+    """replace groups (even with an empty list)"""
+    max_concurrent: _builtins.int
+    """0..10000"""
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """at most 32"""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        role: Global___AgentRole.ValueType | None = ...,
+        groups: _abc.Iterable[_builtins.str] | None = ...,
+        set_groups: _builtins.bool = ...,
+        max_concurrent: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_role", b"_role", "max_concurrent", b"max_concurrent", "role", b"role"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_role", b"_role", "agent_id", b"agent_id", "groups", b"groups", "max_concurrent", b"max_concurrent", "role", b"role", "set_groups", b"set_groups", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_concurrent: _TypeAlias = _typing.Literal["max_concurrent"]  # noqa: Y015
+    _WhichOneofArgType__max_concurrent: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent"]  # noqa: Y015
+    _WhichOneofReturnType__role: _TypeAlias = _typing.Literal["role"]  # noqa: Y015
+    _WhichOneofArgType__role: _TypeAlias = _typing.Literal["_role", b"_role"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrent) -> _WhichOneofReturnType__max_concurrent | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__role) -> _WhichOneofReturnType__role | None: ...
+
+Global___UpdateAgentRequest: _TypeAlias = UpdateAgentRequest  # noqa: Y015
 
 @_typing.final
 class RemoveAgentRequest(_message.Message):
@@ -879,6 +1076,7 @@ class Decision(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     PRIORITY_NOTICE_FIELD_NUMBER: _builtins.int
     BUYER_ID_FIELD_NUMBER: _builtins.int
+    NOTICE_FIELD_NUMBER: _builtins.int
     outcome: Global___Outcome.ValueType
     reason: Global___Reason.ValueType
     agent_id: _builtins.str
@@ -887,8 +1085,10 @@ class Decision(_message.Message):
     """1-based, when QUEUED"""
     state: Global___SessionState.ValueType
     priority_notice: _builtins.bool
-    """tell the buyer it skipped the queue"""
+    """notice is set (for clients from before PriorityNotice)"""
     buyer_id: _builtins.str
+    notice: Global___PriorityNotice.ValueType
+    """which notice the buyer gets, if any"""
     def __init__(
         self,
         *,
@@ -900,10 +1100,11 @@ class Decision(_message.Message):
         state: Global___SessionState.ValueType = ...,
         priority_notice: _builtins.bool = ...,
         buyer_id: _builtins.str = ...,
+        notice: Global___PriorityNotice.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "buyer_id", b"buyer_id", "outcome", b"outcome", "priority_notice", b"priority_notice", "queue_position", b"queue_position", "reason", b"reason", "session_id", b"session_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "buyer_id", b"buyer_id", "notice", b"notice", "outcome", b"outcome", "priority_notice", b"priority_notice", "queue_position", b"queue_position", "reason", b"reason", "session_id", b"session_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1053,6 +1254,12 @@ class Session(_message.Message):
     CREATED_AT_MS_FIELD_NUMBER: _builtins.int
     FIRST_REPLY_AT_MS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    ASSIGNED_AT_MS_FIELD_NUMBER: _builtins.int
+    LAST_BUYER_MESSAGE_AT_MS_FIELD_NUMBER: _builtins.int
+    WAITING_SINCE_MS_FIELD_NUMBER: _builtins.int
+    LAST_MESSAGE_AT_MS_FIELD_NUMBER: _builtins.int
+    ENDED_AT_MS_FIELD_NUMBER: _builtins.int
+    STARRED_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     buyer_id: _builtins.str
     state: Global___SessionState.ValueType
@@ -1064,6 +1271,18 @@ class Session(_message.Message):
     created_at_ms: _builtins.int
     first_reply_at_ms: _builtins.int
     reason: Global___Reason.ValueType
+    assigned_at_ms: _builtins.int
+    """reached its agent (接入时间); backlog: entered it"""
+    last_buyer_message_at_ms: _builtins.int
+    """the buyer's latest message"""
+    waiting_since_ms: _builtins.int
+    """the first unanswered buyer message; 0: answered"""
+    last_message_at_ms: _builtins.int
+    """the latest message either way"""
+    ended_at_ms: _builtins.int
+    """ENDED only (0 once no list keeps its details)"""
+    starred: _builtins.bool
+    """starred by its agent"""
     def __init__(
         self,
         *,
@@ -1078,10 +1297,16 @@ class Session(_message.Message):
         created_at_ms: _builtins.int = ...,
         first_reply_at_ms: _builtins.int = ...,
         reason: Global___Reason.ValueType = ...,
+        assigned_at_ms: _builtins.int = ...,
+        last_buyer_message_at_ms: _builtins.int = ...,
+        waiting_since_ms: _builtins.int = ...,
+        last_message_at_ms: _builtins.int = ...,
+        ended_at_ms: _builtins.int = ...,
+        starred: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "buyer_id", b"buyer_id", "channel", b"channel", "created_at_ms", b"created_at_ms", "first_reply_at_ms", b"first_reply_at_ms", "group", b"group", "priority", b"priority", "queue_position", b"queue_position", "reason", b"reason", "session_id", b"session_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "assigned_at_ms", b"assigned_at_ms", "buyer_id", b"buyer_id", "channel", b"channel", "created_at_ms", b"created_at_ms", "ended_at_ms", b"ended_at_ms", "first_reply_at_ms", b"first_reply_at_ms", "group", b"group", "last_buyer_message_at_ms", b"last_buyer_message_at_ms", "last_message_at_ms", b"last_message_at_ms", "priority", b"priority", "queue_position", b"queue_position", "reason", b"reason", "session_id", b"session_id", "starred", b"starred", "state", b"state", "waiting_since_ms", b"waiting_since_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1207,17 +1432,27 @@ class ListAgentSessionsRequest(_message.Message):
 
     SHOP_ID_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
+    SORT_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    MESSAGE_STATE_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     agent_id: _builtins.str
+    sort: Global___SessionSort.ValueType
+    channel: _builtins.str
+    """only this channel ("" all)"""
+    message_state: Global___MessageFilter.ValueType
     def __init__(
         self,
         *,
         shop_id: _builtins.str = ...,
         agent_id: _builtins.str = ...,
+        sort: Global___SessionSort.ValueType = ...,
+        channel: _builtins.str = ...,
+        message_state: Global___MessageFilter.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "shop_id", b"shop_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "channel", b"channel", "message_state", b"message_state", "shop_id", b"shop_id", "sort", b"sort"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1228,12 +1463,186 @@ class ListSessionsReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSIONS_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_FIELD_NUMBER: _builtins.int
+    OVER_CAPACITY_FIELD_NUMBER: _builtins.int
+    load: _builtins.int
+    max_concurrent: _builtins.int
+    over_capacity: _builtins.bool
+    """load > max_concurrent (seed 003's warning)"""
     @_builtins.property
-    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Session]: ...
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Session]:
+        """in progress: ASSIGNED, ACTIVE, backlog"""
+
+    @_builtins.property
+    def ended(self) -> _containers.RepeatedCompositeFieldContainer[Global___Session]:
+        """ended in the last 24 h (at most 100), same order"""
+
     def __init__(
         self,
         *,
         sessions: _abc.Iterable[Global___Session] | None = ...,
+        ended: _abc.Iterable[Global___Session] | None = ...,
+        load: _builtins.int = ...,
+        max_concurrent: _builtins.int = ...,
+        over_capacity: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended", b"ended", "load", b"load", "max_concurrent", b"max_concurrent", "over_capacity", b"over_capacity", "sessions", b"sessions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSessionsReply: _TypeAlias = ListSessionsReply  # noqa: Y015
+
+@_typing.final
+class StarSessionRequest(_message.Message):
+    """Star (starred true) or clear the star of a session in the agent's list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    STARRED_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    agent_id: _builtins.str
+    session_id: _builtins.str
+    starred: _builtins.bool
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        starred: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "session_id", b"session_id", "shop_id", b"shop_id", "starred", b"starred"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StarSessionRequest: _TypeAlias = StarSessionRequest  # noqa: Y015
+
+@_typing.final
+class AgentListRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    agent_id: _builtins.str
+    limit: _builtins.int
+    """default 100, at most 1000"""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "limit", b"limit", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentListRequest: _TypeAlias = AgentListRequest  # noqa: Y015
+
+@_typing.final
+class RecentContact(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUYER_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    LAST_AT_MS_FIELD_NUMBER: _builtins.int
+    buyer_id: _builtins.str
+    agent_id: _builtins.str
+    last_at_ms: _builtins.int
+    """the agent's last act for the buyer"""
+    def __init__(
+        self,
+        *,
+        buyer_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        last_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "buyer_id", b"buyer_id", "last_at_ms", b"last_at_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecentContact: _TypeAlias = RecentContact  # noqa: Y015
+
+@_typing.final
+class ListRecentContactsReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecentContact]:
+        """newest first"""
+
+    def __init__(
+        self,
+        *,
+        contacts: _abc.Iterable[Global___RecentContact] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts", b"contacts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecentContactsReply: _TypeAlias = ListRecentContactsReply  # noqa: Y015
+
+@_typing.final
+class StarredSession(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    BUYER_ID_FIELD_NUMBER: _builtins.int
+    STARRED_AT_MS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    buyer_id: _builtins.str
+    starred_at_ms: _builtins.int
+    """starred, or its session ended since"""
+    state: Global___SessionState.ValueType
+    """ENDED once it is no longer open"""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        buyer_id: _builtins.str = ...,
+        starred_at_ms: _builtins.int = ...,
+        state: Global___SessionState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buyer_id", b"buyer_id", "session_id", b"session_id", "starred_at_ms", b"starred_at_ms", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StarredSession: _TypeAlias = StarredSession  # noqa: Y015
+
+@_typing.final
+class ListStarredReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___StarredSession]:
+        """newest first"""
+
+    def __init__(
+        self,
+        *,
+        sessions: _abc.Iterable[Global___StarredSession] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -1241,7 +1650,7 @@ class ListSessionsReply(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ListSessionsReply: _TypeAlias = ListSessionsReply  # noqa: Y015
+Global___ListStarredReply: _TypeAlias = ListStarredReply  # noqa: Y015
 
 @_typing.final
 class ListQueueRequest(_message.Message):

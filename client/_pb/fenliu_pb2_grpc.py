@@ -50,6 +50,11 @@ class PresenceStub:
                 request_serializer=fenliu_dot_v1_dot_fenliu__pb2.RegisterAgentRequest.SerializeToString,
                 response_deserializer=fenliu_dot_v1_dot_fenliu__pb2.Agent.FromString,
                 _registered_method=True)
+        self.UpdateAgent = channel.unary_unary(
+                '/fenliu.v1.Presence/UpdateAgent',
+                request_serializer=fenliu_dot_v1_dot_fenliu__pb2.UpdateAgentRequest.SerializeToString,
+                response_deserializer=fenliu_dot_v1_dot_fenliu__pb2.Agent.FromString,
+                _registered_method=True)
         self.RemoveAgent = channel.unary_unary(
                 '/fenliu.v1.Presence/RemoveAgent',
                 request_serializer=fenliu_dot_v1_dot_fenliu__pb2.RemoveAgentRequest.SerializeToString,
@@ -93,7 +98,15 @@ class PresenceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RegisterAgent(self, request, context):
-        """Creates the agent, or updates role, groups and max_concurrent of an existing one.
+        """Creates an agent: role SUB, no groups, max_concurrent 0 and OFFLINE unless given.
+        An existing agent: ALREADY_EXISTS unless replace (see RegisterAgentRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateAgent(self, request, context):
+        """Changes the fields named of an existing agent; a raised max takes waiting sessions.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,6 +158,11 @@ def add_PresenceServicer_to_server(servicer, server):
             'RegisterAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterAgent,
                     request_deserializer=fenliu_dot_v1_dot_fenliu__pb2.RegisterAgentRequest.FromString,
+                    response_serializer=fenliu_dot_v1_dot_fenliu__pb2.Agent.SerializeToString,
+            ),
+            'UpdateAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAgent,
+                    request_deserializer=fenliu_dot_v1_dot_fenliu__pb2.UpdateAgentRequest.FromString,
                     response_serializer=fenliu_dot_v1_dot_fenliu__pb2.Agent.SerializeToString,
             ),
             'RemoveAgent': grpc.unary_unary_rpc_method_handler(
@@ -253,6 +271,33 @@ class Presence:
             target,
             '/fenliu.v1.Presence/RegisterAgent',
             fenliu_dot_v1_dot_fenliu__pb2.RegisterAgentRequest.SerializeToString,
+            fenliu_dot_v1_dot_fenliu__pb2.Agent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fenliu.v1.Presence/UpdateAgent',
+            fenliu_dot_v1_dot_fenliu__pb2.UpdateAgentRequest.SerializeToString,
             fenliu_dot_v1_dot_fenliu__pb2.Agent.FromString,
             options,
             channel_credentials,
@@ -449,6 +494,21 @@ class RoutingStub:
                 request_serializer=fenliu_dot_v1_dot_fenliu__pb2.ListAgentSessionsRequest.SerializeToString,
                 response_deserializer=fenliu_dot_v1_dot_fenliu__pb2.ListSessionsReply.FromString,
                 _registered_method=True)
+        self.StarSession = channel.unary_unary(
+                '/fenliu.v1.Routing/StarSession',
+                request_serializer=fenliu_dot_v1_dot_fenliu__pb2.StarSessionRequest.SerializeToString,
+                response_deserializer=fenliu_dot_v1_dot_fenliu__pb2.Session.FromString,
+                _registered_method=True)
+        self.ListRecentContacts = channel.unary_unary(
+                '/fenliu.v1.Routing/ListRecentContacts',
+                request_serializer=fenliu_dot_v1_dot_fenliu__pb2.AgentListRequest.SerializeToString,
+                response_deserializer=fenliu_dot_v1_dot_fenliu__pb2.ListRecentContactsReply.FromString,
+                _registered_method=True)
+        self.ListStarred = channel.unary_unary(
+                '/fenliu.v1.Routing/ListStarred',
+                request_serializer=fenliu_dot_v1_dot_fenliu__pb2.AgentListRequest.SerializeToString,
+                response_deserializer=fenliu_dot_v1_dot_fenliu__pb2.ListStarredReply.FromString,
+                _registered_method=True)
 
 
 class RoutingServicer:
@@ -499,7 +559,28 @@ class RoutingServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAgentSessions(self, request, context):
-        """The agent's sessions: ASSIGNED, ACTIVE and its backlog.
+        """The agent's list (seed 003): in progress (ASSIGNED, ACTIVE, backlog) and recently
+        ended, sorted and filtered, with the over-capacity warning.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StarSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRecentContacts(self, request, context):
+        """Buyers whose recent contact is the agent, within recent_contact_ttl_ms.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStarred(self, request, context):
+        """The agent's starred sessions, within recent_contact_ttl_ms.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -547,6 +628,21 @@ def add_RoutingServicer_to_server(servicer, server):
                     servicer.ListAgentSessions,
                     request_deserializer=fenliu_dot_v1_dot_fenliu__pb2.ListAgentSessionsRequest.FromString,
                     response_serializer=fenliu_dot_v1_dot_fenliu__pb2.ListSessionsReply.SerializeToString,
+            ),
+            'StarSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.StarSession,
+                    request_deserializer=fenliu_dot_v1_dot_fenliu__pb2.StarSessionRequest.FromString,
+                    response_serializer=fenliu_dot_v1_dot_fenliu__pb2.Session.SerializeToString,
+            ),
+            'ListRecentContacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecentContacts,
+                    request_deserializer=fenliu_dot_v1_dot_fenliu__pb2.AgentListRequest.FromString,
+                    response_serializer=fenliu_dot_v1_dot_fenliu__pb2.ListRecentContactsReply.SerializeToString,
+            ),
+            'ListStarred': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStarred,
+                    request_deserializer=fenliu_dot_v1_dot_fenliu__pb2.AgentListRequest.FromString,
+                    response_serializer=fenliu_dot_v1_dot_fenliu__pb2.ListStarredReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -765,6 +861,87 @@ class Routing:
             '/fenliu.v1.Routing/ListAgentSessions',
             fenliu_dot_v1_dot_fenliu__pb2.ListAgentSessionsRequest.SerializeToString,
             fenliu_dot_v1_dot_fenliu__pb2.ListSessionsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StarSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fenliu.v1.Routing/StarSession',
+            fenliu_dot_v1_dot_fenliu__pb2.StarSessionRequest.SerializeToString,
+            fenliu_dot_v1_dot_fenliu__pb2.Session.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecentContacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fenliu.v1.Routing/ListRecentContacts',
+            fenliu_dot_v1_dot_fenliu__pb2.AgentListRequest.SerializeToString,
+            fenliu_dot_v1_dot_fenliu__pb2.ListRecentContactsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStarred(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fenliu.v1.Routing/ListStarred',
+            fenliu_dot_v1_dot_fenliu__pb2.AgentListRequest.SerializeToString,
+            fenliu_dot_v1_dot_fenliu__pb2.ListStarredReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,7 +45,11 @@ class PresenceStub:
     SetShopPolicy: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.SetShopPolicyRequest, _fenliu_pb2.ShopPolicy]
     GetShopPolicy: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.GetShopPolicyRequest, _fenliu_pb2.ShopPolicy]
     RegisterAgent: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.RegisterAgentRequest, _fenliu_pb2.Agent]
-    """Creates the agent, or updates role, groups and max_concurrent of an existing one."""
+    """Creates an agent: role SUB, no groups, max_concurrent 0 and OFFLINE unless given.
+    An existing agent: ALREADY_EXISTS unless replace (see RegisterAgentRequest).
+    """
+    UpdateAgent: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.UpdateAgentRequest, _fenliu_pb2.Agent]
+    """Changes the fields named of an existing agent; a raised max takes waiting sessions."""
     RemoveAgent: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.RemoveAgentRequest, _fenliu_pb2.RemoveAgentReply]
     SetStatus: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.SetStatusRequest, _fenliu_pb2.SetStatusReply]
     ListTeam: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.ListTeamRequest, _fenliu_pb2.ListTeamReply]
@@ -58,7 +62,11 @@ class PresenceAsyncStub(PresenceStub):
     SetShopPolicy: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.SetShopPolicyRequest, _fenliu_pb2.ShopPolicy]  # type: ignore[assignment]
     GetShopPolicy: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.GetShopPolicyRequest, _fenliu_pb2.ShopPolicy]  # type: ignore[assignment]
     RegisterAgent: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.RegisterAgentRequest, _fenliu_pb2.Agent]  # type: ignore[assignment]
-    """Creates the agent, or updates role, groups and max_concurrent of an existing one."""
+    """Creates an agent: role SUB, no groups, max_concurrent 0 and OFFLINE unless given.
+    An existing agent: ALREADY_EXISTS unless replace (see RegisterAgentRequest).
+    """
+    UpdateAgent: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.UpdateAgentRequest, _fenliu_pb2.Agent]  # type: ignore[assignment]
+    """Changes the fields named of an existing agent; a raised max takes waiting sessions."""
     RemoveAgent: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.RemoveAgentRequest, _fenliu_pb2.RemoveAgentReply]  # type: ignore[assignment]
     SetStatus: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.SetStatusRequest, _fenliu_pb2.SetStatusReply]  # type: ignore[assignment]
     ListTeam: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.ListTeamRequest, _fenliu_pb2.ListTeamReply]  # type: ignore[assignment]
@@ -86,7 +94,17 @@ class PresenceServicer(metaclass=_abc_1.ABCMeta):
         request: _fenliu_pb2.RegisterAgentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fenliu_pb2.Agent, _abc.Awaitable[_fenliu_pb2.Agent]]:
-        """Creates the agent, or updates role, groups and max_concurrent of an existing one."""
+        """Creates an agent: role SUB, no groups, max_concurrent 0 and OFFLINE unless given.
+        An existing agent: ALREADY_EXISTS unless replace (see RegisterAgentRequest).
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateAgent(
+        self,
+        request: _fenliu_pb2.UpdateAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fenliu_pb2.Agent, _abc.Awaitable[_fenliu_pb2.Agent]]:
+        """Changes the fields named of an existing agent; a raised max takes waiting sessions."""
 
     @_abc_1.abstractmethod
     def RemoveAgent(
@@ -140,7 +158,14 @@ class RoutingStub:
     EndSessions: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.EndSessionsRequest, _fenliu_pb2.EndSessionsReply]
     GetSession: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.GetSessionRequest, _fenliu_pb2.Session]
     ListAgentSessions: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.ListAgentSessionsRequest, _fenliu_pb2.ListSessionsReply]
-    """The agent's sessions: ASSIGNED, ACTIVE and its backlog."""
+    """The agent's list (seed 003): in progress (ASSIGNED, ACTIVE, backlog) and recently
+    ended, sorted and filtered, with the over-capacity warning.
+    """
+    StarSession: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.StarSessionRequest, _fenliu_pb2.Session]
+    ListRecentContacts: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.AgentListRequest, _fenliu_pb2.ListRecentContactsReply]
+    """Buyers whose recent contact is the agent, within recent_contact_ttl_ms."""
+    ListStarred: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.AgentListRequest, _fenliu_pb2.ListStarredReply]
+    """The agent's starred sessions, within recent_contact_ttl_ms."""
 
 @_typing.type_check_only
 class RoutingAsyncStub(RoutingStub):
@@ -155,7 +180,14 @@ class RoutingAsyncStub(RoutingStub):
     EndSessions: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.EndSessionsRequest, _fenliu_pb2.EndSessionsReply]  # type: ignore[assignment]
     GetSession: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.GetSessionRequest, _fenliu_pb2.Session]  # type: ignore[assignment]
     ListAgentSessions: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.ListAgentSessionsRequest, _fenliu_pb2.ListSessionsReply]  # type: ignore[assignment]
-    """The agent's sessions: ASSIGNED, ACTIVE and its backlog."""
+    """The agent's list (seed 003): in progress (ASSIGNED, ACTIVE, backlog) and recently
+    ended, sorted and filtered, with the over-capacity warning.
+    """
+    StarSession: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.StarSessionRequest, _fenliu_pb2.Session]  # type: ignore[assignment]
+    ListRecentContacts: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.AgentListRequest, _fenliu_pb2.ListRecentContactsReply]  # type: ignore[assignment]
+    """Buyers whose recent contact is the agent, within recent_contact_ttl_ms."""
+    ListStarred: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.AgentListRequest, _fenliu_pb2.ListStarredReply]  # type: ignore[assignment]
+    """The agent's starred sessions, within recent_contact_ttl_ms."""
 
 class RoutingServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -215,7 +247,32 @@ class RoutingServicer(metaclass=_abc_1.ABCMeta):
         request: _fenliu_pb2.ListAgentSessionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fenliu_pb2.ListSessionsReply, _abc.Awaitable[_fenliu_pb2.ListSessionsReply]]:
-        """The agent's sessions: ASSIGNED, ACTIVE and its backlog."""
+        """The agent's list (seed 003): in progress (ASSIGNED, ACTIVE, backlog) and recently
+        ended, sorted and filtered, with the over-capacity warning.
+        """
+
+    @_abc_1.abstractmethod
+    def StarSession(
+        self,
+        request: _fenliu_pb2.StarSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fenliu_pb2.Session, _abc.Awaitable[_fenliu_pb2.Session]]: ...
+
+    @_abc_1.abstractmethod
+    def ListRecentContacts(
+        self,
+        request: _fenliu_pb2.AgentListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fenliu_pb2.ListRecentContactsReply, _abc.Awaitable[_fenliu_pb2.ListRecentContactsReply]]:
+        """Buyers whose recent contact is the agent, within recent_contact_ttl_ms."""
+
+    @_abc_1.abstractmethod
+    def ListStarred(
+        self,
+        request: _fenliu_pb2.AgentListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fenliu_pb2.ListStarredReply, _abc.Awaitable[_fenliu_pb2.ListStarredReply]]:
+        """The agent's starred sessions, within recent_contact_ttl_ms."""
 
 def add_RoutingServicer_to_server(servicer: RoutingServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -3,6 +3,7 @@
     FenliuError
     ├── InvalidArgument      malformed input (names the field and the rule)
     ├── NotFound             unknown shop, agent or session
+    ├── AlreadyExists        registering an agent that exists, without replace
     ├── FailedPrecondition   the state does not allow it
     ├── ResourceExhausted    the shop queue is full and the policy says REJECT
     └── Unavailable          the change could not be made durable (raised by storage)
@@ -44,6 +45,12 @@ class NotFound(FenliuError):
     """The shop, agent or session named by ``field`` does not exist."""
 
     default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(FenliuError):
+    """RegisterAgent of an existing agent with other fields, not asked to replace it."""
+
+    default_reason = "AGENT_EXISTS"
 
 
 class FailedPrecondition(FenliuError):

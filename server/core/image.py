@@ -20,8 +20,25 @@ import msgspec
 from . import types as t
 from .shard import Shard
 from .shop import T_RECENT, T_REQUEST, T_SESSION, Shop
-from .state import Agent, Session
+from .state import Agent, Ended, Session
 from .stats import FIELDS, ShopCounters
+
+
+class EndedImage(msgspec.Struct, array_like=True, gc=False):
+    """An agent list's ended session (issue 15)."""
+
+    session_id: str
+    buyer_id: str
+    channel: str
+    group: str
+    priority: bool
+    created_at: int
+    assigned_at: int
+    last_buyer_at: int
+    last_activity: int
+    first_reply_at: int
+    ended_at: int
+    reason: t.Reason
 
 
 class AgentImage(msgspec.Struct, array_like=True, gc=False):
@@ -36,6 +53,10 @@ class AgentImage(msgspec.Struct, array_like=True, gc=False):
     reg: int
     served_day: int
     served_count: int
+    # Trailing, issue 15 (absent in older images): the agent's list's ended part, oldest
+    # first, and its stars (session id -> (buyer id, time)).
+    ended: list[EndedImage] | None = None
+    starred: dict[str, tuple[str, int]] | None = None
 
 
 class SessionImage(msgspec.Struct, array_like=True, gc=False):
@@ -57,6 +78,7 @@ class SessionImage(msgspec.Struct, array_like=True, gc=False):
     timer_due: int | None
     left_for: str
     private: bool
+    last_buyer_at: int | None = None  # issue 15; absent in older images: last_activity
 
 
 class CountersImage(msgspec.Struct, array_like=True, gc=False):
@@ -181,6 +203,8 @@ def _shop_image(shop: Shop) -> ShopImage:
                 a.reg,
                 a.served_day,
                 a.served_count,
+                None if a.ended is None else [_ended_image(e) for e in a.ended.values()],
+                None if a.starred is None else dict(a.starred),
             )  # fmt: skip
             for a in shop.agents.values()
         ],
@@ -197,6 +221,21 @@ def _shop_image(shop: Shop) -> ShopImage:
         event_seq=shop.event_seq,
         counters=_counters_image(shop.counters),
     )
+
+
+_ENDED_FIELDS = EndedImage.__struct_fields__
+_ended_fields: Callable[[Ended], Any] = attrgetter(*_ENDED_FIELDS)
+
+
+def _ended_image(e: Ended) -> EndedImage:
+    return EndedImage(*_ended_fields(e))
+
+
+def _restore_ended(image: EndedImage) -> Ended:
+    e = Ended.__new__(Ended)
+    for name in _ENDED_FIELDS:
+        setattr(e, name, getattr(image, name))
+    return e
 
 
 def _counters_image(c: ShopCounters | None) -> CountersImage | None:
@@ -223,6 +262,7 @@ def _restore_shop(shard: Shard, image: ShopImage) -> Shop:
     shop = Shop(shard, image.shop_id)
     shop.policy = image.policy
     shop.priority_crowds = frozenset(image.policy.priority_crowds)
+    shop.set_crowd_groups()
     for heap in shop.heaps.values():
         heap.strategy = image.policy.strategy
     for s in image.sessions:
@@ -233,6 +273,7 @@ def _restore_shop(shard: Shard, image: ShopImage) -> Shop:
         session.first_reply_at, session.reason = s.first_reply_at, s.reason
         session.excluded = set(s.excluded) if s.excluded else None
         session.timer_due, session.left_for, session.private = s.timer_due, s.left_for, s.private
+        session.last_buyer_at = s.last_activity if s.last_buyer_at is None else s.last_buyer_at
         shop.sessions[session.session_id] = session
         shop.by_buyer[session.buyer_id] = session
     for a in image.agents:
@@ -240,6 +281,10 @@ def _restore_shop(shard: Shard, image: ShopImage) -> Shop:
         agent.last_assign, agent.served_day, agent.served_count = (
             a.last_assign, a.served_day, a.served_count,
         )  # fmt: skip
+        if a.ended is not None:
+            agent.ended = {e.session_id: _restore_ended(e) for e in a.ended}
+        if a.starred is not None:
+            agent.starred = dict(a.starred)
         for sid in a.sessions:
             session = shop.sessions[sid]
             session.agent = agent

@@ -13,9 +13,16 @@ from typing import Any
 import msgspec
 
 from . import validate as v
-from .errors import FailedPrecondition, FenliuError, InvalidArgument, NotFound, resource_name
-from .shop import T_NOTICE, T_RECENT, T_REQUEST, T_SESSION, Shop
-from .state import Agent, Session
+from .errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FenliuError,
+    InvalidArgument,
+    NotFound,
+    resource_name,
+)
+from .shop import ENDED_KEEP_MS as _ENDED_KEEP_MS, T_NOTICE, T_RECENT, T_REQUEST, T_SESSION, Shop
+from .state import Agent, Ended, Session
 from .stats import (
     FAST_REPLY_MS,
     REPLIED,
@@ -27,8 +34,10 @@ from .stats import (
 from .types import (
     Acknowledge,
     AddPrivateContact,
+    AgentSessionsView,
     AgentStatsView,
     AgentView,
+    ContactView,
     Decision,
     Done,
     EndResult,
@@ -42,7 +51,10 @@ from .types import (
     ListAgentSessions,
     ListLeftMessages,
     ListQueue,
+    ListRecentContacts,
+    ListStarred,
     ListTeam,
+    MessageFilter,
     Moved,
     Outcome,
     Pick,
@@ -58,15 +70,19 @@ from .types import (
     Reply,
     Role,
     Route,
+    SessionSort,
     SessionView,
     SetPolicy,
     SetStatus,
     ShopStatsView,
+    StarredView,
+    StarSession,
     State,
     Status,
     StatusResult,
     Tick,
     Transfer,
+    UpdateAgent,
 )
 
 _DURATIONS = (
@@ -151,12 +167,22 @@ class Shard:
         addressed = None
         if cmd.addressed_agent_id:
             v.check_id(cmd.addressed_agent_id, "addressed_agent_id")
-            addressed = shop.agent(cmd.addressed_agent_id, "addressed_agent_id")
         if cmd.from_team_member:
-            if addressed is None:
+            if not cmd.addressed_agent_id:
                 raise InvalidArgument(
                     "addressed_agent_id is required for a team message", "addressed_agent_id"
                 )
+            if cmd.buyer_id not in shop.agents:
+                # a wrong flag from the gateway would skip routing silently
+                raise InvalidArgument(
+                    f"from_team_member is set but buyer_id {v.show(cmd.buyer_id)} is not an "
+                    f"agent of shop {v.show(cmd.shop_id)}",
+                    "from_team_member",
+                )
+        if cmd.addressed_agent_id:
+            addressed = shop.agent(cmd.addressed_agent_id, "addressed_agent_id")
+        if cmd.from_team_member:
+            assert addressed is not None
             decision = Decision(
                 outcome=Outcome.TEAM_DELIVERY,
                 reason=Reason.TEAM_MESSAGE,
@@ -205,6 +231,7 @@ class Shard:
         fields = {k: val for k, val in msgspec.structs.asdict(change).items() if val is not None}
         shop.policy = new = msgspec.structs.replace(old, **fields)
         shop.priority_crowds = frozenset(new.priority_crowds)
+        shop.set_crowd_groups()
         if new.strategy is not old.strategy:
             for scope, heap in shop.heaps.items():
                 heap.strategy = new.strategy
@@ -219,22 +246,28 @@ class Shard:
         return new
 
     def register_agent(self, cmd: RegisterAgent) -> AgentView:
+        """Create an agent; an existing one only with ``replace`` (or the same fields)."""
         v.check_id(cmd.shop_id, "shop_id")
         v.check_id(cmd.agent_id, "agent_id")
         v.check_ids(cmd.groups, "groups", v.MAX_GROUPS)
         v.check_range(cmd.max_concurrent, "max_concurrent", 0, v.MAX_CONCURRENT)
         shop = self.shops.get(cmd.shop_id)
         agent = shop.agents.get(cmd.agent_id) if shop is not None else None
-        main = shop.main if shop is not None else None
-        if cmd.role is Role.MAIN and main is not None and main is not agent:
-            raise FailedPrecondition(
-                f"role: shop {cmd.shop_id!r} already has a MAIN agent ({main.agent_id!r})",
-                "role",
-                reason="MAIN_AGENT_TAKEN",
-                subject=resource_name(cmd.shop_id, "agents", main.agent_id),
-            )
-        shop = self.shop_or_new(cmd.shop_id)
         groups = tuple(dict.fromkeys(cmd.groups))
+        if agent is not None and shop is not None and cmd.replace is False:
+            same = (agent.role, agent.groups, agent.max_concurrent) == (
+                cmd.role, groups, cmd.max_concurrent,
+            )  # fmt: skip
+            if same:  # a retried registration: nothing to change
+                return _agent_view(shop, agent, self.now)
+            raise AlreadyExists(
+                f"agent_id: agent {cmd.agent_id!r} exists in shop {cmd.shop_id!r}; "
+                "UpdateAgent changes the fields it names, replace=true replaces them all",
+                "agent_id",
+                subject=resource_name(cmd.shop_id, "agents", cmd.agent_id),
+            )
+        self._check_main(shop, cmd.shop_id, agent, cmd.role)
+        shop = self.shop_or_new(cmd.shop_id)
         if agent is None:
             shop.reg_seq += 1
             agent = Agent(
@@ -254,6 +287,83 @@ class Shard:
         shop.touch(agent)
         shop.fill_all() if shop.queue or shop.left else shop.fill(agent)
         return _agent_view(shop, agent, self.now)
+
+    def _check_main(self, shop: Shop | None, shop_id: str, agent: Agent | None, role: Role) -> None:
+        main = shop.main if shop is not None else None
+        if role is Role.MAIN and main is not None and main is not agent:
+            raise FailedPrecondition(
+                f"role: shop {shop_id!r} already has a MAIN agent ({main.agent_id!r})",
+                "role",
+                reason="MAIN_AGENT_TAKEN",
+                subject=resource_name(shop_id, "agents", main.agent_id),
+            )
+
+    def update_agent(self, cmd: UpdateAgent) -> AgentView:
+        """Change only the named fields of an existing agent (like SetPolicy)."""
+        shop = self.shop(cmd.shop_id)
+        v.check_id(cmd.agent_id, "agent_id")
+        if cmd.groups is not None:
+            v.check_ids(cmd.groups, "groups", v.MAX_GROUPS)
+        if cmd.max_concurrent is not None:
+            v.check_range(cmd.max_concurrent, "max_concurrent", 0, v.MAX_CONCURRENT)
+        agent = shop.agent(cmd.agent_id)
+        role = agent.role if cmd.role is None else cmd.role
+        self._check_main(shop, cmd.shop_id, agent, role)
+        groups = agent.groups if cmd.groups is None else tuple(dict.fromkeys(cmd.groups))
+        max_concurrent = agent.max_concurrent if cmd.max_concurrent is None else cmd.max_concurrent
+        if (role, groups, max_concurrent) == (agent.role, agent.groups, agent.max_concurrent):
+            return _agent_view(shop, agent, self.now)
+        shop.leave(agent)
+        agent.role, agent.groups, agent.max_concurrent = role, groups, max_concurrent
+        shop.join(agent)
+        if role is Role.MAIN:
+            shop.main = agent
+        elif shop.main is agent:
+            shop.main = None
+        shop.touch(agent)
+        shop.fill_all() if shop.queue or shop.left else shop.fill(agent)
+        return _agent_view(shop, agent, self.now)
+
+    def star_session(self, cmd: StarSession) -> SessionView:
+        """Star a session of the agent's list (in progress or ended), or clear its star."""
+        shop = self.shop(cmd.shop_id)
+        v.check_id(cmd.session_id, "session_id")
+        agent = shop.agent(cmd.agent_id)
+        session = shop.sessions.get(cmd.session_id)
+        found = shop.ended_session(cmd.session_id) if session is None else None
+        if session is None and found is None and not shop.issued(cmd.session_id):
+            shop.session(cmd.session_id)  # raises NotFound
+        if cmd.starred:
+            if session is not None and session.agent is agent:
+                buyer = session.buyer_id
+            elif found is not None and found[0] is agent:
+                buyer = found[1].buyer_id
+            else:
+                raise FailedPrecondition(
+                    f"session_id: session {cmd.session_id!r} is not in the list of agent "
+                    f"{agent.agent_id!r}",
+                    "session_id",
+                    reason="SESSION_NOT_HELD",
+                    subject=resource_name(shop.shop_id, "sessions", cmd.session_id),
+                )
+            self._stars(shop, agent)[cmd.session_id] = (buyer, self.now)
+        elif agent.starred is not None:
+            agent.starred.pop(cmd.session_id, None)  # clearing a missing star changes nothing
+        if session is not None:
+            return _session_view(shop, session)
+        if found is not None:
+            return _ended_view(found[1], found[0])
+        return _gone_view(cmd.session_id)
+
+    def _stars(self, shop: Shop, agent: Agent) -> dict[str, tuple[str, int]]:
+        """The agent's stars, past the recent-contact window dropped."""
+        starred = agent.starred
+        if starred is None:
+            starred = agent.starred = {}
+        horizon = self.now - shop.policy.recent_contact_ttl_ms
+        for session_id in [k for k, (_, at) in starred.items() if at <= horizon]:
+            del starred[session_id]
+        return starred
 
     def remove_agent(self, cmd: RemoveAgent) -> Moved:
         shop = self.shop(cmd.shop_id)
@@ -317,10 +427,15 @@ class Shard:
         return _session_view(shop, session)
 
     def transfer(self, cmd: Transfer) -> Decision:
-        shop = self.shop(cmd.shop_id)
         v.check_optional_id(cmd.agent_id, "agent_id")
         v.check_optional_id(cmd.to_agent_id, "to_agent_id")
         v.check_optional_id(cmd.to_group, "to_group")
+        if bool(cmd.to_agent_id) == bool(cmd.to_group):  # format before existence
+            raise InvalidArgument(
+                "exactly one of to_agent_id and to_group must be set", "to_agent_id"
+            )
+        shop = self.shop(cmd.shop_id)
+        v.check_id(cmd.session_id, "session_id")
         session = shop.session(cmd.session_id)
         source = session.agent
         if session.state not in (State.ASSIGNED, State.ACTIVE) or source is None:
@@ -338,10 +453,6 @@ class Shard:
                 "agent_id",
                 reason="SESSION_NOT_HELD",
                 subject=resource_name(shop.shop_id, "sessions", cmd.session_id),
-            )
-        if bool(cmd.to_agent_id) == bool(cmd.to_group):
-            raise InvalidArgument(
-                "exactly one of to_agent_id and to_group must be set", "to_agent_id"
             )
         if cmd.to_agent_id:
             target = self._transfer_target(shop, cmd, source)
@@ -481,15 +592,95 @@ class Shard:
         return tuple(_agent_view(shop, a, now) for a in shop.agents.values())
 
     def get_session(self, q: GetSession) -> SessionView:
+        """An open session; an ended one is ENDED (with its details while an agent's list
+        keeps it, ENDED_KEEP_MS), an id the shop never issued NOT_FOUND."""
         shop = self.shop(q.shop_id)
         v.check_id(q.session_id, "session_id")
-        return _session_view(shop, shop.session(q.session_id))
+        session = shop.sessions.get(q.session_id)
+        if session is not None:
+            return _session_view(shop, session)
+        found = shop.ended_session(q.session_id)
+        if found is not None:
+            return _ended_view(found[1], found[0])
+        if shop.issued(q.session_id):
+            return _gone_view(q.session_id)
+        return _session_view(shop, shop.session(q.session_id))  # raises NotFound
 
-    def list_agent_sessions(self, q: ListAgentSessions) -> tuple[SessionView, ...]:
+    def list_agent_sessions(self, q: ListAgentSessions) -> AgentSessionsView:
+        """Seed 003's reception list: in progress and ended, sorted and filtered."""
         shop = self.shop(q.shop_id)
+        v.check_optional_id(q.channel, "channel")
         agent = shop.agent(q.agent_id)
+        channel, messages = q.channel, q.messages
+        live = [
+            s
+            for s in (*agent.sessions.values(), *agent.backlog.values())
+            if (not channel or s.channel == channel)
+            and (
+                messages is MessageFilter.ANY
+                or (s.awaiting_since is not None) == (messages is MessageFilter.WAITING)
+            )
+        ]
+        live.sort(key=_SORTS[q.sort])
+        now = max(q.at, self.now)
+        ended = [
+            e
+            for e in reversed((agent.ended or {}).values())
+            if e.ended_at > now - _ENDED_KEEP_MS and (not channel or e.channel == channel)
+        ]
+        if messages is not MessageFilter.WAITING:  # an ended session waits for nothing
+            ended.sort(key=_ENDED_SORTS[q.sort])
+        else:
+            ended = []
+        return AgentSessionsView(
+            sessions=tuple(_session_view(shop, s) for s in live),
+            ended=tuple(_ended_view(e, agent) for e in ended),
+            load=agent.load,
+            max_concurrent=agent.max_concurrent,
+            over_capacity=agent.load > agent.max_concurrent,
+        )
+
+    def list_recent_contacts(self, q: ListRecentContacts) -> tuple[ContactView, ...]:
+        """The buyers whose recent contact (rule 4) is the agent, newest first."""
+        shop = self.shop(q.shop_id)
+        limit = _limit(q.limit)
+        agent = shop.agent(q.agent_id)
+        index = shop.contact_index.get(agent.agent_id)
+        if index is None:
+            return ()
+        horizon = max(q.at, self.now) - shop.policy.recent_contact_ttl_ms
+        found: list[ContactView] = []
+        for buyer, packed in reversed(shop.recent.items()):
+            at = packed >> 32
+            if at <= horizon:
+                break  # oldest first: the rest are older
+            if packed & 0xFFFFFFFF == index:
+                found.append(ContactView(buyer_id=buyer, agent_id=agent.agent_id, last_at=at))
+                if len(found) == limit:
+                    break
+        return tuple(found)
+
+    def list_starred(self, q: ListStarred) -> tuple[StarredView, ...]:
+        shop = self.shop(q.shop_id)
+        limit = _limit(q.limit)
+        agent = shop.agent(q.agent_id)
+        horizon = max(q.at, self.now) - shop.policy.recent_contact_ttl_ms
+        stars = sorted(
+            (
+                (at, sid, buyer)
+                for sid, (buyer, at) in (agent.starred or {}).items()
+                if at > horizon
+            ),
+            reverse=True,
+        )
         return tuple(
-            _session_view(shop, s) for s in (*agent.sessions.values(), *agent.backlog.values())
+            StarredView(
+                session_id=sid,
+                buyer_id=buyer,
+                starred_at=at,
+                state=shop.sessions[sid].state if sid in shop.sessions else State.ENDED,
+            )
+            for at, sid, buyer in stars[:limit]
         )
 
     def list_queue(self, q: ListQueue) -> QueueList:
@@ -572,6 +763,18 @@ def _check_policy(change: PolicyChange) -> None:
         v.check_ids(change.priority_crowds, "policy.priority_crowds", v.MAX_PRIORITY_CROWDS)
     if change.time_zone is not None:
         v.check_time_zone(change.time_zone)
+    if change.member_crowd is not None:
+        v.check_optional_id(change.member_crowd, "policy.member_crowd")
+    if change.group_crowds is not None:
+        if len(change.group_crowds) > v.MAX_CROWD_GROUPS:
+            raise InvalidArgument(
+                f"policy.group_crowds holds {len(change.group_crowds)} groups; "
+                f"at most {v.MAX_CROWD_GROUPS}",
+                "policy.group_crowds",
+            )
+        for group, crowds in change.group_crowds.items():
+            v.check_id(group, "policy.group_crowds")
+            v.check_ids(crowds, f"policy.group_crowds[{group}]", v.MAX_CROWDS)
 
 
 def _limit(limit: int) -> int:
@@ -616,6 +819,7 @@ def _agent_view(shop: Shop, agent: Agent, now: int) -> AgentView:
         new_count=agent.new_count,
         backlog_size=len(agent.backlog),
         served_today=agent.served_count if agent.served_day == shop.today(now) else 0,
+        over_capacity=agent.load > agent.max_concurrent,
     )
 
 
@@ -633,7 +837,73 @@ def _session_view(shop: Shop, session: Session) -> SessionView:
         created_at=session.created_at,
         first_reply_at=session.first_reply_at,
         reason=session.reason,
+        assigned_at=session.assigned_at if session.agent is not None else 0,
+        last_buyer_at=session.last_buyer_at,
+        waiting_since=session.awaiting_since or 0,
+        last_message_at=session.last_activity,
+        starred=agent is not None
+        and agent.starred is not None
+        and session.session_id in agent.starred,
     )
+
+
+def _ended_view(e: Ended, agent: Agent) -> SessionView:
+    return SessionView(
+        session_id=e.session_id,
+        buyer_id=e.buyer_id,
+        state=State.ENDED,
+        agent_id=agent.agent_id,
+        group=e.group,
+        channel=e.channel,
+        priority=e.priority,
+        queue_position=0,
+        created_at=e.created_at,
+        first_reply_at=e.first_reply_at,
+        reason=e.reason,
+        assigned_at=e.assigned_at,
+        last_buyer_at=e.last_buyer_at,
+        last_message_at=e.last_activity,
+        ended_at=e.ended_at,
+        starred=agent.starred is not None and e.session_id in agent.starred,
+    )
+
+
+def _gone_view(session_id: str) -> SessionView:
+    """An ended session no list keeps any more: only that it ended."""
+    return SessionView(
+        session_id=session_id,
+        buyer_id="",
+        state=State.ENDED,
+        agent_id="",
+        group="",
+        channel="",
+        priority=False,
+        queue_position=0,
+        created_at=0,
+        first_reply_at=0,
+        reason=Reason.STRATEGY,
+    )
+
+
+def _wait_key(s: Session | Ended) -> tuple[int, int]:
+    """Waiting first, longest first; then answered, latest message first (seed 003)."""
+    awaiting = s.awaiting_since if isinstance(s, Session) else None
+    if awaiting is not None:
+        return (0, awaiting)
+    return (1, -s.last_activity)
+
+
+# Ties keep the list's own order (held sessions by arrival, then the backlog): sorts are stable.
+_SORTS: dict[SessionSort, Callable[[Session], Any]] = {
+    SessionSort.LATEST_MESSAGE: lambda s: -s.last_buyer_at,
+    SessionSort.LONGEST_WAIT: _wait_key,
+    SessionSort.ACCESS_TIME: lambda s: -(s.assigned_at or s.entered_at),
+}
+_ENDED_SORTS: dict[SessionSort, Callable[[Ended], Any]] = {
+    SessionSort.LATEST_MESSAGE: lambda e: -e.last_buyer_at,
+    SessionSort.LONGEST_WAIT: lambda e: -e.last_activity,
+    SessionSort.ACCESS_TIME: lambda e: -e.assigned_at,
+}
 
 
 def _entry_view(session: Session, position: int, now: int) -> QueueEntryView:
@@ -654,6 +924,8 @@ _COMMANDS: dict[type, Callable[[Shard, Any], Any]] = {
     Tick: Shard.tick,
     SetPolicy: Shard.set_policy,
     RegisterAgent: Shard.register_agent,
+    UpdateAgent: Shard.update_agent,
+    StarSession: Shard.star_session,
     RemoveAgent: Shard.remove_agent,
     SetStatus: Shard.set_status,
     AddPrivateContact: Shard.add_private,
@@ -671,6 +943,8 @@ _QUERIES: dict[type, Callable[[Shard, Any], Any]] = {
     ListTeam: Shard.list_team,
     GetSession: Shard.get_session,
     ListAgentSessions: Shard.list_agent_sessions,
+    ListRecentContacts: Shard.list_recent_contacts,
+    ListStarred: Shard.list_starred,
     ListQueue: Shard.list_queue,
     GetPosition: Shard.get_position,
     ListLeftMessages: Shard.list_left_messages,

@@ -19,15 +19,17 @@ from typing import TYPE_CHECKING
 
 from .errors import NotFound, ResourceExhausted, resource_name
 from .shop_heap import AgentHeap, strategy_key
-from .state import Agent, Session
+from .state import Agent, Ended, Session
 from .stats import COUNTED_EVENTS, ENDED_UNREPLIED, ShopCounters
 from .types import (
+    LIT_CHANNELS,
     RECEIVING,
     Decision,
     Event,
     OnQueueFull,
     Outcome,
     Policy,
+    PriorityNotice,
     QueueOrder,
     Reason,
     State,
@@ -46,6 +48,10 @@ Plan = tuple[str, Agent | None, Reason]
 T_SESSION, T_RECENT, T_REQUEST, T_NOTICE = 0, 1, 2, 3
 
 IDEMPOTENCY_WINDOW_MS = 10 * 60_000
+ENDED_KEEP_MS = 24 * 3600 * 1000
+"""How long an agent's list shows a session after it ended (seed 003's 已结束会话)."""
+ENDED_PER_AGENT = 100
+"""At most this many ended sessions per agent list (the oldest go first): the memory bound."""
 _INDEX_MASK = (1 << 32) - 1
 # Enum members as module constants for the hot path: on Python 3.11 an attribute of an
 # enum class (``State.QUEUED``) goes through EnumType's __getattr__ hook, ~5x a global.
@@ -69,6 +75,8 @@ _PRIORITY_OVERFLOW = Reason.PRIORITY_OVERFLOW
 _PRIVATE_CONTACT = Reason.PRIVATE_CONTACT
 _RECENT_CONTACT = Reason.RECENT_CONTACT
 _STRATEGY = Reason.STRATEGY
+_CROWD_GROUP = Reason.CROWD_GROUP
+_NO_NOTICE = PriorityNotice.NONE
 _LIFO = QueueOrder.LIFO
 _PRIORITY_REASONS = (Reason.PRIORITY_CROWD, Reason.PRIORITY_OVERFLOW)
 
@@ -89,6 +97,7 @@ class Shop:
         self.shop_id = shop_id
         self.policy = Policy()
         self.priority_crowds: frozenset[str] = frozenset()
+        self.crowd_groups: dict[str, tuple[str, ...]] = {}  # crowd -> groups serving it
         self.agents: dict[str, Agent] = {}
         self.main: Agent | None = None
         # Per scope ("" = whole shop, else a group): members, eligible-agent heap,
@@ -194,8 +203,14 @@ class Shop:
 
     def issued(self, session_id: str) -> bool:
         """Whether this shop ever issued the id (open or ended)."""
-        digits = session_id[1:]
-        return session_id[:1] == "s" and digits.isdigit() and 0 < int(digits) <= self.next_seq
+        digits = session_id[1:]  # strictly the shop's form: "s01" is not "s1"
+        return (
+            session_id[:1] == "s"
+            and digits.isascii()
+            and digits.isdigit()
+            and digits[0] != "0"
+            and int(digits) <= self.next_seq
+        )
 
     def position(self, session: Session) -> int:
         """1-based place in the shop queue; 0 when not queued."""
@@ -203,8 +218,28 @@ class Shop:
             return 0
         return bisect_left(self.queue, self.queue_key(session)) + 1
 
-    def decision(self, session: Session, reason: Reason, notice: bool = False) -> Decision:
+    def set_crowd_groups(self) -> None:
+        """The policy's group -> crowds, inverted for routing (groups in policy order)."""
+        crowd_groups: dict[str, tuple[str, ...]] = {}
+        for group, crowds in self.policy.group_crowds.items():
+            for crowd in crowds:
+                crowd_groups[crowd] = (*crowd_groups.get(crowd, ()), group)
+        self.crowd_groups = crowd_groups
+
+    def decision(
+        self, session: Session, reason: Reason, notice: PriorityNotice = _NO_NOTICE
+    ) -> Decision:
         agent = session.agent
+        if notice is _NO_NOTICE:  # the hot path: the notice fields keep their defaults
+            return Decision(
+                outcome=_OUTCOME_OF_STATE[session.state],
+                reason=reason,
+                buyer_id=session.buyer_id,
+                agent_id=agent.agent_id if agent is not None else session.left_for,
+                session_id=session.session_id,
+                queue_position=self.position(session),
+                state=session.state,
+            )
         return Decision(
             outcome=_OUTCOME_OF_STATE[session.state],
             reason=reason,
@@ -213,7 +248,8 @@ class Shop:
             session_id=session.session_id,
             queue_position=self.position(session),
             state=session.state,
-            priority_notice=notice,
+            priority_notice=True,
+            notice=notice,
         )
 
     # ------------------------------------------------------------ agents and scopes
@@ -313,9 +349,25 @@ class Shop:
                 best, best_key = a, key
         return best
 
-    def shop_route(self, group: str, priority: bool, excluded: set[str] | None) -> Plan:
-        """Rule 6: the shop's own choice for a session needing ``group`` (or none)."""
+    def shop_route(
+        self,
+        group: str,
+        priority: bool,
+        excluded: set[str] | None,
+        crowds: tuple[str, ...] = (),
+    ) -> Plan:
+        """Rule 6: the shop's own choice for a session needing ``group`` (or none).
+
+        ``crowds`` (new buyers only): with no group required, the groups serving one of
+        them (seed 004's 人群接待范围) are tried first, for an eligible agent.
+        """
         policy = self.policy
+        if crowds and not group and self.crowd_groups:
+            for crowd in crowds:
+                for scope in self.crowd_groups.get(crowd, ()):
+                    agent = self.best(scope, excluded)
+                    if agent is not None:
+                        return ASSIGN, agent, _PRIORITY_CROWD if priority else _CROWD_GROUP
         agent = self.best(group, excluded)
         if agent is not None:
             return ASSIGN, agent, _PRIORITY_CROWD if priority else _STRATEGY
@@ -362,8 +414,8 @@ class Shop:
         self.by_buyer[buyer_id] = session
         return session
 
-    def place(self, session: Session, plan: Plan, notice: bool = False) -> Decision:
-        """Put a detached session where the plan says; returns the decision."""
+    def place(self, session: Session, plan: Plan) -> None:
+        """Put a detached session where the plan says."""
         kind, agent, reason = plan
         if kind == ASSIGN or (kind == PIN and agent.load < agent.max_concurrent):  # type: ignore[union-attr]
             self.assign(session, agent, reason)  # type: ignore[arg-type]
@@ -373,7 +425,6 @@ class Shop:
             self.enqueue(session, reason)
         else:
             self.leave_message(session, reason, agent)
-        return self.decision(session, reason, notice)
 
     def assign(self, session: Session, agent: Agent, reason: Reason, active: bool = False) -> None:
         now = self.shard.now
@@ -381,8 +432,6 @@ class Shop:
         session.agent = agent
         session.reason = reason
         session.assigned_at = now
-        if session.awaiting_since is not None:
-            session.awaiting_since = now
         agent.load += 1
         if not active:
             agent.new_count += 1
@@ -461,6 +510,8 @@ class Shop:
         holder = session.agent
         if session.state is _ACTIVE and holder is not None:
             self.remember_contact(session.buyer_id, holder)
+        if holder is not None:
+            self.keep_ended(holder, session)
         if not session.first_reply_at:
             self.tally(ENDED_UNREPLIED)
         freed = self.detach(session)
@@ -469,6 +520,34 @@ class Shop:
         del self.by_buyer[session.buyer_id]
         self.emit("ended", holder.agent_id if holder else "", session, reason)
         return freed
+
+    def keep_ended(self, agent: Agent, session: Session) -> None:
+        """Put the session in the agent's ended part, dropping what is past keeping."""
+        now = self.shard.now
+        ended = agent.ended
+        if ended is None:
+            ended = agent.ended = {}
+        horizon = now - ENDED_KEEP_MS
+        while ended:
+            first = next(iter(ended.values()))
+            if first.ended_at > horizon and len(ended) < ENDED_PER_AGENT:
+                break
+            del ended[first.session_id]
+        ended[session.session_id] = Ended(session, now)
+        starred = agent.starred
+        if starred is not None and session.session_id in starred:
+            # the star list covers sessions seen in the recent-contact window: renew it
+            starred[session.session_id] = (session.buyer_id, now)
+
+    def ended_session(self, session_id: str) -> tuple[Agent, Ended] | None:
+        """The agent list keeping this ended session, and its record."""
+        for agent in self.agents.values():
+            ended = agent.ended
+            if ended is not None:
+                record = ended.get(session_id)
+                if record is not None and record.ended_at > self.shard.now - ENDED_KEEP_MS:
+                    return agent, record
+        return None
 
     def act(self, session: Session, agent: Agent) -> None:
         """The agent acted on the session (acknowledge, reply, pick)."""
@@ -561,14 +640,9 @@ class Shop:
             self.leave_message(session, reason, main)
             return self.decision(session, reason), freed
         session.private = False
-        excluded = session.excluded
-        if excluded and all(
-            a.agent_id in excluded
-            for a in self.members.get(session.group, {}).values()
-            if a.status is not Status.OFFLINE
-        ):
-            excluded = session.excluded = None  # everyone had a turn: a new round
-        kind, agent, _ = self.shop_route(session.group, session.priority, excluded)
+        # Never back to an agent it timed out on (SPEC §2): with nobody else, the queue, at
+        # the place its request time gives it; a pick, a new agent or the wait limit moves it.
+        kind, agent, _ = self.shop_route(session.group, session.priority, session.excluded)
         if kind == ASSIGN:
             self.assign(session, agent, reason)  # type: ignore[arg-type]
         else:
@@ -667,9 +741,12 @@ class Shop:
             limit = policy.accept_timeout_ms
             return session.assigned_at + limit if limit else None
         if state is _ACTIVE:
-            if session.awaiting_since is not None:
+            awaiting = session.awaiting_since
+            if awaiting is not None:
+                # counted from the later of the first unanswered message and the assignment
                 limit = policy.reply_timeout_ms
-                return session.awaiting_since + limit if limit else None
+                assigned = session.assigned_at
+                return (awaiting if awaiting > assigned else assigned) + limit if limit else None
             limit = policy.idle_end_timeout_ms
             return session.last_activity + limit if limit else None
         return None
@@ -729,17 +806,19 @@ class Shop:
             return self.open_session_message(session)
         priority = bool(crowds) and not self.priority_crowds.isdisjoint(crowds)
         plan = self.first_rules(buyer_id, addressed, group)
-        notice = False
+        # A left message back in play keeps the agents it timed out on out (rule 3 aside).
+        excluded = session.excluded if session is not None else None
+        if excluded and plan is not None and plan[2] is not _PRIVATE_CONTACT:
+            if plan[1] is not None and plan[1].agent_id in excluded:
+                plan = None
         if plan is None:
-            plan = self.shop_route(group, priority, None)
+            plan = self.shop_route(group, priority, excluded, crowds)
             if plan[0] == QUEUE and len(self.queue) >= self.policy.queue_limit:
                 plan = self.queue_full(session)
-            if priority and (plan[0] == QUEUE or plan[2] in _PRIORITY_REASONS):
-                notice = self.notice(buyer_id)  # not when priority routing failed (seed 004)
         if session is None:
             session = self.new_session(buyer_id, group, priority, channel)
         else:  # a left message: the buyer is back, route it again
-            session.last_activity = now
+            session.last_activity = session.last_buyer_at = now
             if session.awaiting_since is None:
                 session.awaiting_since = now
             target = plan[1].agent_id if plan[1] is not None else ""
@@ -748,7 +827,39 @@ class Shop:
             self.detach(session)
             session.group, session.priority, session.channel = group, priority, channel
         session.private = plan[2] is _PRIVATE_CONTACT
-        return self.place(session, plan, notice)
+        self.place(session, plan)
+        notice = _NO_NOTICE
+        if priority and channel in LIT_CHANNELS:
+            notice = self.priority_notice(session, plan[2], group, crowds)
+        return self.decision(session, plan[2], notice)
+
+    def priority_notice(
+        self, session: Session, reason: Reason, group: str, crowds: tuple[str, ...]
+    ) -> PriorityNotice:
+        """Seed 004's buyer notice for a priority buyer from a lit entry, or NONE.
+
+        Only a success has one: the buyer is with an agent now and someone in scope is
+        ONLINE/INVISIBLE (not when shared over SUSPENDED agents, queued, in a backlog or
+        left a message). With a queue (queue_limit > 0) a recent contact or the addressed
+        agent counts too ("skipped the queue"); without one it does not. At most one per
+        buyer per notice_interval.
+        """
+        state = session.state
+        if state is not _ASSIGNED and state is not _ACTIVE:
+            return _NO_NOTICE
+        queue_on = self.policy.queue_limit > 0
+        if reason not in _PRIORITY_REASONS and not (
+            queue_on and (reason is _RECENT_CONTACT or reason is _ADDRESSED)
+        ):
+            return _NO_NOTICE
+        if not self.receiving.get(group, 0) or not self.notice(session.buyer_id):
+            return _NO_NOTICE
+        member = self.policy.member_crowd
+        if member and member in crowds:
+            if queue_on:
+                return PriorityNotice.MEMBER_SKIPPED_QUEUE
+            return PriorityNotice.MEMBER_ARRANGED
+        return PriorityNotice.SKIPPED_QUEUE if queue_on else PriorityNotice.ARRANGED
 
     def queue_full(self, session: Session | None) -> Plan:
         if self.policy.on_queue_full is OnQueueFull.REJECT and session is None:
@@ -774,7 +885,7 @@ class Shop:
     def open_session_message(self, session: Session) -> Decision:
         """Rule 2: a buyer message on an open session."""
         now = self.shard.now
-        session.last_activity = now
+        session.last_activity = session.last_buyer_at = now
         if session.awaiting_since is None:
             session.awaiting_since = now
         agent = session.agent

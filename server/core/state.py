@@ -25,6 +25,8 @@ class Agent:
         "version",
         "served_day",
         "served_count",
+        "ended",
+        "starred",
     )
 
     def __init__(
@@ -50,6 +52,9 @@ class Agent:
         self.version = 0  # bumped on every change; heap entries of older versions are stale
         self.served_day = 0
         self.served_count = 0
+        # Created on first use: most agents never need them (memory, SPEC §8).
+        self.ended: dict[str, Ended] | None = None  # recently ended sessions, oldest first
+        self.starred: dict[str, tuple[str, int]] | None = None  # session -> (buyer, at)
 
     @property
     def scopes(self) -> tuple[str, ...]:
@@ -73,6 +78,7 @@ class Session:
         "entered_at",
         "assigned_at",
         "awaiting_since",
+        "last_buyer_at",
         "last_activity",
         "first_reply_at",
         "excluded",
@@ -97,6 +103,7 @@ class Session:
         self.entered_at = at  # entering the queue or a backlog
         self.assigned_at = 0
         self.awaiting_since: int | None = at  # the buyer's first unanswered message
+        self.last_buyer_at = at  # the buyer's latest message
         self.last_activity = at
         self.first_reply_at = 0
         self.excluded: set[str] | None = None  # agents it timed out on
@@ -104,3 +111,36 @@ class Session:
         self.timer_due: int | None = None  # due time of its live timer-heap entry
         self.left_for = ""  # a left message only this agent (MAIN) may take
         self.private = False  # a private contact's session: it stays MAIN's (rule 3)
+
+
+class Ended:
+    """What an agent's list keeps of a session that ended (seed 003's 已结束会话)."""
+
+    __slots__ = (
+        "session_id",
+        "buyer_id",
+        "channel",
+        "group",
+        "priority",
+        "created_at",
+        "assigned_at",
+        "last_buyer_at",
+        "last_activity",
+        "first_reply_at",
+        "ended_at",
+        "reason",
+    )
+
+    def __init__(self, session: Session, ended_at: int) -> None:
+        self.session_id = session.session_id
+        self.buyer_id = session.buyer_id
+        self.channel = session.channel
+        self.group = session.group
+        self.priority = session.priority
+        self.created_at = session.created_at
+        self.assigned_at = session.assigned_at or session.entered_at
+        self.last_buyer_at = session.last_buyer_at
+        self.last_activity = session.last_activity
+        self.first_reply_at = session.first_reply_at
+        self.ended_at = ended_at
+        self.reason = session.reason

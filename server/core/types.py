@@ -72,6 +72,21 @@ class Reason(enum.IntEnum):
     MANUAL_PICK = 17
     CAPACITY_FREED = 18
     QUEUE_WAIT_LIMIT = 19
+    CROWD_GROUP = 20
+
+
+class PriorityNotice(enum.IntEnum):
+    """Which buyer notice a priority reception shows (seed 004); NONE: no notice.
+
+    The title is by the member crowd (会员专属客服 / 优先接待生效), the text by how the shop
+    routes: with a queue, 已跳过排队直连人工; without, 已安排优先接待.
+    """
+
+    NONE = 0
+    SKIPPED_QUEUE = 1
+    ARRANGED = 2
+    MEMBER_SKIPPED_QUEUE = 3
+    MEMBER_ARRANGED = 4
 
 
 class State(enum.IntEnum):
@@ -87,6 +102,24 @@ class QueueSort(enum.IntEnum):
     QUEUE_ORDER = 0
     LONGEST_WAIT = 1
     SHORTEST_WAIT = 2
+
+
+class SessionSort(enum.IntEnum):
+    """The three orders of an agent's reception list (seed 003)."""
+
+    LATEST_MESSAGE = 1  # the buyer's latest message, newest first
+    LONGEST_WAIT = 2  # waiting for a reply, longest first; then answered, latest message first
+    ACCESS_TIME = 3  # when the session reached the agent, newest first
+
+
+class MessageFilter(enum.IntEnum):
+    ANY = 0
+    WAITING = 1  # the buyer waits for a reply
+    ANSWERED = 2  # the agent spoke last
+
+
+LIT_CHANNELS = frozenset({"item_page", "order_page", "shop_home"})
+"""Seed 004's "lit" entries (亮灯分流): the only channels a priority notice is shown on."""
 
 
 RECEIVING = (Status.ONLINE, Status.INVISIBLE)
@@ -111,6 +144,10 @@ class Policy(msgspec.Struct, kw_only=True):
     sticky_window_ms: int = DAY
     recent_contact_ttl_ms: int = 180 * DAY
     time_zone: str = "Asia/Shanghai"
+    member_crowd: str = ""  # the crowd whose priority notice has the member wording
+    # group -> the crowds it serves (seed 004's 人群接待范围); a buyer in one of them is
+    # routed within the group first
+    group_crowds: dict[str, tuple[str, ...]] = msgspec.field(default_factory=dict)
 
 
 class PolicyChange(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -132,6 +169,8 @@ class PolicyChange(msgspec.Struct, kw_only=True, omit_defaults=True):
     sticky_window_ms: int | None = None
     recent_contact_ttl_ms: int | None = None
     time_zone: str | None = None
+    member_crowd: str | None = None
+    group_crowds: dict[str, tuple[str, ...]] | None = None
 
 
 # ---------------------------------------------------------------- commands (journaled)
@@ -162,6 +201,29 @@ class RegisterAgent(Command, tag="RegisterAgent"):
     groups: tuple[str, ...] = ()
     max_concurrent: int = 0
     status: Status = Status.OFFLINE  # for a new agent only
+    # An existing agent: True replaces its role, groups and max_concurrent; False refuses
+    # (ALREADY_EXISTS) unless they are the same (a retried registration). None: a journal
+    # record from before this field, applied as it was then (create or replace).
+    replace: bool | None = None
+
+
+class UpdateAgent(Command, tag="UpdateAgent"):
+    """Change only the fields given (None leaves one as it is)."""
+
+    shop_id: str
+    agent_id: str
+    role: Role | None = None
+    groups: tuple[str, ...] | None = None
+    max_concurrent: int | None = None
+
+
+class StarSession(Command, tag="StarSession"):
+    """Star (or unstar) a session in the agent's list (seed 003's 星标)."""
+
+    shop_id: str
+    agent_id: str
+    session_id: str
+    starred: bool = True
 
 
 class RemoveAgent(Command, tag="RemoveAgent"):
@@ -245,6 +307,8 @@ class Tick(Command, tag="Tick"):
 AnyCommand = (
     SetPolicy
     | RegisterAgent
+    | UpdateAgent
+    | StarSession
     | RemoveAgent
     | SetStatus
     | AddPrivateContact
@@ -281,7 +345,26 @@ class GetSession(Query):
 
 
 class ListAgentSessions(Query):
+    """The agent's reception list: in progress (ASSIGNED, ACTIVE, backlog) and ended."""
+
     agent_id: str
+    sort: SessionSort = SessionSort.LATEST_MESSAGE
+    channel: str = ""
+    messages: MessageFilter = MessageFilter.ANY
+
+
+class ListRecentContacts(Query):
+    """Buyers the agent served last, newest first, within recent_contact_ttl."""
+
+    agent_id: str
+    limit: int = 100
+
+
+class ListStarred(Query):
+    """The agent's starred sessions, newest star first, within recent_contact_ttl."""
+
+    agent_id: str
+    limit: int = 100
 
 
 class ListQueue(Query):
@@ -311,6 +394,8 @@ AnyQuery = (
     | ListTeam
     | GetSession
     | ListAgentSessions
+    | ListRecentContacts
+    | ListStarred
     | ListQueue
     | GetPosition
     | ListLeftMessages
@@ -331,7 +416,8 @@ class Decision(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     session_id: str = ""
     queue_position: int = 0
     state: State | None = None
-    priority_notice: bool = False
+    priority_notice: bool = False  # notice is not NONE (for clients before PriorityNotice)
+    notice: PriorityNotice = PriorityNotice.NONE
 
 
 class AgentView(msgspec.Struct, kw_only=True, frozen=True):
@@ -344,6 +430,7 @@ class AgentView(msgspec.Struct, kw_only=True, frozen=True):
     new_count: int
     backlog_size: int
     served_today: int
+    over_capacity: bool = False  # load > max_concurrent (seed 003's warning)
 
 
 class SessionView(msgspec.Struct, kw_only=True, frozen=True):
@@ -358,6 +445,35 @@ class SessionView(msgspec.Struct, kw_only=True, frozen=True):
     created_at: int
     first_reply_at: int
     reason: Reason
+    assigned_at: int = 0  # reached its current agent (接入时间); backlog: entered it
+    last_buyer_at: int = 0  # the buyer's latest message
+    waiting_since: int = 0  # the buyer's first unanswered message; 0: answered
+    last_message_at: int = 0  # the latest message either way
+    ended_at: int = 0
+    starred: bool = False  # starred by the agent holding (or last holding) it
+
+
+class AgentSessionsView(msgspec.Struct, kw_only=True, frozen=True):
+    """The agent's list: sessions in progress and recently ended ones, both sorted."""
+
+    sessions: tuple[SessionView, ...]
+    ended: tuple[SessionView, ...]
+    load: int
+    max_concurrent: int
+    over_capacity: bool  # load > max_concurrent: nothing new until it is below
+
+
+class ContactView(msgspec.Struct, kw_only=True, frozen=True):
+    buyer_id: str
+    agent_id: str
+    last_at: int  # the agent's last act for the buyer (or the end of that session)
+
+
+class StarredView(msgspec.Struct, kw_only=True, frozen=True):
+    session_id: str
+    buyer_id: str
+    starred_at: int
+    state: State  # ENDED once it is no longer open
 
 
 class QueueEntryView(msgspec.Struct, kw_only=True, frozen=True):

@@ -18,6 +18,7 @@ MAX_BATCH = 1000
 MAX_LIST = 1000
 MAX_DURATION_MS = 366 * 24 * 3600 * 1000
 MAX_QUEUE_LIMIT = 1_000_000
+MAX_CROWD_GROUPS = 32
 
 _ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 _ID_MATCH = _ID.fullmatch
@@ -56,10 +57,21 @@ def check_batch(size: int, field: str = "requests") -> None:
         raise InvalidArgument(f"{field} holds {size} items; at most {MAX_BATCH}", field)
 
 
+MAX_TIME_ZONE = 255
+
+
 def check_time_zone(name: str, field: str = "policy.time_zone") -> None:
+    """An IANA zone name. A directory of the zone database ("America", "Etc") or a name too
+    long for the file system makes ZoneInfo raise OSError, not ZoneInfoNotFoundError."""
+    if not name or len(name) > MAX_TIME_ZONE:
+        raise InvalidArgument(
+            f"{field} must be an IANA time zone name of 1-{MAX_TIME_ZONE} characters "
+            f"(got {len(name)})",
+            field,
+        )
     try:
         zone(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise InvalidArgument(
             f"{field} is not a known IANA time zone (got {_show(name)})", field
         ) from None
@@ -68,6 +80,11 @@ def check_time_zone(name: str, field: str = "policy.time_zone") -> None:
 @lru_cache(maxsize=256)
 def zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
+
+
+def show(value: str) -> str:
+    """A value as an error message quotes it: repr, cut to 40 characters."""
+    return _show(value)
 
 
 def _show(value: str) -> str:

@@ -48,6 +48,9 @@ _ROLE = EnumField(t.Role, "role", unspecified=t.Role.SUB)
 _NEW_STATUS = EnumField(t.Status, "status", unspecified=t.Status.OFFLINE)
 _STATUS = EnumField(t.Status, "status")
 _SORT = EnumField(t.QueueSort, "sort")
+_SESSION_SORT = EnumField(t.SessionSort, "sort", unspecified=t.SessionSort.LATEST_MESSAGE)
+_MESSAGE_FILTER = EnumField(t.MessageFilter, "message_state")
+_UPDATE_ROLE = EnumField(t.Role, "role")
 _POLICY_ENUMS: dict[str, EnumField[Any]] = {
     "strategy": EnumField(t.Strategy, "policy.strategy"),
     "queue_order": EnumField(t.QueueOrder, "policy.queue_order"),
@@ -56,7 +59,7 @@ _POLICY_ENUMS: dict[str, EnumField[Any]] = {
 _POLICY_SCALARS = tuple(
     name
     for name in t.PolicyChange.__struct_fields__
-    if name not in _POLICY_ENUMS and name != "priority_crowds"
+    if name not in _POLICY_ENUMS and name not in ("priority_crowds", "group_crowds")
 )
 
 
@@ -76,6 +79,11 @@ def policy_change(policy: pb.ShopPolicy) -> t.PolicyChange:
             values[name] = field(getattr(policy, name))
     if policy.set_priority_crowds or policy.priority_crowds:
         values["priority_crowds"] = tuple(policy.priority_crowds)
+    if policy.set_group_crowds or policy.group_crowds:
+        group_crowds: dict[str, tuple[str, ...]] = {}
+        for item in policy.group_crowds:
+            group_crowds[item.group] = (*group_crowds.get(item.group, ()), *item.crowds)
+        values["group_crowds"] = group_crowds
     return t.PolicyChange(**values)
 
 
@@ -97,6 +105,22 @@ def register_agent(request: pb.RegisterAgentRequest, at: int) -> t.RegisterAgent
         groups=tuple(request.groups),
         max_concurrent=request.max_concurrent,
         status=_NEW_STATUS(request.status),
+        replace=request.replace,
+    )
+
+
+def update_agent(request: pb.UpdateAgentRequest, at: int) -> t.UpdateAgent:
+    """UpdateAgent: the fields present; groups when set_groups or non-empty."""
+    groups = None
+    if request.set_groups or request.groups:
+        groups = tuple(request.groups)
+    return t.UpdateAgent(
+        at=at,
+        shop_id=request.shop_id,
+        agent_id=request.agent_id,
+        role=_UPDATE_ROLE(request.role) if request.HasField("role") else None,
+        groups=groups,
+        max_concurrent=request.max_concurrent if request.HasField("max_concurrent") else None,
     )
 
 
@@ -173,7 +197,36 @@ def get_session(request: pb.GetSessionRequest, at: int) -> t.GetSession:
 
 
 def list_agent_sessions(request: pb.ListAgentSessionsRequest, at: int) -> t.ListAgentSessions:
-    return t.ListAgentSessions(at=at, shop_id=request.shop_id, agent_id=request.agent_id)
+    return t.ListAgentSessions(
+        at=at,
+        shop_id=request.shop_id,
+        agent_id=request.agent_id,
+        sort=_SESSION_SORT(request.sort),
+        channel=request.channel,
+        messages=_MESSAGE_FILTER(request.message_state),
+    )
+
+
+def star_session(request: pb.StarSessionRequest, at: int) -> t.StarSession:
+    return t.StarSession(
+        at=at,
+        shop_id=request.shop_id,
+        agent_id=request.agent_id,
+        session_id=request.session_id,
+        starred=request.starred,
+    )
+
+
+def list_recent_contacts(request: pb.AgentListRequest, at: int) -> t.ListRecentContacts:
+    return t.ListRecentContacts(
+        at=at, shop_id=request.shop_id, agent_id=request.agent_id, limit=request.limit
+    )
+
+
+def list_starred(request: pb.AgentListRequest, at: int) -> t.ListStarred:
+    return t.ListStarred(
+        at=at, shop_id=request.shop_id, agent_id=request.agent_id, limit=request.limit
+    )
 
 
 # ---------------------------------------------------------------- queue requests
@@ -218,8 +271,15 @@ def list_left_messages(request: pb.ListLeftMessagesRequest, at: int) -> t.ListLe
 
 
 def shop_policy(policy: t.Policy) -> pb.ShopPolicy:
-    """Every field set, and set_priority_crowds too, so the reply can be sent back as is."""
-    return pb.ShopPolicy(set_priority_crowds=True, **msgspec.structs.asdict(policy))
+    """Every field set, and the set_ flags too, so the reply can be sent back as is."""
+    fields = msgspec.structs.asdict(policy)
+    group_crowds = [
+        pb.GroupCrowds(group=group, crowds=crowds)
+        for group, crowds in fields.pop("group_crowds").items()
+    ]
+    return pb.ShopPolicy(
+        set_priority_crowds=True, set_group_crowds=True, group_crowds=group_crowds, **fields
+    )
 
 
 def agent(view: t.AgentView) -> pb.Agent:
@@ -241,6 +301,7 @@ def decision(result: t.Decision) -> pb.Decision:
         state=cast(pb.SessionState.ValueType, result.state or 0),
         priority_notice=result.priority_notice,
         buyer_id=result.buyer_id,
+        notice=cast(pb.PriorityNotice.ValueType, result.notice),
     )
 
 
@@ -255,6 +316,7 @@ def set_decision(target: pb.Decision, result: t.Decision) -> None:
     target.state = cast(pb.SessionState.ValueType, result.state or 0)
     target.priority_notice = result.priority_notice
     target.buyer_id = result.buyer_id
+    target.notice = cast(pb.PriorityNotice.ValueType, result.notice)
 
 
 def decisions(results: tuple[t.Decision, ...]) -> list[pb.Decision]:
@@ -274,11 +336,46 @@ def session(view: t.SessionView) -> pb.Session:
         created_at_ms=view.created_at,
         first_reply_at_ms=view.first_reply_at,
         reason=cast(pb.Reason.ValueType, view.reason),
+        assigned_at_ms=view.assigned_at,
+        last_buyer_message_at_ms=view.last_buyer_at,
+        waiting_since_ms=view.waiting_since,
+        last_message_at_ms=view.last_message_at,
+        ended_at_ms=view.ended_at,
+        starred=view.starred,
     )
 
 
-def sessions(views: tuple[t.SessionView, ...]) -> pb.ListSessionsReply:
-    return pb.ListSessionsReply(sessions=[session(view) for view in views])
+def sessions(view: t.AgentSessionsView) -> pb.ListSessionsReply:
+    return pb.ListSessionsReply(
+        sessions=[session(s) for s in view.sessions],
+        ended=[session(s) for s in view.ended],
+        load=view.load,
+        max_concurrent=view.max_concurrent,
+        over_capacity=view.over_capacity,
+    )
+
+
+def recent_contacts(views: tuple[t.ContactView, ...]) -> pb.ListRecentContactsReply:
+    return pb.ListRecentContactsReply(
+        contacts=[
+            pb.RecentContact(buyer_id=c.buyer_id, agent_id=c.agent_id, last_at_ms=c.last_at)
+            for c in views
+        ]
+    )
+
+
+def starred(views: tuple[t.StarredView, ...]) -> pb.ListStarredReply:
+    return pb.ListStarredReply(
+        sessions=[
+            pb.StarredSession(
+                session_id=v.session_id,
+                buyer_id=v.buyer_id,
+                starred_at_ms=v.starred_at,
+                state=cast(pb.SessionState.ValueType, v.state),
+            )
+            for v in views
+        ]
+    )
 
 
 def queue(result: t.QueueList) -> pb.ListQueueReply:

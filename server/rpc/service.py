@@ -49,6 +49,11 @@ class PresenceService(pb_grpc.PresenceServicer):
             command = convert.register_agent(request, self._node.now())
             return convert.agent(await self._node.execute(command))
 
+    async def UpdateAgent(self, request: pb.UpdateAgentRequest, context: Context) -> pb.Agent:
+        async with abort_on_error(context):
+            command = convert.update_agent(request, self._node.now())
+            return convert.agent(await self._node.execute(command))
+
     async def RemoveAgent(
         self, request: pb.RemoveAgentRequest, context: Context
     ) -> pb.RemoveAgentReply:
@@ -138,6 +143,25 @@ class RoutingService(pb_grpc.RoutingServicer):
         async with abort_on_error(context):
             query = convert.list_agent_sessions(request, self._node.now())
             return convert.sessions(self._node.read(query))
+
+    async def StarSession(self, request: pb.StarSessionRequest, context: Context) -> pb.Session:
+        async with abort_on_error(context):
+            command = convert.star_session(request, self._node.now())
+            return convert.session(await self._node.execute(command))
+
+    async def ListRecentContacts(
+        self, request: pb.AgentListRequest, context: Context
+    ) -> pb.ListRecentContactsReply:
+        async with abort_on_error(context):
+            query = convert.list_recent_contacts(request, self._node.now())
+            return convert.recent_contacts(self._node.read(query))
+
+    async def ListStarred(
+        self, request: pb.AgentListRequest, context: Context
+    ) -> pb.ListStarredReply:
+        async with abort_on_error(context):
+            query = convert.list_starred(request, self._node.now())
+            return convert.starred(self._node.read(query))
 
 
 class QueueService(pb_grpc.QueueServicer):

@@ -3,6 +3,7 @@
     FenliuError subclass  grpc.StatusCode      google.rpc details (after an ErrorInfo)
     InvalidArgument       INVALID_ARGUMENT     BadRequest.FieldViolation(field, message)
     NotFound              NOT_FOUND            ResourceInfo(type, subject, owner, message)
+    AlreadyExists         ALREADY_EXISTS       ResourceInfo(type, subject, owner, message)
     FailedPrecondition    FAILED_PRECONDITION  PreconditionFailure.Violation(reason, subject, ..)
     ResourceExhausted     RESOURCE_EXHAUSTED   QuotaFailure.Violation(subject, message)
     Unavailable           UNAVAILABLE          none more (the journal could not be written)
@@ -46,6 +47,7 @@ INTERNAL_MESSAGE = "internal error; the server has logged it"
 CODES: dict[type[errors.FenliuError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
@@ -93,6 +95,7 @@ def _no_more(exc: errors.FenliuError) -> list[Message]:
 DETAILS: dict[type[errors.FenliuError], Callable[[errors.FenliuError], list[Message]]] = {
     errors.InvalidArgument: _bad_request,
     errors.NotFound: _resource_info,
+    errors.AlreadyExists: _resource_info,
     errors.FailedPrecondition: _precondition_failure,
     errors.ResourceExhausted: _quota_failure,
     errors.Unavailable: _no_more,

@@ -127,3 +127,18 @@ def test_token_and_tls_ca(
         assert code == 1 and "PERMISSION_DENIED" in err
         code, _, err = run(target, capsys, "--tls-ca", str(tmp_path / "nope.pem"), "team", "x")
         assert code == 2 and "cannot read --tls-ca" in err
+
+
+def test_agent_update_changes_only_the_flags_given(
+    target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(target, capsys, "agent", "register", "cli-upd", "m", "--role", "main",
+               "--max", "2", "--groups", "pre")[0] == 0  # fmt: skip
+    code, out, _ = run(target, capsys, "--json", "agent", "update", "cli-upd", "m", "--max", "3")
+    agent = json.loads(out)
+    assert code == 0
+    assert (agent["role"], agent["groups"], agent["max_concurrent"]) == ("MAIN", ["pre"], 3)
+    code, out, _ = run(target, capsys, "--json", "agent", "update", "cli-upd", "m", "--groups", "")
+    assert json.loads(out)["groups"] == [] and json.loads(out)["max_concurrent"] == 3
+    code, _, err = run(target, capsys, "agent", "update", "cli-upd", "ghost", "--max", "1")
+    assert code == 1 and "AGENT_NOT_FOUND" in err

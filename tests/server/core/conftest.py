@@ -173,7 +173,9 @@ class World:
 
     def sessions_of(self, agent_id: str) -> dict[str, State]:
         """Buyer -> state of the agent's sessions (ASSIGNED, ACTIVE and backlog)."""
-        return {s.buyer_id: s.state for s in self.ask(ListAgentSessions, agent_id=agent_id)}
+        return {
+            s.buyer_id: s.state for s in self.ask(ListAgentSessions, agent_id=agent_id).sessions
+        }
 
     def queue(self, **fields: Any) -> list[str]:
         """Buyers in the shop queue, in the order asked for (queue order by default)."""

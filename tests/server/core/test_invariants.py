@@ -11,6 +11,11 @@ After every step:
 - each scope's heap picks what a brute-force scan picks;
 - nothing queued (or, with auto-assign, left) while an agent that may take it is free;
 - a rejected command changes nothing (not even timers or events);
+- a session is never with an agent it timed out on unless a person put it there (a pick,
+  a transfer) or rule 3 keeps it MAIN's (issue 15: no bounce);
+- a priority notice only on a success: a priority buyer from a lit entry now with an agent,
+  someone in scope ONLINE/INVISIBLE, and ``priority_notice`` true exactly then;
+- an ended session reads as ENDED, never NOT_FOUND;
 - replaying the same commands on a fresh dispatcher gives the same state, also when the
   run was snapshotted and restored (encode, decode, go on) at random points.
 """
@@ -30,14 +35,17 @@ from fenliu.server.core.shop import Shop
 from fenliu.server.core.shop_heap import strategy_key
 from fenliu.server.core.state import Session
 from fenliu.server.core.types import (
+    LIT_CHANNELS,
     RECEIVING,
     Acknowledge,
     AddPrivateContact,
     EndSessions,
+    GetSession,
     LeaveQueue,
     OnQueueFull,
     Pick,
     PolicyChange,
+    PriorityNotice,
     QueueOrder,
     Reason,
     RegisterAgent,
@@ -47,11 +55,13 @@ from fenliu.server.core.types import (
     Route,
     SetPolicy,
     SetStatus,
+    StarSession,
     State,
     Status,
     Strategy,
     Tick,
     Transfer,
+    UpdateAgent,
 )
 
 SHOPS = ["shop-a", "shop-b"]
@@ -87,6 +97,10 @@ def _key(key: Any) -> str:
     return key if isinstance(key, str) else key.session_id
 
 
+def _ended(e: Any) -> tuple[Any, ...]:
+    return tuple(getattr(e, name) for name in type(e).__slots__)
+
+
 def dump_shop(shop: Shop) -> Any:
     agents = [
         (
@@ -102,6 +116,8 @@ def dump_shop(shop: Shop) -> Any:
             a.last_assign,
             a.reg,
             a.served_count,
+            [_ended(e) for e in (a.ended or {}).values()],
+            dict(a.starred or {}),
         )
         for a in shop.agents.values()
     ]
@@ -125,6 +141,7 @@ def dump_shop(shop: Shop) -> Any:
             s.timer_due,
             s.left_for,
             s.private,
+            s.last_buyer_at,
         )
         for s in shop.sessions.values()
     ]
@@ -165,6 +182,8 @@ class RoutingMachine(RuleBasedStateMachine):
         self.may_exceed: set[tuple[str, str]] = set()
         self.requests = 0
         self.event_seqs: dict[str, int] = {}  # shop -> seq of its last event seen
+        self.timed_out: dict[tuple[str, str], set[str]] = {}  # session -> agents it timed out on
+        self.decided: dict[tuple[str, str], Any] = {}  # (shop, request id) -> its decision
 
     # ------------------------------------------------------------ driving
 
@@ -192,7 +211,12 @@ class RoutingMachine(RuleBasedStateMachine):
                 )
             if decision.reason is Reason.PRIORITY_OVERFLOW:
                 self.may_exceed.add((shop or self._shop_of(decision), decision.agent_id))
-        if getattr(command, "force", False) or isinstance(command, RegisterAgent):
+        if isinstance(command, Route) and hasattr(result, "outcome"):
+            key = (command.shop_id, command.request_id)
+            if self.decided.get(key) != result:  # not rule 0's cached answer to a retry
+                self.check_notice(command, result)
+            self.decided[key] = result
+        if getattr(command, "force", False) or isinstance(command, (RegisterAgent, UpdateAgent)):
             # A forced transfer/pick or a lowered max_concurrent may leave an agent above max.
             target = getattr(command, "to_agent_id", "") or getattr(command, "agent_id", "")
             agent = self._agent(shop, target)
@@ -205,8 +229,49 @@ class RoutingMachine(RuleBasedStateMachine):
             assert (event.status is not None) == (event.kind == "status_changed"), event
             if event.kind == "ended":
                 self.ended.add((event.shop_id, event.session_id))
+            key = (event.shop_id, event.session_id)
+            if event.kind == "timeout" and event.reason in (
+                Reason.ACCEPT_TIMEOUT,
+                Reason.REPLY_TIMEOUT,
+            ):
+                self.timed_out.setdefault(key, set()).add(event.agent_id)
+            if event.kind in ("assigned", "backlog_changed") and event.reason is not None:
+                self.check_no_bounce(key, event)
             if event.kind == "assigned" and event.reason is Reason.PRIORITY_OVERFLOW:
                 self.may_exceed.add((event.shop_id, event.agent_id))
+
+    def check_no_bounce(self, key: tuple[str, str], event: Any) -> None:
+        """SPEC §2: a session never returns by itself to an agent it timed out on."""
+        if event.agent_id not in self.timed_out.get(key, ()):
+            return
+        if event.reason in (Reason.MANUAL_PICK, Reason.TRANSFER):
+            return  # a person chose it
+        session = self.d.shard_for(key[0]).shops[key[0]].sessions.get(key[1])
+        assert session is not None and session.private, (
+            f"{key} went back to {event.agent_id}, which it timed out on ({event.reason.name})"
+        )
+
+    def check_notice(self, command: Route, decision: Any) -> None:
+        """Seed 004: a notice only when priority reception succeeded."""
+        assert decision.priority_notice == (decision.notice is not PriorityNotice.NONE)
+        if decision.notice is PriorityNotice.NONE or decision.reason is Reason.OPEN_SESSION:
+            assert decision.notice is PriorityNotice.NONE or decision.reason is not (
+                Reason.OPEN_SESSION
+            )
+            return
+        shop = self.d.shard_for(command.shop_id).shops[command.shop_id]
+        assert not shop.priority_crowds.isdisjoint(command.crowds), decision
+        assert command.channel in LIT_CHANNELS, decision
+        assert decision.outcome.name == "ASSIGNED", decision
+        assert decision.reason in (
+            Reason.PRIORITY_CROWD,
+            Reason.PRIORITY_OVERFLOW,
+            Reason.RECENT_CONTACT,
+            Reason.ADDRESSED,
+        ), decision
+        assert shop.receiving.get(command.group, 0) > 0, decision
+        member = bool(shop.policy.member_crowd) and shop.policy.member_crowd in command.crowds
+        assert decision.notice.name.startswith("MEMBER_") == member, decision
 
     def _agent(self, shop_id: str, agent_id: str) -> Any:
         shop = self.d.shard_for(shop_id).shops.get(shop_id)
@@ -228,9 +293,16 @@ class RoutingMachine(RuleBasedStateMachine):
         groups=st.lists(st.sampled_from(GROUPS), max_size=2),
         max_concurrent=st.integers(0, 3),
         status=statuses,
+        replace=st.sampled_from([None, True, False]),
     )
     def register(
-        self, shop: str, agent: str, groups: list[str], max_concurrent: int, status: Status
+        self,
+        shop: str,
+        agent: str,
+        groups: list[str],
+        max_concurrent: int,
+        status: Status,
+        replace: bool | None,
     ) -> None:
         role = Role.MAIN if agent == "main" else Role.SUB
         self.run(
@@ -242,6 +314,48 @@ class RoutingMachine(RuleBasedStateMachine):
                 groups=tuple(groups),
                 max_concurrent=max_concurrent,
                 status=status,
+                replace=replace,
+            )
+        )
+
+    @rule(
+        shop=shops,
+        agent=agents,
+        role=st.sampled_from([None, *Role]),
+        groups=st.none() | st.lists(st.sampled_from(GROUPS), max_size=2).map(tuple),
+        max_concurrent=st.none() | st.integers(0, 3),
+    )
+    def update(
+        self,
+        shop: str,
+        agent: str,
+        role: Role | None,
+        groups: tuple[str, ...] | None,
+        max_concurrent: int | None,
+    ) -> None:
+        command = UpdateAgent(
+            at=self.now,
+            shop_id=shop,
+            agent_id=agent,
+            role=role,
+            groups=groups,
+            max_concurrent=max_concurrent,
+        )
+        before = self._agent(shop, agent)
+        kept = None if before is None else (before.role, before.groups, before.max_concurrent)
+        if self.run(command) is not None and kept is not None:
+            after = self._agent(shop, agent)
+            # only the fields named change
+            named = (role, None if groups is None else tuple(dict.fromkeys(groups)), max_concurrent)
+            for i, value in enumerate(named):
+                now = (after.role, after.groups, after.max_concurrent)[i]
+                assert now == (kept[i] if value is None else value)
+
+    @rule(shop=shops, agent=agents, session=sessions, starred=st.booleans())
+    def star(self, shop: str, agent: str, session: str, starred: bool) -> None:
+        self.run(
+            StarSession(
+                at=self.now, shop_id=shop, agent_id=agent, session_id=session, starred=starred
             )
         )
 
@@ -259,8 +373,10 @@ class RoutingMachine(RuleBasedStateMachine):
         order=st.sampled_from(list(QueueOrder)),
         limit=st.integers(0, 4),
         full=st.sampled_from(list(OnQueueFull)),
-        crowds=st.sampled_from([(), ("vip",)]),
+        crowds=st.sampled_from([(), ("vip",), ("vip", "member")]),
         flags=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+        member=st.sampled_from(["", "member"]),
+        group_crowds=st.sampled_from([{}, {"pre": ("gold",)}, {"post": ("gold", "vip")}]),
         accept=durations,
         reply=durations,
         idle=durations,
@@ -275,6 +391,8 @@ class RoutingMachine(RuleBasedStateMachine):
         full: OnQueueFull,
         crowds: tuple[str, ...],
         flags: tuple[bool, bool, bool],
+        member: str,
+        group_crowds: dict[str, tuple[str, ...]],
         accept: int,
         reply: int,
         idle: int,
@@ -293,6 +411,8 @@ class RoutingMachine(RuleBasedStateMachine):
             reply_timeout_ms=reply,
             idle_end_timeout_ms=idle,
             queue_wait_limit_ms=wait,
+            member_crowd=member,
+            group_crowds=group_crowds,
         )
         self.run(SetPolicy(at=self.now, shop_id=shop, change=change))
 
@@ -304,8 +424,9 @@ class RoutingMachine(RuleBasedStateMachine):
         shop=shops,
         buyer=buyers,
         addressed=st.sampled_from(["", "main", "main", "a1"]),
-        crowds=st.sampled_from([(), ("vip",), ("x",)]),
+        crowds=st.sampled_from([(), ("vip",), ("x",), ("gold",), ("vip", "member")]),
         group=optional_group,
+        channel=st.sampled_from(["", "item_page", "message_box", "shop_home"]),
         team=st.booleans(),
         retry=st.booleans(),
     )
@@ -316,6 +437,7 @@ class RoutingMachine(RuleBasedStateMachine):
         addressed: str,
         crowds: tuple[str, ...],
         group: str,
+        channel: str,
         team: bool,
         retry: bool,
     ) -> None:
@@ -329,6 +451,7 @@ class RoutingMachine(RuleBasedStateMachine):
             addressed_agent_id=addressed,
             crowds=crowds,
             group=group,
+            channel=channel,
             from_team_member=team and self.requests % 5 == 0,
         )
         first = self.run(command)
@@ -449,6 +572,28 @@ class RoutingMachine(RuleBasedStateMachine):
         assert decided - self.ended == open_now, (
             f"lost: {decided - self.ended - open_now}, ended yet open: {open_now & self.ended}"
         )
+
+    @invariant()
+    def never_back_with_an_agent_it_timed_out_on(self) -> None:
+        by_hand = (Reason.MANUAL_PICK, Reason.TRANSFER)
+        for shop in self.all_shops():
+            for s in shop.sessions.values():
+                a = s.agent
+                if a is None or not s.excluded or a.agent_id not in s.excluded:
+                    continue
+                assert s.reason in by_hand or s.private or s.reason is Reason.PRIVATE_CONTACT, (
+                    f"{s.session_id} is back with {a.agent_id}, which it timed out on "
+                    f"({s.state.name}, {s.reason.name})"
+                )
+
+    @invariant()
+    def ended_sessions_read_as_ended(self) -> None:
+        for shop_id, session_id in sorted(self.ended):
+            shop = self.d.shard_for(shop_id).shops[shop_id]
+            if session_id in shop.sessions:
+                continue  # (never: ended ids are not reused) the open check catches it
+            view = self.d.read(GetSession(at=self.now, shop_id=shop_id, session_id=session_id))
+            assert view.state is State.ENDED, (shop_id, session_id)
 
     @invariant()
     def counters_match_a_recount(self) -> None:

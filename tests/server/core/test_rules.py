@@ -595,7 +595,7 @@ def vip(w):
 
 def test_priority_crowd_goes_to_a_free_agent_with_a_notice(w, vip):
     w.agent("a1")
-    d = w.route("v1", crowds=("member", *vip))
+    d = w.route("v1", crowds=("member", *vip), channel="item_page")  # a lit entry (seed 004)
     assert where(d) == (Outcome.ASSIGNED, Reason.PRIORITY_CROWD, "a1")
     assert d.priority_notice is True
 
@@ -616,7 +616,7 @@ def test_priority_crowd_skips_the_queue_above_capacity(w, vip):
     w.route("c3", addressed_agent_id="a2")
     w.route("n1")
     # When a priority buyer comes (priority_may_exceed_capacity is on by default)
-    d = w.route("v1", crowds=vip)
+    d = w.route("v1", crowds=vip, channel="shop_home")
     # expect the least loaded ONLINE agent above its max, ahead of the queued buyer
     assert where(d) == (Outcome.ASSIGNED, Reason.PRIORITY_OVERFLOW, "a2")
     assert d.priority_notice is True
@@ -653,13 +653,13 @@ def test_priority_entries_stay_first_in_first_out_in_a_lifo_queue(w, vip):
 def test_priority_notice_at_most_once_per_8_hours(w, vip):
     # Seed 004: "同一个买家,每8个小时仅会触发一次"
     w.agent("a1")
-    first = w.route("v1", crowds=vip)
+    first = w.route("v1", crowds=vip, channel="item_page")
     w.end(first.session_id)  # never acted on: no recent contact, so rule 6 again
     w.advance(hours=7, minutes=59)
-    second = w.route("v1", crowds=vip)
+    second = w.route("v1", crowds=vip, channel="item_page")
     w.end(second.session_id)
     w.advance(minutes=2)  # 8 h 01 min after the first notice
-    third = w.route("v1", crowds=vip)
+    third = w.route("v1", crowds=vip, channel="item_page")
     assert [d.reason for d in (first, second, third)] == [Reason.PRIORITY_CROWD] * 3
     assert [d.priority_notice for d in (first, second, third)] == [True, False, True]
 

@@ -78,8 +78,11 @@ SCENARIO = [
     (11, K.EVENT_KIND_QUEUE_CHANGED, "", "s2", R.REASON_AGENT_OFFLINE, 0),  # a is full
     (12, K.EVENT_KIND_TIMEOUT, "a", "s3", R.REASON_ACCEPT_TIMEOUT, 0),
     (13, K.EVENT_KIND_REASSIGNED_AWAY, "a", "s3", R.REASON_ACCEPT_TIMEOUT, 0),
-    # Nobody else is present, so a gets another round: s3 comes back to it.
-    (14, K.EVENT_KIND_ASSIGNED, "a", "s3", R.REASON_ACCEPT_TIMEOUT, 0),
+    # Nobody else is present and s3 never returns to a by itself (SPEC §2): the queue,
+    (14, K.EVENT_KIND_QUEUE_CHANGED, "", "s3", R.REASON_ACCEPT_TIMEOUT, 0),
+    # and a, freed, takes s2 (ahead in the queue: asked earlier) instead.
+    (15, K.EVENT_KIND_QUEUE_CHANGED, "", "s2", 0, 0),
+    (16, K.EVENT_KIND_ASSIGNED, "a", "s2", R.REASON_CAPACITY_FREED, 0),
 ]
 
 

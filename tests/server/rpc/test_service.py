@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 
 from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 
@@ -29,7 +30,7 @@ def test_set_and_get_shop_policy(api: Api, shop: str) -> None:
     assert api.presence.GetShopPolicy(pb.GetShopPolicyRequest(shop_id=shop)) == third
 
 
-def test_register_agent_creates_then_updates(api: Api, shop: str) -> None:
+def test_register_agent_creates_then_replaces_only_when_asked(api: Api, shop: str) -> None:
     created = api.agent(shop, "boss", max=3, role=pb.AGENT_ROLE_MAIN, groups=["presale"])
     assert (created.agent_id, created.role, list(created.groups)) == (
         "boss",
@@ -37,8 +38,12 @@ def test_register_agent_creates_then_updates(api: Api, shop: str) -> None:
         ["presale"],
     )
     assert (created.max_concurrent, created.status, created.load) == (3, ONLINE, 0)
-    # An update changes max_concurrent and groups; the status it carries is ignored.
-    updated = api.agent(shop, "boss", status=OFFLINE, max=4, role=pb.AGENT_ROLE_MAIN)
+    # Registering it again is refused (issue 15: it used to replace it silently)
+    with pytest.raises(grpc.RpcError) as info:
+        api.agent(shop, "boss", status=OFFLINE, max=4, role=pb.AGENT_ROLE_MAIN)
+    assert info.value.code() is grpc.StatusCode.ALREADY_EXISTS
+    # A replace changes max_concurrent and groups; the status it carries is ignored.
+    updated = api.agent(shop, "boss", status=OFFLINE, max=4, role=pb.AGENT_ROLE_MAIN, replace=True)
     assert (updated.max_concurrent, updated.status, list(updated.groups)) == (4, ONLINE, [])
     api.agent(shop, "sub", status=pb.AGENT_STATUS_UNSPECIFIED)
     team = api.team(shop)
@@ -127,6 +132,7 @@ def test_route_assigns_and_a_retry_does_not_assign_again(api: Api, shop: str) ->
 
 def test_route_team_message_has_no_session(api: Api, shop: str) -> None:
     api.agent(shop, "a1")
+    api.agent(shop, "a2")  # the sender must be an agent of the shop (issue 15)
     decision = api.route(shop, "a2", addressed_agent_id="a1", from_team_member=True)
     assert (decision.outcome, decision.reason) == (pb.OUTCOME_TEAM_DELIVERY, pb.REASON_TEAM_MESSAGE)
     assert (decision.state, decision.session_id) == (pb.SESSION_STATE_UNSPECIFIED, "")

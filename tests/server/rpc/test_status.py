@@ -181,6 +181,7 @@ def test_every_core_error_gets_error_info_and_the_details_of_its_code() -> None:
 EXPECTED_DETAIL_TYPES: dict[grpc.StatusCode, list[type[Message]]] = {
     grpc.StatusCode.INVALID_ARGUMENT: [ed.BadRequest],
     grpc.StatusCode.NOT_FOUND: [ed.ResourceInfo],
+    grpc.StatusCode.ALREADY_EXISTS: [ed.ResourceInfo],
     grpc.StatusCode.FAILED_PRECONDITION: [ed.PreconditionFailure],
     grpc.StatusCode.RESOURCE_EXHAUSTED: [ed.QuotaFailure],
     grpc.StatusCode.UNAVAILABLE: [],

@@ -9,6 +9,7 @@ from fenliu.server.core import image
 from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.types import (
     MINUTE,
+    Acknowledge,
     AddPrivateContact,
     EndSessions,
     PolicyChange,
@@ -17,6 +18,7 @@ from fenliu.server.core.types import (
     Route,
     SetPolicy,
     SetStatus,
+    StarSession,
     Status,
     Tick,
 )
@@ -149,3 +151,48 @@ def test_a_format_2_image_still_reads() -> None:
     restored.shards[0] = shard
     assert position == 7
     assert dump(restored) == dump(d)
+
+
+def ended_and_starred() -> Dispatcher:
+    """A shop whose agent has an ended part, a star and crowd-scoped groups (issue 15)."""
+    d = Dispatcher(shards=1)
+    run = d.execute
+    change = PolicyChange(member_crowd="member", group_crowds={"desk": ("gold",)})
+    run(SetPolicy(at=T0, shop_id="s", change=change))
+    run(RegisterAgent(at=T0, shop_id="s", agent_id="a1", groups=("desk",), max_concurrent=3,
+                      status=Status.ONLINE))  # fmt: skip
+    for i, buyer in enumerate(["b1", "b2"]):
+        run(Route(at=T0 + i, shop_id="s", buyer_id=buyer, request_id=f"r{i}", channel="shop_home"))
+    run(Acknowledge(at=T0 + 5, shop_id="s", agent_id="a1", session_id="s1"))
+    run(StarSession(at=T0 + 6, shop_id="s", agent_id="a1", session_id="s1"))
+    run(StarSession(at=T0 + 6, shop_id="s", agent_id="a1", session_id="s2"))
+    run(EndSessions(at=T0 + 7, shop_id="s", session_ids=("s1",)))
+    run(Route(at=T0 + 8, shop_id="s", buyer_id="b2", request_id="r9"))
+    d.drain_events()
+    return d
+
+
+def test_a_shard_image_keeps_ended_sessions_stars_and_the_new_policy_fields() -> None:
+    d = ended_and_starred()
+    agent = d.shards[0].shops["s"].agents["a1"]
+    assert agent.ended and list(agent.ended) == ["s1"] and set(agent.starred or ()) == {"s1", "s2"}
+    restored = roundtrip(d)
+    assert dump(restored) == dump(d)
+    shop = restored.shards[0].shops["s"]
+    assert shop.crowd_groups == {"gold": ("desk",)}
+    assert shop.sessions["s2"].last_buyer_at == T0 + 8
+
+
+def test_an_image_from_before_issue_15_reads_with_no_ended_part_and_no_stars() -> None:
+    d = ended_and_starred()
+    raw = msgspec.msgpack.decode(image.encode(d.shards[0], 7))
+    for shop_image in raw[5]:
+        for agent_image in shop_image[2]:
+            del agent_image[-2:]  # ended, starred
+        for session_image in shop_image[4]:
+            del session_image[-1:]  # last_buyer_at
+    shard, _ = image.decode(msgspec.msgpack.encode(raw))
+    agent = shard.shops["s"].agents["a1"]
+    assert agent.ended is None and agent.starred is None
+    session = shard.shops["s"].sessions["s2"]
+    assert session.last_buyer_at == session.last_activity

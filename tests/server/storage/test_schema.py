@@ -14,7 +14,10 @@ from fenliu.server.core import image, types as t
 # Records (format 4): tag -> field names. The names of format 1-3 records are the same.
 RECORDS = {
     "SetPolicy": ["shop_id", "change", "at"],
-    "RegisterAgent": ["shop_id", "agent_id", "role", "groups", "max_concurrent", "status", "at"],
+    "RegisterAgent": ["shop_id", "agent_id", "role", "groups", "max_concurrent", "status",
+                      "replace", "at"],
+    "UpdateAgent": ["shop_id", "agent_id", "role", "groups", "max_concurrent", "at"],
+    "StarSession": ["shop_id", "agent_id", "session_id", "starred", "at"],
     "RemoveAgent": ["shop_id", "agent_id", "at"],
     "SetStatus": ["shop_id", "agent_id", "status", "at"],
     "AddPrivateContact": ["shop_id", "buyer_id", "at"],
@@ -33,17 +36,21 @@ POLICY = ["strategy", "queue_order", "queue_limit", "on_queue_full", "priority_c
           "priority_may_exceed_capacity", "notice_interval_ms", "route_when_all_suspended",
           "auto_assign_left_messages", "accept_timeout_ms", "reply_timeout_ms",
           "idle_end_timeout_ms", "queue_wait_limit_ms", "sticky_window_ms",
-          "recent_contact_ttl_ms", "time_zone"]  # fmt: skip
+          "recent_contact_ttl_ms", "time_zone", "member_crowd", "group_crowds"]  # fmt: skip
 DECISION = ["outcome", "reason", "buyer_id", "agent_id", "session_id", "queue_position", "state",
-            "priority_notice"]  # fmt: skip
+            "priority_notice", "notice"]  # fmt: skip
 # Images: positional, so the order is the schema.
 IMAGES = {
     image.AgentImage: ["agent_id", "role", "groups", "max_concurrent", "status", "sessions",
-                       "backlog", "last_assign", "reg", "served_day", "served_count"],
+                       "backlog", "last_assign", "reg", "served_day", "served_count", "ended",
+                       "starred"],
+    image.EndedImage: ["session_id", "buyer_id", "channel", "group", "priority", "created_at",
+                       "assigned_at", "last_buyer_at", "last_activity", "first_reply_at",
+                       "ended_at", "reason"],
     image.SessionImage: ["seq", "buyer_id", "state", "agent_id", "group", "priority", "channel",
                          "created_at", "entered_at", "assigned_at", "awaiting_since",
                          "last_activity", "first_reply_at", "excluded", "reason", "timer_due",
-                         "left_for", "private"],
+                         "left_for", "private", "last_buyer_at"],
     image.CountersImage: ["day", "today", "minute", "current", "buckets"],
     image.ShopImage: ["shop_id", "policy", "agents", "main", "sessions", "left", "recent",
                       "private", "notices", "requests", "next_seq", "assign_seq", "reg_seq",
