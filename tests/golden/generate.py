@@ -40,10 +40,8 @@ def main() -> int:
     parser.add_argument("--commit", required=True)
     parser.add_argument("--format", type=int, required=True)
     args = parser.parse_args()
-    import fenliu.server.storage.codec as codec  # the OLD commit's, by construction
+    import fenliu.server  # the OLD commit's, by construction (checked below, with git)
 
-    if codec.FORMAT_VERSION != args.format:
-        sys.exit(f"this install writes format {codec.FORMAT_VERSION}, not {args.format}")
     out: Path = args.out.resolve()
     if out.exists():
         shutil.rmtree(out)
@@ -77,8 +75,11 @@ def main() -> int:
         probes = sc.probe(stubs)
         channel.close()
 
+    versions = {_header_version(path) for path in data.rglob("*") if path.is_file()}
+    if versions != {args.format}:
+        sys.exit(f"the files are in format(s) {sorted(versions)}, not {args.format}")
     head = subprocess.run(
-        ["git", "-C", str(Path(codec.__file__).parent), "rev-parse", "HEAD"],
+        ["git", "-C", str(Path(fenliu.server.__file__).parent), "rev-parse", "HEAD"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     if not head.startswith(args.commit):
@@ -99,6 +100,14 @@ def main() -> int:
         if path.is_file():
             print(f"  {path.relative_to(out)}  {path.stat().st_size} bytes")
     return 0
+
+
+def _header_version(path: Path) -> int:
+    """The format version in a fenliu file's header: b"FENLIU", then a u16 (little end)."""
+    head = path.read_bytes()[:8]
+    if head[:6] != b"FENLIU":
+        sys.exit(f"{path}: not a fenliu file")
+    return int.from_bytes(head[6:8], "little")
 
 
 if __name__ == "__main__":
