@@ -72,6 +72,31 @@ def agree(
     return [] if expected == actual else [f"{where}: {actual!r} instead of {expected!r}"]
 
 
+def _sessions_by_id(entry: dict[str, Any]) -> dict[str, Any]:
+    reply = entry.get("reply")
+    if not isinstance(reply, dict) or "sessions" not in reply:
+        return entry
+    sessions = sorted(reply["sessions"], key=lambda s: int(s["session_id"][1:]))
+    return {**entry, "reply": {**reply, "sessions": sessions}}
+
+
+def deliberate_changes(expected: dict[str, Any], actual: dict[str, Any]) -> tuple[Any, Any]:
+    """The answers an issue changed on purpose, where the data is the same (each names it):
+
+    - issue 15: ListAgentSessions sorts (by the buyer's latest message by default), so the
+      sessions are compared whatever their order;
+    - issue 15: GetSession of a session that ended answers it ENDED (within the recent
+      contact window), where it answered NOT_FOUND; an id never issued is NOT_FOUND still.
+    """
+    call = expected["call"]
+    if call.startswith("ListAgentSessions"):
+        return _sessions_by_id(expected), _sessions_by_id(actual)
+    ended = actual.get("reply", {}).get("state") == "SESSION_STATE_ENDED"
+    if call.startswith("GetSession") and expected.get("error") == "NOT_FOUND" and ended:
+        return actual, actual
+    return expected, actual
+
+
 def answers_agree(
     expected: list[dict[str, Any]],
     actual: list[dict[str, Any]],
@@ -88,7 +113,9 @@ def answers_agree(
     problems = [
         p
         for e in expected
-        for p in agree(e, by_call[e["call"]], e["call"], drift_ms, since, shrink_ms)
+        for p in agree(
+            *deliberate_changes(e, by_call[e["call"]]), e["call"], drift_ms, since, shrink_ms
+        )
     ]
     assert not problems, "\n".join(problems[:40])
 
@@ -112,7 +139,10 @@ def test_todays_server_answers_as_the_server_that_wrote_it(name: str, tmp_path: 
         channel, stubs = sc.stubs(target)
         try:
             answers_agree(expected["reads"], sc.observe(stubs), drift())
-            answers_agree(expected["probes"], sc.probe(stubs), drift(), read_at, drift())
+            a1 = next(r for r in expected["reads"] if r["call"] == "ListAgentSessions gold-a a1")
+            a1_first = a1["reply"]["sessions"][0]["session_id"] if a1["reply"]["sessions"] else None
+            probes = sc.probe(stubs, a1_first)
+            answers_agree(expected["probes"], probes, drift(), read_at, drift())
             after_probes = sc.observe(stubs)
         finally:
             channel.close()
