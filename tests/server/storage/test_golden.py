@@ -55,7 +55,7 @@ def agree(
                 grown = int(actual[key]) - int(value)
                 if not -shrink_ms <= grown <= drift_ms:
                     problems.append(f"{where}.{key}: {actual[key]} after {value}")
-            elif key.endswith("_at_ms") and int(value) >= since:
+            elif key.endswith(("_at_ms", "_since_ms")) and int(value) >= since:
                 if int(actual[key]) < since:
                     problems.append(f"{where}.{key}: {actual[key]} before {since}")
             else:
