@@ -1,8 +1,7 @@
-"""Journal cost and snapshot stalls, measured in one run (issue 3, SPEC §8).
+"""Journal cost in-process, measured in one run (issue 3, SPEC §8; over gRPC, with server
+CPU per call: ``journal_grpc.py``; snapshot time and stall: ``snapshot.py``).
 
     python bench/journal.py                      # throughput: journal off / on (no fsync) / on
-    python bench/journal.py --stall              # + longest routing stall during a snapshot
-    python bench/journal.py --stall --agents 100000 --sessions 1000000
 
 Throughput drives ``Node.execute`` (what every RPC calls) from many concurrent
 coroutines on one event loop, without gRPC, so the figure isolates the journal; each
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import statistics
 import tempfile
@@ -23,7 +21,6 @@ from pathlib import Path
 from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.types import EndSessions, RegisterAgent, Route, Status
 from fenliu.server.node import Node
-from fenliu.server.snapshots import snapshot_all
 from fenliu.server.storage.files import FilesStorage
 
 T0 = 1_700_000_000_000
@@ -90,63 +87,11 @@ async def throughput(mode: str, seconds: float, workers: int) -> dict[str, float
     return result
 
 
-async def stall(agents: int, sessions: int) -> dict[str, float]:
-    """The longest gap in a 1 ms heartbeat while every shard is snapshotted."""
-    d = Dispatcher()
-    node = Node(d, clock)
-    tmp_dir = tempfile.TemporaryDirectory()
-    storage = FilesStorage(Path(tmp_dir.name), len(d.shards), fsync=True)
-    node.open(storage)  # an empty directory: empty shards, the logs ready to append
-    per_shop = max(1, agents // SHOPS)
-    world(d, per_shop)
-    for i in range(sessions):
-        d.execute(Route(at=T0, shop_id=f"shop{i % SHOPS}", buyer_id=f"b{i}", request_id=f"r{i}"))
-        if i % 100_000 == 0:
-            d.drain_events()
-    d.drain_events()
-    for shard in d.shards:
-        for shop in shard.shops.values():
-            shop.requests.clear()  # the idempotency window would have expired these
-    gc.collect()
-    with tmp_dir as tmp:
-        gaps: list[float] = []
-        running = True
-
-        async def heartbeat() -> None:
-            last = time.perf_counter()
-            while running:
-                await asyncio.sleep(0.001)
-                now = time.perf_counter()
-                gaps.append(now - last)
-                last = now
-
-        result: dict[str, float] = {"agents": per_shop * SHOPS, "sessions": sessions}
-        for fork in (False, True):
-            gaps.clear()
-            running = True
-            beat = asyncio.create_task(heartbeat())
-            started = time.perf_counter()
-            await snapshot_all(node, storage, fork=fork)
-            took = time.perf_counter() - started
-            running = False
-            await beat
-            mode = "forked" if fork else "in_loop"
-            result[f"{mode}_snapshot_s"] = took
-            result[f"{mode}_longest_stall_ms"] = max(gaps) * 1000
-        size = sum(p.stat().st_size for p in Path(tmp).glob("shard-*/snapshot-*.snap"))
-        result["snapshot_mb"] = size / 1e6
-        storage.close()
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--stall", action="store_true")
-    parser.add_argument("--agents", type=int, default=100_000)
-    parser.add_argument("--sessions", type=int, default=1_000_000)
     args = parser.parse_args()
     record: dict[str, object] = {"workers": args.workers, "seconds": args.seconds}
     for mode in ("off", "nofsync", "fsync"):
@@ -159,8 +104,6 @@ def main() -> None:
     for mode in ("nofsync", "fsync"):
         cost = 1 - record[mode]["decisions_per_s"] / base  # type: ignore[index]
         record[f"journal_cost_{mode}"] = round(cost, 3)
-    if args.stall:
-        record["snapshot"] = asyncio.run(stall(args.agents, args.sessions))
     print(json.dumps(record))
 
 
