@@ -85,7 +85,6 @@ class Node:
         count = len(dispatcher.shards)
         self._staged = [_Staged() for _ in range(count)]
         self._fenced = [False] * count  # being restored (or, without storage, broken)
-        self._restoring: set[int] = set()
 
     # ------------------------------------------------------------ start-up
 
@@ -203,8 +202,8 @@ class Node:
 
     def retry_restores(self) -> None:
         """Try again to restore the shards a failing disk kept from being restored."""
-        for index in [i for i, fenced in enumerate(self._fenced) if fenced]:
-            if index not in self._restoring and self.storage is not None:
+        if self.storage is not None:
+            for index in [i for i, fenced in enumerate(self._fenced) if fenced]:
                 self._restore(index)
 
     # ------------------------------------------------------------ internals
@@ -309,14 +308,11 @@ class Node:
         staged = self._staged[index]
         if staged.in_flight is not None or self.storage is None:
             return  # ``_settled`` calls again
-        self._restoring.add(index)
         try:
             shard = recover(index, self.storage.logs[index], self.storage.snapshots[index])
         except Exception as exc:  # noqa: BLE001 - still failing: stay fenced, retry later
             log.error("shard %d: cannot be restored from storage yet: %s", index, exc)
             return
-        finally:
-            self._restoring.discard(index)
         old = self.dispatcher.shards[index]
         self.dispatcher.install(index, shard)
         self._fenced[index] = False
