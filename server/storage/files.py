@@ -38,7 +38,7 @@ from pathlib import Path
 
 from . import codec
 from .base import StorageError
-from .wal import Wal
+from .wal import Wal, sync_dir
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,6 @@ LOCK = "LOCK"
 
 def _position(path: Path) -> int:
     return int(path.stem.split("-")[1])
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ShardLog:
@@ -116,7 +108,7 @@ class ShardSnapshots:
                 tmp.unlink()
             raise
         if self.fsync:
-            _sync_dir(self.dir)
+            sync_dir(self.dir)
 
     def load(self) -> tuple[bytes, int] | None:
         for path in self._snapshots():
@@ -286,7 +278,7 @@ def _check_manifest(root: Path, shards: int, created_by: str) -> None:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
         os.replace(tmp, path)
-        _sync_dir(root)
+        sync_dir(root)
         return
     except (OSError, ValueError) as exc:
         raise StorageError(f"{path}: cannot be read ({exc}); it must be JSON") from None

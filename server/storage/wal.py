@@ -48,7 +48,8 @@ _MAX_RECORD = 64 << 20  # a frame claiming more is damage, not a record
 _START_PREFIX = 1 << 16  # bytes read to find a segment's start frame
 
 
-def _sync_dir(path: Path) -> None:
+def sync_dir(path: Path) -> None:
+    """fsync a directory, so that a file created or renamed in it survives a crash."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -293,7 +294,7 @@ class Wal:
             os.write(fd, head)
             if self.fsync:
                 os.fsync(fd)
-                _sync_dir(self.dir)
+                sync_dir(self.dir)
         except BaseException:
             os.close(fd)  # a full disk must not leak a descriptor per attempt
             with contextlib.suppress(OSError):
