@@ -19,12 +19,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from fenliu.client._pb import fenliu_pb2 as pb
 
@@ -33,9 +32,11 @@ from ..core import types as t
 from ..core.dispatcher import Dispatcher
 from ..storage.journal import Journal
 from .auth import Authenticator
+from .decode import DecodeGuard
 from .guard import CallGuard
 from .metrics import Metrics
 from .monitor import add_monitor
+from .reflection import add_reflection
 from .service import Clock, Core, EventSink, add_services, discard
 from .watch import Hub
 
@@ -121,17 +122,18 @@ class Server:
         self._grpc = grpc.aio.server(interceptors=_interceptors(self.config, self.metrics),
                                      options=_OPTIONS)  # fmt: skip
         self._ticker: asyncio.Task[None] | None = None
-        add_services(self._grpc, self.core)
-        add_monitor(self._grpc, self.core, self.hub)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
-        names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, self._grpc)
+        # Every service through the decode guard: malformed bytes are INVALID_ARGUMENT.
+        self._services = cast(grpc.aio.Server, DecodeGuard(self._grpc))  # its add_* methods
+        add_services(self._services, self.core)
+        add_monitor(self._services, self.core, self.hub)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._services)
+        add_reflection(self._services, (*SERVICE_NAMES, health.SERVICE_NAME))
 
     def add_generic_rpc_handlers(
         self, handlers: tuple[grpc.GenericRpcHandler[Any, Any], ...]
     ) -> None:
-        """Serve more services (before ``start``); the call guard covers them too."""
-        self._grpc.add_generic_rpc_handlers(handlers)
+        """Serve more services (before ``start``); the call and decode guards cover them too."""
+        self._services.add_generic_rpc_handlers(handlers)
 
     def bind(self) -> int:
         """Listen on the configured host and port; returns the port (the one picked for 0).
