@@ -31,12 +31,14 @@ from ._types import (
     Agent,
     Decision,
     EndResult,
+    Named,
     OnQueueFull,
     Policy,
     QueueList,
     QueueOrder,
     QueueSort,
     Role,
+    RouteItem,
     RouteResult,
     Session,
     ShopStats,
@@ -44,6 +46,8 @@ from ._types import (
     StatusResult,
     Strategy,
     WatchItem,
+    member,
+    strings,
 )
 from ._watch import DEFAULT_GIVE_UP_AFTER, WatchStream
 
@@ -137,10 +141,10 @@ class AsyncClient:
         self,
         shop_id: str,
         *,
-        strategy: Strategy | None = None,
-        queue_order: QueueOrder | None = None,
+        strategy: Strategy | str | None = None,
+        queue_order: QueueOrder | str | None = None,
         queue_limit: int | None = None,
-        on_queue_full: OnQueueFull | None = None,
+        on_queue_full: OnQueueFull | str | None = None,
         priority_crowds: Iterable[str] | None = None,
         priority_may_exceed_capacity: bool | None = None,
         notice_interval_ms: int | None = None,
@@ -155,11 +159,16 @@ class AsyncClient:
         time_zone: str | None = None,
         timeout: float | None = None,
     ) -> Policy:
-        """Change the fields given (the others keep their values); returns the whole policy."""
+        """Change the fields given (the others keep their values); returns the whole policy.
+
+        Enums may be given by name (``strategy="least-load"``, any case)."""
         fields = {k: v for k, v in locals().items() if k not in _NOT_POLICY and v is not None}
+        for name, kind in _POLICY_ENUMS.items():
+            if name in fields:
+                fields[name] = member(kind, fields[name], name)
         policy = pb.ShopPolicy(**fields)
         if priority_crowds is not None:
-            policy.priority_crowds.extend(priority_crowds)
+            policy.priority_crowds.extend(strings(priority_crowds, "priority_crowds"))
             policy.set_priority_crowds = True
         request = pb.SetShopPolicyRequest(shop_id=shop_id, policy=policy)
         reply = await self._call(
@@ -179,20 +188,22 @@ class AsyncClient:
         shop_id: str,
         agent_id: str,
         *,
-        role: Role = Role.SUB,
+        role: Role | str = Role.SUB,
         groups: Iterable[str] = (),
         max_concurrent: int = 0,
-        status: Status = Status.OFFLINE,
+        status: Status | str = Status.OFFLINE,
         timeout: float | None = None,
     ) -> Agent:
-        """Create the agent (with ``status``) or update its role, groups and max_concurrent."""
+        """Create the agent (with ``status``) or update its role, groups and max_concurrent.
+
+        ``role`` and ``status`` may be names (``status="online"``, any case)."""
         request = pb.RegisterAgentRequest(
             shop_id=shop_id,
             agent_id=agent_id,
-            role=role.value,  # type: ignore[arg-type]
-            groups=list(groups),
+            role=member(Role, role, "role"),
+            groups=strings(groups, "groups"),
             max_concurrent=max_concurrent,
-            status=status.value,  # type: ignore[arg-type]
+            status=member(Status, status, "status"),
         )
         reply = await self._call(
             self._presence.RegisterAgent, request, idempotent=True, timeout=timeout
@@ -210,9 +221,12 @@ class AsyncClient:
         return tuple(Decision.from_pb(d) for d in reply.moved)
 
     async def set_status(
-        self, shop_id: str, agent_id: str, status: Status, *, timeout: float | None = None
+        self, shop_id: str, agent_id: str, status: Status | str, *, timeout: float | None = None
     ) -> StatusResult:
-        request = pb.SetStatusRequest(shop_id=shop_id, agent_id=agent_id, status=status.value)  # type: ignore[arg-type]
+        """``status`` may be a name (``"online"``, any case)."""
+        request = pb.SetStatusRequest(
+            shop_id=shop_id, agent_id=agent_id, status=member(Status, status, "status")
+        )
         reply = await self._call(
             self._presence.SetStatus, request, idempotent=True, timeout=timeout
         )
@@ -259,21 +273,30 @@ class AsyncClient:
         request = route_request(
             shop_id, buyer_id, request_id=request_id, addressed_agent_id=addressed_agent_id,
             crowds=crowds, group=group, channel=channel, from_team_member=from_team_member,
-        )  # fmt: skip
+        ).to_pb()  # fmt: skip
         reply = await self._call(self._routing.Route, request, idempotent=True, timeout=timeout)
         return Decision.from_pb(reply)
 
     async def route_batch(
-        self, requests: Iterable[pb.RouteRequest], *, timeout: float | None = None
+        self, requests: Iterable[RouteItem | pb.RouteRequest], *, timeout: float | None = None
     ) -> tuple[RouteResult, ...]:
-        """Route up to 1,000 messages in one call; one result per request, in order.
+        """Route up to 1,000 messages in one call; one ``RouteResult`` per item, in order
+        (its ``decision``, or the ``error`` that item got).
 
-        Build items with ``route_request(...)``; items without a request_id get one.
+        Items are ``RouteItem`` (``route_request(...)`` builds one); a raw
+        ``fenliu_pb2.RouteRequest`` is taken as it is. Items without a request_id get one.
         """
+        if isinstance(requests, (str, bytes, RouteItem, pb.RouteRequest)):
+            raise TypeError("requests must be a list of RouteItem, not one item: [item]?")
         batch = pb.RouteBatchRequest()
-        for item in requests:
+        for i, item in enumerate(requests):
             added = batch.requests.add()
-            added.CopyFrom(item)
+            if isinstance(item, RouteItem):
+                added.CopyFrom(item.to_pb())
+            elif isinstance(item, pb.RouteRequest):
+                added.CopyFrom(item)
+            else:
+                raise TypeError(f"requests[{i}] must be a RouteItem (got {type(item).__name__})")
             if not added.request_id:
                 added.request_id = new_request_id()
         reply = await self._call(self._routing.RouteBatch, batch, idempotent=True, timeout=timeout)
@@ -319,7 +342,9 @@ class AsyncClient:
     async def end_sessions(
         self, shop_id: str, session_ids: Iterable[str], *, timeout: float | None = None
     ) -> EndResult:
-        request = pb.EndSessionsRequest(shop_id=shop_id, session_ids=list(session_ids))
+        request = pb.EndSessionsRequest(
+            shop_id=shop_id, session_ids=strings(session_ids, "session_ids")
+        )
         reply = await self._call(
             self._routing.EndSessions, request, idempotent=True, timeout=timeout
         )
@@ -352,13 +377,13 @@ class AsyncClient:
         priority_only: bool = False,
         group: str = "",
         channel: str = "",
-        sort: QueueSort = QueueSort.QUEUE_ORDER,
+        sort: QueueSort | str = QueueSort.QUEUE_ORDER,
         limit: int = 0,
         timeout: float | None = None,
     ) -> QueueList:
         request = pb.ListQueueRequest(
             shop_id=shop_id, priority_only=priority_only, group=group, channel=channel,
-            sort=sort.value, limit=limit,  # type: ignore[arg-type]
+            sort=member(QueueSort, sort, "sort"), limit=limit,
         )  # fmt: skip
         reply = await self._call(self._queue.ListQueue, request, idempotent=True, timeout=timeout)
         return QueueList.from_pb(reply)
@@ -453,6 +478,11 @@ class AsyncClient:
 
 
 _NOT_POLICY = {"self", "shop_id", "timeout", "priority_crowds"}
+_POLICY_ENUMS: dict[str, type[Named]] = {
+    "strategy": Strategy,
+    "queue_order": QueueOrder,
+    "on_queue_full": OnQueueFull,
+}
 
 
 def route_request(
@@ -465,14 +495,14 @@ def route_request(
     group: str = "",
     channel: str = "",
     from_team_member: bool = False,
-) -> pb.RouteRequest:
-    """One request for ``route``/``route_batch`` (a request id is generated when none is given)."""
-    return pb.RouteRequest(
+) -> RouteItem:
+    """One item for ``route_batch`` (a request id is generated when none is given)."""
+    return RouteItem(
         shop_id=shop_id,
         buyer_id=buyer_id,
         request_id=request_id or new_request_id(),
         addressed_agent_id=addressed_agent_id,
-        crowds=list(crowds),
+        crowds=tuple(strings(crowds, "crowds")),
         group=group,
         channel=channel,
         from_team_member=from_team_member,
