@@ -1,7 +1,9 @@
 """``AsyncClient`` and ``Client``: one method per RPC, typed results, typed errors.
 
 Every call has a deadline (``timeout``, default 5 s). Calls that are safe to repeat are
-retried with exponential backoff when the server is UNAVAILABLE: ``route`` (its request
+retried when the server is UNAVAILABLE, for up to ``retry_budget`` seconds (default 5,
+never past the deadline) with jittered exponential backoff, so a server restart of a
+second or two is not seen by the caller: ``route`` (its request
 id, generated once per call, makes the retry return the original decision), the batch,
 every read, and the setters that converge (policy, register, status, acknowledge, end,
 private contacts). The others (remove_agent, reply, transfer, pick, leave_queue) are
@@ -53,7 +55,23 @@ from ._watch import DEFAULT_GIVE_UP_AFTER, WatchStream
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 5.0
-DEFAULT_RETRIES = 3
+DEFAULT_RETRY_BUDGET = 5.0
+"""Seconds an idempotent call keeps retrying on UNAVAILABLE (never past its deadline)."""
+MAX_BACKOFF = 0.5
+KEEPALIVE_S = 30.0
+"""Seconds between keepalive pings while a call (a watch stream) is open."""
+
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    # A watch stream may be quiet for hours: ping it, so a dead peer or a NAT that dropped
+    # the connection is noticed (and the stream reconnects) within about a minute.
+    ("grpc.keepalive_time_ms", int(KEEPALIVE_S * 1000)),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    # After a restart, reconnect within ~0.1 s rather than grpc's default 1 s backoff.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+)
+"""The SDK's channel options (the server accepts pings this often: ``server/rpc/app.py``)."""
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -66,13 +84,26 @@ def new_request_id() -> str:
 
 def _channel(target: str, tls: bool | grpc.ChannelCredentials) -> grpc.aio.Channel:
     if tls is False:
-        return grpc.aio.insecure_channel(target)
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
     credentials = grpc.ssl_channel_credentials() if tls is True else tls
-    return grpc.aio.secure_channel(target, credentials)
+    return grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+
+
+class _Stubs:
+    __slots__ = ("presence", "routing", "queue", "monitor")
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.presence = pb_grpc.PresenceStub(channel)
+        self.routing = pb_grpc.RoutingStub(channel)
+        self.queue = pb_grpc.QueueStub(channel)
+        self.monitor = pb_grpc.MonitorStub(channel)
 
 
 class AsyncClient:
     """The asynchronous SDK. Use ``async with AsyncClient(target) as fenliu:``.
+
+    It may be created anywhere (outside a running event loop too): the channel is opened
+    on the first call, on the loop that makes it, and serves that loop only.
 
     Raises (from every method): a ``FenliuError`` subclass, never a raw ``grpc.RpcError``.
     """
@@ -82,30 +113,69 @@ class AsyncClient:
         target: str = DEFAULT_TARGET,
         *,
         timeout: float = DEFAULT_TIMEOUT,
-        retries: int = DEFAULT_RETRIES,
+        retries: int | None = None,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
         backoff: float = 0.05,
         metadata: Sequence[tuple[str, str]] = (),
         channel: grpc.aio.Channel | None = None,
         token: str | None = None,
         tls: bool | grpc.ChannelCredentials = False,
     ) -> None:
-        """``token`` is sent as ``authorization: Bearer <token>`` on every call. ``tls``:
-        True verifies the server against the system's roots; for a private CA or a client
-        certificate pass ``grpc.ssl_channel_credentials(...)``."""
-        self._channel = channel or _channel(target, tls)
-        self._presence = pb_grpc.PresenceStub(self._channel)
-        self._routing = pb_grpc.RoutingStub(self._channel)
-        self._queue = pb_grpc.QueueStub(self._channel)
-        self._monitor = pb_grpc.MonitorStub(self._channel)
+        """``timeout``: each call's deadline, seconds. Idempotent calls are retried on
+        UNAVAILABLE for up to ``retry_budget`` seconds (within the deadline), with
+        exponential backoff from ``backoff`` seconds (at most 0.5 s, jittered), and at
+        most ``retries`` times when given. ``token`` is sent as ``authorization: Bearer
+        <token>`` on every call. ``tls``: True verifies the server against the system's
+        roots; for a private CA or a client certificate pass
+        ``grpc.ssl_channel_credentials(...)``."""
+        self._target = target
+        self._tls = tls
+        self._channel: grpc.aio.Channel | None = channel
+        self._stubs: _Stubs | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.timeout = timeout
         self.retries = retries
+        self.retry_budget = retry_budget
         self.backoff = backoff
         self.metadata = tuple(metadata)
         if token is not None:
             self.metadata += (("authorization", f"Bearer {token}"),)
 
+    def _open(self) -> _Stubs:
+        """The stubs, the channel opened on the running loop at the first call."""
+        loop = asyncio.get_running_loop()
+        if self._stubs is None:
+            if self._channel is None:
+                self._channel = _channel(self._target, self._tls)
+                self._loop = loop
+            self._stubs = _Stubs(self._channel)
+        elif self._loop is not None and self._loop is not loop:
+            raise RuntimeError(
+                "this AsyncClient's channel was opened on another event loop: "
+                "use one AsyncClient per loop (or the blocking Client)"
+            )
+        return self._stubs
+
+    @property
+    def _presence(self) -> pb_grpc.PresenceStub:
+        return self._open().presence
+
+    @property
+    def _routing(self) -> pb_grpc.RoutingStub:
+        return self._open().routing
+
+    @property
+    def _queue(self) -> pb_grpc.QueueStub:
+        return self._open().queue
+
+    @property
+    def _monitor(self) -> pb_grpc.MonitorStub:
+        return self._open().monitor
+
     async def close(self) -> None:
-        await self._channel.close(None)
+        channel, self._channel, self._stubs = self._channel, None, None
+        if channel is not None:
+            await channel.close(None)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -122,18 +192,27 @@ class AsyncClient:
         self, method: Any, request: Any, *, idempotent: bool, timeout: float | None
     ) -> Any:
         """One RPC with the deadline, the retries it may have, and typed errors."""
-        attempts = 1 + (self.retries if idempotent else 0)
-        for attempt in range(attempts):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + (timeout or self.timeout)
+        give_up = min(deadline, started + self.retry_budget) if idempotent else started
+        attempt = 0
+        while True:
             try:
                 return await method(
-                    request, timeout=timeout or self.timeout, metadata=self.metadata
+                    request, timeout=max(0.0, deadline - loop.time()), metadata=self.metadata
                 )
             except grpc.aio.AioRpcError as exc:
                 error = from_rpc_error(exc)
-            if not isinstance(error, Unavailable) or attempt + 1 == attempts:
+            attempt += 1
+            if not isinstance(error, Unavailable) or (
+                self.retries is not None and attempt > self.retries
+            ):
                 raise error
-            await asyncio.sleep(self.backoff * 2**attempt * (0.5 + random.random()))
-        raise AssertionError("unreachable")
+            pause = min(self.backoff * 2 ** (attempt - 1), MAX_BACKOFF) * (0.5 + random.random())
+            if loop.time() + pause >= give_up:
+                raise error
+            await asyncio.sleep(pause)
 
     # ------------------------------------------------------------ presence
 
@@ -537,12 +616,14 @@ class Client:
         target: str = DEFAULT_TARGET,
         *,
         timeout: float = DEFAULT_TIMEOUT,
-        retries: int = DEFAULT_RETRIES,
+        retries: int | None = None,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
         backoff: float = 0.05,
         metadata: Sequence[tuple[str, str]] = (),
         token: str | None = None,
         tls: bool | grpc.ChannelCredentials = False,
     ) -> None:
+        """The parameters of ``AsyncClient``."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="fenliu-client", daemon=True
@@ -551,8 +632,8 @@ class Client:
 
         async def make() -> AsyncClient:
             return AsyncClient(
-                target, timeout=timeout, retries=retries, backoff=backoff, metadata=metadata,
-                token=token, tls=tls,
+                target, timeout=timeout, retries=retries, retry_budget=retry_budget,
+                backoff=backoff, metadata=metadata, token=token, tls=tls,
             )  # fmt: skip
 
         self._async = self._run(make())

@@ -44,7 +44,16 @@ log = logging.getLogger("fenliu.server")
 
 SERVICE_NAMES: tuple[str, ...] = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
 """The fenliu services, by full name (``fenliu.v1.Presence``, ...)."""
-_OPTIONS = [("grpc.so_reuseport", 0)]  # a taken port is an error, not a shared one
+_OPTIONS = [
+    ("grpc.so_reuseport", 0),  # a taken port is an error, not a shared one
+    # Keepalive: ping idle connections every minute so dead watch streams are dropped, and
+    # accept the SDK's pings every 30 s on a quiet stream (grpc's default 5 min would
+    # answer them with GOAWAY too_many_pings).
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+    ("grpc.http2.max_ping_strikes", 2),
+]
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
