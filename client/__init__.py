@@ -59,7 +59,10 @@ from ._types import (
     Strategy,
     WatchItem,
 )
+from ._version import version
 from ._watch import WatchStream
+
+__version__ = version()
 
 __all__ = [
     # clients
