@@ -26,6 +26,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fenliu.client._pb import fenliu_pb2 as pb
+from fenliu.client._version import version
 
 from ..config import Config
 from ..core import types as t
@@ -125,7 +126,7 @@ class Server:
         self.snapshotting = False  # a snapshot (perhaps a forked child) is under way
         self.port: int | None = None
         self._health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        self.metrics = Metrics(self.dispatcher) if self.config.metrics_port else None
+        self.metrics = Metrics(self.dispatcher, self.hub) if self.config.metrics_port else None
         if self.metrics is not None and self.journal is not None:
             self.journal.observe_fsync(self.metrics.fsync.observe)
         self._grpc = grpc.aio.server(interceptors=_interceptors(self.config, self.metrics),
@@ -350,6 +351,8 @@ async def serve(
     and exits with 128 + its number.
     """
     signals = _Signals()
+    started = time.monotonic()
+    log.info("fenliu %s starting; effective configuration: %s", version(), config.effective())
     try:
         server = Server(config, now_ms=now_ms, events=events)
         await server.start()
@@ -358,6 +361,8 @@ async def serve(
         log.info("fenliu serving on %s:%d", config.host, server.port)
         await signals.drain.wait()
         await _drain(server, signals)
+        log.info("fenliu stopped after %.1fs of service, exit code %d",
+                 time.monotonic() - started, signals.exit_code)  # fmt: skip
         return signals.exit_code
     finally:
         signals.close()
