@@ -16,6 +16,7 @@ thread, so the two share every line of logic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import uuid
@@ -710,15 +711,30 @@ class Client:
         return self._iterate(stream)
 
     def _iterate(self, stream: WatchStream) -> Iterator[WatchItem]:
+        stepping: list[asyncio.Task[Any]] = []  # the step in flight, if any
+
         async def step() -> WatchItem | None:
+            task = asyncio.current_task()
+            if task is not None:
+                stepping[:] = [task]
             try:
                 return await stream.__anext__()
             except StopAsyncIteration:
                 return None
+
+        async def stop() -> None:
+            # Interrupted while waiting (Ctrl-C): the step still runs on the loop, and an
+            # async generator cannot be closed while it runs. Cancel it first.
+            for task in stepping:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+            await stream.aclose()
 
         try:
             while (item := self._run(step())) is not None:
                 yield item
         finally:
             if not self._loop.is_closed():
-                self._run(stream.aclose())
+                self._run(stop())
