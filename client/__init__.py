@@ -59,10 +59,10 @@ from ._types import (
     Strategy,
     WatchItem,
 )
-from ._version import version
+from ._version import version as _version
 from ._watch import WatchStream
 
-__version__ = version()
+__version__ = _version()
 
 __all__ = [
     # clients

@@ -1,13 +1,13 @@
 """``AsyncClient`` and ``Client``: one method per RPC, typed results, typed errors.
 
 Every call has a deadline (``timeout``, default 5 s). Calls that are safe to repeat are
-retried when the server is UNAVAILABLE, for up to ``retry_budget`` seconds (default 5,
-never past the deadline) with jittered exponential backoff, so a server restart of a
-second or two is not seen by the caller: ``route`` (its request
-id, generated once per call, makes the retry return the original decision), the batch,
-every read, and the setters that converge (policy, register, status, acknowledge, end,
-private contacts). The others (remove_agent, reply, transfer, pick, leave_queue) are
-never retried: a second attempt could act twice.
+retried when the server is UNAVAILABLE (or, stopping, cut the call off with CANCELLED),
+for up to ``retry_budget`` seconds (default 5, never past the deadline) with jittered
+exponential backoff, so a server restart of a second or two is not seen by the caller:
+``route`` (its request id, generated once per call, makes the retry return the original
+decision), the batch, every read, and the setters that converge (policy, register,
+status, acknowledge, end, private contacts). The others (remove_agent, reply, transfer,
+pick, leave_queue) are never retried: a second attempt could act twice.
 
 ``Client`` is the blocking twin of ``AsyncClient``: it runs one on a private event loop
 thread, so the two share every line of logic.
@@ -74,6 +74,7 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 """The SDK's channel options (the server accepts pings this often: ``server/rpc/app.py``)."""
 
+_CANCELLED = grpc.StatusCode.CANCELLED
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -205,10 +206,12 @@ class AsyncClient:
                 )
             except grpc.aio.AioRpcError as exc:
                 error = from_rpc_error(exc)
+                # CANCELLED as a status (not our own task's cancellation, which raises
+                # CancelledError): a stopping server cut the call off. Retried like
+                # UNAVAILABLE: only idempotent calls get here.
+                retryable = isinstance(error, Unavailable) or exc.code() == _CANCELLED
             attempt += 1
-            if not isinstance(error, Unavailable) or (
-                self.retries is not None and attempt > self.retries
-            ):
+            if not retryable or (self.retries is not None and attempt > self.retries):
                 raise error
             pause = min(self.backoff * 2 ** (attempt - 1), MAX_BACKOFF) * (0.5 + random.random())
             if loop.time() + pause >= give_up:
