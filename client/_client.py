@@ -60,19 +60,33 @@ DEFAULT_RETRY_BUDGET = 5.0
 """Seconds an idempotent call keeps retrying on UNAVAILABLE (never past its deadline)."""
 MAX_BACKOFF = 0.5
 KEEPALIVE_S = 30.0
-"""Seconds between keepalive pings while a call (a watch stream) is open."""
+"""Seconds between keepalive pings while a call (a watch stream) is open. The server
+accepts pings 20 s apart (``server/rpc/app.py``): a shorter interval there gets GOAWAY."""
+KEEPALIVE_TIMEOUT_S = 20.0
 
-CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    # A watch stream may be quiet for hours: ping it, so a dead peer or a NAT that dropped
-    # the connection is noticed (and the stream reconnects) within about a minute.
-    ("grpc.keepalive_time_ms", int(KEEPALIVE_S * 1000)),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.http2.max_pings_without_data", 0),
-    # After a restart, reconnect within ~0.1 s rather than grpc's default 1 s backoff.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1_000),
-)
-"""The SDK's channel options (the server accepts pings this often: ``server/rpc/app.py``)."""
+
+def channel_options(keepalive: float = KEEPALIVE_S) -> tuple[tuple[str, int], ...]:
+    """The SDK's channel options; ``keepalive`` 0 sends no pings."""
+    options: tuple[tuple[str, int], ...] = (
+        # After a restart, reconnect within ~0.1 s rather than grpc's default 1 s backoff.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1_000),
+    )
+    if keepalive > 0:
+        timeout_ms = int(min(keepalive, KEEPALIVE_TIMEOUT_S) * 1000)
+        # A watch stream may be quiet for hours: ping it, so a dead peer or a NAT that
+        # dropped the connection is noticed (and the stream reconnects) within a minute.
+        options += (
+            ("grpc.keepalive_time_ms", int(keepalive * 1000)),
+            ("grpc.keepalive_timeout_ms", timeout_ms),
+            ("grpc.http2.max_pings_without_data", 0),
+            # Any ping unanswered that long (grpc's own BDP pings too: a keepalive ping
+            # waits behind one in flight) means the connection is dead; grpc's default is
+            # a minute.
+            ("grpc.http2.ping_timeout_ms", timeout_ms),
+        )
+    return options
+
 
 _CANCELLED = grpc.StatusCode.CANCELLED
 P = ParamSpec("P")
@@ -84,11 +98,14 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def _channel(target: str, tls: bool | grpc.ChannelCredentials) -> grpc.aio.Channel:
+def _channel(
+    target: str, tls: bool | grpc.ChannelCredentials, keepalive: float
+) -> grpc.aio.Channel:
+    options = channel_options(keepalive)
     if tls is False:
-        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(target, options=options)
     credentials = grpc.ssl_channel_credentials() if tls is True else tls
-    return grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(target, credentials, options=options)
 
 
 class _Stubs:
@@ -122,6 +139,7 @@ class AsyncClient:
         channel: grpc.aio.Channel | None = None,
         token: str | None = None,
         tls: bool | grpc.ChannelCredentials = False,
+        keepalive: float = KEEPALIVE_S,
     ) -> None:
         """``timeout``: each call's deadline, seconds. Idempotent calls are retried on
         UNAVAILABLE for up to ``retry_budget`` seconds (within the deadline), with
@@ -129,9 +147,11 @@ class AsyncClient:
         most ``retries`` times when given. ``token`` is sent as ``authorization: Bearer
         <token>`` on every call. ``tls``: True verifies the server against the system's
         roots; for a private CA or a client certificate pass
-        ``grpc.ssl_channel_credentials(...)``."""
+        ``grpc.ssl_channel_credentials(...)``. ``keepalive``: seconds between pings while
+        a call is open (0: none), so a dead connection under a watch stream is noticed."""
         self._target = target
         self._tls = tls
+        self._keepalive = keepalive
         self._channel: grpc.aio.Channel | None = channel
         self._stubs: _Stubs | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -148,7 +168,7 @@ class AsyncClient:
         loop = asyncio.get_running_loop()
         if self._stubs is None:
             if self._channel is None:
-                self._channel = _channel(self._target, self._tls)
+                self._channel = _channel(self._target, self._tls, self._keepalive)
                 self._loop = loop
             self._stubs = _Stubs(self._channel)
         elif self._loop is not None and self._loop is not loop:
@@ -626,6 +646,7 @@ class Client:
         metadata: Sequence[tuple[str, str]] = (),
         token: str | None = None,
         tls: bool | grpc.ChannelCredentials = False,
+        keepalive: float = KEEPALIVE_S,
     ) -> None:
         """The parameters of ``AsyncClient``."""
         self._loop = asyncio.new_event_loop()
@@ -637,7 +658,7 @@ class Client:
         async def make() -> AsyncClient:
             return AsyncClient(
                 target, timeout=timeout, retries=retries, retry_budget=retry_budget,
-                backoff=backoff, metadata=metadata, token=token, tls=tls,
+                backoff=backoff, metadata=metadata, token=token, tls=tls, keepalive=keepalive,
             )  # fmt: skip
 
         self._async = self._run(make())
