@@ -52,6 +52,7 @@ from ._types import (
     Reason,
     RecentContact,
     Role,
+    RouteItem,
     RouteResult,
     Session,
     SessionSort,
@@ -65,7 +66,10 @@ from ._types import (
     Strategy,
     WatchItem,
 )
+from ._version import version as _version
 from ._watch import WatchStream
+
+__version__ = _version()
 
 __all__ = [
     # clients
@@ -92,6 +96,7 @@ __all__ = [
     "Reason",
     "RecentContact",
     "Role",
+    "RouteItem",
     "RouteResult",
     "Session",
     "SessionSort",

@@ -8,26 +8,38 @@
     fenliu stats shop1 --window 15
     fenliu watch shop1 --agent alice
 
-Every command prints its result (``--json`` for machines) and exits 0; a refused request
-prints one line naming the field and exits 1; an unreachable server exits 2.
+Every command prints its result and exits 0; a refused request prints one line naming
+the field and exits 1; an unreachable server exits 2 (a usage error too, with a suggestion
+for a mistyped command or flag). Output has one style: a record as aligned ``key  value``
+lines (nested records as ``today.assigned``), a list of records as a table (after its
+record, under ``name:``), a watch stream as one ``type key=value ...`` line per item.
+Times read as ISO dates in the shop's time zone (the local one when it is unknown),
+durations as ``1m 30s``. ``--json`` prints the results as they are (times in ms since the
+epoch) and ``--get FIELD[,FIELD]`` just those fields' values, for scripts. A closed pipe
+(``fenliu team shop1 | head -1``) ends the command quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
+import difflib
 import enum
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
+from zoneinfo import ZoneInfo
 
 import grpc
 
 from ._client import DEFAULT_TARGET, DEFAULT_TIMEOUT, Client
 from ._errors import DeadlineExceeded, FenliuError, Unavailable
 from ._types import Event, OnQueueFull, QueueOrder, QueueSort, Role, Status, Strategy
+from ._version import version
 
 Handler = Callable[[Client, argparse.Namespace], Any]
 
@@ -39,11 +51,36 @@ def _choice(kind: type[enum.IntEnum]) -> Callable[[str], Any]:
         try:
             return kind[text.upper().replace("-", "_")]
         except KeyError:
-            names = ", ".join(m.name.lower().replace("_", "-") for m in kind)
-            raise argparse.ArgumentTypeError(f"{text!r} is not one of: {names}") from None
+            choices = [m.name.lower().replace("_", "-") for m in kind]
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not one of: {', '.join(choices)}{_did_you_mean(text, choices)}"
+            ) from None
 
     parse.__name__ = kind.__name__.lower()
     return parse
+
+
+def _did_you_mean(wrong: str, choices: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ""."""
+    close = difflib.get_close_matches(wrong.lower(), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a suggestion for a mistyped subcommand or choice (Python 3.14's
+    ``suggest_on_error``, done with difflib)."""
+
+    def error(self, message: str) -> NoReturn:
+        found = re.search(r"invalid choice: '([^']*)'", message)
+        if found:
+            choices = [
+                str(choice)
+                for action in self._actions
+                if action.choices is not None
+                for choice in action.choices
+            ]
+            message += _did_you_mean(found.group(1), choices)
+        super().error(message)
 
 
 def _csv(text: str) -> list[str]:
@@ -128,10 +165,14 @@ def _watch(c: Client, a: argparse.Namespace) -> _Printed:
     else:
         stream = c.watch_shop(a.shop, after_seq=a.after, give_up_after=a.timeout)
     events = 0
+    zone = None if a.json else a.zones.zone()
     try:
         for item in stream:
-            data = {"type": type(item).__name__, **_plain(item)}
-            print(json.dumps(data) if a.json else _cell(data), flush=True)
+            if a.json:
+                line = json.dumps({"type": type(item).__name__, **_plain(item)})
+            else:
+                line = _line(item, zone)
+            print(line, flush=True)
             events += isinstance(item, Event)
             if a.count and events >= a.count:
                 break
@@ -143,49 +184,79 @@ def _watch(c: Client, a: argparse.Namespace) -> _Printed:
 
 
 def _stats(c: Client, a: argparse.Namespace) -> Any:
-    stats = c.get_shop_stats(a.shop, window_minutes=a.window)
-    if a.json:
-        return stats
-    data = _plain(stats)
-    agents, today, window = data.pop("agents"), data.pop("today"), data.pop("window")
-    print(_render(data))
-    for name, counts in (("today", today), (f"last {stats.window_minutes} min", window)):
-        rate = f"{counts['fast_reply_rate']:.1%}"
-        print(f"{name}: {_cell(counts)} (first reply within 2 min: {rate})")
-    print(_table(agents))
-    return _PRINTED
+    return c.get_shop_stats(a.shop, window_minutes=a.window)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fenliu", description="Operate a fenliu routing server.")
+def _global_options(p: argparse.ArgumentParser, *, here: bool) -> None:
+    """The options of ``fenliu`` itself; ``here`` False: a command's copy, which may be
+    given after the command (``fenliu team shop1 --json``) and defaults to nothing."""
+
+    def default(value: Any) -> Any:
+        return value if here else argparse.SUPPRESS
+
     p.add_argument(
         "--target",
-        default=os.environ.get("FENLIU_TARGET", DEFAULT_TARGET),
+        default=default(os.environ.get("FENLIU_TARGET", DEFAULT_TARGET)),
         help=f"server address (env FENLIU_TARGET, default {DEFAULT_TARGET})",
     )
     p.add_argument(
         "--token",
-        default=os.environ.get("FENLIU_TOKEN"),
+        default=default(os.environ.get("FENLIU_TOKEN")),
         help="bearer token, when the server has auth on (env FENLIU_TOKEN)",
     )
-    p.add_argument("--tls", action="store_true", help="TLS, verified by the system's roots")
+    p.add_argument(
+        "--tls", action="store_true", default=default(False),
+        help="TLS, verified by the system's roots",
+    )  # fmt: skip
     p.add_argument(
         "--tls-ca",
-        default=os.environ.get("FENLIU_TLS_CA"),
+        default=default(os.environ.get("FENLIU_TLS_CA")),
         metavar="PEM",
         help="TLS, verified by this CA bundle (env FENLIU_TLS_CA)",
     )
-    p.add_argument("--json", action="store_true", help="print results as JSON")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="deadline, seconds")
+    p.add_argument(
+        "--tls-cert",
+        default=default(os.environ.get("FENLIU_CLIENT_CERT")),
+        metavar="PEM",
+        help="client certificate chain, for a server that wants one (mutual TLS; env "
+        "FENLIU_CLIENT_CERT)",
+    )
+    p.add_argument(
+        "--tls-key",
+        default=default(os.environ.get("FENLIU_CLIENT_KEY")),
+        metavar="PEM",
+        help="the client certificate's private key (env FENLIU_CLIENT_KEY)",
+    )
+    p.add_argument(
+        "--json", action="store_true", default=default(False), help="print results as JSON"
+    )
+    p.add_argument(
+        "--get",
+        type=_csv,
+        default=default(None),
+        metavar="FIELD[,FIELD]",
+        help="print only these fields' values, space-separated (for scripts)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=default(DEFAULT_TIMEOUT), help="deadline, seconds"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fenliu", description="Operate a fenliu routing server.")
+    p.add_argument("--version", action="version", version=f"fenliu {version()}")
+    _global_options(p, here=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, here=False)
     top = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
         parent: Any, name: str, handler: Handler, helptext: str, *args: str
     ) -> argparse.ArgumentParser:
-        sub: argparse.ArgumentParser = parent.add_parser(name, help=helptext)
+        sub: argparse.ArgumentParser = parent.add_parser(name, help=helptext, parents=[common])
         for arg in args:
             sub.add_argument(arg)
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=handler, parser=sub)
         return sub
 
     policy = top.add_parser("policy", help="show or change a shop's policy").add_subparsers(
@@ -304,30 +375,118 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _render(value: Any) -> str:
-    """Human output: a table for a list of records, ``key: value`` lines for one record."""
+_OFF_WHEN_ZERO = ("timeout_ms", "limit_ms")
+
+
+def _duration(ms: int) -> str:
+    """``850ms``, ``12.5s``, ``1m 30s``, ``2h 5m``, ``180d``: at most two units."""
+    if ms < 1000:
+        return f"{ms}ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.3g}s"
+    seconds = ms // 1000
+    parts = []
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return " ".join(parts[:2])
+
+
+def _time(ms: int, zone: datetime.tzinfo | None) -> str:
+    """An ISO-like time in ``zone`` (the local zone if None), to the second."""
+    moment = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
+    local = moment.astimezone(zone) if zone is not None else moment.astimezone()
+    return local.isoformat(sep=" ", timespec="seconds")
+
+
+def _readable(data: Any, zone: datetime.tzinfo | None) -> Any:
+    """Human forms of plain data: ``*_at_ms`` as times, other ``*_ms`` as durations (0 is
+    "-" for a time, "off" for a timer), rates as percentages; keys lose their ``_ms``."""
+    if isinstance(data, list):
+        return [_readable(item, zone) for item in data]
+    if not isinstance(data, dict):
+        return data
+    shown: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, int) and not isinstance(value, bool) and key.endswith("_ms"):
+            name = key.removesuffix("_ms")
+            if key.endswith("at_ms"):
+                shown[name] = _time(value, zone) if value else "-"
+            elif value == 0 and key.endswith(_OFF_WHEN_ZERO):
+                shown[name] = "off"
+            else:
+                shown[name] = _duration(value)
+        elif key.endswith("_rate") and isinstance(value, float):
+            shown[key] = f"{value:.1%}"
+        else:
+            shown[key] = _readable(value, zone)
+    return shown
+
+
+def _has_times(data: Any) -> bool:
+    if isinstance(data, list):
+        return any(_has_times(item) for item in data)
+    if isinstance(data, dict):
+        return any((k.endswith("at_ms") and bool(v)) or _has_times(v) for k, v in data.items())
+    return False
+
+
+def _render(value: Any, zone: datetime.tzinfo | None = None) -> str:
+    """Human output: a table for a list of records, ``key  value`` lines for one record
+    (nested records as dotted keys, lists of records as tables after it)."""
     data = _plain(value)
     if data is None:
         return "ok"
-    if isinstance(data, dict) and isinstance(data.get("entries"), list):
-        return _table(data["entries"]) + f"\n({data['total']} in all)"
+    data = _readable(data, zone)
     if isinstance(data, list):
-        return _table(data) if data else "(none)"
-    if isinstance(data, dict):
-        width = max(len(k) for k in data)
-        return "\n".join(f"{k.ljust(width)}  {_cell(v)}" for k, v in data.items())
-    return str(data)
+        return _table(data)
+    if not isinstance(data, dict):
+        return str(data)
+    lines: list[tuple[str, str]] = []
+    tables: list[tuple[str, list[Any]]] = []
+
+    def walk(record: dict[str, Any], prefix: str) -> None:
+        for key, item in record.items():
+            if isinstance(item, dict):
+                walk(item, f"{prefix}{key}.")
+            elif isinstance(item, list) and item and isinstance(item[0], dict):
+                tables.append((f"{prefix}{key}", item))
+            else:
+                lines.append((f"{prefix}{key}", _cell(item)))
+
+    if set(data) == {"entries", "total"}:  # a queue listing: the entries, then the count
+        return _table(data["entries"]) + f"\n({data['total']} in all)"
+    walk(data, "")
+    width = max((len(k) for k, _ in lines), default=0)
+    text = "\n".join(f"{k.ljust(width)}  {v}".rstrip() for k, v in lines)
+    for name, rows in tables:
+        text += f"\n\n{name}:\n{_table(rows)}"
+    return text
 
 
 def _table(rows: list[Any]) -> str:
     if not rows:
         return "(none)"
-    columns = list(rows[0])
-    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    flat = [_flat(row) for row in rows]
+    columns = list(dict.fromkeys(c for row in flat for c in row))
+    cells = [[row.get(c, "") for c in columns] for row in flat]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _flat(row: Any, prefix: str = "") -> dict[str, str]:
+    if not isinstance(row, dict):
+        return {prefix.rstrip(".") or "value": _cell(row)}
+    flat: dict[str, str] = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = _cell(value)
+    return flat
 
 
 def _cell(value: Any) -> str:
@@ -339,28 +498,143 @@ def _cell(value: Any) -> str:
         return ",".join(_cell(v) for v in value)
     if isinstance(value, dict):
         return " ".join(f"{k}={_cell(v)}" for k, v in value.items())
+    if value == "":
+        return "-"
     return str(value)
 
 
+def _line(item: Any, zone: datetime.tzinfo | None) -> str:
+    """One watch item as ``type key=value ...`` (readable times, empty fields left out)."""
+    data = _readable(_plain(item), zone)
+    fields = " ".join(f"{k}={_cell(v)}" for k, v in data.items() if v not in ("", "-", None))
+    return f"{type(item).__name__} {fields}".rstrip()
+
+
+def _fields(result: Any, names: list[str]) -> str:
+    """``--get``: the named fields of the result, space-separated (a list: one line each)."""
+    data = _plain(result)
+    rows = data if isinstance(data, list) else [data]
+    lines = []
+    for row in rows:
+        if not isinstance(row, dict):
+            _usage("fenliu: --get: this command's result has no fields")
+        values = []
+        for name in names:
+            if name not in row:
+                known = ", ".join(row)
+                _usage(
+                    f"fenliu: --get: no field {name!r}{_did_you_mean(name, list(row))} "
+                    f"(fields: {known})"
+                )
+            values.append(_cell(row[name]))
+        lines.append(" ".join(values))
+    return "\n".join(lines)
+
+
+def _usage(message: str) -> NoReturn:
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
+class _Zones:
+    """The shop's time zone for readable times (asked once, only when there are times)."""
+
+    def __init__(self, client: Client, shop: str | None) -> None:
+        self._client = client
+        self._shop = shop
+        self._zone: datetime.tzinfo | None = None
+        self._asked = False
+
+    def zone(self) -> datetime.tzinfo | None:
+        if not self._asked and self._shop:
+            self._asked = True
+            try:
+                self._zone = ZoneInfo(self._client.get_shop_policy(self._shop).time_zone)
+            except (FenliuError, ValueError, KeyError):
+                self._zone = None  # an unknown shop, or an old server: the local zone
+        return self._zone
+
+
 def _tls(args: argparse.Namespace) -> bool | grpc.ChannelCredentials:
-    if args.tls_ca:
-        with open(args.tls_ca, "rb") as file:
-            return grpc.ssl_channel_credentials(root_certificates=file.read())
+    """The channel's TLS from ``--tls``, ``--tls-ca`` and the client certificate flags.
+
+    Raises:
+        OSError: a file cannot be read (``filename`` names the flag's value).
+        ValueError: only one of ``--tls-cert`` and ``--tls-key``.
+    """
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together (the certificate and its key)")
+    pem: dict[str, bytes | None] = {}
+    for flag, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert),
+                       ("--tls-key", args.tls_key)):  # fmt: skip
+        if path:
+            try:
+                with open(path, "rb") as file:
+                    pem[flag] = file.read()
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot read {flag} {path}: {exc.strerror}") from None
+    if pem:
+        return grpc.ssl_channel_credentials(
+            root_certificates=pem.get("--tls-ca"),
+            private_key=pem.get("--tls-key"),
+            certificate_chain=pem.get("--tls-cert"),
+        )
     return bool(args.tls)
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments; a flag nobody knows is a usage error with the closest one suggested."""
+    parser = _parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        sub: argparse.ArgumentParser = getattr(args, "parser", parser)
+        known = [o for action in sub._actions for o in action.option_strings]
+        hints = [
+            _did_you_mean(extra.split("=")[0], known).strip()
+            for extra in extras
+            if extra.startswith("-")
+        ]
+        hint = " ".join(h for h in hints if h)
+        sub.error(f"unrecognized arguments: {' '.join(extras)}{' ' + hint if hint else ''}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (``| head``): nothing more to say, and no traceback. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = _parse(argv)
     try:
         tls = _tls(args)
-    except OSError as exc:
-        print(f"fenliu: cannot read --tls-ca {args.tls_ca}: {exc.strerror}", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        print(f"fenliu: {exc.strerror if isinstance(exc, OSError) else exc}", file=sys.stderr)
         return 2
     try:
         with Client(
             args.target, timeout=args.timeout, retries=1, token=args.token, tls=tls
         ) as client:
+            args.zones = _Zones(client, getattr(args, "shop", None))
             result = args.handler(client, args)
+            if result is not _PRINTED:
+                if args.get:
+                    text = _fields(result, args.get)
+                elif args.json:
+                    text = json.dumps(_plain(result), indent=2, ensure_ascii=False)
+                else:
+                    data = _plain(result)
+                    zone = args.zones.zone() if _has_times(data) else None
+                    text = _render(result, zone)
+                print(text, flush=True)
     except (Unavailable, DeadlineExceeded) as exc:
         print(f"fenliu: cannot reach {args.target}: {exc.message}", file=sys.stderr)
         return 2
@@ -368,8 +642,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         reason = f" [{exc.reason}]" if exc.reason else ""
         print(f"fenliu: {exc.code.name}: {exc.message}{reason}", file=sys.stderr)
         return 1
-    if result is not _PRINTED:
-        print(json.dumps(_plain(result), indent=2) if args.json else _render(result))
     return 0
 
 

@@ -1,11 +1,13 @@
 """``AsyncClient`` and ``Client``: one method per RPC, typed results, typed errors.
 
 Every call has a deadline (``timeout``, default 5 s). Calls that are safe to repeat are
-retried with exponential backoff when the server is UNAVAILABLE: ``route`` (its request
-id, generated once per call, makes the retry return the original decision), the batch,
-every read, and the setters that converge (policy, register, status, acknowledge, end,
-private contacts). The others (remove_agent, reply, transfer, pick, leave_queue) are
-never retried: a second attempt could act twice.
+retried when the server is UNAVAILABLE (or, stopping, cut the call off with CANCELLED),
+for up to ``retry_budget`` seconds (default 5, never past the deadline) with jittered
+exponential backoff, so a server restart of a second or two is not seen by the caller:
+``route`` (its request id, generated once per call, makes the retry return the original
+decision), the batch, every read, and the setters that converge (policy, register,
+status, acknowledge, end, private contacts). The others (remove_agent, reply, transfer,
+pick, leave_queue) are never retried: a second attempt could act twice.
 
 ``Client`` is the blocking twin of ``AsyncClient``: it runs one on a private event loop
 thread, so the two share every line of logic.
@@ -14,6 +16,7 @@ thread, so the two share every line of logic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import uuid
@@ -33,6 +36,7 @@ from ._types import (
     Decision,
     EndResult,
     MessageFilter,
+    Named,
     OnQueueFull,
     Policy,
     QueueList,
@@ -40,6 +44,7 @@ from ._types import (
     QueueSort,
     RecentContact,
     Role,
+    RouteItem,
     RouteResult,
     Session,
     SessionSort,
@@ -49,13 +54,46 @@ from ._types import (
     StatusResult,
     Strategy,
     WatchItem,
+    member,
+    strings,
 )
 from ._watch import DEFAULT_GIVE_UP_AFTER, WatchStream
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 5.0
-DEFAULT_RETRIES = 3
+DEFAULT_RETRY_BUDGET = 5.0
+"""Seconds an idempotent call keeps retrying on UNAVAILABLE (never past its deadline)."""
+MAX_BACKOFF = 0.5
+KEEPALIVE_S = 30.0
+"""Seconds between keepalive pings while a call (a watch stream) is open. The server
+accepts pings 20 s apart (``server/rpc/app.py``): a shorter interval there gets GOAWAY."""
+KEEPALIVE_TIMEOUT_S = 20.0
 
+
+def channel_options(keepalive: float = KEEPALIVE_S) -> tuple[tuple[str, int], ...]:
+    """The SDK's channel options; ``keepalive`` 0 sends no pings."""
+    options: tuple[tuple[str, int], ...] = (
+        # After a restart, reconnect within ~0.1 s rather than grpc's default 1 s backoff.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1_000),
+    )
+    if keepalive > 0:
+        timeout_ms = int(min(keepalive, KEEPALIVE_TIMEOUT_S) * 1000)
+        # A watch stream may be quiet for hours: ping it, so a dead peer or a NAT that
+        # dropped the connection is noticed (and the stream reconnects) within a minute.
+        options += (
+            ("grpc.keepalive_time_ms", int(keepalive * 1000)),
+            ("grpc.keepalive_timeout_ms", timeout_ms),
+            ("grpc.http2.max_pings_without_data", 0),
+            # Any ping unanswered that long (grpc's own BDP pings too: a keepalive ping
+            # waits behind one in flight) means the connection is dead; grpc's default is
+            # a minute.
+            ("grpc.http2.ping_timeout_ms", timeout_ms),
+        )
+    return options
+
+
+_CANCELLED = grpc.StatusCode.CANCELLED
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -65,15 +103,31 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def _channel(target: str, tls: bool | grpc.ChannelCredentials) -> grpc.aio.Channel:
+def _channel(
+    target: str, tls: bool | grpc.ChannelCredentials, keepalive: float
+) -> grpc.aio.Channel:
+    options = channel_options(keepalive)
     if tls is False:
-        return grpc.aio.insecure_channel(target)
+        return grpc.aio.insecure_channel(target, options=options)
     credentials = grpc.ssl_channel_credentials() if tls is True else tls
-    return grpc.aio.secure_channel(target, credentials)
+    return grpc.aio.secure_channel(target, credentials, options=options)
+
+
+class _Stubs:
+    __slots__ = ("presence", "routing", "queue", "monitor")
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.presence = pb_grpc.PresenceStub(channel)
+        self.routing = pb_grpc.RoutingStub(channel)
+        self.queue = pb_grpc.QueueStub(channel)
+        self.monitor = pb_grpc.MonitorStub(channel)
 
 
 class AsyncClient:
     """The asynchronous SDK. Use ``async with AsyncClient(target) as fenliu:``.
+
+    It may be created anywhere (outside a running event loop too): the channel is opened
+    on the first call, on the loop that makes it, and serves that loop only.
 
     Raises (from every method): a ``FenliuError`` subclass, never a raw ``grpc.RpcError``.
     """
@@ -83,30 +137,72 @@ class AsyncClient:
         target: str = DEFAULT_TARGET,
         *,
         timeout: float = DEFAULT_TIMEOUT,
-        retries: int = DEFAULT_RETRIES,
+        retries: int | None = None,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
         backoff: float = 0.05,
         metadata: Sequence[tuple[str, str]] = (),
         channel: grpc.aio.Channel | None = None,
         token: str | None = None,
         tls: bool | grpc.ChannelCredentials = False,
+        keepalive: float = KEEPALIVE_S,
     ) -> None:
-        """``token`` is sent as ``authorization: Bearer <token>`` on every call. ``tls``:
-        True verifies the server against the system's roots; for a private CA or a client
-        certificate pass ``grpc.ssl_channel_credentials(...)``."""
-        self._channel = channel or _channel(target, tls)
-        self._presence = pb_grpc.PresenceStub(self._channel)
-        self._routing = pb_grpc.RoutingStub(self._channel)
-        self._queue = pb_grpc.QueueStub(self._channel)
-        self._monitor = pb_grpc.MonitorStub(self._channel)
+        """``timeout``: each call's deadline, seconds. Idempotent calls are retried on
+        UNAVAILABLE for up to ``retry_budget`` seconds (within the deadline), with
+        exponential backoff from ``backoff`` seconds (at most 0.5 s, jittered), and at
+        most ``retries`` times when given. ``token`` is sent as ``authorization: Bearer
+        <token>`` on every call. ``tls``: True verifies the server against the system's
+        roots; for a private CA or a client certificate pass
+        ``grpc.ssl_channel_credentials(...)``. ``keepalive``: seconds between pings while
+        a call is open (0: none), so a dead connection under a watch stream is noticed."""
+        self._target = target
+        self._tls = tls
+        self._keepalive = keepalive
+        self._channel: grpc.aio.Channel | None = channel
+        self._stubs: _Stubs | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.timeout = timeout
         self.retries = retries
+        self.retry_budget = retry_budget
         self.backoff = backoff
         self.metadata = tuple(metadata)
         if token is not None:
             self.metadata += (("authorization", f"Bearer {token}"),)
 
+    def _open(self) -> _Stubs:
+        """The stubs, the channel opened on the running loop at the first call."""
+        loop = asyncio.get_running_loop()
+        if self._stubs is None:
+            if self._channel is None:
+                self._channel = _channel(self._target, self._tls, self._keepalive)
+                self._loop = loop
+            self._stubs = _Stubs(self._channel)
+        elif self._loop is not None and self._loop is not loop:
+            raise RuntimeError(
+                "this AsyncClient's channel was opened on another event loop: "
+                "use one AsyncClient per loop (or the blocking Client)"
+            )
+        return self._stubs
+
+    @property
+    def _presence(self) -> pb_grpc.PresenceStub:
+        return self._open().presence
+
+    @property
+    def _routing(self) -> pb_grpc.RoutingStub:
+        return self._open().routing
+
+    @property
+    def _queue(self) -> pb_grpc.QueueStub:
+        return self._open().queue
+
+    @property
+    def _monitor(self) -> pb_grpc.MonitorStub:
+        return self._open().monitor
+
     async def close(self) -> None:
-        await self._channel.close(None)
+        channel, self._channel, self._stubs = self._channel, None, None
+        if channel is not None:
+            await channel.close(None)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -123,18 +219,29 @@ class AsyncClient:
         self, method: Any, request: Any, *, idempotent: bool, timeout: float | None
     ) -> Any:
         """One RPC with the deadline, the retries it may have, and typed errors."""
-        attempts = 1 + (self.retries if idempotent else 0)
-        for attempt in range(attempts):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + (timeout or self.timeout)
+        give_up = min(deadline, started + self.retry_budget) if idempotent else started
+        attempt = 0
+        while True:
             try:
                 return await method(
-                    request, timeout=timeout or self.timeout, metadata=self.metadata
+                    request, timeout=max(0.0, deadline - loop.time()), metadata=self.metadata
                 )
             except grpc.aio.AioRpcError as exc:
                 error = from_rpc_error(exc)
-            if not isinstance(error, Unavailable) or attempt + 1 == attempts:
+                # CANCELLED as a status (not our own task's cancellation, which raises
+                # CancelledError): a stopping server cut the call off. Retried like
+                # UNAVAILABLE: only idempotent calls get here.
+                retryable = isinstance(error, Unavailable) or exc.code() == _CANCELLED
+            attempt += 1
+            if not retryable or (self.retries is not None and attempt > self.retries):
                 raise error
-            await asyncio.sleep(self.backoff * 2**attempt * (0.5 + random.random()))
-        raise AssertionError("unreachable")
+            pause = min(self.backoff * 2 ** (attempt - 1), MAX_BACKOFF) * (0.5 + random.random())
+            if loop.time() + pause >= give_up:
+                raise error
+            await asyncio.sleep(pause)
 
     # ------------------------------------------------------------ presence
 
@@ -142,10 +249,10 @@ class AsyncClient:
         self,
         shop_id: str,
         *,
-        strategy: Strategy | None = None,
-        queue_order: QueueOrder | None = None,
+        strategy: Strategy | str | None = None,
+        queue_order: QueueOrder | str | None = None,
         queue_limit: int | None = None,
-        on_queue_full: OnQueueFull | None = None,
+        on_queue_full: OnQueueFull | str | None = None,
         priority_crowds: Iterable[str] | None = None,
         priority_may_exceed_capacity: bool | None = None,
         notice_interval_ms: int | None = None,
@@ -166,11 +273,15 @@ class AsyncClient:
 
         ``member_crowd`` names the crowd whose priority notice has the member wording;
         ``group_crowds`` maps a group to the crowds it serves (routed within it first).
+        Enums may be given by name (``strategy="least-load"``, any case).
         """
         fields = {k: v for k, v in locals().items() if k not in _NOT_POLICY and v is not None}
+        for name, kind in _POLICY_ENUMS.items():
+            if name in fields:
+                fields[name] = member(kind, fields[name], name)
         policy = pb.ShopPolicy(**fields)
         if priority_crowds is not None:
-            policy.priority_crowds.extend(priority_crowds)
+            policy.priority_crowds.extend(strings(priority_crowds, "priority_crowds"))
             policy.set_priority_crowds = True
         if group_crowds is not None:
             for group, crowds in group_crowds.items():
@@ -194,14 +305,15 @@ class AsyncClient:
         shop_id: str,
         agent_id: str,
         *,
-        role: Role = Role.SUB,
+        role: Role | str = Role.SUB,
         groups: Iterable[str] = (),
         max_concurrent: int = 0,
-        status: Status = Status.OFFLINE,
+        status: Status | str = Status.OFFLINE,
         replace: bool = False,
         timeout: float | None = None,
     ) -> Agent:
-        """Create the agent (SUB, no groups, max 0, OFFLINE unless given).
+        """Create the agent (SUB, no groups, max 0, OFFLINE unless given). ``role`` and
+        ``status`` may be names (``status="online"``, any case).
 
         Raises:
             AlreadyExists: the agent exists with other fields; ``update_agent`` changes
@@ -210,10 +322,10 @@ class AsyncClient:
         request = pb.RegisterAgentRequest(
             shop_id=shop_id,
             agent_id=agent_id,
-            role=role.value,  # type: ignore[arg-type]
-            groups=list(groups),
+            role=member(Role, role, "role"),
+            groups=strings(groups, "groups"),
             max_concurrent=max_concurrent,
-            status=status.value,  # type: ignore[arg-type]
+            status=member(Status, status, "status"),
             replace=replace,
         )
         reply = await self._call(
@@ -226,7 +338,7 @@ class AsyncClient:
         shop_id: str,
         agent_id: str,
         *,
-        role: Role | None = None,
+        role: Role | str | None = None,
         groups: Iterable[str] | None = None,
         max_concurrent: int | None = None,
         timeout: float | None = None,
@@ -234,9 +346,9 @@ class AsyncClient:
         """Change only the fields given of an existing agent; returns the agent."""
         request = pb.UpdateAgentRequest(shop_id=shop_id, agent_id=agent_id)
         if role is not None:
-            request.role = role.value  # type: ignore[assignment]
+            request.role = member(Role, role, "role")
         if groups is not None:
-            request.groups.extend(groups)
+            request.groups.extend(strings(groups, "groups"))
             request.set_groups = True
         if max_concurrent is not None:
             request.max_concurrent = max_concurrent
@@ -256,9 +368,12 @@ class AsyncClient:
         return tuple(Decision.from_pb(d) for d in reply.moved)
 
     async def set_status(
-        self, shop_id: str, agent_id: str, status: Status, *, timeout: float | None = None
+        self, shop_id: str, agent_id: str, status: Status | str, *, timeout: float | None = None
     ) -> StatusResult:
-        request = pb.SetStatusRequest(shop_id=shop_id, agent_id=agent_id, status=status.value)  # type: ignore[arg-type]
+        """``status`` may be a name (``"online"``, any case)."""
+        request = pb.SetStatusRequest(
+            shop_id=shop_id, agent_id=agent_id, status=member(Status, status, "status")
+        )
         reply = await self._call(
             self._presence.SetStatus, request, idempotent=True, timeout=timeout
         )
@@ -305,21 +420,30 @@ class AsyncClient:
         request = route_request(
             shop_id, buyer_id, request_id=request_id, addressed_agent_id=addressed_agent_id,
             crowds=crowds, group=group, channel=channel, from_team_member=from_team_member,
-        )  # fmt: skip
+        ).to_pb()  # fmt: skip
         reply = await self._call(self._routing.Route, request, idempotent=True, timeout=timeout)
         return Decision.from_pb(reply)
 
     async def route_batch(
-        self, requests: Iterable[pb.RouteRequest], *, timeout: float | None = None
+        self, requests: Iterable[RouteItem | pb.RouteRequest], *, timeout: float | None = None
     ) -> tuple[RouteResult, ...]:
-        """Route up to 1,000 messages in one call; one result per request, in order.
+        """Route up to 1,000 messages in one call; one ``RouteResult`` per item, in order
+        (its ``decision``, or the ``error`` that item got).
 
-        Build items with ``route_request(...)``; items without a request_id get one.
+        Items are ``RouteItem`` (``route_request(...)`` builds one); a raw
+        ``fenliu_pb2.RouteRequest`` is taken as it is. Items without a request_id get one.
         """
+        if isinstance(requests, (str, bytes, RouteItem, pb.RouteRequest)):
+            raise TypeError("requests must be a list of RouteItem, not one item: [item]?")
         batch = pb.RouteBatchRequest()
-        for item in requests:
+        for i, item in enumerate(requests):
             added = batch.requests.add()
-            added.CopyFrom(item)
+            if isinstance(item, RouteItem):
+                added.CopyFrom(item.to_pb())
+            elif isinstance(item, pb.RouteRequest):
+                added.CopyFrom(item)
+            else:
+                raise TypeError(f"requests[{i}] must be a RouteItem (got {type(item).__name__})")
             if not added.request_id:
                 added.request_id = new_request_id()
         reply = await self._call(self._routing.RouteBatch, batch, idempotent=True, timeout=timeout)
@@ -365,7 +489,9 @@ class AsyncClient:
     async def end_sessions(
         self, shop_id: str, session_ids: Iterable[str], *, timeout: float | None = None
     ) -> EndResult:
-        request = pb.EndSessionsRequest(shop_id=shop_id, session_ids=list(session_ids))
+        request = pb.EndSessionsRequest(
+            shop_id=shop_id, session_ids=strings(session_ids, "session_ids")
+        )
         reply = await self._call(
             self._routing.EndSessions, request, idempotent=True, timeout=timeout
         )
@@ -447,13 +573,13 @@ class AsyncClient:
         priority_only: bool = False,
         group: str = "",
         channel: str = "",
-        sort: QueueSort = QueueSort.QUEUE_ORDER,
+        sort: QueueSort | str = QueueSort.QUEUE_ORDER,
         limit: int = 0,
         timeout: float | None = None,
     ) -> QueueList:
         request = pb.ListQueueRequest(
             shop_id=shop_id, priority_only=priority_only, group=group, channel=channel,
-            sort=sort.value, limit=limit,  # type: ignore[arg-type]
+            sort=member(QueueSort, sort, "sort"), limit=limit,
         )  # fmt: skip
         reply = await self._call(self._queue.ListQueue, request, idempotent=True, timeout=timeout)
         return QueueList.from_pb(reply)
@@ -548,6 +674,11 @@ class AsyncClient:
 
 
 _NOT_POLICY = {"self", "shop_id", "timeout", "priority_crowds", "group_crowds"}
+_POLICY_ENUMS: dict[str, type[Named]] = {
+    "strategy": Strategy,
+    "queue_order": QueueOrder,
+    "on_queue_full": OnQueueFull,
+}
 
 
 def route_request(
@@ -560,14 +691,14 @@ def route_request(
     group: str = "",
     channel: str = "",
     from_team_member: bool = False,
-) -> pb.RouteRequest:
-    """One request for ``route``/``route_batch`` (a request id is generated when none is given)."""
-    return pb.RouteRequest(
+) -> RouteItem:
+    """One item for ``route_batch`` (a request id is generated when none is given)."""
+    return RouteItem(
         shop_id=shop_id,
         buyer_id=buyer_id,
         request_id=request_id or new_request_id(),
         addressed_agent_id=addressed_agent_id,
-        crowds=list(crowds),
+        crowds=tuple(strings(crowds, "crowds")),
         group=group,
         channel=channel,
         from_team_member=from_team_member,
@@ -602,12 +733,15 @@ class Client:
         target: str = DEFAULT_TARGET,
         *,
         timeout: float = DEFAULT_TIMEOUT,
-        retries: int = DEFAULT_RETRIES,
+        retries: int | None = None,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
         backoff: float = 0.05,
         metadata: Sequence[tuple[str, str]] = (),
         token: str | None = None,
         tls: bool | grpc.ChannelCredentials = False,
+        keepalive: float = KEEPALIVE_S,
     ) -> None:
+        """The parameters of ``AsyncClient``."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="fenliu-client", daemon=True
@@ -616,8 +750,8 @@ class Client:
 
         async def make() -> AsyncClient:
             return AsyncClient(
-                target, timeout=timeout, retries=retries, backoff=backoff, metadata=metadata,
-                token=token, tls=tls,
+                target, timeout=timeout, retries=retries, retry_budget=retry_budget,
+                backoff=backoff, metadata=metadata, token=token, tls=tls, keepalive=keepalive,
             )  # fmt: skip
 
         self._async = self._run(make())
@@ -698,15 +832,30 @@ class Client:
         return self._iterate(stream)
 
     def _iterate(self, stream: WatchStream) -> Iterator[WatchItem]:
+        stepping: list[asyncio.Task[Any]] = []  # the step in flight, if any
+
         async def step() -> WatchItem | None:
+            task = asyncio.current_task()
+            if task is not None:
+                stepping[:] = [task]
             try:
                 return await stream.__anext__()
             except StopAsyncIteration:
                 return None
+
+        async def stop() -> None:
+            # Interrupted while waiting (Ctrl-C): the step still runs on the loop, and an
+            # async generator cannot be closed while it runs. Cancel it first.
+            for task in stepping:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+            await stream.aclose()
 
         try:
             while (item := self._run(step())) is not None:
                 yield item
         finally:
             if not self._loop.is_closed():
-                self._run(stream.aclose())
+                self._run(stop())

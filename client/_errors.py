@@ -160,8 +160,11 @@ class FenliuError(Exception):
         return self.violations[0].field if self.violations else ""
 
 
-class InvalidArgument(FenliuError):
-    """A request field is malformed; ``field`` names it, ``violations`` say how."""
+class InvalidArgument(FenliuError, ValueError):
+    """A request field is malformed; ``field`` names it, ``violations`` say how.
+
+    Also a ``ValueError``: the SDK raises it before any call for an argument it can tell
+    is wrong (an enum name that does not exist, say), naming the parameter in ``field``."""
 
 
 class NotFound(FenliuError):

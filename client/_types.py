@@ -8,40 +8,62 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2 as ed
 
-from ._errors import FenliuError, error_for, unpack
+from ._errors import FenliuError, InvalidArgument, error_for, unpack
 from ._pb import fenliu_pb2 as pb
 
 
-class Status(enum.IntEnum):
+class Named(enum.IntEnum):
+    """An SDK enum: prints as its name (``ASSIGNED``), compares as the wire's number, and
+    ``Status("online")`` finds a member by name (case, dashes and spaces forgiven)."""
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        return (
+            format(self.name, spec)
+            if not spec or spec[-1] not in "bcdoxXn"
+            else format(int(self), spec)
+        )
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        if isinstance(value, str):
+            return cls.__members__.get(value.strip().upper().replace("-", "_").replace(" ", "_"))
+        return None
+
+
+class Status(Named):
     ONLINE = 1
     INVISIBLE = 2
     SUSPENDED = 3
     OFFLINE = 4
 
 
-class Role(enum.IntEnum):
+class Role(Named):
     SUB = 1
     MAIN = 2
 
 
-class Strategy(enum.IntEnum):
+class Strategy(Named):
     LEAST_NEW = 1
     LEAST_LOAD = 2
     ROUND_ROBIN = 3
 
 
-class QueueOrder(enum.IntEnum):
+class QueueOrder(Named):
     FIFO = 1
     LIFO = 2
 
 
-class OnQueueFull(enum.IntEnum):
+class OnQueueFull(Named):
     LEAVE_MESSAGE = 1
     REJECT = 2
 
 
-class Outcome(enum.IntEnum):
+class Outcome(Named):
     UNSPECIFIED = 0
     ASSIGNED = 1
     BACKLOG = 2
@@ -50,7 +72,7 @@ class Outcome(enum.IntEnum):
     TEAM_DELIVERY = 5
 
 
-class Reason(enum.IntEnum):
+class Reason(Named):
     UNSPECIFIED = 0
     TEAM_MESSAGE = 1
     OPEN_SESSION = 2
@@ -112,7 +134,7 @@ class MessageFilter(enum.IntEnum):
     ANSWERED = 2  # the agent spoke last
 
 
-class SessionState(enum.IntEnum):
+class SessionState(Named):
     UNSPECIFIED = 0
     QUEUED = 1
     BACKLOG = 2
@@ -122,10 +144,57 @@ class SessionState(enum.IntEnum):
     ENDED = 6
 
 
-class QueueSort(enum.IntEnum):
+class QueueSort(Named):
     QUEUE_ORDER = 0
     LONGEST_WAIT = 1
     SHORTEST_WAIT = 2
+
+
+def member(kind: type[Named], value: Any, param: str) -> Any:
+    """``value`` as a member of ``kind``: a member, its name (any case) or its number.
+
+    Raises:
+        InvalidArgument (also a ValueError): anything else; the message names ``param``.
+    """
+    if isinstance(value, kind):
+        return value
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        try:
+            return kind(value)  # type: ignore[arg-type]  # a name: Named._missing_
+        except ValueError:
+            pass
+    names = ", ".join(m.name.lower() for m in kind if m.value or kind is QueueSort)
+    raise invalid(param, f"{value!r} is not a {kind.__name__} (one of: {names})")
+
+
+def strings(value: Any, param: str) -> list[str]:
+    """``value``, an iterable of strings, as a list.
+
+    Raises:
+        TypeError: a bare string (or bytes), which would be split into its characters, or
+            not an iterable of strings; the message names ``param``.
+    """
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{param} must be a list of strings, not one string: [{value!r}]?")
+    try:
+        items = list(value)
+    except TypeError:
+        raise TypeError(f"{param} must be a list of strings (got {type(value).__name__})") from None
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"{param} must hold strings (got {type(item).__name__})")
+    return items
+
+
+def invalid(param: str, problem: str) -> InvalidArgument:
+    """The error for a bad argument caught before any call, as the server would say it."""
+    details = [
+        ed.ErrorInfo(reason="INVALID_FIELD", domain="fenliu", metadata={"field": param}),
+        ed.BadRequest(
+            field_violations=[ed.BadRequest.FieldViolation(field=param, description=problem)]
+        ),
+    ]
+    return InvalidArgument(grpc.StatusCode.INVALID_ARGUMENT, f"{param}: {problem}", param, details)
 
 
 def _enum(kind: type[enum.IntEnum], value: int) -> Any:
@@ -427,10 +496,40 @@ class RouteResult:
         return cls(decision=None, error=error)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RouteItem:
+    """One message for ``route_batch`` (``route``'s parameters); ``route_request`` builds
+    one with a fresh request id, and ``route_batch`` gives one to an item without."""
+
+    shop_id: str
+    buyer_id: str
+    request_id: str = ""
+    addressed_agent_id: str = ""
+    crowds: tuple[str, ...] = ()
+    group: str = ""
+    channel: str = ""
+    from_team_member: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "crowds", tuple(strings(self.crowds, "crowds")))
+
+    def to_pb(self) -> pb.RouteRequest:
+        return pb.RouteRequest(
+            shop_id=self.shop_id,
+            buyer_id=self.buyer_id,
+            request_id=self.request_id,
+            addressed_agent_id=self.addressed_agent_id,
+            crowds=self.crowds,
+            group=self.group,
+            channel=self.channel,
+            from_team_member=self.from_team_member,
+        )
+
+
 # ---------------------------------------------------------------- watch and stats
 
 
-class EventKind(enum.IntEnum):
+class EventKind(Named):
     UNSPECIFIED = 0
     ASSIGNED = 1
     REASSIGNED_AWAY = 2
@@ -443,7 +542,7 @@ class EventKind(enum.IntEnum):
     LEFT_MESSAGE = 9
 
 
-class FellBehindCause(enum.IntEnum):
+class FellBehindCause(Named):
     UNSPECIFIED = 0
     NOT_KEPT = 1  # resumed from further back than the server keeps
     OVERFLOW = 2  # read too slowly: the watcher's buffer overflowed

@@ -101,6 +101,21 @@ class Config:
             raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
         _check_tokens(self.tokens)
 
+    def effective(self) -> str:
+        """Every setting as ``key=value``, for the start-up log line. Token secrets never
+        appear: a token shows as its name and its shops (``gateway:*``, ``desk:2 shops``)."""
+        parts = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "tokens":
+                shown = ",".join(
+                    f"{t.name}:{'*' if t.shops is None else f'{len(t.shops)} shops'}" for t in value
+                )
+                parts.append(f"tokens=[{shown}]")
+            else:
+                parts.append(f"{field.name}={value!r}")
+        return " ".join(parts)
+
     @property
     def auth(self) -> bool:
         """Whether callers must present a token."""

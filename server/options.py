@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from fenliu.client._version import version
+
 from .config import ALL_SHOPS, LOG_FORMATS, LOG_LEVELS, Config, Token
 
 ENV_PREFIX = "FENLIU_"
@@ -81,6 +83,7 @@ def parser() -> argparse.ArgumentParser:
         "token (or token_env / token_file) and shops = ['*'] or a list of shop ids. "
         "See the README's Operations section.",
     )
+    p.add_argument("--version", action="version", version=f"fenliu-server {version()}")
     p.add_argument(
         "--config", metavar="PATH", help=f"TOML config file (env {CONFIG_ENV})", default=None
     )

@@ -19,14 +19,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from fenliu.client._pb import fenliu_pb2 as pb
+from fenliu.client._version import version
 
 from ..config import Config
 from ..core import types as t
@@ -35,9 +35,11 @@ from ..node import Clock, EventSink, Node, discard
 from ..snapshots import Snapshotter, snapshot_in_process
 from ..storage.files import FilesStorage
 from .auth import Authenticator
+from .decode import DecodeGuard
 from .guard import CallGuard
 from .metrics import Metrics
 from .monitor import add_monitor
+from .reflection import add_reflection
 from .service import add_services
 from .watch import Hub
 
@@ -45,7 +47,16 @@ log = logging.getLogger("fenliu.server")
 
 SERVICE_NAMES: tuple[str, ...] = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
 """The fenliu services, by full name (``fenliu.v1.Presence``, ...)."""
-_OPTIONS = [("grpc.so_reuseport", 0)]  # a taken port is an error, not a shared one
+_OPTIONS = [
+    ("grpc.so_reuseport", 0),  # a taken port is an error, not a shared one
+    # Keepalive: ping idle connections every minute so dead watch streams are dropped, and
+    # accept the SDK's pings every 30 s on a quiet stream (grpc's default 5 min would
+    # answer them with GOAWAY too_many_pings).
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+    ("grpc.http2.max_ping_strikes", 2),
+]
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -137,21 +148,22 @@ class Server:
         self._freezer: asyncio.Task[None] | None = None
         self.port: int | None = None
         self._health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        self.metrics = Metrics(self.dispatcher) if self.config.metrics_port else None
+        self.metrics = Metrics(self.dispatcher, self.hub) if self.config.metrics_port else None
         self._grpc = grpc.aio.server(interceptors=_interceptors(self.config, self.metrics),
                                      options=_OPTIONS)  # fmt: skip
         self._ticker: asyncio.Task[None] | None = None
-        add_services(self._grpc, self.node)
-        add_monitor(self._grpc, self.node, self.hub)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
-        names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, self._grpc)
+        # Every service through the decode guard: malformed bytes are INVALID_ARGUMENT.
+        self._services = cast(grpc.aio.Server, DecodeGuard(self._grpc))  # its add_* methods
+        add_services(self._services, self.node)
+        add_monitor(self._services, self.node, self.hub)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._services)
+        add_reflection(self._services, (*SERVICE_NAMES, health.SERVICE_NAME))
 
     def add_generic_rpc_handlers(
         self, handlers: tuple[grpc.GenericRpcHandler[Any, Any], ...]
     ) -> None:
-        """Serve more services (before ``start``); the call guard covers them too."""
-        self._grpc.add_generic_rpc_handlers(handlers)
+        """Serve more services (before ``start``); the call and decode guards cover them too."""
+        self._services.add_generic_rpc_handlers(handlers)
 
     def bind(self) -> int:
         """Listen on the configured host and port; returns the port (the one picked for 0).
@@ -393,6 +405,8 @@ async def serve(
     and exits with 128 + its number.
     """
     signals = _Signals()
+    started = time.monotonic()
+    log.info("fenliu %s starting; effective configuration: %s", version(), config.effective())
     try:
         server = Server(config, now_ms=now_ms, events=events)
         await server.start()
@@ -401,6 +415,8 @@ async def serve(
         log.info("fenliu serving on %s:%d", config.host, server.port)
         await signals.drain.wait()
         await _drain(server, signals)
+        log.info("fenliu stopped after %.1fs of service, exit code %d",
+                 time.monotonic() - started, signals.exit_code)  # fmt: skip
         return signals.exit_code
     finally:
         signals.close()

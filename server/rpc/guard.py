@@ -31,8 +31,9 @@ import grpc.aio
 from ..config import Token
 from ..logs import call_method, call_shop
 from .auth import Authenticator, check_scope, shops_of
+from .decode import Malformed
 from .metrics import Metrics
-from .status import ACCESS_CODES, AccessError, PermissionDenied, Unauthenticated, abort
+from .status import ACCESS_CODES, AccessError, PermissionDenied, Unauthenticated, abort, clip
 
 access = logging.getLogger("fenliu.access")
 
@@ -160,12 +161,12 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _admit(self, method: str, request: Any, caller: Token | AccessError | None) -> None:
         """Set the call's log context; raise if the caller may not make this call."""
         call_method.set(method)
+        if request.__class__ is Malformed:
+            return  # answered INVALID_ARGUMENT by the decode guard, whoever asks
         shops = shops_of(request) if request is not None else []
         if shops:
-            call_shop.set(
-                shops[0][1] if len(shops) == 1
-                else ",".join(list(dict.fromkeys(s for _, s in shops))[:MAX_SHOPS_LOGGED])
-            )  # fmt: skip
+            unique = list(dict.fromkeys(shop for _, shop in shops))[:MAX_SHOPS_LOGGED]
+            call_shop.set(",".join(clip(shop) for shop in unique))
         if caller is None:
             if self._auth is not None:  # unreachable: auth on always notes the caller
                 raise Unauthenticated("no credentials")

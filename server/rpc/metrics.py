@@ -11,6 +11,13 @@
     fenliu_snapshot_failures_total                    snapshots that failed (each is retried)
     fenliu_gc_freeze_seconds                          one periodic collect + gc.freeze(): the
                                                       loop stalls that long (histogram)
+    fenliu_build_info{version}                        1, labelled with the running version
+    fenliu_watchers                                   open watch streams (gauge)
+    fenliu_watch_fell_behind_total{cause}             FellBehind sent: overflow (a slow
+                                                      reader), not_kept (resumed too far back),
+                                                      undone (a storage failure undid changes)
+    process_resident_memory_bytes, process_open_fds,  the process (prometheus_client's
+    process_cpu_seconds_total, ...                    ProcessCollector, Linux /proc)
 
 Each server has its own registry, so two servers in one process (tests) do not mix.
 No label carries a shop id: 100,000 shops would be 100,000 series.
@@ -24,13 +31,22 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from fenliu.client._pb import fenliu_pb2 as pb
+from fenliu.client._version import version
 
 from ..core.dispatcher import Dispatcher
+from .watch import Hub
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +60,12 @@ SCRAPE_TIMEOUT_S = 5.0
 class Metrics:
     """The server's metrics; ``serve`` exposes them over HTTP until ``close``."""
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, hub: Hub | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        build = Gauge("fenliu_build_info", "The running fenliu", ["version"], registry=r)
+        build.labels(version()).set(1)
+        ProcessCollector(registry=r)
         self.rpcs = Counter(
             "fenliu_rpc_requests", "RPCs finished, by method and status code",
             ["service", "method", "code"], registry=r,
@@ -76,7 +95,7 @@ class Metrics:
             "fenliu_gc_freeze_seconds", "One collect + gc.freeze() (the event loop waits)",
             buckets=FSYNC_BUCKETS, registry=r,
         )  # fmt: skip
-        self.state = StateCollector(dispatcher)
+        self.state = StateCollector(dispatcher, hub)
         r.register(self.state)
         self._calls: dict[str, Any] = {}
         self._codes: dict[tuple[str, str], Any] = {}
@@ -139,11 +158,12 @@ class Metrics:
 class StateCollector(Collector):
     """Gauges over the whole dispatcher, computed on the event loop when scraped."""
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, hub: Hub | None = None) -> None:
         self.dispatcher = dispatcher
+        self.hub = hub
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         figures = self._figures()
         if figures is None:
             return
@@ -155,6 +175,17 @@ class StateCollector(Collector):
         }
         for name, doc in docs.items():
             yield GaugeMetricFamily(name, doc, value=figures[name])
+        if "fenliu_watchers" in figures:
+            yield GaugeMetricFamily(
+                "fenliu_watchers", "Open watch streams", value=figures["fenliu_watchers"]
+            )
+            behind = CounterMetricFamily(
+                "fenliu_watch_fell_behind", "FellBehind markers sent, by cause", labels=["cause"]
+            )
+            behind.add_metric(["overflow"], figures["overflow"])
+            behind.add_metric(["not_kept"], figures["not_kept"])
+            behind.add_metric(["undone"], figures["undone"])
+            yield behind
 
     def _figures(self) -> dict[str, int] | None:
         loop = self.loop
@@ -162,7 +193,13 @@ class StateCollector(Collector):
             return None
 
         async def count() -> dict[str, int]:
-            return state_figures(self.dispatcher)
+            figures = state_figures(self.dispatcher)
+            if self.hub is not None:
+                figures["fenliu_watchers"] = self.hub.watching()
+                figures["overflow"] = self.hub.fell_behind.overflow
+                figures["not_kept"] = self.hub.fell_behind.not_kept
+                figures["undone"] = self.hub.fell_behind.undone
+            return figures
 
         try:
             future = asyncio.run_coroutine_threadsafe(count(), loop)

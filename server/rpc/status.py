@@ -43,6 +43,35 @@ log = logging.getLogger(__name__)
 FIELD_KEY = "fenliu-field"
 DOMAIN = "fenliu"
 INTERNAL_MESSAGE = "internal error; the server has logged it"
+MAX_ECHO = 300
+"""UTF-8 bytes of a field name or subject an error echoes (a valid subject is at most 270)."""
+MAX_MESSAGE = 600
+"""UTF-8 bytes of an error's message. Message and details travel in headers, which grpc
+limits to 8 KB by default: clipped, the largest failure stays near 5 KB."""
+
+
+def clip(text: str, limit: int = MAX_ECHO) -> str:
+    """``text`` cut to ``limit`` UTF-8 bytes (saying how much was cut): what errors and logs
+    echo of a caller's input, so a 100 KB id gives a short message, never an oversized header."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    head = data[: max(0, limit - 32)].decode("utf-8", "ignore")
+    return f"{head}...({len(text) - len(head)} more characters)"
+
+
+class Echo(NamedTuple):
+    """An error's parts as a caller is told them: each clipped."""
+
+    reason: str
+    message: str
+    field: str
+    subject: str
+
+    @classmethod
+    def of(cls, exc: errors.FenliuError) -> Echo:
+        return cls(exc.reason, clip(exc.message, MAX_MESSAGE), clip(exc.field), clip(exc.subject))
+
 
 CODES: dict[type[errors.FenliuError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -57,12 +86,12 @@ CODES: dict[type[errors.FenliuError], grpc.StatusCode] = {
 _RESOURCE_TYPES = {"agents": "agent", "sessions": "session", "buyers": "buyer", "groups": "group"}
 
 
-def _bad_request(exc: errors.FenliuError) -> list[Message]:
+def _bad_request(exc: Echo) -> list[Message]:
     violation = ed.BadRequest.FieldViolation(field=exc.field, description=exc.message)
     return [ed.BadRequest(field_violations=[violation])]
 
 
-def _resource_info(exc: errors.FenliuError) -> list[Message]:
+def _resource_info(exc: Echo) -> list[Message]:
     parts = exc.subject.split("/")  # shops/<shop>[/<collection>/<id>], or "" if unknown
     kind, owner = "", ""
     if len(parts) == 4:
@@ -76,23 +105,23 @@ def _resource_info(exc: errors.FenliuError) -> list[Message]:
     ]
 
 
-def _precondition_failure(exc: errors.FenliuError) -> list[Message]:
+def _precondition_failure(exc: Echo) -> list[Message]:
     violation = ed.PreconditionFailure.Violation(
         type=exc.reason, subject=exc.subject, description=exc.message
     )
     return [ed.PreconditionFailure(violations=[violation])]
 
 
-def _quota_failure(exc: errors.FenliuError) -> list[Message]:
+def _quota_failure(exc: Echo) -> list[Message]:
     violation = ed.QuotaFailure.Violation(subject=exc.subject, description=exc.message)
     return [ed.QuotaFailure(violations=[violation])]
 
 
-def _no_more(exc: errors.FenliuError) -> list[Message]:
+def _no_more(exc: Echo) -> list[Message]:
     return []
 
 
-DETAILS: dict[type[errors.FenliuError], Callable[[errors.FenliuError], list[Message]]] = {
+DETAILS: dict[type[errors.FenliuError], Callable[[Echo], list[Message]]] = {
     errors.InvalidArgument: _bad_request,
     errors.NotFound: _resource_info,
     errors.AlreadyExists: _resource_info,
@@ -144,28 +173,31 @@ def code_for(exc: BaseException) -> grpc.StatusCode | None:
     return None
 
 
-def details_for(exc: errors.FenliuError) -> tuple[Message, ...]:
+def details_for(exc: errors.FenliuError, echo: Echo | None = None) -> tuple[Message, ...]:
     """ErrorInfo, then the details of the most specific class of ``exc`` in ``DETAILS``."""
-    metadata = {"field": exc.field, "subject": exc.subject}
+    echo = echo or Echo.of(exc)
+    metadata = {"field": echo.field, "subject": echo.subject}
     info = ed.ErrorInfo(
-        reason=exc.reason, domain=DOMAIN, metadata={k: v for k, v in metadata.items() if v}
+        reason=echo.reason, domain=DOMAIN, metadata={k: v for k, v in metadata.items() if v}
     )
     for cls in type(exc).__mro__:
         more = DETAILS.get(cls)
         if more is not None:
-            return (info, *more(exc))
+            return (info, *more(echo))
     return (info,)
 
 
 def failure(exc: Exception) -> Failure:
-    """A core or access error as it is; anything else logged and hidden behind INTERNAL."""
+    """A core or access error as it is (what it echoes clipped: ``clip``); anything else
+    logged and hidden behind INTERNAL."""
     if isinstance(exc, AccessError):
-        return Failure(ACCESS_CODES[type(exc)], exc.message, exc.field)
+        return Failure(ACCESS_CODES[type(exc)], clip(exc.message, MAX_MESSAGE), clip(exc.field))
     code = code_for(exc)
     if code is None or not isinstance(exc, errors.FenliuError):
         log.error("unexpected error while serving a call", exc_info=exc)
         return Failure(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, "")
-    return Failure(code, exc.message, exc.field, details_for(exc))
+    echo = Echo.of(exc)
+    return Failure(code, echo.message, echo.field, details_for(exc, echo))
 
 
 def _packed(details: tuple[Message, ...]) -> list[any_pb2.Any]:

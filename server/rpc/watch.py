@@ -44,12 +44,34 @@ class Behind(NamedTuple):
 Item = t.Event | Behind
 
 
+class FellBehindCounts:
+    """How often watchers fell behind since start, by cause (for metrics)."""
+
+    __slots__ = ("overflow", "not_kept", "undone")
+
+    def __init__(self) -> None:
+        self.overflow = 0
+        self.not_kept = 0
+        self.undone = 0
+
+
 class Watcher:
     """One watch stream's subscription: a bounded buffer the stream drains."""
 
-    __slots__ = ("shop_id", "agent_id", "buffer", "limit", "overflows", "closed", "_wake")
+    __slots__ = (
+        "shop_id",
+        "agent_id",
+        "buffer",
+        "limit",
+        "overflows",
+        "closed",
+        "_wake",
+        "_counts",
+    )
 
-    def __init__(self, shop_id: str, agent_id: str, limit: int) -> None:
+    def __init__(
+        self, shop_id: str, agent_id: str, limit: int, counts: FellBehindCounts | None = None
+    ) -> None:
         self.shop_id = shop_id
         self.agent_id = agent_id  # "" = every event of the shop
         self.buffer: deque[Item] = deque()
@@ -57,6 +79,7 @@ class Watcher:
         self.overflows = 0
         self.closed = False
         self._wake = asyncio.Event()
+        self._counts = counts
 
     def wants(self, event: t.Event) -> bool:
         return not self.agent_id or event.agent_id == self.agent_id
@@ -66,6 +89,8 @@ class Watcher:
         if len(buffer) >= self.limit and isinstance(item, t.Event):
             buffer.clear()  # it has fallen behind: say so instead of queueing more
             self.overflows += 1
+            if self._counts is not None:
+                self._counts.overflow += 1
             item = Behind(item.seq, OVERFLOW)
         buffer.append(item)
         self._wake.set()
@@ -104,6 +129,7 @@ class Hub:
         self.watchers: dict[str, list[Watcher]] = {}
         self._idle: OrderedDict[str, None] = OrderedDict()  # unwatched rings, oldest first
         self.closed = False
+        self.fell_behind = FellBehindCounts()
 
     def publish(self, events: list[t.Event]) -> None:
         """The event sink: runs after every command; appends, never waits."""
@@ -122,6 +148,7 @@ class Hub:
         re-read, and its ring, which holds only what was published, stays as it is."""
         for watcher in self.watchers.get(shop_id, ()):
             watcher.put(Behind(seq, UNDONE))
+            self.fell_behind.undone += 1
 
     def tee(self, other: Callable[[list[t.Event]], None]) -> Callable[[list[t.Event]], None]:
         """An event sink feeding this hub, then ``other`` (unless it is ``discard``)."""
@@ -146,11 +173,14 @@ class Hub:
         if ring is None:
             ring = self.rings[shop_id] = deque(maxlen=self.ring_size)
         self._idle.pop(shop_id, None)
-        watcher = Watcher(shop_id, agent_id, self.buffer_size)
+        watcher = Watcher(shop_id, agent_id, self.buffer_size, self.fell_behind)
         if self.closed:
             watcher.close()
         self.watchers.setdefault(shop_id, []).append(watcher)
-        return watcher, _missed(ring, head, after, watcher)
+        missed = _missed(ring, head, after, watcher)
+        if missed and isinstance(missed[0], Behind):
+            self.fell_behind.not_kept += 1
+        return watcher, missed
 
     def unsubscribe(self, watcher: Watcher) -> None:
         watchers = self.watchers.get(watcher.shop_id)
@@ -171,6 +201,10 @@ class Hub:
         for watchers in self.watchers.values():
             for watcher in watchers:
                 watcher.close()
+
+    def watching(self) -> int:
+        """Open watch streams."""
+        return sum(len(ws) for ws in self.watchers.values())
 
     def buffered(self) -> Iterable[int]:
         """The buffer length of every watcher (for tests and metrics)."""
