@@ -276,15 +276,11 @@ class Shard:
             shop.agents[agent.agent_id] = agent
             shop.join(agent)
             shop.emit("status_changed", agent.agent_id, status=agent.status)
+            if cmd.role is Role.MAIN:
+                shop.main = agent
+            shop.touch(agent)
         else:
-            shop.leave(agent)
-            agent.role, agent.groups, agent.max_concurrent = cmd.role, groups, cmd.max_concurrent
-            shop.join(agent)
-            if shop.main is agent and cmd.role is not Role.MAIN:
-                shop.main = None
-        if cmd.role is Role.MAIN:
-            shop.main = agent
-        shop.touch(agent)
+            shop.change_agent(agent, cmd.role, groups, cmd.max_concurrent)
         shop.fill_all() if shop.queue or shop.left else shop.fill(agent)
         return _agent_view(shop, agent, self.now)
 
@@ -313,14 +309,7 @@ class Shard:
         max_concurrent = agent.max_concurrent if cmd.max_concurrent is None else cmd.max_concurrent
         if (role, groups, max_concurrent) == (agent.role, agent.groups, agent.max_concurrent):
             return _agent_view(shop, agent, self.now)
-        shop.leave(agent)
-        agent.role, agent.groups, agent.max_concurrent = role, groups, max_concurrent
-        shop.join(agent)
-        if role is Role.MAIN:
-            shop.main = agent
-        elif shop.main is agent:
-            shop.main = None
-        shop.touch(agent)
+        shop.change_agent(agent, role, groups, max_concurrent)
         shop.fill_all() if shop.queue or shop.left else shop.fill(agent)
         return _agent_view(shop, agent, self.now)
 

@@ -32,6 +32,7 @@ from .types import (
     PriorityNotice,
     QueueOrder,
     Reason,
+    Role,
     State,
     Status,
 )
@@ -926,16 +927,37 @@ class Shop:
         del self.agents[agent.agent_id]
         agent.status = Status.OFFLINE  # so that nothing moving off it can land on it again
         if self.main is agent:
-            self.main = None
+            self.release_main(agent)
         for session in [*agent.sessions.values(), *agent.backlog.values()]:
             self.shard.moved.append(self.reroute(session, Reason.AGENT_OFFLINE, exclude=None)[0])
+        self.emit("status_changed", agent.agent_id, status=Status.OFFLINE)
+        self.fill_all()
+
+    def change_agent(
+        self, agent: Agent, role: Role, groups: tuple[str, ...], max_concurrent: int
+    ) -> None:
+        """Give an existing agent a role, groups and max (RegisterAgent with replace,
+        UpdateAgent); the caller has checked that no other agent is MAIN."""
+        self.leave(agent)
+        agent.role, agent.groups, agent.max_concurrent = role, groups, max_concurrent
+        self.join(agent)
+        if role is Role.MAIN:
+            self.main = agent
+        elif self.main is agent:
+            self.release_main(agent)
+        self.touch(agent)
+
+    def release_main(self, agent: Agent) -> None:
+        """``agent`` is MAIN no longer (removed or made SUB): the shop has no MAIN, so no
+        private contact's session is kept for one (rule 3): they become ordinary ones."""
+        self.main = None
+        for session in [*agent.sessions.values(), *agent.backlog.values()]:
+            session.private = False
         for session in self.left.values():
             if session.left_for == agent.agent_id:
                 session.left_for = ""  # MAIN is gone: the shop's now
                 session.private = False
                 self.reserved_left -= 1
-        self.emit("status_changed", agent.agent_id, status=Status.OFFLINE)
-        self.fill_all()
 
     def rebuild_queue(self) -> None:
         self.queue = sorted((*self.queue_key(e[3]), e[3]) for e in self.queue)

@@ -11,10 +11,12 @@ from fenliu.server.core.types import (
     Outcome,
     Policy,
     Reason,
+    RegisterAgent,
     RemoveAgent,
     Role,
     State,
     Status,
+    UpdateAgent,
 )
 
 from .conftest import World
@@ -390,3 +392,31 @@ def test_served_today_follows_the_shop_time_zone(w):
     assert w.team()["a1"].served_today == 1
     w.advance(hours=8)  # 00:30 UTC next day
     assert w.team()["a1"].served_today == 0
+
+
+@pytest.mark.parametrize("how", ["update", "replace", "remove"])
+def test_a_main_no_longer_main_keeps_no_private_contact_for_a_main(how):
+    """Rule 3 keeps a private contact's session MAIN's; once the shop has no MAIN (made
+    SUB, or removed) those sessions and MAIN's reserved left messages are ordinary ones.
+    (Found by the stateful test: UpdateAgent made MAIN a SUB and left its session private.)"""
+    w = World("shop-demote")
+    w.agent("boss", role=Role.MAIN)
+    w.agent("a1")
+    w.private("held")
+    w.private("waiting")
+    held = w.route("held", addressed_agent_id="boss")
+    w.status("boss", Status.OFFLINE)  # a private contact for an OFFLINE MAIN: left for it
+    left = w.route("waiting", addressed_agent_id="boss")
+    assert left.outcome is Outcome.LEFT_MESSAGE and left.agent_id == "boss"
+    w.status("boss", Status.ONLINE)
+    shop = w.d.shard_for("shop-demote").shops["shop-demote"]
+    assert shop.sessions[held.session_id].private
+    if how == "update":
+        w.do(UpdateAgent, agent_id="boss", role=Role.SUB)
+    elif how == "replace":
+        w.do(RegisterAgent, agent_id="boss", role=Role.SUB, max_concurrent=5, replace=True)
+    else:
+        w.do(RemoveAgent, agent_id="boss")
+    assert shop.main is None
+    assert [s.session_id for s in shop.sessions.values() if s.private or s.left_for] == []
+    assert shop.reserved_left == 0
