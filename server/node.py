@@ -67,19 +67,20 @@ class _Staged:
 
 class Node:
     """The dispatcher behind the servicers: stamped by a clock, every change durable before
-    it is published or acknowledged, reads and watch heads that agree with that."""
+    it is published or acknowledged, reads and watch heads that agree with that.
+
+    ``open`` it (with a storage, or None to keep state in memory) before serving."""
 
     def __init__(
         self,
         dispatcher: Dispatcher,
         now_ms: Clock,
         events: EventSink = discard,
-        storage: Storage | None = None,
         undo: UndoSink | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.now = now_ms
-        self.storage = storage
+        self.storage: Storage | None = None  # set by ``open``
         self._publish = events
         self._undo = undo
         count = len(dispatcher.shards)

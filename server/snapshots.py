@@ -95,6 +95,7 @@ class Snapshotter:
                 self.restarts += 1
                 log.warning("the snapshotter exited (%s); starting a new one",
                             self._proc.returncode)  # fmt: skip
+                await self.close()
             await self.start()
         targets = list(storage.wal.positions)  # durable now (one cycle's, never half of one)
         for shard_log in storage.logs:
@@ -133,8 +134,10 @@ class Snapshotter:
         return answer
 
     async def close(self, timeout: float = 30.0) -> None:
+        """Close its input (it exits), wait for it (``timeout``, then kill it) and read its
+        output to the end, so nothing of it is left open."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
+        if proc is None:
             return
         if proc.stdin is not None:
             proc.stdin.close()
@@ -144,6 +147,8 @@ class Snapshotter:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+        if proc.stdout is not None:
+            await proc.stdout.read()
 
 
 @contextmanager

@@ -70,11 +70,23 @@ class Wal:
     """The log of ``shards`` shards under ``root``; writes run in one worker thread."""
 
     def __init__(
-        self, root: Path, shards: int, *, fsync: bool = True, truncate_corrupt: bool = False
+        self,
+        root: Path,
+        shards: int,
+        *,
+        fsync: bool = True,
+        truncate_corrupt: bool = False,
+        read_only: bool = False,
     ) -> None:
         self.dir = root / "wal"
         self.dir.mkdir(exist_ok=True)
         self.root = root
+        # Another process's log (the snapshotter follows the server's): nothing is ever
+        # truncated, dropped or written, whatever is found.
+        self.read_only = read_only
+        if not read_only:
+            for tmp in self.dir.glob("*.tmp"):  # a segment cut short while being made
+                tmp.unlink()
         self.shards = shards
         self.fsync = fsync
         self.truncate_corrupt = truncate_corrupt
@@ -142,6 +154,8 @@ class Wal:
             data = path.read_bytes()
             last = k + 1 == len(paths) and not self._segments
             if len(data) < codec.HEADER_SIZE:  # killed before its header: no records
+                if self.read_only:
+                    continue
                 if not last:
                     self._damaged(path, 0, len(data), "a segment without a header")
                 log.warning("%s: dropping a segment cut short before its header", path)
@@ -227,13 +241,13 @@ class Wal:
         for path in sorted(self.dir.glob("wal-*.log")):
             with open(path, "rb") as f:
                 prefix = f.read(_START_PREFIX)
-            if len(prefix) < codec.HEADER_SIZE:  # killed before its header: nothing in it
-                log.warning("%s: dropping a segment cut short before its header", path)
-                path.unlink()
-                continue
-            codec.check_header(prefix, str(path))
-            first = next(codec.frames(prefix, codec.HEADER_SIZE), None)
-            if first is None or first[0][:2] != _START:  # killed before its start frame
+            first = None
+            if len(prefix) >= codec.HEADER_SIZE:
+                codec.check_header(prefix, str(path))
+                first = next(codec.frames(prefix, codec.HEADER_SIZE), None)
+            if first is None or first[0][:2] != _START:  # (only from before atomic heads)
+                if self.read_only:
+                    continue
                 if path == max(self.dir.glob("wal-*.log")):
                     log.warning("%s: dropping a segment cut short before its start", path)
                     path.unlink()
@@ -249,7 +263,7 @@ class Wal:
 
     def write(self, batches: Sequence[tuple[int, Sequence[bytes]]]) -> None:
         """Append every shard's batch, then fsync once: all durable, or none (raises)."""
-        assert self.read, "replay the log before appending to it"
+        assert self.read and not self.read_only, "replay the log before appending to it"
         if self._fd is None or self.rotate_requested or self._size >= ROTATE_BYTES:
             self._open_segment()
         fd = self._fd
@@ -289,16 +303,21 @@ class Wal:
         path = self.dir / _SEGMENT.format(seq)
         starts = list(self.positions)
         head = codec.file_header() + codec.frame(_START + msgspec.msgpack.encode(starts))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        # Made under a temporary name and renamed: a reader (the snapshotter) never sees a
+        # segment without its whole head.
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         try:
             os.write(fd, head)
             if self.fsync:
                 os.fsync(fd)
+            os.replace(tmp, path)
+            if self.fsync:
                 sync_dir(self.dir)
         except BaseException:
             os.close(fd)  # a full disk must not leak a descriptor per attempt
             with contextlib.suppress(OSError):
-                os.unlink(path)
+                os.unlink(tmp)
             raise
         self._fd, self._size = fd, len(head)
         with self._lock:
@@ -430,7 +449,7 @@ def _checked_frames(
     end = offset
     for payload, end in codec.frames(data, offset):  # noqa: B007
         yield payload
-    if end >= len(data):
+    if end >= len(data) or wal.read_only:  # (a follower stops there; the owner decides)
         return
     if not last or _valid_frame_after(data, end):
         wal._damaged(path, end, len(data), "a damaged record")

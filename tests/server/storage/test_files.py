@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.types import RegisterAgent, Status
 from fenliu.server.storage import codec
 from fenliu.server.storage.base import StorageError
@@ -189,3 +190,25 @@ def test_leftover_snapshot_temporaries_are_removed_at_start(tmp_path: Path) -> N
     tmp.write_bytes(b"half a snapshot")
     FilesStorage(tmp_path, SHARDS).close()
     assert not tmp.exists()
+
+
+def test_a_follower_of_the_log_never_changes_a_file(tmp_path: Path) -> None:
+    """The snapshotter reads the server's live log: a segment it finds half made (empty,
+    say, in the instant between its creation and its head) or a torn tail is the server's
+    to judge, never the follower's. (Before: its scan unlinked a new empty segment, and
+    the server went on appending to a file no longer in the directory.)"""
+    from fenliu.server.storage.wal import Wal
+
+    written(tmp_path, agents(3))
+    segment = the_segment(tmp_path)
+    with open(segment, "ab") as f:
+        f.write(codec.frame(b"being written")[:-3])  # an append in progress
+    newer = tmp_path / "wal" / "wal-00000009.log"
+    newer.write_bytes(b"")  # a segment as it is created (before heads were made atomic)
+    before = {p: p.read_bytes() for p in tmp_path.glob("wal/*")}
+    follower = Wal(tmp_path, SHARDS, read_only=True).follow([0] * SHARDS)
+    target = [0] * SHARDS
+    target[Dispatcher(SHARDS).index_of("shop")] = 3  # the three registrations
+    assert len(list(follower.advance(target))) == 3
+    follower.close()
+    assert {p: p.read_bytes() for p in tmp_path.glob("wal/*")} == before
