@@ -97,11 +97,11 @@ class Snapshotter:
                             self._proc.returncode)  # fmt: skip
                 await self.close()
             await self.start()
-        targets = list(storage.wal.positions)  # durable now (one cycle's, never half of one)
+        targets, seq, offset = storage.wal.durable  # now: one cycle's, never half of one
         for shard_log in storage.logs:
             shard_log.rotate()
         try:
-            answer = await self._ask(targets)
+            answer = await self._ask(targets, (seq, offset))
         except (OSError, ValueError, EOFError) as exc:
             log.error("the snapshotter failed: %s", exc)
             await self.close()
@@ -113,12 +113,12 @@ class Snapshotter:
             await asyncio.to_thread(prune, storage, index)
         return True
 
-    async def _ask(self, targets: Sequence[int]) -> dict[str, object]:
+    async def _ask(self, targets: Sequence[int], end: tuple[int, int]) -> dict[str, object]:
         proc = self._proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
         while not self._ready:
             self._ready = "ready" in await self._line(proc)
-        proc.stdin.write((json.dumps({"to": list(targets)}) + "\n").encode())
+        proc.stdin.write((json.dumps({"to": list(targets), "end": list(end)}) + "\n").encode())
         await proc.stdin.drain()
         return await self._line(proc)
 

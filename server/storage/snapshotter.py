@@ -7,8 +7,9 @@ It loads the shards as the server does (newest snapshots, then the log), then fo
 server's write-ahead log (``wal.Follower``) and takes orders on its standard input, one
 JSON line each; it answers each on its standard output:
 
-    {"to": [p0, p1, ...]}      the positions durable now (the server's): bring the replica
-                               to exactly them and store every shard's snapshot there
+    {"to": [p0, p1, ...],      the positions durable now (the server's), and where they end
+     "end": [segment, offset]} in the log: bring the replica exactly there (never reading
+                               past it) and store every shard's snapshot there
     -> {"ok": [p0, p1, ...]}   stored (the server prunes)
     -> {"failed": "why"}       nothing stored; the replica is as good as before
 
@@ -50,8 +51,8 @@ class Replica:
         self.shards = [shard for shard, _ in found]
         self.follower = self.wal.follow([position for _, position in found])
 
-    def advance(self, targets: Sequence[int]) -> None:
-        for index, payload in self.follower.advance(targets):
+    def advance(self, targets: Sequence[int], end: tuple[int, int]) -> None:
+        for index, payload in self.follower.advance(targets, end):
             apply_record(self.shards[index], payload)
 
     def store(self, targets: Sequence[int]) -> None:
@@ -101,7 +102,7 @@ def serve(root: Path, shards: int) -> int:
         order = json.loads(line)
         targets = order["to"]
         try:
-            replica.advance(targets)
+            replica.advance(targets, tuple(order["end"]))
             replica.store(targets)
         except (OSError, StorageError, codec.FormatError) as exc:
             log.error("a snapshot failed: %s", exc)

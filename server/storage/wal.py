@@ -29,7 +29,6 @@ import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import msgspec
 
@@ -90,7 +89,9 @@ class Wal:
         self.shards = shards
         self.fsync = fsync
         self.truncate_corrupt = truncate_corrupt
-        self.positions = [0] * shards  # durable records of each shard
+        # What is durable, in one tuple so that a reader sees one commit cycle's or the
+        # next's: every shard's records, and where they end (segment seq, byte offset).
+        self.durable: tuple[list[int], int, int] = ([0] * shards, 0, 0)
         self._lock = threading.Lock()  # the segment list: the writer adds, pruning drops
         self._segments = self._scan()
         self._legacy = [sorted((root / f"shard-{i:03d}").glob("journal-*.log"))
@@ -98,11 +99,17 @@ class Wal:
         self._legacy_end = [0] * shards
         self.covered = [0] * shards  # positions every shard's kept snapshots cover
         self._fd: int | None = None
+        self._seq = 0  # the segment written to, and its size
         self._size = 0
         self.rotate_requested = False
         self.read = False  # replayed: positions known, appending allowed
 
     # ------------------------------------------------------------ positions
+
+    @property
+    def positions(self) -> list[int]:
+        """Every shard's durable records."""
+        return self.durable[0]
 
     def start(self, shard: int) -> int:
         """The position before shard ``shard``'s first record still kept."""
@@ -126,7 +133,9 @@ class Wal:
                     yield i, payload
         self._legacy_end = list(counts)
         yield from self._replay_segments(after, counts, only=None)
-        self.positions = counts
+        with self._lock:
+            last = self._segments[-1] if self._segments else None
+        self.durable = (counts, last.seq, last.path.stat().st_size) if last else (counts, 0, 0)
         self.read = True
 
     def replay_shard(self, shard: int, after: int) -> Iterator[bytes]:
@@ -239,8 +248,11 @@ class Wal:
     def _scan(self) -> list[_Segment]:
         segments = []
         for path in sorted(self.dir.glob("wal-*.log")):
-            with open(path, "rb") as f:
-                prefix = f.read(_START_PREFIX)
+            try:
+                with open(path, "rb") as f:
+                    prefix = f.read(_START_PREFIX)
+            except FileNotFoundError:  # pruned by the owner since the glob
+                continue
             first = None
             if len(prefix) >= codec.HEADER_SIZE:
                 codec.check_header(prefix, str(path))
@@ -293,7 +305,7 @@ class Wal:
         positions = list(self.positions)
         for shard, records in batches:
             positions[shard] += len(records)
-        self.positions = positions  # one assignment: a reader sees one cycle or the next
+        self.durable = (positions, self._seq, self._size)
 
     def _open_segment(self) -> None:
         self.close()
@@ -302,6 +314,7 @@ class Wal:
             seq = self._segments[-1].seq + 1 if self._segments else 1
         path = self.dir / _SEGMENT.format(seq)
         starts = list(self.positions)
+        self._seq = seq
         head = codec.file_header() + codec.frame(_START + msgspec.msgpack.encode(starts))
         # Made under a temporary name and renamed: a reader (the snapshotter) never sees a
         # segment without its whole head.
@@ -348,89 +361,102 @@ class Wal:
 
 
 class Follower:
-    """Reads the log forward up to positions its owner says are durable (``advance``)."""
+    """Reads the log forward up to the point its owner says is durable (``advance``)."""
 
     def __init__(self, wal: Wal, after: Sequence[int]) -> None:
         self.wal = wal
         self.after = list(after)  # records at or before these were applied already
         self.counts: list[int] | None = None  # positions read so far (None: not started)
-        self._legacy_done = False
         self._segment: _Segment | None = None
-        self._file: BinaryIO | None = None
+        self._following: _Segment | None = None  # the segment after it, once there is one
+        self._file: int | None = None  # the segment's descriptor
+        self._read_to = 0  # file offset read up to
         self._buffer = b""
 
-    def advance(self, targets: Sequence[int]) -> Iterator[tuple[int, bytes]]:
-        """(shard, record) of every record after the last call's up to ``targets`` (all
-        durable: the owner said so); stops exactly there.
+    def advance(self, targets: Sequence[int], end: tuple[int, int]) -> Iterator[tuple[int, bytes]]:
+        """(shard, record) of every record after the last call's, up to the durable point:
+        every shard at ``targets``, which is ``end`` = (segment, byte offset) in the log.
+
+        Nothing past ``end`` is ever read: bytes there may be an append in flight that
+        fails and is truncated away. Of an older segment, only the records up to the next
+        one's start are taken (whatever a failed append left after them is not a record).
 
         Raises:
-            StorageError: the log ends (or breaks) before reaching ``targets``.
+            StorageError: the log does not reach the durable point as it should.
         """
-        wal = self.wal
-        if not self._legacy_done:  # frozen per-shard journals of format 3 and before
-            counts = [0] * wal.shards
-            for i in range(wal.shards):
-                for payload in wal._replay_legacy(i, counts):
-                    if counts[i] > self.after[i]:
+        if self.counts is None:  # frozen per-shard journals of format 3 and before first
+            self.counts = [0] * self.wal.shards
+            for i in range(self.wal.shards):
+                for payload in self.wal._replay_legacy(i, self.counts):
+                    if self.counts[i] > self.after[i]:
                         yield i, payload
-            self._legacy_done = True
-            self.counts = counts
-        assert self.counts is not None
         counts = self.counts
+        end_seq, end_offset = end
         while any(c < t for c, t in zip(counts, targets, strict=True)):
-            if self._file is None and not self._open_next(counts):
-                raise StorageError(
-                    f"{wal.dir}: the log ends at {counts}, before the durable positions "
-                    f"{list(targets)}"
-                )
-            assert self._file is not None
-            self._buffer += self._file.read()
+            if self._file is None:
+                self._open_next(counts, end_seq)
+            segment, file = self._segment, self._file
+            assert segment is not None and file is not None
+            if segment.seq < end_seq and self._following is None:  # made since it was opened
+                self._following = next((s for s in self.wal._scan() if s.seq > segment.seq), None)
+            if segment.seq == end_seq:
+                limit, wanted = list(targets), max(0, end_offset - self._read_to)
+            elif self._following is not None:
+                limit, wanted = self._following.starts, -1
+            else:
+                raise StorageError(f"{segment.path}: no segment follows it, yet the durable "
+                                   f"point is in segment {end_seq}")  # fmt: skip
+            # pread at our own offset: no read-ahead buffer may hold bytes past the point
+            # (a buffered file would: an append that fails and is truncated away).
+            if wanted < 0:
+                wanted = max(0, os.fstat(file).st_size - self._read_to)
+            chunk = os.pread(file, wanted, self._read_to)
+            self._read_to += len(chunk)
+            self._buffer += chunk
             offset = 0
-            for payload, end in codec.frames(self._buffer, 0):
+            for payload, frame_end in codec.frames(self._buffer, 0):
                 shard = payload[0] | payload[1] << 8
-                if counts[shard] >= targets[shard]:
-                    break  # beyond the durable point: left for the next call
+                if shard >= len(counts) or counts[shard] >= limit[shard]:
+                    break
                 counts[shard] += 1
-                offset = end
+                offset = frame_end
                 if counts[shard] > self.after[shard]:
                     yield shard, payload[2:]
-                if not any(c < t for c, t in zip(counts, targets, strict=True)):
-                    break
             self._buffer = self._buffer[offset:]
-            if any(c < t for c, t in zip(counts, targets, strict=True)):
-                self._file.close()  # this segment is done: the rest is in the next one
-                self._file, self._buffer = None, b""
+            if counts == limit and segment.seq != end_seq:
+                self.close()  # this one is done: the rest is in the next
+            elif any(c < t for c, t in zip(counts, limit, strict=True)) and (
+                segment.seq != end_seq or self._read_to >= end_offset
+            ):
+                raise StorageError(
+                    f"{segment.path}: ends at {counts}, before {limit} (the durable point)"
+                )
 
-    def _open_next(self, counts: list[int]) -> bool:
-        with self.wal._lock:
-            self.wal._segments = self.wal._scan()  # the owner may have added (or pruned) some
-            segments = list(self.wal._segments)
-        later = [s for s in segments if self._segment is None or s.seq > self._segment.seq]
-        if self._segment is None:  # the first: the last one starting at or before ``after``
-            starts = [
-                s for s in later if all(a >= b for a, b in zip(self.after, s.starts, strict=True))
-            ]
-            later = later[len(starts) - 1 :] if starts else later
-        if not later:
-            return False
+    def _open_next(self, counts: list[int], end_seq: int) -> None:
+        """Open the segment to read next (the first: the last one starting at or before
+        every shard's ``after``)."""
+        segments = self.wal._scan()  # the owner adds and prunes segments meanwhile
+        if self._segment is None:
+            started = [s for s in segments if all(map(int.__ge__, self.after, s.starts))]
+            later = segments[segments.index(started[-1]) :] if started else segments
+        else:
+            later = [s for s in segments if s.seq > self._segment.seq]
+        if not later or later[0].seq > end_seq:
+            raise StorageError(f"{self.wal.dir}: no segment to read up to segment {end_seq}")
         segment = later[0]
         if self._segment is not None and segment.starts != counts:
             raise StorageError(f"{segment.path}: starts at {segment.starts}, not at {counts}")
-        counts[:] = segment.starts if self._segment is None else counts
-        self._segment = segment
-        self._file = open(segment.path, "rb")  # noqa: SIM115 - kept open between calls
-        header = self._file.read(codec.HEADER_SIZE)
-        codec.check_header(header, str(segment.path))
-        self._buffer = self._file.read()
-        first = next(codec.frames(self._buffer, 0), None)
-        if first is None or first[0][:2] != _START:
-            raise StorageError(f"{segment.path}: a segment without its start frame")
-        self._buffer = self._buffer[first[1] :]
-        return True
+        counts[:] = segment.starts
+        self._segment, self._following = segment, later[1] if len(later) > 1 else None
+        self._file = os.open(segment.path, os.O_RDONLY)  # kept open between calls
+        head = os.pread(self._file, _START_PREFIX, 0)
+        first = next(codec.frames(head, codec.HEADER_SIZE), None)
+        assert first is not None  # _scan read it
+        self._read_to, self._buffer = first[1], b""
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            os.close(self._file)
             self._file = None
 
 

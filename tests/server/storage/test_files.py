@@ -201,6 +201,7 @@ def test_a_follower_of_the_log_never_changes_a_file(tmp_path: Path) -> None:
 
     written(tmp_path, agents(3))
     segment = the_segment(tmp_path)
+    durable_end = segment.stat().st_size
     with open(segment, "ab") as f:
         f.write(codec.frame(b"being written")[:-3])  # an append in progress
     newer = tmp_path / "wal" / "wal-00000009.log"
@@ -209,6 +210,38 @@ def test_a_follower_of_the_log_never_changes_a_file(tmp_path: Path) -> None:
     follower = Wal(tmp_path, SHARDS, read_only=True).follow([0] * SHARDS)
     target = [0] * SHARDS
     target[Dispatcher(SHARDS).index_of("shop")] = 3  # the three registrations
-    assert len(list(follower.advance(target))) == 3
+    assert len(list(follower.advance(target, (1, durable_end)))) == 3
     follower.close()
     assert {p: p.read_bytes() for p in tmp_path.glob("wal/*")} == before
+
+
+def test_a_follower_never_takes_what_lies_past_the_durable_point(tmp_path: Path) -> None:
+    """An append the server is making (or that failed and will be truncated away) may be
+    in the file already, whole frames of it: the follower reads up to the durable point
+    it is given and not a byte further, so it never applies a change nobody acknowledged."""
+    from fenliu.server.storage.wal import Wal
+
+    written(tmp_path, agents(3))
+    segment = the_segment(tmp_path)
+    durable_end = segment.stat().st_size
+    index = Dispatcher(SHARDS).index_of("shop")
+    ghost = RegisterAgent(at=T0, shop_id="shop", agent_id="ghost", max_concurrent=1)
+    undone = codec.encode_command(ghost)
+    with open(segment, "ab") as f:  # a whole frame of a batch whose fsync then failed
+        f.write(codec.frame(index.to_bytes(2, "little") + undone))
+    follower = Wal(tmp_path, SHARDS, read_only=True).follow([0] * SHARDS)
+    target = [0] * SHARDS
+    target[index] = 3
+    assert len(list(follower.advance(target, (1, durable_end)))) == 3
+    with open(segment, "r+b") as f:  # the server takes it back out and goes on
+        f.truncate(durable_end)
+    written_more = agents(5)[3:]
+    raw = b"".join(
+        codec.frame(index.to_bytes(2, "little") + codec.encode_command(c)) for c in written_more
+    )
+    with open(segment, "ab") as f:
+        f.write(raw)
+    target[index] = 5
+    records = list(follower.advance(target, (1, durable_end + len(raw))))
+    assert [codec.decode_command(r).agent_id for _, r in records] == ["a3", "a4"]  # type: ignore[attr-defined]
+    follower.close()
