@@ -235,6 +235,8 @@ class Dashboard:
             await asyncio.wait_for(feed.ready.wait(), 5.0)
         except TimeoutError:
             pass
+        if last_id is not None:
+            await feed.backfill(last_id)
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",

@@ -48,6 +48,8 @@ RING = 4096  # events kept for pages that reconnect
 QUEUE_LIMIT = 500  # queue entries and left messages a page gets (the totals are exact)
 REFRESH_INTERVAL = 0.25  # at most four re-reads a second, however busy the shop
 SAMPLE_INTERVAL = 2.0  # re-read at least this often: waits tick, charts fill, links fail
+BACKFILL_TIMEOUT = 3.0
+FENLIU_RING = 1000  # a little less than the events fenliu keeps of a watched shop (1,024)
 FLUSH_DELAY = 0.02  # events arriving together go out as one SSE message
 CLIENT_BUFFER = 1024  # SSE messages a page may lag before it is dropped (it reconnects)
 HOUR_BUCKET_MS = 10_000
@@ -209,6 +211,7 @@ class ShopFeed:
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._caught_up_at: int | None = None
+        self._backfill_lock = asyncio.Lock()
 
     # ------------------------------------------------------------ life
 
@@ -217,7 +220,7 @@ class ShopFeed:
         stats = await self._refresh()
         # Ask fenliu for what it still keeps of the shop's recent past: status times, and
         # events for pages that resume (a restarted dashboard keeps their Last-Event-ID).
-        after = max(0, stats.event_seq - RING)
+        after = max(0, stats.event_seq - FENLIU_RING)
         self.last_seq = self.floor = after
         self._caught_up_at = stats.event_seq
         loop = asyncio.get_running_loop()
@@ -237,6 +240,35 @@ class ShopFeed:
             sub.put(None)
 
     # ------------------------------------------------------------ pages
+
+    async def backfill(self, after: int) -> None:
+        """Fetch from fenliu (``after_seq``) the events after ``after`` that the ring does not
+        hold (a page resuming on a dashboard that restarted since): fenliu keeps the last
+        1,024 of a watched shop. When it no longer has them the page gets a reset."""
+        if not 0 <= after < self.floor:
+            return
+        async with self._backfill_lock:
+            floor = self.floor
+            if after >= floor:
+                return
+            got: list[Event] = []
+            stream = self.fenliu.watch_shop(self.shop_id, after_seq=after, give_up_after=2.0)
+            try:
+                async with asyncio.timeout(BACKFILL_TIMEOUT), stream:
+                    async for item in stream:
+                        if isinstance(item, FellBehind):
+                            return  # not kept there either
+                        if isinstance(item, Event):
+                            if item.seq <= floor:
+                                got.append(item)
+                            if item.seq >= floor:
+                                break
+            except (TimeoutError, FenliuError):
+                return
+            if floor != self.floor or [e.seq for e in got] != list(range(after + 1, floor + 1)):
+                return  # the ring was reset meanwhile, or fenliu skipped some
+            self.ring.extendleft((e.seq, event_json(e)) for e in reversed(got))
+            self.floor = after
 
     def subscribe(self, last_event_id: int | None) -> Subscriber:
         """A new page: it gets the events after ``last_event_id`` it missed (or a reset
@@ -302,7 +334,7 @@ class ShopFeed:
             self.last_seq = item.seq
             data = event_json(item)
             self.ring.append((item.seq, data))
-            if len(self.ring) > RING:
+            while len(self.ring) > RING:
                 self.floor = self.ring.popleft()[0]
             if item.status is not None:
                 self._status[item.agent_id] = [_name(item.status), item.at_ms, True]
