@@ -49,6 +49,7 @@ log = logging.getLogger("fenliu.dashboard")
 COOKIE = "fenliu_dashboard_token"
 MAX_FEEDS = 64
 HEARTBEAT = 15.0
+LINGER = 60.0  # seconds a feed keeps watching after its last page closed
 
 # fenliu's refusal -> the HTTP status the page gets (everything else: 500)
 _HTTP_STATUS: tuple[tuple[type[FenliuError], int], ...] = (
@@ -96,12 +97,22 @@ def is_loopback(host: str) -> bool:
 class Dashboard:
     """The aiohttp application and the feeds it keeps (one per shop watched)."""
 
-    def __init__(self, fenliu: AsyncClient, *, token: str | None, shops: tuple[str, ...]):
+    def __init__(
+        self,
+        fenliu: AsyncClient,
+        *,
+        token: str | None,
+        shops: tuple[str, ...],
+        linger: float = LINGER,
+    ):
         self.fenliu = fenliu
+        self.linger = linger
+        self._retiring: dict[str, asyncio.TimerHandle] = {}
         self.token = token
         self.shops = shops
         self.feeds: dict[str, ShopFeed] = {}
         self._starting: dict[str, asyncio.Future[ShopFeed]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._files = {
             name: _static(name) for name in ("index.html", "dashboard.js", "dashboard.css")
         }
@@ -246,6 +257,9 @@ class Dashboard:
         )
         await response.prepare(request)
         sub = feed.subscribe(last_id)
+        retiring = self._retiring.pop(shop, None)
+        if retiring is not None:
+            retiring.cancel()
         try:
             await response.write(b"retry: 1000\n\n")
             while True:
@@ -260,7 +274,20 @@ class Dashboard:
             pass
         finally:
             feed.unsubscribe(sub)
+            if feed.pages == 0 and shop not in self._retiring:
+                loop = asyncio.get_running_loop()
+                self._retiring[shop] = loop.call_later(self.linger, self._retire, shop)
         return response
+
+    def _retire(self, shop: str) -> None:
+        """Nobody watched the shop for ``linger`` seconds: stop its feed (and its watch)."""
+        self._retiring.pop(shop, None)
+        feed = self.feeds.get(shop)
+        if feed is not None and feed.pages == 0:
+            del self.feeds[shop]
+            task = asyncio.get_running_loop().create_task(feed.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def _close_feeds(self, app: web.Application) -> None:
         for feed in list(self.feeds.values()):

@@ -51,6 +51,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the page's own token (FENLIU_DASHBOARD_TOKEN); required off loopback",
     )
     parser.add_argument(
+        "--linger",
+        type=float,
+        default=60.0,
+        help="seconds a shop stays watched after its last page closed (default %(default)s)",
+    )
+    parser.add_argument(
         "--shop", action="append", default=[], help="a shop to list on / (repeatable)"
     )
     args = parser.parse_args(argv)
@@ -63,7 +69,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     fenliu = AsyncClient(args.fenliu, token=args.fenliu_token, tls=args.tls)
-    dashboard = Dashboard(fenliu, token=args.token, shops=tuple(args.shop))
+    dashboard = Dashboard(fenliu, token=args.token, shops=tuple(args.shop), linger=args.linger)
     runner = web.AppRunner(dashboard.app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, shutdown_timeout=1.0)

@@ -401,7 +401,7 @@ function renderCharts() {
     { x0: t0, x1: t1, yMax: qMax, yLabel: (v) => String(Math.round(v)), cls: "queue", xLabel: clock });
   const wMax = niceMax(Math.max(60000, ...h.hour.map((p) => p[2])) / 60000) * 60000;
   lineChart("#c-wait", h.hour.map((p) => [p[0], p[2]]),
-    { x0: t0, x1: t1, yMax: wMax, yLabel: (v) => Math.round(v / 60000) + "m", cls: "wait", xLabel: clock });
+    { x0: t0, x1: t1, yMax: wMax, yLabel: (v) => (v >= 60000 ? Math.round(v / 60000) + "m" : Math.round(v / 1000) + "s"), cls: "wait", xLabel: clock });
   const day = h.day.filter((p) => p[2] > 0);
   lineChart("#c-rate", day.map((p) => [p[0], p[1]]),
     { x0: h.day_start, x1: h.day_start + 86400000, yMax: 1, yLabel: (v) => Math.round(v * 100) + "%",
