@@ -10,10 +10,11 @@ CPU-bound and any CPU the dashboard takes shows), ``fenliu-dashboard`` and, for 
 stream (each parses every message, as a page would). This process drives routing over
 gRPC: workers route a new buyer and end its session, over and over, in the watched shop.
 Modes alternate within one run: 0 pages (the dashboard then watches nothing: ``--linger
-0``), 1 page and 20 pages (one watch stream either way: the difference is the fan-out). Then, with the 20 pages open, Route -> page delay: routes paced every
-20 ms, each timed from just before the Route call to the arrival of its ``assigned``
-event at an SSE client in this process (an SSE client, not a browser: the browser's
-rendering is not in it). Prints one JSON record.
+0``), 1 page and 20 pages (one watch stream either way: the difference is the fan-out).
+Then, with the 20 pages open, Route -> page delay: routes paced every 20 ms, each timed
+from just before the Route call to the arrival of its ``assigned`` event at an SSE client
+in this process (an SSE client, not a browser: the browser's rendering is not in it).
+Prints one JSON record.
 """
 
 from __future__ import annotations
@@ -251,17 +252,23 @@ def bench(args: argparse.Namespace) -> None:
         rates: dict[int, list[float]] = {m: [] for m in modes}
         delivered = []
         cpu: dict[str, dict[str, list[float]]] = {}
+        per_decision: dict[str, list[int]] = {}
         for _ in range(args.rounds):
             for pages in modes:  # interleaved, so drift hits every mode alike
                 opened = Pages(board.port, pages) if pages else None
                 procs = {"fenliu": server.proc.pid, "dashboard": board.proc.pid}
                 if opened is not None:
                     procs["sse_readers"] = opened.proc.pid
+                procs["load_generator"] = os.getpid()
                 before = {k: cpu_s(v) for k, v in procs.items()}
                 n = asyncio.run(drive(target, args.seconds, args.workers, ids))
+                mode = f"{pages}_pages"
                 for k, v in procs.items():
-                    spent = (cpu_s(v) - before[k]) / args.seconds
-                    cpu.setdefault(f"{pages}_pages", {}).setdefault(k, []).append(round(spent, 2))
+                    spent = cpu_s(v) - before[k]
+                    cores = round(spent / args.seconds, 2)
+                    cpu.setdefault(mode, {}).setdefault(k, []).append(cores)
+                    if k == "fenliu":
+                        per_decision.setdefault(mode, []).append(round(spent / n * 1e6))
                 rates[pages].append(n / args.seconds)
                 if opened is not None:
                     delivered.append(opened.close())
@@ -284,6 +291,7 @@ def bench(args: argparse.Namespace) -> None:
         "ratio_to_0_pages": {f"{k}_pages": round(v / medians[0], 3) for k, v in medians.items()},
         "sse_messages_read_per_round": delivered,
         "cores_used_while_routing": cpu,
+        "fenliu_cpu_us_per_decision": per_decision,
         "route_to_page_ms": {
             "via": "an SSE client in the bench process, with the pages open",
             "samples": len(measured),
@@ -321,7 +329,9 @@ async def burst(target: str) -> None:
             ("chenjing", 4, ["presale"], Status.ONLINE),
         ]
         for agent, most, groups, status in team:
-            await f.register_agent("shop1", agent, max_concurrent=most, groups=groups, status=status)
+            await f.register_agent(
+                "shop1", agent, max_concurrent=most, groups=groups, status=status
+            )
         groups, channels = ["presale", "aftersale"], ["app", "web", "mini-program"]
         for n in range(70):
             group, channel = groups[n % 2], channels[n % 3]

@@ -50,7 +50,7 @@ REFRESH_INTERVAL = 0.25  # at most four re-reads a second, however busy the shop
 SAMPLE_INTERVAL = 2.0  # re-read at least this often: waits tick, charts fill, links fail
 BACKFILL_TIMEOUT = 3.0
 FENLIU_RING = 1000  # a little less than the events fenliu keeps of a watched shop (1,024)
-FLUSH_DELAY = 0.02  # events arriving together go out as one SSE message
+FLUSH_DELAY = 0.02  # under a burst, events go out as one SSE message per 20 ms
 CLIENT_BUFFER = 1024  # SSE messages a page may lag before it is dropped (it reconnects)
 HOUR_BUCKET_MS = 10_000
 DAY_BUCKET_MS = 300_000
@@ -208,6 +208,7 @@ class ShopFeed:
         self._subscribers: set[Subscriber] = set()
         self._pending: list[dict[str, Any]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._last_flush = 0.0
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._caught_up_at: int | None = None
@@ -340,8 +341,11 @@ class ShopFeed:
                 self._status[item.agent_id] = [_name(item.status), item.at_ms, True]
             self._pending.append(data)
             if self._flush_handle is None:
+                # The first event after a quiet spell goes out at once (with whatever else
+                # this loop iteration brings); under a burst, one message per FLUSH_DELAY.
                 loop = asyncio.get_running_loop()
-                self._flush_handle = loop.call_later(FLUSH_DELAY, self._flush)
+                wait = self._last_flush + FLUSH_DELAY - loop.time()
+                self._flush_handle = loop.call_later(max(0.0, wait), self._flush)
             self._dirty.set()
         elif isinstance(item, FellBehind):
             # Any cause (NOT_KEPT, OVERFLOW, or one a newer fenliu adds): what came before
@@ -363,6 +367,7 @@ class ShopFeed:
 
     def _flush(self) -> None:
         self._flush_handle = None
+        self._last_flush = asyncio.get_running_loop().time()
         if self._pending:
             batch, self._pending = self._pending, []
             self._broadcast(sse("events", batch, batch[-1]["seq"]))
