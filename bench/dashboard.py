@@ -11,7 +11,7 @@ stream (each parses every message, as a page would). This process drives routing
 gRPC: workers route a new buyer and end its session, over and over, in the watched shop.
 Modes alternate within one run: 0 pages (the dashboard then watches nothing: ``--linger
 0``), 1 page and 20 pages (one watch stream either way: the difference is the fan-out).
-Then, with the 20 pages open, Route -> page delay: routes paced every 20 ms, each timed
+Then, with the 20 pages open, Route -> page delay: routes paced every 50 ms, each timed
 from just before the Route call to the arrival of its ``assigned`` event at an SSE client
 in this process (an SSE client, not a browser: the browser's rendering is not in it).
 Prints one JSON record.
@@ -394,7 +394,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--pages", type=int, default=20)
     parser.add_argument("--samples", type=int, default=300)
-    parser.add_argument("--pace", type=float, default=0.02)
+    parser.add_argument("--pace", type=float, default=0.05)
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # the children are stopped too
     if args.command == "screenshot":

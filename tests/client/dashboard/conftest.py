@@ -97,8 +97,10 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium: Path) -> Iterator[Browser]:
+    # Module scope: Playwright's sync API marks an event loop as running in this thread
+    # while it is started, which would break asyncio.run() in the tests that follow.
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         yield browser

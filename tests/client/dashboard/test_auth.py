@@ -7,10 +7,13 @@ import http.client
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from .conftest import BIN, Process
+from fenliu.client import Client, Status
+
+from .conftest import BIN, Process, dashboard, fenliu_server
 
 pytestmark = pytest.mark.slow
 
@@ -18,13 +21,21 @@ TOKEN = "page-secret-123"
 
 
 def request(
-    port: int, method: str, path: str, headers: dict[str, str] | None = None, body: str = ""
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: str = "",
+    *,
+    stream: bool = False,
 ) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body (a stream's first line only)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         connection.request(method, path, body=body or None, headers=headers or {})
         response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
+        content = response.readline() if stream else response.read()
+        return response.status, dict(response.getheaders()), content
     finally:
         connection.close()
 
@@ -105,3 +116,31 @@ def test_the_dashboard_never_loads_the_server() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_dashboard_talks_to_fenliu_with_its_own_token(tmp_path: Path) -> None:
+    config = tmp_path / "fenliu.toml"
+    config.write_text(
+        '[[auth.tokens]]\nname = "dashboard"\ntoken = "dash-token-1234"\nshops = ["*"]\n'
+    )
+    server = fenliu_server(tmp_path / "data")
+    server.args += ["--config", str(config)]
+    server.start()
+    target = f"127.0.0.1:{server.port}"
+    with_token = dashboard(target)
+    with_token.args += ["--fenliu-token", "dash-token-1234"]
+    without = dashboard(target)
+    try:
+        with Client(target, token="dash-token-1234") as fenliu:
+            fenliu.register_agent("s1", "alice", status=Status.ONLINE)
+        with_token.start()
+        without.start()
+        status, _, body = request(with_token.port, "GET", "/shops/s1/events", stream=True)
+        assert (status, body) == (200, b"retry: 1000\n")
+        status, _, body = request(without.port, "GET", "/shops/s1/events")
+        assert status == 502  # fenliu refused the dashboard, not the page
+        assert json.loads(body)["error"]["code"] == "UNAUTHENTICATED"
+    finally:
+        with_token.stop()
+        without.stop()
+        server.stop()

@@ -3,7 +3,9 @@ the real fenliu-dashboard process: live updates, filters and sorts, supervisor a
 
 from __future__ import annotations
 
+import datetime
 import time
+import zoneinfo
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -34,9 +36,11 @@ def queue_buyers(page: Page, table: str = "#queue") -> list[str]:
 def test_a_route_appears_on_the_page_within_a_second(
     page: Page, board: Process, fenliu: Client, shop: str
 ) -> None:
-    # Given a shop with one agent, and its page open
+    # Given a shop with one agent (in New York), and its page open
+    fenliu.set_shop_policy(shop, time_zone="America/New_York")
     fenliu.register_agent(shop, "alice", max_concurrent=2, status=Status.ONLINE)
     open_page(page, board, shop)
+    expect(page.locator("#zone")).to_have_text("America/New_York")
     expect(agent_row(page, "alice").locator("[data-c=load]")).to_have_text("0 / 2")
     # When a buyer is routed
     decision = fenliu.route(shop, "buyer-r1")
@@ -48,6 +52,10 @@ def test_a_route_appears_on_the_page_within_a_second(
     expect(agent_row(page, "alice").locator("[data-c=load]")).to_have_text("1 / 2", timeout=1_000)
     expect(agent_row(page, "alice").locator("[data-c=new]")).to_have_text("1")
     expect(page.locator("#t-today")).to_contain_text("1")
+    # Its time is the shop's
+    created = fenliu.get_session(shop, decision.session_id).created_at_ms / 1000
+    local = datetime.datetime.fromtimestamp(created, zoneinfo.ZoneInfo("America/New_York"))
+    expect(event.locator(".t")).to_have_text(local.strftime("%H:%M:%S"))
 
 
 def test_a_status_change_shows_with_its_time_and_the_break_banner(
