@@ -84,8 +84,9 @@ def start_fenliu(data_dir: str = "") -> Child:
     return Child(args, r"fenliu serving on 127\.0\.0\.1:(\d+)$")
 
 
-def start_dashboard(target: str, linger: float = 0.0) -> Child:
-    args = [str(BIN / "fenliu-dashboard"), "--fenliu", target, "--port", "0"]
+def start_dashboard(target: str, linger: float = 0.0, nice: int = 0) -> Child:
+    args = ["nice", "-n", str(nice)] if nice else []
+    args += [str(BIN / "fenliu-dashboard"), "--fenliu", target, "--port", "0"]
     args += ["--linger", str(linger)]
     return Child(args, r"serving on http://127\.0\.0\.1:(\d+) ")
 
@@ -236,7 +237,7 @@ def percentile(values: list[float], p: float) -> float:
 def bench(args: argparse.Namespace) -> None:
     server = start_fenliu()
     target = f"127.0.0.1:{server.port}"
-    board = start_dashboard(target)
+    board = start_dashboard(target, nice=args.dashboard_nice)
     try:
 
         async def setup() -> None:
@@ -299,6 +300,7 @@ def bench(args: argparse.Namespace) -> None:
             "p99": round(percentile(measured, 99), 1),
             "max": round(max(measured), 1),
         },
+        "dashboard_nice": args.dashboard_nice,
         "load_average": os.getloadavg(),
     }
     print(json.dumps(record, indent=2))
@@ -395,6 +397,7 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=20)
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--pace", type=float, default=0.05)
+    parser.add_argument("--dashboard-nice", type=int, default=0, help="run it under nice -n N")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # the children are stopped too
     if args.command == "screenshot":
