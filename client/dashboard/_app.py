@@ -3,6 +3,7 @@
 GET  /                              the shops this dashboard was started with, and a form
 GET  /shops/{shop}                  the page (static HTML + JS served from the package)
 GET  /shops/{shop}/events           server-sent events: hello/reset, events, state, link, behind
+GET  /api/shops/{shop}              whether the shop can be watched (or fenliu's error)
 GET  /api/shops/{shop}/agents/{agent}/sessions
 POST /api/shops/{shop}/status       {"agent": "a1", "status": "online"}
 POST /api/shops/{shop}/max          {"agent": "a1", "max": 5}
@@ -124,6 +125,7 @@ class Dashboard:
                 web.get("/favicon.ico", self.no_icon),
                 web.get("/shops/{shop}", self.page),
                 web.get("/shops/{shop}/events", self.events),
+                web.get("/api/shops/{shop}", self.check),
                 web.get("/api/shops/{shop}/agents/{agent}/sessions", self.sessions),
                 web.post("/api/shops/{shop}/status", self.set_status),
                 web.post("/api/shops/{shop}/max", self.set_max),
@@ -229,6 +231,15 @@ class Dashboard:
             raise
         finally:
             del self._starting[shop]
+
+    async def check(self, request: web.Request) -> web.Response:
+        """Whether the shop can be watched (its feed starts), or fenliu's error."""
+        shop = request.match_info["shop"]
+        try:
+            feed = await self.feed(shop)
+        except FenliuError as exc:
+            return web.json_response({"error": error_json(exc)}, status=http_status(exc))
+        return web.json_response({"shop": shop, "pages": feed.pages, "seq": feed.last_seq})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """The page's live stream (SSE); resumes after ``Last-Event-ID``."""

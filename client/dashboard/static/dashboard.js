@@ -67,10 +67,20 @@ function connect() {
   source.addEventListener("open", () => link("connecting", "dashboard connected"));
   source.addEventListener("error", () => {
     if (source.readyState === EventSource.CLOSED) {
-      link("down", "the dashboard refused this shop: reload to try again");
-      fetch(`/shops/${encodeURIComponent(SHOP)}/events`).then((r) => r.json())
-        .then((body) => body.error && showError("Cannot watch the shop", body.error))
-        .catch(() => {});
+      // The stream was refused (not a dropped connection, which EventSource retries):
+      // say why; when fenliu was only unreachable, try again in a while.
+      link("down", "the dashboard refused this shop");
+      fetch(`/api/shops/${encodeURIComponent(SHOP)}`).then((r) => r.json())
+        .then((body) => {
+          if (!body.error) return connect(); // it works now
+          const passing = ["UNAVAILABLE", "DEADLINE_EXCEEDED"].includes(body.error.code);
+          showError("Watching the shop", body.error);
+          if (passing) {
+            link("down", "fenliu unreachable, retrying…");
+            setTimeout(connect, 3000);
+          }
+        })
+        .catch(() => setTimeout(connect, 3000));
     } else {
       link("down", "dashboard unreachable, reconnecting…");
     }

@@ -176,3 +176,25 @@ def test_the_page_recovers_after_fenliu_restarts(page: Page, tmp_path: Path, sho
     finally:
         board.stop()
         server.stop()
+
+
+def test_a_page_opened_while_fenliu_is_down_goes_live_when_it_is_back(
+    page: Page, tmp_path: Path, shop: str
+) -> None:
+    data = tmp_path / "data"
+    server = fenliu_server(data).start()
+    port = server.port
+    with Client(f"127.0.0.1:{port}") as own:
+        own.register_agent(shop, "alice", max_concurrent=5, status=Status.ONLINE)
+    server.stop()
+    board = dashboard(f"127.0.0.1:{port}").start()
+    try:
+        page.goto(f"http://127.0.0.1:{board.port}/shops/{shop}")
+        expect(page.locator("#notice")).to_contain_text("Watching the shop refused: UNAVAILABLE")
+        expect(page.locator("#link")).to_have_text("fenliu unreachable, retrying…")
+        server = fenliu_server(data, port=port).start()
+        expect(page.locator("#link")).to_have_attribute("data-state", "live", timeout=15_000)
+        expect(page.locator("#team tr[data-agent=alice]")).to_be_visible()
+    finally:
+        board.stop()
+        server.stop()
