@@ -349,7 +349,7 @@ async def burst(target: str) -> None:
             await asyncio.sleep(0.15)
 
 
-def screenshot(path: str) -> None:
+def screenshot(path: str, width: int = 1440, height: int = 900) -> None:
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as data:
@@ -362,7 +362,7 @@ def screenshot(path: str) -> None:
                     executable_path="/usr/bin/chromium",
                     args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"],
                 )
-                page = browser.new_page(viewport={"width": 1440, "height": 900})
+                page = browser.new_page(viewport={"width": width, "height": height})
                 # Playwright's sync API runs a loop in this thread: the SDK runs in another.
                 worker = threading.Thread(target=asyncio.run, args=(create(target),))
                 worker.start()
@@ -387,6 +387,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command")
     shot = sub.add_parser("screenshot")
     shot.add_argument("path")
+    shot.add_argument("--viewport", default="1440x900", help="WIDTHxHEIGHT")
     read = sub.add_parser("readers")
     read.add_argument("--port", type=int, required=True)
     read.add_argument("--n", type=int, required=True)
@@ -401,7 +402,8 @@ def main() -> None:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # the children are stopped too
     if args.command == "screenshot":
-        screenshot(args.path)
+        width, height = (int(n) for n in args.viewport.split("x"))
+        screenshot(args.path, width, height)
     elif args.command == "readers":
         asyncio.run(readers(args.port, SHOP, args.n, args.limit))
     else:
