@@ -29,7 +29,6 @@ from typing import Any
 from fenliu.client import (
     Agent,
     AsyncClient,
-    DeadlineExceeded,
     Event,
     FellBehind,
     FenliuError,
@@ -39,7 +38,6 @@ from fenliu.client import (
     Started,
     StatsCounts,
     Status,
-    Unavailable,
 )
 
 log = logging.getLogger("fenliu.dashboard")
@@ -195,6 +193,7 @@ class ShopFeed:
         self.shop_id = shop_id
         self.last_seq = 0  # the last event seq the feed has (from fenliu)
         self.floor = 0  # events after the floor, up to last_seq, are in the ring
+        self.sent_seq = 0  # the last event broadcast to the pages (last_seq once flushed)
         self.ring: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
         self.state: bytes | None = None
         self.link: dict[str, Any] = {"up": False, "error": None}
@@ -222,7 +221,7 @@ class ShopFeed:
         # Ask fenliu for what it still keeps of the shop's recent past: status times, and
         # events for pages that resume (a restarted dashboard keeps their Last-Event-ID).
         after = max(0, stats.event_seq - FENLIU_RING)
-        self.last_seq = self.floor = after
+        self.last_seq = self.floor = self.sent_seq = after
         self._caught_up_at = stats.event_seq
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -274,16 +273,19 @@ class ShopFeed:
     def subscribe(self, last_event_id: int | None) -> Subscriber:
         """A new page: it gets the events after ``last_event_id`` it missed (or a reset
         when they are gone), then the current state, then everything live."""
+        # Up to what was broadcast: events still waiting for the next flush reach the page
+        # with it, so none comes twice.
+        sent = self.sent_seq
         sub = Subscriber()
         if last_event_id is not None:
-            if self.floor <= last_event_id <= self.last_seq:
-                missed = [e for seq, e in self.ring if seq > last_event_id]
+            if self.floor <= last_event_id <= sent:
+                missed = [e for seq, e in self.ring if last_event_id < seq <= sent]
                 if missed:
                     sub.put(sse("events", missed, missed[-1]["seq"]))
             else:
-                sub.put(sse("reset", {"seq": self.last_seq, "asked": last_event_id}, self.last_seq))
+                sub.put(sse("reset", {"seq": sent, "asked": last_event_id}, sent))
         else:
-            sub.put(sse("hello", {"seq": self.last_seq}, self.last_seq))
+            sub.put(sse("hello", {"seq": sent}, sent))
         sub.put(sse("link", self.link))
         if self.state is not None:
             sub.put(self.state)
@@ -352,7 +354,7 @@ class ShopFeed:
             # is lost, so re-read; the stream goes on after item.seq.
             self._flush()
             self.ring.clear()
-            self.last_seq = self.floor = item.seq
+            self.last_seq = self.floor = self.sent_seq = item.seq
             cause = _name(item.cause)
             self._broadcast(sse("behind", {"seq": item.seq, "cause": cause}, item.seq))
             self._dirty.set()
@@ -370,7 +372,8 @@ class ShopFeed:
         self._last_flush = asyncio.get_running_loop().time()
         if self._pending:
             batch, self._pending = self._pending, []
-            self._broadcast(sse("events", batch, batch[-1]["seq"]))
+            self.sent_seq = batch[-1]["seq"]
+            self._broadcast(sse("events", batch, self.sent_seq))
 
     # ------------------------------------------------------------ state
 
@@ -380,9 +383,7 @@ class ShopFeed:
             self._dirty.clear()
             try:
                 await self._refresh()
-            except (Unavailable, DeadlineExceeded) as exc:
-                self._set_link(False, error_json(exc))
-            except FenliuError as exc:
+            except FenliuError as exc:  # Unavailable, DeadlineExceeded, NotFound, ...
                 self._set_link(False, error_json(exc))
             await asyncio.sleep(REFRESH_INTERVAL)
 
