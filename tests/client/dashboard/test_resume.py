@@ -58,15 +58,25 @@ class Sse:
         self.connection.close()
 
 
+@pytest.fixture
+def streams() -> Iterator[list[Sse]]:
+    """Opened Sse clients go in this list; all are closed after the test, failed or not."""
+    opened: list[Sse] = []
+    yield opened
+    for stream in opened:
+        stream.close()
+
+
 def event_seqs(messages: list[tuple[str, int | None, Any]]) -> list[int]:
     return [e["seq"] for kind, _, data in messages if kind == "events" for e in data]
 
 
 def test_an_sse_client_resumes_after_its_last_event_id_without_gap_or_duplicate(
-    board: Process, fenliu: Client, shop: str
+    board: Process, fenliu: Client, shop: str, streams: list[Sse]
 ) -> None:
     fenliu.register_agent(shop, "alice", max_concurrent=50, status=Status.ONLINE)
     first = Sse(board.port, shop)
+    streams.append(first)
     opening = list(first.until("state"))
     assert opening[0][0] == "hello"
     last = opening[0][1]
@@ -86,6 +96,7 @@ def test_an_sse_client_resumes_after_its_last_event_id_without_gap_or_duplicate(
     for n in range(3, 6):
         fenliu.route(shop, f"b{n}")
     again = Sse(board.port, shop, last_event_id=last)
+    streams.append(again)
     messages = list(again.until("state"))
     while not event_seqs(messages) or max(event_seqs(messages)) < last + 3:
         messages.append(again.next())  # an event not yet flushed comes with the next batch
@@ -96,6 +107,7 @@ def test_an_sse_client_resumes_after_its_last_event_id_without_gap_or_duplicate(
     again.close()
     # From further back than the dashboard keeps: told so (reset), then the state
     old = Sse(board.port, shop, last_event_id=0)
+    streams.append(old)
     kinds = [m[0] for m in old.until("state")]
     old.close()
     assert kinds[0] == "reset" and "events" not in kinds
