@@ -26,7 +26,8 @@ class WatchStream:
     When the server goes away or stops, it reconnects with backoff and resumes after
     ``last_seq``, the seq of the last item it yielded; after ``give_up_after`` seconds of
     failed attempts in a row it raises ``Unavailable``. Other errors (NotFound, ...) end it.
-    Close it with ``aclose()`` or ``async with``.
+    Close it with ``aclose()`` or ``async with``. ``connected`` says whether a stream is
+    open now (between a ``Started`` and the end of that stream).
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class WatchStream:
         give_up_after: float = DEFAULT_GIVE_UP_AFTER,
     ) -> None:
         self.last_seq = after_seq
+        self.connected = False
         self._open = open_stream
         self._backoff = backoff
         self._give_up_after = give_up_after
@@ -72,6 +74,7 @@ class WatchStream:
             try:
                 async for message in call:
                     failing_since, attempt = None, 0
+                    self.connected = True
                     item = watch_item(message)
                     if not isinstance(item, Started):
                         self.last_seq = item.seq
@@ -83,6 +86,7 @@ class WatchStream:
                 if not isinstance(error, Unavailable):
                     raise error from None
             finally:
+                self.connected = False
                 call.cancel()
             # The server stopped (the stream ended) or cannot be reached: try again.
             now = loop.time()
