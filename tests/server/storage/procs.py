@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import resource
 import signal
 import subprocess
 import sys
@@ -74,14 +73,15 @@ def launch(
     args += ["--data-dir", str(data), "--shards", str(shards)]
     args += ["--tick-interval", str(tick), "--snapshot-interval", str(snapshot), *extra]
 
-    def limits() -> None:
-        if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
+    if nofile is not None:
+        # The limit is set by a shell that then becomes the server, not by a preexec_fn:
+        # that would make this (gRPC-using) process fork and run Python in the child, where
+        # gRPC's fork handlers, skipped while its threads are busy, can abort it.
+        args = ["sh", "-c", f'ulimit -n {int(nofile)} && exec "$@"', "sh", *args]
     start = log.stat().st_size if log.exists() else 0
     with open(log, "ab") as out:
         child = subprocess.Popen(
-            args, stdout=out, stderr=out, start_new_session=True, preexec_fn=limits,
+            args, stdout=out, stderr=out, start_new_session=True,
             env={**os.environ, **(env or {})},
         )  # fmt: skip
     return Proc(child, log, start)
