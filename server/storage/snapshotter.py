@@ -44,7 +44,7 @@ class Replica:
     """Every shard, kept up to date from the log by another process's orders."""
 
     def __init__(self, root: Path, shards: int) -> None:
-        self.wal = Wal(root, shards)
+        self.wal = Wal(root, shards, reader=True)  # the server's: never dropped here
         self.snapshots = [ShardSnapshots(root, i, fsync=True) for i in range(shards)]
         found = [load_snapshot(i, self.snapshots[i], self.wal.start(i)) for i in range(shards)]
         self.shards = [shard for shard, _ in found]

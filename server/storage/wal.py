@@ -66,14 +66,25 @@ class _Segment:
 
 
 class Wal:
-    """The log of ``shards`` shards under ``root``; writes run in one worker thread."""
+    """The log of ``shards`` shards under ``root``; writes run in one worker thread.
+
+    ``reader``: another process's log, followed while its owner writes (the snapshotter):
+    a newest segment without its header or start frame is one being created, left alone
+    (only the owner drops files)."""
 
     def __init__(
-        self, root: Path, shards: int, *, fsync: bool = True, truncate_corrupt: bool = False
+        self,
+        root: Path,
+        shards: int,
+        *,
+        fsync: bool = True,
+        truncate_corrupt: bool = False,
+        reader: bool = False,
     ) -> None:
         self.dir = root / "wal"
         self.dir.mkdir(exist_ok=True)
         self.root = root
+        self.reader = reader
         self.shards = shards
         self.fsync = fsync
         self.truncate_corrupt = truncate_corrupt
@@ -265,9 +276,12 @@ class Wal:
 
     def _scan(self) -> list[_Segment]:
         segments = []
-        for path in sorted(self.dir.glob("wal-*.log")):
+        paths = sorted(self.dir.glob("wal-*.log"))
+        for path in paths:
             with open(path, "rb") as f:
                 prefix = f.read(_START_PREFIX)
+            if self.reader and path == paths[-1] and not _started(prefix):
+                continue  # being created by the log's owner: not ours to judge or drop
             if len(prefix) < codec.HEADER_SIZE:  # killed before its header: nothing in it
                 log.warning("%s: dropping a segment cut short before its header", path)
                 path.unlink()
@@ -497,6 +511,14 @@ def _valid_frame_after(data: bytes, offset: int) -> bool:
         if 0 < length <= _MAX_RECORD and end <= size and zlib.crc32(data[at + 8 : end]) == crc:
             return True
     return False
+
+
+def _started(prefix: bytes) -> bool:
+    """Whether a segment's first bytes hold its header and its start frame."""
+    if len(prefix) < codec.HEADER_SIZE:
+        return False
+    first = next(codec.frames(prefix, codec.HEADER_SIZE), None)
+    return first is not None and first[0][:2] == _START
 
 
 def _legacy_position(path: Path) -> int:
