@@ -139,16 +139,58 @@ class Wal:
         self.read = True
 
     def replay_shard(self, shard: int, after: int) -> Iterator[bytes]:
-        """Shard ``shard``'s records after ``after`` (to restore it; positions unchanged)."""
+        """Shard ``shard``'s records after ``after`` (positions unchanged). Once the log was
+        read (``replay``) it is being written: this restores a shard while serving, reads
+        up to the shard's durable position only and never truncates, since what follows in
+        the last segment may be another shard's write under way in the writer's thread
+        (a torn tail's cut there would break it). Before, it reads as ``replay`` does.
+
+        Raises:
+            StorageError: the log ends or breaks before the shard's durable position, or
+                (before the log was read) is damaged.
+        """
         counts = [0] * self.shards
+        if not self.read:
+            for payload in self._replay_legacy(shard, counts):
+                if counts[shard] > after:
+                    yield payload
+            bounds = [0] * self.shards
+            bounds[shard] = after
+            for _, payload in self._replay_segments(bounds, counts, only=shard):
+                yield payload
+            return
+        until = self.positions[shard]
+        if after >= until:
+            return  # its snapshot covers every durable record
         if after < self._legacy_end[shard]:
             for payload in self._replay_legacy(shard, counts):
                 if counts[shard] > after:
                     yield payload
-        bounds = [0] * self.shards
-        bounds[shard] = after
-        for _, payload in self._replay_segments(bounds, counts, only=shard):
-            yield payload
+        with self._lock:
+            segments = list(self._segments)
+        for k, segment in enumerate(segments):
+            if counts[shard] >= until or segment.starts[shard] >= until:
+                break
+            if k + 1 < len(segments) and segments[k + 1].starts[shard] <= after:
+                continue  # nothing wanted in this one
+            counts[shard] = segment.starts[shard]
+            data = segment.path.read_bytes()
+            codec.check_header(data, str(segment.path))
+            frames = codec.frames(data, codec.HEADER_SIZE)
+            next(frames, None)  # its start (checked when the log was first read)
+            for payload, _ in frames:
+                if payload[0] | payload[1] << 8 != shard:
+                    continue
+                counts[shard] += 1
+                if counts[shard] > after:
+                    yield payload[2:]
+                if counts[shard] >= until:
+                    break
+        if counts[shard] < until:
+            raise StorageError(
+                f"{self.dir}: shard {shard}'s records end at {counts[shard]}, before its "
+                f"durable position {until}"
+            )
 
     def follow(self, after: Sequence[int]) -> Follower:
         """A reader of the log as it grows, from every shard's position in ``after``: for a

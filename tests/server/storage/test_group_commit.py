@@ -12,9 +12,11 @@ import pytest
 
 from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.errors import Unavailable
+from fenliu.server.core.shard import Shard
 from fenliu.server.core.types import RegisterAgent, Status
 from fenliu.server.snapshots import snapshot_in_process
-from fenliu.server.storage.codec import FormatError
+from fenliu.server.storage.base import recover
+from fenliu.server.storage.codec import FormatError, encode_command
 from fenliu.server.storage.files import FilesStorage
 
 from ..core.test_invariants import dump
@@ -208,3 +210,38 @@ def test_a_failed_fsync_takes_its_batch_back_out_of_the_file(
     assert after == before  # the restore did not bring a1 back from the page cache
     assert teams(load(tmp_path, SHARDS))[0] == ["a0", "a2"]
     assert on_disk(tmp_path) == final
+
+
+def test_a_restore_leaves_another_shards_write_under_way_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard is restored (after a failed write, or a bug) on the loop while the writer
+    thread may be appending another shard's batch to the same segment: what the restore
+    finds after the durable records is that write under way, not a torn tail. Before: the
+    restore truncated the segment there, the rest of the write landed after the cut, and
+    the acknowledged record was lost to the next start (its second half read as a tail)."""
+
+    async def main() -> tuple[list[str], list[str]]:
+        node, storage = open_node(tmp_path, SHARDS)
+        shops = shops_per_shard(node.dispatcher)
+        await asyncio.gather(*(node.execute(register(shop, "a0")) for shop in shops.values()))
+        wal = storage.wal
+        restored: list[Shard] = []
+        real_write = os.write
+
+        def write(fd: int, data: bytes | memoryview) -> int:
+            if fd != wal._fd or restored:
+                return real_write(fd, data)
+            written = real_write(fd, data[: len(data) // 2])  # the writer is half-way...
+            restored.append(recover(0, storage.logs[0], storage.snapshots[0]))  # ...when
+            return written  # the loop restores shard 0; then the writer goes on
+
+        monkeypatch.setattr(os, "write", write)
+        wal.write([(1, [encode_command(register(shops[1], "a1"))])])  # durable: acknowledged
+        monkeypatch.undo()
+        storage.close()
+        return sorted(restored[0].shops[shops[0]].agents), teams(load(tmp_path, SHARDS))[1]
+
+    shard0, shard1 = asyncio.run(main())
+    assert shard0 == ["a0"]
+    assert shard1 == ["a0", "a1"]

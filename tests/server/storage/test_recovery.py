@@ -264,3 +264,27 @@ def test_a_dead_snapshotter_is_replaced_and_a_failed_snapshot_stores_nothing(
     assert "the snapshotter exited" in caplog.text
     assert "the snapshotter failed" in caplog.text
     assert state_of(data) == state
+
+
+def test_the_snapshotter_never_deletes_a_segment_the_server_is_creating(data: Path) -> None:
+    """The snapshotter lists the log's segments (when it starts, and whenever it needs the
+    next one) while the server may be opening a new one: created, its header not written
+    yet. It must leave it alone: the server alone drops files. Before: the replica took it
+    for one cut short by a crash and unlinked it, and everything the server then wrote to
+    it, acknowledged, was gone at the next start."""
+
+    async def run() -> tuple[bool, bool]:
+        node, storage = open_node(data, 2)
+        await node.execute(RegisterAgent(at=T0, shop_id="shop-0", agent_id="a0", max_concurrent=1))
+        creating = storage.wal.dir / "wal-00000002.log"
+        creating.touch()  # the writer between its open and its header
+        snapshotter = Snapshotter(data, 2)
+        await snapshotter.start()
+        stored = await snapshotter.snapshot(storage)
+        await snapshotter.close()
+        storage.close()
+        return stored, creating.exists()
+
+    stored, kept = asyncio.run(run())
+    assert stored
+    assert kept

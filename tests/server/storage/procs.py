@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import resource
 import signal
 import subprocess
 import sys
@@ -14,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 HERE = Path(__file__).resolve().parent
 
@@ -72,14 +73,15 @@ def launch(
     args += ["--data-dir", str(data), "--shards", str(shards)]
     args += ["--tick-interval", str(tick), "--snapshot-interval", str(snapshot), *extra]
 
-    def limits() -> None:
-        if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
+    if nofile is not None:
+        # The limit is set by a shell that then becomes the server, not by a preexec_fn:
+        # that would make this (gRPC-using) process fork and run Python in the child, where
+        # gRPC's fork handlers, skipped while its threads are busy, can abort it.
+        args = ["sh", "-c", f'ulimit -n {int(nofile)} && exec "$@"', "sh", *args]
     start = log.stat().st_size if log.exists() else 0
     with open(log, "ab") as out:
         child = subprocess.Popen(
-            args, stdout=out, stderr=out, start_new_session=True, preexec_fn=limits,
+            args, stdout=out, stderr=out, start_new_session=True,
             env={**os.environ, **(env or {})},
         )  # fmt: skip
     return Proc(child, log, start)
@@ -126,17 +128,47 @@ def running(data: Path, log: Path, *extra: str, **kw: object) -> Iterator[tuple[
         proc.crash()
 
 
-def frames(path: Path) -> list[tuple[int, int]]:
-    """(offset, size) of each framed record of a journal segment (after its header)."""
-    data = path.read_bytes()
-    out, offset = [], 8  # MAGIC + u16 version
+HEADER = 8  # a data file's header: MAGIC (6 bytes) + u16 format version
+START = b"\xff\xff"  # the shard field of a write-ahead log segment's start frame
+
+
+def wal_segments(data: Path) -> list[Path]:
+    """The data directory's write-ahead log segments (every shard's records), oldest first."""
+    return sorted((data / "wal").glob("wal-*.log"))
+
+
+def _frames(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(offset, size, payload) of each intact-length frame after the file's header."""
+    out, offset = [], HEADER
     while offset + 8 <= len(data):
         length = int.from_bytes(data[offset : offset + 4], "little")
         if offset + 8 + length > len(data):
             break
-        out.append((offset, 8 + length))
+        out.append((offset, 8 + length, data[offset + 8 : offset + 8 + length]))
         offset += 8 + length
     return out
+
+
+def frames(path: Path, shard: int | None = None) -> list[tuple[int, int]]:
+    """(offset, size) of each framed record of a log segment (after its header and its
+    start frame), of every shard or only of ``shard`` (a record's payload starts with its
+    shard number, u16 little endian)."""
+    found = _frames(path.read_bytes())
+    if found and found[0][2][:2] == START:
+        found = found[1:]
+    return [
+        (offset, size)
+        for offset, size, payload in found
+        if shard is None or int.from_bytes(payload[:2], "little") == shard
+    ]
+
+
+def starts(path: Path) -> list[int]:
+    """A log segment's start frame: every shard's position before the segment (the
+    records of each that came before it)."""
+    found = _frames(path.read_bytes())
+    assert found and found[0][2][:2] == START, f"{path}: no start frame"
+    return list(msgspec.msgpack.decode(found[0][2][2:], type=list[int]))
 
 
 def flip(path: Path, offset: int) -> None:

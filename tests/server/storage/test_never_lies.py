@@ -6,7 +6,7 @@ unexpected error mid-command leaves no half-applied shard.
 The disk is a 4 MiB tmpfs each test mounts (root, as CI runs) and unmounts; it is filled
 with a filler file until writes fail, and the filler deleted to give the space back.
 
-Pending: they fail before issue 10 (see each docstring); see test_datadir.py.
+Issue 10's acceptance tests: they failed on the code before it (see each docstring).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from fenliu.client import (
 
 from .procs import Proc, launch, serving
 
-pytestmark = [pytest.mark.issue10, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 SHOP = "full-a"
 REFUSING_S = 30.0  # the issue's episode: ~30 s reached the fd limit of 1,024
@@ -118,7 +118,7 @@ async def until_a_route_is_refused(fenliu: AsyncClient, acked: list[str]) -> str
 def test_a_disk_full_episode_leaks_nothing_shows_nothing_refused_and_ends_by_itself(
     disk: Path, tmp_path: Path
 ) -> None:
-    """Today: one descriptor leaked per failed write (ticks included); events published
+    """Before issue 10: one descriptor leaked per failed write (ticks included); events published
     for refused changes, their seqs reused; at the fd limit refused changes stay in
     memory and writing never resumes."""
     proc, target = start(disk, tmp_path)
@@ -223,7 +223,7 @@ def test_a_refused_change_tells_its_shops_watchers_to_reread_and_no_seq_repeats(
 ) -> None:
     """A watcher of a shop whose change was refused gets FellBehind with the new cause
     UNDONE (proto FellBehind.Cause CAUSE_UNDONE; the SDK's FellBehindCause.UNDONE), and
-    the events after it continue from its resume seq. Today: the watcher gets the
+    the events after it continue from its resume seq. Before issue 10: the watcher gets the
     refused change's events, and the next real event reuses their seq."""
     proc, target = start(disk, tmp_path, tick=3600)
     problems: list[str] = []
@@ -270,7 +270,7 @@ def test_a_refused_change_tells_its_shops_watchers_to_reread_and_no_seq_repeats(
 def test_an_unexpected_error_mid_command_leaves_no_half_applied_shard(tmp_path: Path) -> None:
     """The core raises a RuntimeError after the Route of buyer ``boom`` has changed state
     (inject.py). The caller gets INTERNAL; memory is back to the durable state (or the
-    process exited non-zero); what memory shows, a restart shows. Today: the shard keeps
+    process exited non-zero); what memory shows, a restart shows. Before issue 10: the shard keeps
     serving half-applied (load 1 in memory, 0 on disk)."""
     data, log = tmp_path / "data", tmp_path / "server.log"
     proc = launch(data, log, wrapper="inject.py")

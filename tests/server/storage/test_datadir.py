@@ -1,8 +1,7 @@
 """Issue 10, storage that never lies: a data directory the server cannot trust is refused
 at start, naming what is wrong, never half-read. Real server processes, real files.
 
-Pending: these fail on the code before issue 10 (each says why in its docstring); the
-integrator removes ``--ignore=tests/server/storage/pending`` from pyproject once they pass.
+Issue 10's acceptance tests: they failed on the code before it (each docstring says how).
 """
 
 from __future__ import annotations
@@ -17,16 +16,21 @@ import pytest
 
 from fenliu.client import Client, NotFound, Status
 
-from .procs import flip, frames, launch, refuses, running, serving
+from .procs import flip, frames, launch, refuses, running, serving, starts, wal_segments
 
-pytestmark = [pytest.mark.issue10, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 SHOP = "dd-a"
 SHARDS = 2
 
 
+def index_of(shop: str, shards: int = SHARDS) -> int:
+    return zlib.crc32(shop.encode()) % shards
+
+
 def shard_of(shop: str, shards: int = SHARDS) -> str:
-    return f"shard-{zlib.crc32(shop.encode()) % shards:03d}"
+    """The shard's directory (its snapshots)."""
+    return f"shard-{index_of(shop, shards):03d}"
 
 
 def routed(target: str, buyers: range) -> list[str]:
@@ -37,8 +41,8 @@ def routed(target: str, buyers: range) -> list[str]:
 
 
 def journal_of(data: Path, shop: str = SHOP) -> Path:
-    """The shop's journal segment holding the most records."""
-    return max((data / shard_of(shop)).glob("journal-*.log"), key=lambda p: len(frames(p)))
+    """The write-ahead log segment holding the most of the shop's shard's records."""
+    return max(wal_segments(data), key=lambda p: len(frames(p, index_of(shop))))
 
 
 def named_offset(text: str, path: Path) -> int:
@@ -61,6 +65,7 @@ def damaged_in_the_middle(data: Path, log: Path) -> tuple[Path, int, int, list[s
         sessions = routed(target, range(20))
     segment = journal_of(data)
     records = frames(segment)
+    assert records == frames(segment, index_of(SHOP)), "only the shop's shard wrote"
     assert len(records) >= 21  # the registration and the 20 routes, all acknowledged
     offset, size = records[10]
     flip(segment, offset + 8 + size // 2)  # inside the payload: the checksum fails
@@ -70,14 +75,14 @@ def damaged_in_the_middle(data: Path, log: Path) -> tuple[Path, int, int, list[s
 def test_a_flipped_byte_mid_journal_is_refused_naming_the_file_and_offset(
     tmp_path: Path, log: Path
 ) -> None:
-    """Today: taken for a torn tail, 10 acknowledged records dropped without an error."""
+    """Before issue 10: taken for a torn tail, 10 acknowledged records dropped without an error."""
     data = tmp_path / "data"
     segment, offset, _, _ = damaged_in_the_middle(data, log)
     before = segment.read_bytes()
     text = refuses(launch(data, log))
     named = named_offset(text, segment)
     assert 8 <= named <= offset, f"offset {named} is not where the damage is ({offset})"
-    assert str(segment.parent.name) in text
+    assert str(segment) in text, f"the file is not named:\n{text}"
     assert segment.read_bytes() == before, "a refused start must change nothing"
 
 
@@ -85,7 +90,7 @@ def test_a_flipped_byte_mid_journal_is_refused_naming_the_file_and_offset(
 def test_truncate_corrupt_journal_starts_and_says_what_it_drops(
     tmp_path: Path, log: Path, how: str
 ) -> None:
-    """Today: no such flag (argparse exits 2); and without it the server does the same
+    """Before issue 10: no such flag (argparse exits 2); and without it the server does the same
     silently (so the env variant fails on the refusal without it)."""
     data = tmp_path / "data"
     segment, offset, dropped, sessions = damaged_in_the_middle(data, log)
@@ -116,7 +121,7 @@ def test_damage_at_the_end_of_a_segment_followed_by_another_is_corruption(
     tmp_path: Path, log: Path
 ) -> None:
     """A torn tail can only be at the very end of the journal: a later segment was
-    opened after it, so what it held had been written. Today: dropped as torn, and the
+    opened after it, so what it held had been written. Before issue 10: dropped as torn, and the
     next segment replayed on top of the gap."""
     data = tmp_path / "data"
     with running(data, log) as (_, target):
@@ -125,8 +130,8 @@ def test_damage_at_the_end_of_a_segment_followed_by_another_is_corruption(
         with Client(target) as fenliu:
             for i in range(5, 10):
                 fenliu.route(SHOP, f"b{i}")
-    first, second = sorted((data / shard_of(SHOP)).glob("journal-*.log"))[:2]
-    assert frames(second), "the later segment holds records"
+    first, second = wal_segments(data)[:2]
+    assert frames(second, index_of(SHOP)), "the later segment holds records"
     offset, size = frames(first)[-1]
     flip(first, offset + size - 1)
     text = refuses(launch(data, log))
@@ -136,7 +141,7 @@ def test_damage_at_the_end_of_a_segment_followed_by_another_is_corruption(
 def test_both_snapshots_damaged_and_the_journal_pruned_is_refused_naming_the_shard(
     tmp_path: Path, log: Path
 ) -> None:
-    """Today: the shard starts empty plus the remaining journal; the shop vanishes."""
+    """Before issue 10: the shard starts empty plus the remaining journal; the shop vanishes."""
     data = tmp_path / "data"
     for run in range(2):  # two clean stops: two snapshots, the journal before the older pruned
         with running(data, log) as (proc, target):
@@ -145,7 +150,7 @@ def test_both_snapshots_damaged_and_the_journal_pruned_is_refused_naming_the_sha
     shard = data / shard_of(SHOP)
     snapshots = sorted(shard.glob("snapshot-*.snap"))
     assert len(snapshots) == 2
-    assert min(int(p.stem.split("-")[1]) for p in shard.glob("journal-*.log")) > 0, "pruned"
+    assert starts(wal_segments(data)[0])[index_of(SHOP)] > 0, "the log's first records pruned"
     for snapshot in snapshots:
         flip(snapshot, snapshot.stat().st_size - 3)
     text = refuses(launch(data, log))
@@ -155,7 +160,7 @@ def test_both_snapshots_damaged_and_the_journal_pruned_is_refused_naming_the_sha
 def test_a_second_server_on_a_live_data_directory_refuses_naming_the_holder(
     tmp_path: Path, log: Path
 ) -> None:
-    """Today: the second one starts and journals into the same files."""
+    """Before issue 10: the second one starts and journals into the same files."""
     data = tmp_path / "data"
     with running(data, log) as (first, target):
         routed(target, range(2))
@@ -170,7 +175,7 @@ def test_a_second_server_on_a_live_data_directory_refuses_naming_the_holder(
 
 
 def test_another_shard_count_is_refused_saying_what_to_do(tmp_path: Path, log: Path) -> None:
-    """Today: --shards 2 on a 4-shard directory starts silently, and half the shops are
+    """Before issue 10: --shards 2 on a 4-shard directory starts silently, and half the shops are
     NOT_FOUND (their writes then lost when going back to 4)."""
     data = tmp_path / "data"
     shops = [f"shop-{i}" for i in range(8)]
@@ -191,7 +196,7 @@ def test_another_shard_count_is_refused_saying_what_to_do(tmp_path: Path, log: P
 
 
 def test_the_data_directory_has_a_manifest(tmp_path: Path, log: Path) -> None:
-    """Today: there is no MANIFEST."""
+    """Before issue 10: there is no MANIFEST."""
     data = tmp_path / "data"
     with running(data, log, shards=3) as (proc, target):
         routed(target, range(1))
