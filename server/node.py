@@ -55,13 +55,12 @@ def discard(events: list[t.Event]) -> None:
 class _Staged:
     """One shard's changes on their way to its log: at most one batch in flight."""
 
-    __slots__ = ("records", "events", "waiters", "flushing", "in_flight")
+    __slots__ = ("records", "events", "waiters", "in_flight")
 
     def __init__(self) -> None:
         self.records: list[bytes] = []
         self.events: list[t.Event] = []
         self.waiters: list[asyncio.Future[None]] = []
-        self.flushing = False  # a flush is scheduled
         self.in_flight: tuple[list[t.Event], list[asyncio.Future[None]]] | None = None
 
 
@@ -86,6 +85,8 @@ class Node:
         count = len(dispatcher.shards)
         self._staged = [_Staged() for _ in range(count)]
         self._fenced = [False] * count  # being restored (or, without storage, broken)
+        self._dirty: dict[int, None] = {}  # shards with staged records, in order
+        self._flushing = False  # a flush is scheduled
 
     # ------------------------------------------------------------ start-up
 
@@ -238,56 +239,62 @@ class Node:
         if events:
             staged.events.extend(events)
         staged.waiters.append(waiter)
-        if not staged.flushing and staged.in_flight is None:
-            staged.flushing = True
-            loop.call_soon(self._flush, index)  # the calls ready now join this batch
+        self._dirty[index] = None
+        if not self._flushing:
+            self._flushing = True
+            loop.call_soon(self._flush)  # the calls ready now join this batch
         return waiter
 
-    def _flush(self, index: int) -> None:
-        staged = self._staged[index]
-        staged.flushing = False
-        if staged.in_flight is not None or not staged.records or self._fenced[index]:
-            return
+    def _flush(self) -> None:
+        """Every shard's staged batch that has none in flight, in one append of them all."""
+        self._flushing = False
         assert self.storage is not None
-        records, staged.records = staged.records, []
-        batch = staged.in_flight = (staged.events, staged.waiters)
-        staged.events, staged.waiters = [], []
+        batches: list[tuple[int, list[bytes]]] = []
+        for index in list(self._dirty):
+            staged = self._staged[index]
+            if staged.in_flight is not None:
+                continue  # one batch in flight per shard: its settling flushes this one
+            del self._dirty[index]
+            if not staged.records or self._fenced[index]:
+                continue
+            batches.append((index, staged.records))
+            staged.in_flight = (staged.events, staged.waiters)
+            staged.records, staged.events, staged.waiters = [], [], []
+        if not batches:
+            return
         try:
-            appended = self.storage.logs[index].append(records)
+            appended = self.storage.append(batches)
         except Exception as exc:  # noqa: BLE001 - as a failed append
             appended = asyncio.get_running_loop().create_future()
             appended.set_exception(exc)
-        appended.add_done_callback(lambda done: self._settled(index, batch, done))
+        indexes = [index for index, _ in batches]
+        appended.add_done_callback(lambda done: self._settled(indexes, done))
 
-    def _settled(
-        self,
-        index: int,
-        batch: tuple[list[t.Event], list[asyncio.Future[None]]],
-        done: asyncio.Future[None],
-    ) -> None:
-        staged = self._staged[index]
-        staged.in_flight = None
-        events, waiters = batch
+    def _settled(self, indexes: list[int], done: asyncio.Future[None]) -> None:
         error = done.exception() if not done.cancelled() else OSError("cancelled")
-        if error is None:
-            if events:
-                self._deliver(events)
+        for index in indexes:
+            staged = self._staged[index]
+            assert staged.in_flight is not None
+            (events, waiters), staged.in_flight = staged.in_flight, None
+            if error is None:
+                if events:
+                    self._deliver(events)
+                for waiter in waiters:
+                    if not waiter.done():  # a cancelled call: durable all the same
+                        waiter.set_result(None)
+                if self._fenced[index]:
+                    self._restore(index)  # a bug was waiting for this batch to settle
+                continue
+            reason = getattr(error, "strerror", None) or str(error)
+            unavailable = Unavailable(f"the change could not be made durable ({reason}); retry", "")
             for waiter in waiters:
-                if not waiter.done():  # a cancelled call: its change is durable all the same
-                    waiter.set_result(None)
-            if self._fenced[index]:
-                self._restore(index)  # a bug was waiting for this batch to settle
-            elif staged.records:
-                self._flush(index)
-            return
-        reason = getattr(error, "strerror", None) or str(error)
-        unavailable = Unavailable(f"the change could not be made durable ({reason}); retry", "")
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_exception(unavailable)
-        self._fenced[index] = True
-        self._fail_staged(index, unavailable)
-        self._restore(index)
+                if not waiter.done():
+                    waiter.set_exception(unavailable)
+            self._fenced[index] = True
+            self._fail_staged(index, unavailable)
+            self._restore(index)
+        if self._dirty:
+            self._flush()
 
     def _deliver(self, events: list[t.Event]) -> None:
         try:

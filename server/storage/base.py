@@ -2,9 +2,9 @@
 
 The write path (``server/node.py``) needs two things per shard and nothing more:
 
-- a ``Log``: records appended in order, durable once the returned future resolves, read
-  back after a position (local files: ``files.py``; memory: ``memory.py``; a replicated
-  stream in cluster mode);
+- a ``Log``: records appended in order (``Storage.append``, several shards' batches at
+  once), durable once the returned future resolves, read back after a position (local
+  files: ``files.py``; memory: ``memory.py``; a replicated stream in cluster mode);
 - a ``SnapshotStore``: shard images saved at a log position, the newest valid one
   loaded back.
 
@@ -42,11 +42,6 @@ class Log(Protocol):
     @property
     def start(self) -> int:
         """The position before the first record still kept (0: nothing pruned)."""
-        ...
-
-    def append(self, records: Sequence[bytes]) -> asyncio.Future[None]:
-        """Append in order; resolves once all are durable, or fails with ``OSError``
-        having made none of them durable. Called with one append in flight at most."""
         ...
 
     def replay(self, after: int) -> Iterator[bytes]:
@@ -93,6 +88,13 @@ class Storage(Protocol):
 
     @property
     def snapshots(self) -> Sequence[SnapshotStore]: ...
+
+    def append(self, batches: Sequence[tuple[int, Sequence[bytes]]]) -> asyncio.Future[None]:
+        """Append each (shard, records) batch to its shard's log, in order; resolves once
+        all are durable, or fails with ``OSError`` having made none of them durable (a
+        shared log writes them at once). At most one batch of a shard is in flight.
+        """
+        ...
 
     def replay(self, after: Sequence[int]) -> Iterator[tuple[int, bytes]]:
         """(shard, record) of every shard's records after its position in ``after``, in

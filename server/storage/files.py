@@ -68,9 +68,6 @@ class ShardLog:
     def start(self) -> int:
         return self._wal.start(self.index)
 
-    def append(self, records: Sequence[bytes]) -> asyncio.Future[None]:
-        return self._storage.submit(self.index, records)
-
     def replay(self, after: int) -> Iterator[bytes]:
         return self._wal.replay_shard(self.index, after)
 
@@ -171,7 +168,7 @@ class FilesStorage:
         self.logs = [ShardLog(self, i) for i in range(shards)]
         self.snapshots = [ShardSnapshots(root, i, fsync=fsync) for i in range(shards)]
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fenliu-journal")
-        self._queued: list[tuple[int, Sequence[bytes], asyncio.Future[None]]] = []
+        self._queued: list[tuple[Sequence[tuple[int, Sequence[bytes]]], asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
         self.cycles = 0  # commit cycles run (each: one thread hop, one write, one fsync)
         self.on_fsync: Callable[[float], None] | None = None  # seconds per cycle
@@ -180,10 +177,10 @@ class FilesStorage:
         """Every shard's records after its position in ``after`` (at start, one pass)."""
         return self.wal.replay(after)
 
-    def submit(self, shard: int, records: Sequence[bytes]) -> asyncio.Future[None]:
+    def append(self, batches: Sequence[tuple[int, Sequence[bytes]]]) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._queued.append((shard, records, future))
+        self._queued.append((batches, future))
         if self._task is None:
             self._task = loop.create_task(self._commit())
         return future
@@ -194,7 +191,7 @@ class FilesStorage:
             await asyncio.sleep(0)  # let the calls already running join this cycle
             while self._queued:
                 queued, self._queued = self._queued, []
-                batches = [(shard, records) for shard, records, _ in queued]
+                batches = [batch for appended, _ in queued for batch in appended]
                 try:
                     if self.fsync:  # the slow part runs off the loop
                         error, seconds = await loop.run_in_executor(
@@ -208,8 +205,8 @@ class FilesStorage:
                     seconds = 0.0
                 self.cycles += 1
                 if error is not None:
-                    log.error("the log write failed (%d shards' batches): %s", len(queued), error)
-                for _, _, future in queued:
+                    log.error("the log write failed (%d shards' batches): %s", len(batches), error)
+                for _, future in queued:
                     if future.done():
                         continue
                     if error is not None:

@@ -1,7 +1,8 @@
 """In-memory storage: the same seams as ``files.py`` with lists for files (tests, tools).
 
-A ``MemoryLog`` is durable as soon as ``append`` returns, unless it was told to fail
-(``fail_next``), which is how tests exercise the write path's undo without a disk.
+``MemoryStorage.append`` is durable as soon as it returns, unless a log in it was told to
+fail (``MemoryLog.failures``), which is how tests exercise the write path's undo without a
+disk.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ class MemoryLog:
     def __init__(self) -> None:
         self.records: list[bytes] = []
         self._start = 0
-        self.failures = 0  # appends to fail from now on (tests)
+        self.failures = 0  # appends to fail from now on (tests): MemoryStorage.append
 
     @property
     def position(self) -> int:
@@ -24,16 +25,6 @@ class MemoryLog:
     @property
     def start(self) -> int:
         return self._start
-
-    def append(self, records: Sequence[bytes]) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.failures:
-            self.failures -= 1
-            future.set_exception(OSError(errno.ENOSPC, "No space left on device (memory log)"))
-        else:
-            self.records.extend(records)
-            future.set_result(None)
-        return future
 
     def replay(self, after: int) -> Iterator[bytes]:
         return iter(self.records[max(0, after - self._start) :])
@@ -73,6 +64,20 @@ class MemoryStorage:
     def __init__(self, shards: int) -> None:
         self.logs = [MemoryLog() for _ in range(shards)]
         self.snapshots = [MemorySnapshots() for _ in range(shards)]
+
+    def append(self, batches: Sequence[tuple[int, Sequence[bytes]]]) -> asyncio.Future[None]:
+        """All or nothing, as one write of a shared log: a log told to fail fails them all."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        failing = [self.logs[i] for i, _ in batches if self.logs[i].failures]
+        if failing:
+            for log in failing:
+                log.failures -= 1
+            future.set_exception(OSError(errno.ENOSPC, "No space left on device (memory log)"))
+            return future
+        for i, records in batches:
+            self.logs[i].records.extend(records)
+        future.set_result(None)
+        return future
 
     def replay(self, after: Sequence[int]) -> Iterator[tuple[int, bytes]]:
         for i, (log, position) in enumerate(zip(self.logs, after, strict=True)):
