@@ -135,8 +135,9 @@ def _transfer(c: Client, a: argparse.Namespace) -> Any:
 
 def _register(c: Client, a: argparse.Namespace) -> Any:
     return c.register_agent(
-        a.shop, a.agent, role=a.role, groups=a.groups, max_concurrent=a.max, status=a.status
-    )
+        a.shop, a.agent, role=a.role, groups=a.groups, max_concurrent=a.max, status=a.status,
+        replace=a.replace,
+    )  # fmt: skip
 
 
 def _update(c: Client, a: argparse.Namespace) -> Any:
@@ -270,11 +271,18 @@ def _parser() -> argparse.ArgumentParser:
     agent = top.add_parser("agent", help="register, remove, set status").add_subparsers(
         required=True, metavar="ACTION"
     )
-    reg = command(agent, "register", _register, "create or update an agent", "shop", "agent")
+    reg = command(
+        agent, "register", _register,
+        "create an agent (an existing one: with --replace; 'agent update' changes fields)",
+        "shop", "agent",
+    )  # fmt: skip
     reg.add_argument("--role", type=_choice(Role), default=Role.SUB, help="main or sub")
     reg.add_argument("--groups", type=_csv, default=[], help="comma-separated skill groups")
     reg.add_argument("--max", type=int, default=0, help="max concurrent conversations")
     reg.add_argument("--status", type=_choice(Status), default=Status.OFFLINE)
+    reg.add_argument(
+        "--replace", action="store_true", help="replace an existing agent's role, groups, max"
+    )
     update = command(agent, "update", _update, "change only the fields given", "shop", "agent")
     update.add_argument("--role", type=_choice(Role), help="main or sub")
     update.add_argument("--groups", type=_csv, help="comma-separated skill groups ('' for none)")

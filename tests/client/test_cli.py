@@ -147,3 +147,14 @@ def test_agent_update_changes_only_the_flags_given(
     assert json.loads(out)["groups"] == [] and json.loads(out)["max_concurrent"] == 3
     code, _, err = run(target, capsys, "agent", "update", "cli-upd", "ghost", "--max", "1")
     assert code == 1 and "AGENT_NOT_FOUND" in err
+
+
+def test_registering_an_existing_agent_needs_replace(
+    target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(target, capsys, "agent", "register", "cli-rep", "a", "--max", "2")[0] == 0
+    code, _, err = run(target, capsys, "agent", "register", "cli-rep", "a", "--max", "5")
+    assert code == 1 and "AGENT_EXISTS" in err  # nothing replaced by accident
+    code, out, _ = run(target, capsys, "--json", "agent", "register", "cli-rep", "a", "--max",
+                       "5", "--replace")  # fmt: skip
+    assert code == 0 and json.loads(out)["max_concurrent"] == 5
