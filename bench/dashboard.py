@@ -36,12 +36,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc.aio
-
 from fenliu.client import AsyncClient, Status
-from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 
-SHOP = "bench"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from watch import SHOP, drive  # noqa: E402 - the same Route + end load as the watcher bench
+
 BIN = Path(sys.executable).parent
 
 
@@ -167,27 +166,6 @@ class Pages:
 
 
 # ---------------------------------------------------------------- routing
-
-
-async def drive(target: str, seconds: float, workers: int, ids: Any) -> int:
-    """Route + end pairs from ``workers`` coroutines for ``seconds``; decisions made."""
-    done = 0
-    async with grpc.aio.insecure_channel(target) as channel:
-        routing = pb_grpc.RoutingStub(channel)
-        stop = time.perf_counter() + seconds
-
-        async def worker() -> None:
-            nonlocal done
-            while time.perf_counter() < stop:
-                n = next(ids)
-                request = pb.RouteRequest(shop_id=SHOP, buyer_id=f"b{n}", request_id=f"r{n}")
-                decision = await routing.Route(request)
-                ends = pb.EndSessionsRequest(shop_id=SHOP, session_ids=[decision.session_id])
-                await routing.EndSessions(ends)
-                done += 1
-
-        await asyncio.gather(*(worker() for _ in range(workers)))
-    return done
 
 
 async def delays(target: str, port: int, samples: int, pace: float) -> list[float]:
