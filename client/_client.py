@@ -647,7 +647,7 @@ class AsyncClient:
         """Every event of the shop, from now on or after ``after_seq``: see ``WatchStream``."""
 
         def open_stream(after: int | None) -> Any:
-            request = pb.WatchShopRequest(shop_id=shop_id, after_seq=after)
+            request = pb.WatchShopRequest(shop_id=shop_id, after_seq=after, batch=True)
             return self._monitor.WatchShop(request, metadata=self.metadata)
 
         return WatchStream(
@@ -665,7 +665,9 @@ class AsyncClient:
         """The events naming the agent (its workstation's feed): see ``WatchStream``."""
 
         def open_stream(after: int | None) -> Any:
-            request = pb.WatchAgentRequest(shop_id=shop_id, agent_id=agent_id, after_seq=after)
+            request = pb.WatchAgentRequest(
+                shop_id=shop_id, agent_id=agent_id, after_seq=after, batch=True
+            )
             return self._monitor.WatchAgent(request, metadata=self.metadata)
 
         return WatchStream(

@@ -596,6 +596,13 @@ class FellBehind:
 WatchItem = Started | Event | FellBehind
 
 
+def watch_items(m: pb.WatchMessage) -> list[WatchItem]:
+    """The items of one watch message (several for a batch of events)."""
+    if m.WhichOneof("message") == "events":
+        return [Event.from_pb(e) for e in m.events.events]
+    return [watch_item(m)]
+
+
 def watch_item(m: pb.WatchMessage) -> WatchItem:
     which = m.WhichOneof("message")
     if which == "event":

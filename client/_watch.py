@@ -12,7 +12,7 @@ import grpc
 import grpc.aio
 
 from ._errors import Unavailable, from_rpc_error
-from ._types import Started, WatchItem, watch_item
+from ._types import Started, WatchItem, watch_items
 
 DEFAULT_GIVE_UP_AFTER = 30.0
 MAX_BACKOFF = 1.0
@@ -75,12 +75,12 @@ class WatchStream:
                 async for message in call:
                     failing_since, attempt = None, 0
                     self.connected = True
-                    item = watch_item(message)
-                    if not isinstance(item, Started):
-                        self.last_seq = item.seq
-                    elif self.last_seq is None:
-                        self.last_seq = item.head_seq  # a reconnect resumes from here
-                    yield item
+                    for item in watch_items(message):  # (a batch holds several events)
+                        if not isinstance(item, Started):
+                            self.last_seq = item.seq
+                        elif self.last_seq is None:
+                            self.last_seq = item.head_seq  # a reconnect resumes from here
+                        yield item
             except grpc.aio.AioRpcError as exc:
                 error = from_rpc_error(exc)
                 if not isinstance(error, Unavailable):

@@ -432,6 +432,11 @@ def watch_event(e: t.Event) -> pb.WatchMessage:
     return pb.WatchMessage(event=event(e))
 
 
+def watch_events(events: list[t.Event]) -> pb.WatchMessage:
+    """Events in one message (a watch stream with batch set)."""
+    return pb.WatchMessage(events=pb.EventBatch(events=[event(e) for e in events]))
+
+
 def watch_started(head: int) -> pb.WatchMessage:
     return pb.WatchMessage(started=pb.WatchStarted(head_seq=head))
 

@@ -7,7 +7,7 @@ stream ends when the client goes away or the server stops (``Hub.close``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc.aio
 
@@ -32,14 +32,15 @@ class MonitorService(pb_grpc.MonitorServicer):
         self, request: pb.WatchShopRequest, context: Context
     ) -> AsyncIterator[pb.WatchMessage]:
         after = request.after_seq if request.HasField("after_seq") else None
-        async for message in self._watch(request.shop_id, None, after, context):
+        async for message in self._watch(request.shop_id, None, after, request.batch, context):
             yield message
 
     async def WatchAgent(
         self, request: pb.WatchAgentRequest, context: Context
     ) -> AsyncIterator[pb.WatchMessage]:
         after = request.after_seq if request.HasField("after_seq") else None
-        async for message in self._watch(request.shop_id, request.agent_id, after, context):
+        messages = self._watch(request.shop_id, request.agent_id, after, request.batch, context)
+        async for message in messages:
             yield message
 
     async def GetShopStats(self, request: pb.GetShopStatsRequest, context: Context) -> pb.ShopStats:
@@ -48,9 +49,15 @@ class MonitorService(pb_grpc.MonitorServicer):
             return convert.shop_stats(self._node.read(query))
 
     async def _watch(
-        self, shop_id: str, agent_id: str | None, after: int | None, context: Context
+        self,
+        shop_id: str,
+        agent_id: str | None,
+        after: int | None,
+        batch: bool,
+        context: Context,
     ) -> AsyncIterator[pb.WatchMessage]:
-        """One watch stream; ``agent_id`` None watches the whole shop."""
+        """One watch stream; ``agent_id`` None watches the whole shop; ``batch``: the
+        events ready at one moment go as one message."""
         async with abort_on_error(context):
             head = self._node.watch_head(shop_id)  # NOT_FOUND
             if agent_id is not None:  # NOT_FOUND, or INVALID_ARGUMENT when malformed
@@ -59,13 +66,33 @@ class MonitorService(pb_grpc.MonitorServicer):
         watcher, missed = self._hub.subscribe(shop_id, agent_id or "", head, after)
         try:
             yield convert.watch_started(head)
-            for item in missed:
-                yield _message(item)
+            messages = _batched if batch else _each
+            for message in messages(missed):
+                yield message
             while items := await watcher.take():
-                for item in items:
-                    yield _message(item)
+                for message in messages(items):
+                    yield message
         finally:
             self._hub.unsubscribe(watcher)
+
+
+def _each(items: list[Item]) -> Iterator[pb.WatchMessage]:
+    return map(_message, items)
+
+
+def _batched(items: list[Item]) -> Iterator[pb.WatchMessage]:
+    """Runs of events as one message each; a FellBehind between them as its own."""
+    events: list[t.Event] = []
+    for item in items:
+        if isinstance(item, Behind):
+            if events:
+                yield convert.watch_events(events)
+                events = []
+            yield _message(item)
+        else:
+            events.append(item)
+    if events:
+        yield convert.watch_events(events)
 
 
 def _message(item: Item) -> pb.WatchMessage:

@@ -104,6 +104,31 @@ def test_a_watcher_sees_exactly_the_scenarios_events_in_order(
     agent_stream.cancel()
 
 
+def test_a_batched_stream_carries_the_same_events_in_order_in_fewer_messages(
+    api: Api, monitor: pb_grpc.MonitorStub, server: ServerThread, clock: FakeClock, shop: str
+) -> None:
+    api.policy(shop)
+    first_watcher = watch_shop(monitor, shop)  # the shop's ring is kept from now on
+    take(first_watcher, 1)
+    scenario(api, server, clock, shop)  # all of it before the two watchers come
+    plain = monitor.WatchShop(pb.WatchShopRequest(shop_id=shop, after_seq=0),
+                              timeout=STREAM_TIMEOUT)  # fmt: skip
+    batched = monitor.WatchShop(pb.WatchShopRequest(shop_id=shop, after_seq=0, batch=True),
+                                timeout=STREAM_TIMEOUT)  # fmt: skip
+    assert brief(take(plain, 1 + len(SCENARIO)))[1:] == SCENARIO  # one message an event
+    first, missed = take(batched, 2)
+    assert brief([first]) == [("started", len(SCENARIO))]
+    assert missed.WhichOneof("message") == "events"  # what it missed: one message
+    flat = [pb.WatchMessage(event=e) for e in missed.events.events]
+    assert brief(flat) == SCENARIO
+    api.route(shop, "later")  # and live events come batched too
+    (live,) = take(batched, 1)
+    assert [e.seq for e in live.events.events] == [len(SCENARIO) + 1]
+    plain.cancel()
+    batched.cancel()
+    first_watcher.cancel()
+
+
 def test_a_watcher_that_disconnects_and_resumes_misses_nothing(
     api: Api, monitor: pb_grpc.MonitorStub, server: ServerThread, clock: FakeClock, shop: str
 ) -> None:
