@@ -60,8 +60,6 @@ class Log(Protocol):
         """Records up to ``before`` are covered by snapshots: they may be dropped."""
         ...
 
-    def close(self) -> None: ...
-
 
 class SnapshotStore(Protocol):
     """One shard's snapshots: images (``core/image.py``) at log positions."""

@@ -77,9 +77,6 @@ class ShardLog:
     def prune(self, before: int) -> None:
         self._wal.prune(self.index, before)
 
-    def close(self) -> None:
-        pass
-
 
 class ShardSnapshots:
     """The snapshots of shard ``index``; the newest ``KEEP_SNAPSHOTS`` are kept."""

@@ -38,9 +38,6 @@ class MemoryLog:
             del self.records[:drop]
             self._start = before
 
-    def close(self) -> None:
-        pass
-
 
 class MemorySnapshots:
     def __init__(self, keep: int = 2) -> None:
