@@ -250,6 +250,14 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, here=False)
     top = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # needs no server: its own options, parsed by fenliu.server.sim.cli (imported lazily)
+    simulate = top.add_parser(
+        "simulate",
+        help="what-if: replay a shop's traffic under another policy (no server needed)",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    simulate.add_argument("args", nargs=argparse.REMAINDER)
 
     def command(
         parent: Any, name: str, handler: Handler, helptext: str, *args: str
@@ -622,6 +630,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parse(argv)
+    if args.command == "simulate":
+        from fenliu.server.sim.cli import main as simulate
+
+        return simulate(args.args)
     try:
         tls = _tls(args)
     except (OSError, ValueError) as exc:

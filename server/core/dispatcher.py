@@ -50,6 +50,12 @@ class Dispatcher:
         """The shards with a timer due by ``now``: the ones a Tick has work for."""
         return [s.index for s in self.shards if s.timers and s.timers[0][0] <= now]
 
+    def next_due(self) -> int | None:
+        """The earliest time a timer of any shard is due (None: no timer): when a Tick
+        next has work (the what-if simulator fires timers at their exact times)."""
+        dues = [s.timers[0][0] for s in self.shards if s.timers]
+        return min(dues) if dues else None
+
     def execute(self, command: AnyCommand) -> Any:
         """Apply one command; raises a ``FenliuError`` having changed nothing.
 
