@@ -47,8 +47,10 @@ def speed(rounds: int) -> None:
         replays.append(time.perf_counter() - started)
     load = os.getloadavg()
     print(f"a day, 50 agents, {summary['sessions']} sessions, {summary['commands']} commands")
-    print(f"simulate: median {statistics.median(runs):.2f} s of {rounds} "
-          f"(min {min(runs):.2f}, max {max(runs):.2f}); bound 10 s")  # fmt: skip
+    print(
+        f"simulate: median {statistics.median(runs):.2f} s of {rounds} "
+        f"(min {min(runs):.2f}, max {max(runs):.2f}); bound 10 s"
+    )
     print(f"verbatim replay + fit: median {statistics.median(replays):.2f} s")
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
 
@@ -57,8 +59,10 @@ def honesty(shops: int, seeds: int) -> None:
     from loadgen import World
 
     world = World.make(shops=1000, max_agents=50, seed=1)
-    print("| shop | agents | sessions | 2-min rate recorded | simulated | gap (points) "
-          "| mean wait recorded (s) | simulated (s) | gap |")  # fmt: skip
+    print(
+        "| shop | agents | sessions | 2-min rate recorded | simulated | gap (points) "
+        "| mean wait recorded (s) | simulated (s) | gap |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     worst_rate = worst_wait = 0.0
     # shops across the ranking: the biggest, and smaller teams further down
@@ -69,11 +73,19 @@ def honesty(shops: int, seeds: int) -> None:
         per_hour = agents * world.max_concurrent * 60 / hold_min  # sessions an hour at capacity
         for seed in range(1, seeds + 1):
             model = sim.Model(
-                shop_id=f"s{shop}", agents=agents, max_concurrent=world.max_concurrent,
-                sessions=int(per_hour * 6 * 0.85), hours=6, flat=True,
-                bursts=((1.0, 15.0), (3.5, 10.0)), burst_factor=10 ** 0.5 if agents > 5 else 2,
-                status_churn_per_hour=agents * 2.0, followups=0.5, patience_s=900, seed=seed,
-            )  # fmt: skip
+                shop_id=f"s{shop}",
+                agents=agents,
+                max_concurrent=world.max_concurrent,
+                sessions=int(per_hour * 6 * 0.85),
+                hours=6,
+                flat=True,
+                bursts=((1.0, 15.0), (3.5, 10.0)),
+                burst_factor=10**0.5 if agents > 5 else 2,
+                status_churn_per_hour=agents * 2.0,
+                followups=0.5,
+                patience_s=900,
+                seed=seed,
+            )
             truth = sim.Harness(hold_ms=hold_min * MINUTE, seed=seed)
             _, journal = sim.simulate(sim.traffic(model), truth, record=True)
             assert journal is not None
@@ -83,9 +95,11 @@ def honesty(shops: int, seeds: int) -> None:
             gap = (base["fast_reply_rate"] - rec["fast_reply_rate"]) * 100
             wait = (base["wait_mean_s"] / rec["wait_mean_s"] - 1) * 100 if rec["wait_mean_s"] else 0
             worst_rate, worst_wait = max(worst_rate, abs(gap)), max(worst_wait, abs(wait))
-            print(f"| s{shop} (seed {seed}) | {agents} | {rec['sessions']} "
-                  f"| {rec['fast_reply_rate']:.1%} | {base['fast_reply_rate']:.1%} | {gap:+.1f} "
-                  f"| {rec['wait_mean_s']:.1f} | {base['wait_mean_s']:.1f} | {wait:+.0f}% |")  # fmt: skip
+            print(
+                f"| s{shop} (seed {seed}) | {agents} | {rec['sessions']} "
+                f"| {rec['fast_reply_rate']:.1%} | {base['fast_reply_rate']:.1%} | {gap:+.1f} "
+                f"| {rec['wait_mean_s']:.1f} | {base['wait_mean_s']:.1f} | {wait:+.0f}% |"
+            )
     print(f"\nworst: {worst_rate:.1f} points, {worst_wait:.0f}% (bounds 5 points, 20%)")
 
 

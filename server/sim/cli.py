@@ -54,21 +54,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="end", type=_time, help="end of the range")
     p.add_argument("--synthetic", metavar="KEY=VALUE,...", help="a synthetic traffic model")
     p.add_argument("--variant", action="append", default=[], metavar="[NAME:]KEY=VALUE,...")
-    p.add_argument("--record", type=Path, metavar="FILE",
-                   help="write the baseline run's journal as a recording file (a synthetic "
-                   "day to replay later)")  # fmt: skip
+    p.add_argument(
+        "--record",
+        type=Path,
+        metavar="FILE",
+        help="write the baseline run's journal as a recording file (a synthetic "
+        "day to replay later)",
+    )
     p.add_argument("--seed", type=int, default=1, help="the behaviour model's seed")
     p.add_argument("--out", type=Path, help="write report.md, report.json, simulate.png here")
     p.add_argument("--no-plot", action="store_true", help="no plot (no matplotlib needed)")
     p.add_argument("--json", action="store_true", help="print the JSON report")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="a progress bar on stderr (default: when it is a terminal)")  # fmt: skip
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr (default: when it is a terminal)",
+    )
     return p
 
 
 def _export(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="fenliu simulate export",
-                                description="Write a shop's recording from a data directory.")  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="fenliu simulate export", description="Write a shop's recording from a data directory."
+    )
     p.add_argument("data_dir", type=Path)
     p.add_argument("--shop")
     p.add_argument("--from", dest="start", type=_time)
@@ -111,8 +120,9 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-def run(args: argparse.Namespace, variants: list[engine.Variant]
-        ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], str, list[str]]:  # fmt: skip
+def run(
+    args: argparse.Namespace, variants: list[engine.Variant]
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any], str, list[str]]:
     runs: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     behaviour: Behaviour
@@ -153,8 +163,10 @@ def run(args: argparse.Namespace, variants: list[engine.Variant]
         "end": traffic.end,
         "hours": round(span_h, 2),
         "seed": args.seed,
-        "variants": {v.name: v.__dict__ | {"policy": {k: str(x) for k, x in v.policy.items()}}
-                     for v in variants},  # fmt: skip
+        "variants": {
+            v.name: v.__dict__ | {"policy": {k: str(x) for k, x in v.policy.items()}}
+            for v in variants
+        },
         "model": behaviour.summary() if hasattr(behaviour, "summary") else type(behaviour).__name__,
     }
     return runs, meta, title, notes

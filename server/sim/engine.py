@@ -152,14 +152,18 @@ def apply_variant(traffic: Traffic, variant: Variant) -> tuple[list[t.Command], 
     for c in traffic.external:
         if type(c) is t.RegisterAgent and c.agent_id not in registered:
             registered.append(c.agent_id)
-    removed = set(registered[len(registered) - variant.remove_agents :]) if variant.remove_agents else set()
+    removed = (
+        set(registered[len(registered) - variant.remove_agents :])
+        if variant.remove_agents
+        else set()
+    )
     clones: dict[str, list[str]] = {}
     aliases: dict[str, str] = {}
     for i in range(variant.add_agents):
         if not registered:
             break
         model = registered[i % len(registered)]
-        clone = f"{model}+{i + 1}"
+        clone = f"{model}.copy{i + 1}"
         clones.setdefault(model, []).append(clone)
         aliases[clone] = model
     change = msgspec.structs.replace(t.PolicyChange(), **variant.policy) if variant.policy else None
@@ -170,14 +174,18 @@ def apply_variant(traffic: Traffic, variant: Variant) -> tuple[list[t.Command], 
         agent_id = getattr(c, "agent_id", "")
         if agent_id in removed and kind is not t.Route:
             continue
-        if kind is t.Route and c.addressed_agent_id in removed:  # type: ignore[attr-defined]
+        if isinstance(c, t.Route) and c.addressed_agent_id in removed:
             c = msgspec.structs.replace(c, addressed_agent_id="")
-        if kind is t.SetPolicy and change is not None:
-            c = msgspec.structs.replace(c, change=_merged(c.change, change))  # type: ignore[attr-defined]
-        if kind is t.RegisterAgent:
-            c = msgspec.structs.replace(c, max_concurrent=variant.max_for(agent_id, c.max_concurrent))  # type: ignore[attr-defined]
-        if kind is t.UpdateAgent and c.max_concurrent is not None:  # type: ignore[attr-defined]
-            c = msgspec.structs.replace(c, max_concurrent=variant.max_for(agent_id, c.max_concurrent))  # type: ignore[attr-defined]
+        elif isinstance(c, t.SetPolicy) and change is not None:
+            c = msgspec.structs.replace(c, change=_merged(c.change, change))
+        elif isinstance(c, t.RegisterAgent):
+            c = msgspec.structs.replace(
+                c, max_concurrent=variant.max_for(agent_id, c.max_concurrent)
+            )
+        elif isinstance(c, t.UpdateAgent) and c.max_concurrent is not None:
+            c = msgspec.structs.replace(
+                c, max_concurrent=variant.max_for(agent_id, c.max_concurrent)
+            )
         out.append(c)
         if not started and change is not None and kind in (t.SetPolicy, t.RegisterAgent):
             started = True  # the shop exists now: the variant's policy from here on
@@ -269,7 +277,11 @@ class Metrics:
             if waiting is not False:
                 stop = reached
                 if stop is None:
-                    stop = waiting if type(waiting) is int else (ended if ended is not None else self.end)
+                    stop = (
+                        waiting
+                        if type(waiting) is int
+                        else (ended if ended is not None else self.end)
+                    )
                 waits.append(max(0, stop - created))
             if first_reply is not None:
                 replied += 1
@@ -296,13 +308,17 @@ class Metrics:
             "abandoned": self.abandoned,
             "reassigned": dict(sorted(self.reassigned.items())),
             "timeouts": dict(sorted(self.timeouts.items())),
-            "queue_mean": round(sum(q for _, q in self.queue) / len(self.queue), 2) if self.queue else 0.0,
+            "queue_mean": round(sum(q for _, q in self.queue) / len(self.queue), 2)
+            if self.queue
+            else 0.0,
             "queue_max": max((q for _, q in self.queue), default=0),
             "fairness_jain": round(_jain(served), 4),
             "agents": {
                 a: {
                     "served": self.served.get(a, 0),
-                    "mean_load": round(self.load_sum.get(a, 0) / self.samples, 2) if self.samples else 0.0,
+                    "mean_load": round(self.load_sum.get(a, 0) / self.samples, 2)
+                    if self.samples
+                    else 0.0,
                     "peak_load": self.peak_load.get(a, 0),
                 }
                 for a in agents
@@ -337,8 +353,17 @@ _ACK, _REPLY, _END = 0, 1, 2
 
 
 class _Run:
-    def __init__(self, shop_id: str, start: int, end: int, *, check: Check | None,
-                 check_every: int, progress: Progress | None, record: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        shop_id: str,
+        start: int,
+        end: int,
+        *,
+        check: Check | None,
+        check_every: int,
+        progress: Progress | None,
+        record: bool,
+    ) -> None:
         self.shop_id = shop_id
         self.start, self.end = start, end
         self.core = Dispatcher(1)
@@ -424,8 +449,14 @@ class _Run:
 class _Simulation(_Run):
     """External commands as recorded, agents' actions drawn from ``behaviour``."""
 
-    def __init__(self, traffic: Traffic, behaviour: Behaviour, seed: int,
-                 external: list[t.Command], **kw: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        traffic: Traffic,
+        behaviour: Behaviour,
+        seed: int,
+        external: list[t.Command],
+        **kw: Any,
+    ) -> None:
         super().__init__(traffic.shop_id, traffic.start, traffic.end, **kw)
         self.behaviour = behaviour
         self.seed = seed
@@ -526,9 +557,9 @@ class _Replay(_Run):
             if any(sid and sid not in known for sid in sids):
                 # a session opened before the range (not part of the recording): left out
                 outside = [sid for sid in sids if sid not in known]
-                self.dropped["on sessions before the range"] = (
-                    self.dropped.get("on sessions before the range", 0) + len(outside)
-                )
+                self.dropped["on sessions before the range"] = self.dropped.get(
+                    "on sessions before the range", 0
+                ) + len(outside)
                 if ctype is not t.EndSessions or len(outside) == len(sids):
                     return
                 c = msgspec.structs.replace(c, session_ids=tuple(s for s in sids if s in known))
@@ -558,7 +589,9 @@ class _Replay(_Run):
 
     def _buyer(self, sid: str) -> str:
         try:
-            view = self.core.read(t.GetSession(at=self.shard.now, shop_id=self.shop_id, session_id=sid))
+            view = self.core.read(
+                t.GetSession(at=self.shard.now, shop_id=self.shop_id, session_id=sid)
+            )
         except FenliuError:
             return ""
         return view.buyer_id if view.state in _WAITING else ""
@@ -571,8 +604,13 @@ class Analysis:
     recorded: dict[str, Any]
 
 
-def analyse(rec: Recording, *, check: Check | None = None, check_every: int = 1,
-            progress: Progress | None = None) -> Analysis:  # fmt: skip
+def analyse(
+    rec: Recording,
+    *,
+    check: Check | None = None,
+    check_every: int = 1,
+    progress: Progress | None = None,
+) -> Analysis:
     """Replay ``rec`` verbatim: its figures, its outside world and the fitted behaviour."""
     run = _Replay(rec, check=check, check_every=check_every, progress=progress, record=False)
     run.run(auto_ticks=False)
@@ -581,10 +619,17 @@ def analyse(rec: Recording, *, check: Check | None = None, check_every: int = 1,
     return Analysis(traffic, run.behaviour, run.metrics.summary())
 
 
-def simulate(traffic: Traffic, behaviour: Behaviour, variant: Variant | None = None, *,
-             seed: int = 1, check: Check | None = None, check_every: int = 1,
-             progress: Progress | None = None, record: bool = False
-             ) -> tuple[dict[str, Any], Recording | None]:  # fmt: skip
+def simulate(
+    traffic: Traffic,
+    behaviour: Behaviour,
+    variant: Variant | None = None,
+    *,
+    seed: int = 1,
+    check: Check | None = None,
+    check_every: int = 1,
+    progress: Progress | None = None,
+    record: bool = False,
+) -> tuple[dict[str, Any], Recording | None]:
     """One run of ``traffic`` under ``variant`` (None: as recorded), agents per
     ``behaviour``; its summary, and (``record``) the journal it would have written."""
     variant = variant or Variant()
@@ -593,8 +638,16 @@ def simulate(traffic: Traffic, behaviour: Behaviour, variant: Variant | None = N
         behaviour = Empirical(behaviour.own, behaviour.pooled, {**behaviour.aliases, **aliases})
     elif aliases and hasattr(behaviour, "speeds"):
         pass  # parametric: an added agent gets its own speed
-    run = _Simulation(traffic, behaviour, seed, external, check=check, check_every=check_every,
-                      progress=progress, record=record)  # fmt: skip
+    run = _Simulation(
+        traffic,
+        behaviour,
+        seed,
+        external,
+        check=check,
+        check_every=check_every,
+        progress=progress,
+        record=record,
+    )
     run.run(auto_ticks=True)
     summary = run.metrics.summary()
     recording = None
@@ -616,8 +669,10 @@ def check_invariants(core: Dispatcher, shop_id: str) -> None:
         assert agent.load == len(agent.sessions), f"{agent.agent_id}: load {agent.load}"
         assert 0 <= agent.new_count <= agent.load, f"{agent.agent_id}: new {agent.new_count}"
         ordinary = sum(1 for s in held if not s.priority)
-        assert ordinary <= max(agent.max_concurrent, 0) or agent.status not in t.RECEIVING or any(
-            s.priority for s in held
+        assert (
+            ordinary <= max(agent.max_concurrent, 0)
+            or agent.status not in t.RECEIVING
+            or any(s.priority for s in held)
         ), f"{agent.agent_id}: {ordinary} sessions over max {agent.max_concurrent}"
         for s in held:
             assert s.agent is agent and s.state in (t.State.ASSIGNED, t.State.ACTIVE)

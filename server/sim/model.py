@@ -142,4 +142,6 @@ class Harness:
         end = int(self.hold_ms * f * rng.uniform(1 - j / 2, 1 + j / 2))
         if rng.random() >= self.p_answer:
             return Script(None, (), end)
-        return Script(int(half), (int(half) + rng.randint(1_000, 5_000),), max(end, int(half) + 6_000))
+        return Script(
+            int(half), (int(half) + rng.randint(1_000, 5_000),), max(end, int(half) + 6_000)
+        )

@@ -86,8 +86,9 @@ class Recording:
         return cls(meta.shop_id, meta.start, meta.end, commands)
 
 
-def load(source: Path, shop_id: str | None = None, start: int | None = None,
-         end: int | None = None) -> Recording:  # fmt: skip
+def load(
+    source: Path, shop_id: str | None = None, start: int | None = None, end: int | None = None
+) -> Recording:
     """A recording from a data directory or a recording file (then cut to the range)."""
     if source.is_dir():
         return from_data_dir(source, shop_id, start, end)
@@ -97,8 +98,9 @@ def load(source: Path, shop_id: str | None = None, start: int | None = None,
     return cut(rec.shop_id, rec.commands, start, end)
 
 
-def from_data_dir(root: Path, shop_id: str | None = None, start: int | None = None,
-                  end: int | None = None) -> Recording:  # fmt: skip
+def from_data_dir(
+    root: Path, shop_id: str | None = None, start: int | None = None, end: int | None = None
+) -> Recording:
     """The recording of ``shop_id`` (the only shop, or the busiest, when None) in a data
     directory, read without changing anything in it."""
     manifest = root / MANIFEST
@@ -114,7 +116,9 @@ def from_data_dir(root: Path, shop_id: str | None = None, start: int | None = No
             if found is not None:
                 shard, position = image.decode(found[0])
                 after[i] = position
-                seeds[i] = [c for shop in shard.shops.values() for c in _shop_setup(shop, shard.now)]
+                seeds[i] = [
+                    c for shop in shard.shops.values() for c in _shop_setup(shop, shard.now)
+                ]
     by_shard: dict[int, list[t.Command]] = {i: list(c) for i, c in seeds.items()}
     for index, payload in wal.replay(after):
         by_shard.setdefault(index, []).append(codec.decode_command(payload))
@@ -135,8 +139,9 @@ def from_data_dir(root: Path, shop_id: str | None = None, start: int | None = No
     return cut(shop_id, own, start, end)
 
 
-def cut(shop_id: str, commands: Iterable[t.Command], start: int | None,
-        end: int | None) -> Recording:  # fmt: skip
+def cut(
+    shop_id: str, commands: Iterable[t.Command], start: int | None, end: int | None
+) -> Recording:
     """``commands`` from ``start`` to ``end``: the setup before ``start`` moved to it."""
     listed = list(commands)
     if not listed:

@@ -84,8 +84,14 @@ def plot(runs: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write(out: Path, runs: dict[str, dict[str, Any]], meta: dict[str, Any], title: str,
-          notes: list[str], plot_it: bool = True) -> str:  # fmt: skip
+def write(
+    out: Path,
+    runs: dict[str, dict[str, Any]],
+    meta: dict[str, Any],
+    title: str,
+    notes: list[str],
+    plot_it: bool = True,
+) -> str:
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(runs, title, notes)
     if plot_it:

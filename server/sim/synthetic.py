@@ -126,10 +126,17 @@ def traffic(m: Model) -> Traffic:
         agent = f"a{i}"
         begin, stop = m.shifts[i % len(m.shifts)]
         on = begin <= 0 < stop
-        add(start, t.RegisterAgent(
-            at=start, shop_id=shop, agent_id=agent, role=t.Role.MAIN if i == 0 else t.Role.SUB,
-            max_concurrent=m.max_concurrent, status=t.Status.ONLINE if on else t.Status.OFFLINE,
-        ))  # fmt: skip
+        add(
+            start,
+            t.RegisterAgent(
+                at=start,
+                shop_id=shop,
+                agent_id=agent,
+                role=t.Role.MAIN if i == 0 else t.Role.SUB,
+                max_concurrent=m.max_concurrent,
+                status=t.Status.ONLINE if on else t.Status.OFFLINE,
+            ),
+        )
         day = 0.0
         while day * 24 < m.hours:
             for hour, status in ((begin, t.Status.ONLINE), (stop, t.Status.OFFLINE)):
@@ -172,17 +179,34 @@ def traffic(m: Model) -> Traffic:
         buyer += 1
         crowds = ("vip",) if m.vip and rng.random() < m.vip else ()
         bid = f"b{buyer}"
-        add(at, t.Route(at=at, shop_id=shop, buyer_id=bid, request_id=f"r{buyer}",
-                        channel="item_page", crowds=crowds))  # fmt: skip
+        add(
+            at,
+            t.Route(
+                at=at,
+                shop_id=shop,
+                buyer_id=bid,
+                request_id=f"r{buyer}",
+                channel="item_page",
+                crowds=crowds,
+            ),
+        )
         follow = at
         k = 0
         while m.followups and rng.random() < m.followups / (1 + m.followups):
             k += 1
             follow += int(rng.uniform(10, 60) * 1000)
             if follow < end:
-                add(follow, t.Route(at=follow, shop_id=shop, buyer_id=bid,
-                                    request_id=f"r{buyer}.{k}", channel="item_page",
-                                    crowds=crowds))  # fmt: skip
+                add(
+                    follow,
+                    t.Route(
+                        at=follow,
+                        shop_id=shop,
+                        buyer_id=bid,
+                        request_id=f"r{buyer}.{k}",
+                        channel="item_page",
+                        crowds=crowds,
+                    ),
+                )
         if m.patience_s > 0:
             abandons.append((at + int(rng.expovariate(1 / m.patience_s) * 1000), bid))
     out.sort(key=lambda x: (x[0], x[1]))

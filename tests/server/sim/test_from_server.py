@@ -21,8 +21,10 @@ from ...client.test_restart import start
 def _simulate(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fenliu.client._cli", "simulate", *map(str, args)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.slow
@@ -65,10 +67,22 @@ def test_a_real_servers_data_directory_replays_as_it_was_served(tmp_path: Path) 
     # the export path: the same recording, as a file that can leave the machine
     exported = tmp_path / "s1.flrec"
     done = subprocess.run(
-        [sys.executable, "-m", "fenliu.client._cli", "simulate", "export", str(data),
-         "--shop", "s1", "-o", str(exported)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "fenliu.client._cli",
+            "simulate",
+            "export",
+            str(data),
+            "--shop",
+            "s1",
+            "-o",
+            str(exported),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     from_file = sim.analyse(sim.Recording.read(exported)).recorded
     from_dir = sim.analyse(sim.load(data, "s1")).recorded
