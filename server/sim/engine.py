@@ -525,6 +525,13 @@ class _Replay(_Run):
         self.dropped: dict[str, int] = {}
         # session -> [agent, reached at, ack, replies, end, timed out]
         self.open: dict[str, list[Any]] = {}
+        self.preexisting: set[str] = set()
+        base = rec.base_shard()
+        if base is not None:
+            self.core.install(0, base)
+            self.shard = base
+            shop = base.shops.get(rec.shop_id)
+            self.preexisting = set(shop.sessions) if shop is not None else set()
         for c in rec.commands:
             self.push(c.at, _EXT, c)
 
@@ -554,11 +561,13 @@ class _Replay(_Run):
             name = ctype.__name__
             known = self.metrics.sessions
             sids = c.session_ids if ctype is t.EndSessions else (getattr(c, "session_id", ""),)
-            if any(sid and sid not in known for sid in sids):
-                # a session opened before the range (not part of the recording): left out
-                outside = [sid for sid in sids if sid not in known]
-                self.dropped["on sessions before the range"] = self.dropped.get(
-                    "on sessions before the range", 0
+            old = self.preexisting
+            if any(sid and sid not in known and sid not in old for sid in sids):
+                # a session the recording does not hold (damage, or a cut recording
+                # without its base): left out
+                outside = [sid for sid in sids if sid not in known and sid not in old]
+                self.dropped["on sessions not in the recording"] = self.dropped.get(
+                    "on sessions not in the recording", 0
                 ) + len(outside)
                 if ctype is not t.EndSessions or len(outside) == len(sids):
                     return
@@ -615,7 +624,8 @@ def analyse(
     run = _Replay(rec, check=check, check_every=check_every, progress=progress, record=False)
     run.run(auto_ticks=False)
     dropped = {k: v for k, v in run.dropped.items() if v}
-    traffic = Traffic(rec.shop_id, rec.start, rec.end, run.external, run.abandons, dropped)
+    external = rec.setup() + run.external  # a fresh shop as the base holds it, then the rest
+    traffic = Traffic(rec.shop_id, rec.start, rec.end, external, run.abandons, dropped)
     return Analysis(traffic, run.behaviour, run.metrics.summary())
 
 

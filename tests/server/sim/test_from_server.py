@@ -5,15 +5,20 @@ then ``fenliu simulate`` on the directory (and on a recording exported from it).
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from fenliu.client import Client, Status
 from fenliu.server import sim
+from fenliu.server.core.dispatcher import shard_index
+from fenliu.server.core.types import RegisterAgent, Route
+from fenliu.server.storage.wal import Wal
 
 from ...client.test_restart import start
 
@@ -91,3 +96,67 @@ def test_a_real_servers_data_directory_replays_as_it_was_served(tmp_path: Path) 
 
     done = _simulate(data, "--shop", "nobody")
     assert done.returncode == 1 and "nobody" in done.stderr
+
+
+def _start(data: Path, log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    args = [sys.executable, "-m", "fenliu.server", "--port", "0", "--grace", "1"]
+    args += ["--data-dir", str(data), "--gc-freeze-interval", "0", *extra]
+    with log.open("wb") as sink:
+        child = subprocess.Popen(args, stderr=sink, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = re.search(r"fenliu serving on 127\.0\.0\.1:(\d+)", log.read_text())
+        if found:
+            return child, int(found.group(1))
+        if child.poll() is not None:
+            raise AssertionError(f"the server exited {child.returncode}: {log.read_text()}")
+        time.sleep(0.05)
+    child.kill()
+    raise AssertionError("the server did not start")
+
+
+def _journal_start(data: Path, shop: str) -> int:
+    shards = json.loads((data / "MANIFEST").read_text())["shards"]
+    return Wal(data, shards, read_only=True).start(shard_index(shop, shards))
+
+
+@pytest.mark.slow
+def test_a_pruned_journal_starts_from_the_snapshots_team(tmp_path: Path) -> None:
+    """Snapshots every 0.2 s: once the journal's first segments are pruned, the recording
+    takes the team from the newest snapshot and the commands after it."""
+    data = tmp_path / "data"
+    child, port = _start(data, tmp_path / "server.log", "--snapshot-interval", "0.2")
+    n = 0
+    try:
+        with Client(f"127.0.0.1:{port}") as fenliu:
+            for i in range(3):
+                fenliu.register_agent("s1", f"a{i}", max_concurrent=50, status=Status.ONLINE)
+            deadline = time.monotonic() + 60
+            while _journal_start(data, "s1") == 0:
+                assert time.monotonic() < deadline, "the journal was never pruned"
+                d = fenliu.route("s1", f"b{n}", request_id=f"r{n}")
+                fenliu.end_sessions("s1", [d.session_id])
+                n += 1
+                time.sleep(0.05)
+            for k in range(5):  # after the pruning: these are in the journal
+                d = fenliu.route("s1", f"late{k}", request_id=f"late{k}")
+                fenliu.acknowledge("s1", d.agent_id, d.session_id)
+                fenliu.reply("s1", d.agent_id, d.session_id)
+    finally:
+        child.send_signal(signal.SIGTERM)
+        child.wait(30)
+    assert child.returncode == 0
+    rec = sim.load(data, "s1")
+    assert rec.base is not None  # the shop at the snapshot
+    registered = {c.agent_id for c in rec.setup() if isinstance(c, RegisterAgent)}
+    assert registered == {"a0", "a1", "a2"}
+    routed = [c.buyer_id for c in rec.commands if isinstance(c, Route)]
+    assert routed[-5:] == [f"late{k}" for k in range(5)]
+    assert len(routed) < n + 5  # the pruned part is not replayed
+    analysis = sim.analyse(rec)
+    recorded = analysis.recorded
+    assert recorded["first_replies"] == 5  # the recorded session ids are the replay's
+    assert recorded["refused_actions"] == 0
+    assert not analysis.traffic.dropped
+    baseline, _ = sim.simulate(analysis.traffic, analysis.behaviour)
+    assert baseline["sessions"] == recorded["sessions"]
