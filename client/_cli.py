@@ -7,6 +7,7 @@
     fenliu queue list shop1 --sort longest
     fenliu stats shop1 --window 15
     fenliu watch shop1 --agent alice
+    fenliu simulate data/ --shop shop1 --variant max=+3   # what-if, no server needed
 
 Every command prints its result and exits 0; a refused request prints one line naming
 the field and exits 1; an unreachable server exits 2 (a usage error too, with a suggestion

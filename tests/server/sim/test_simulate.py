@@ -205,3 +205,12 @@ def test_the_cli_reports_bad_input_and_exits_nonzero(tmp_path: Path) -> None:
     assert done.returncode == 2 and "--synthetic" in done.stderr
     done = _cli("--synthetic", "agents=2,sessions=10,hours=1", "--variant", "max=x", cwd=tmp_path)
     assert done.returncode == 1 and "max" in done.stderr
+
+
+def test_the_simulator_needs_neither_grpc_nor_matplotlib_to_import() -> None:
+    code = (
+        "import sys, fenliu.server.sim.cli; "
+        "print('grpc' in sys.modules, 'matplotlib' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["False", "False"], done.stderr
