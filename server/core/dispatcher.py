@@ -5,6 +5,8 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from .shard import Shard
 from .types import AnyCommand, AnyQuery, Event, Moved, Tick
 
@@ -16,6 +18,7 @@ def shard_index(shop_id: str, shards: int) -> int:
     return zlib.crc32(shop_id.encode()) % shards
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests subclass it
 class Dispatcher:
     """All shards of one process. ``execute`` changes state, ``read`` never does."""
 

@@ -11,6 +11,7 @@ from heapq import heappop, heappush
 from typing import Any
 
 import msgspec
+from mypy_extensions import mypyc_attr
 
 from . import validate as v
 from .errors import (
@@ -96,6 +97,7 @@ _DURATIONS = (
 )
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests subclass it
 class Shard:
     """One partition of the state; commands on it are applied one at a time."""
 
