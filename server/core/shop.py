@@ -15,10 +15,10 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from datetime import datetime, timedelta
 from heapq import heappush
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .errors import NotFound, ResourceExhausted, resource_name
-from .shop_heap import AgentHeap, strategy_key
+from .shop_heap import AgentHeap, Entry, strategy_key
 from .state import Agent, Ended, Session
 from .stats import COUNTED_EVENTS, ENDED_UNREPLIED, ShopCounters
 from .types import (
@@ -41,47 +41,63 @@ from .validate import check_id, zone
 if TYPE_CHECKING:
     from .shard import Shard
 
-ASSIGN, PIN, QUEUE, LEAVE = "assign", "pin", "queue", "leave"
+_heappush: Final = heappush  # a module static, not a globals lookup per call (mypyc)
+_bisect_left: Final = bisect_left
+_insort: Final = insort
+ASSIGN: Final = "assign"
+PIN: Final = "pin"
+QUEUE: Final = "queue"
+LEAVE: Final = "leave"
 Plan = tuple[str, Agent | None, Reason]
 
 # Timer kinds of the shard's timer heap.
 # T_RECENT and T_REQUEST entries are per shop (key ""), for the oldest entry of the table.
-T_SESSION, T_RECENT, T_REQUEST, T_NOTICE = 0, 1, 2, 3
+T_SESSION: Final = 0
+T_RECENT: Final = 1
+T_REQUEST: Final = 2
+T_NOTICE: Final = 3
 
-IDEMPOTENCY_WINDOW_MS = 10 * 60_000
-ENDED_KEEP_MS = 24 * 3600 * 1000
+IDEMPOTENCY_WINDOW_MS: Final = 10 * 60_000
+ENDED_KEEP_MS: Final = 24 * 3600 * 1000
 """How long an agent's list shows a session after it ended (seed 003's 已结束会话)."""
-ENDED_PER_AGENT = 100
+ENDED_PER_AGENT: Final = 100
 """At most this many ended sessions per agent list (the oldest go first): the memory bound."""
-_INDEX_MASK = (1 << 32) - 1
+_INDEX_MASK: Final = (1 << 32) - 1
 # Enum members as module constants for the hot path: on Python 3.11 an attribute of an
 # enum class (``State.QUEUED``) goes through EnumType's __getattr__ hook, ~5x a global.
-_ACTIVE = State.ACTIVE
-_ASSIGNED = State.ASSIGNED
-_BACKLOG = State.BACKLOG
-_ENDED = State.ENDED
-_LEFT_MESSAGE = State.LEFT_MESSAGE
-_QUEUED = State.QUEUED
-_OFFLINE = Status.OFFLINE
-_SUSPENDED = Status.SUSPENDED
-_ADDRESSED = Reason.ADDRESSED
-_AGENT_OFFLINE = Reason.AGENT_OFFLINE
-_ALL_BUSY = Reason.ALL_BUSY
-_ALL_OFFLINE = Reason.ALL_OFFLINE
-_ALL_SUSPENDED = Reason.ALL_SUSPENDED
-_CAPACITY_FREED = Reason.CAPACITY_FREED
-_OPEN_SESSION = Reason.OPEN_SESSION
-_PRIORITY_CROWD = Reason.PRIORITY_CROWD
-_PRIORITY_OVERFLOW = Reason.PRIORITY_OVERFLOW
-_PRIVATE_CONTACT = Reason.PRIVATE_CONTACT
-_RECENT_CONTACT = Reason.RECENT_CONTACT
-_STRATEGY = Reason.STRATEGY
-_CROWD_GROUP = Reason.CROWD_GROUP
-_NO_NOTICE = PriorityNotice.NONE
-_LIFO = QueueOrder.LIFO
-_PRIORITY_REASONS = (Reason.PRIORITY_CROWD, Reason.PRIORITY_OVERFLOW)
+_ACTIVE: Final = State.ACTIVE
+_ASSIGNED: Final = State.ASSIGNED
+_BACKLOG: Final = State.BACKLOG
+_ENDED: Final = State.ENDED
+_LEFT_MESSAGE: Final = State.LEFT_MESSAGE
+_QUEUED: Final = State.QUEUED
+_OFFLINE: Final = Status.OFFLINE
+_SUSPENDED: Final = Status.SUSPENDED
+_ONLINE: Final = Status.ONLINE
+_INVISIBLE: Final = Status.INVISIBLE
+_RECEIVING: Final = RECEIVING
+assert RECEIVING == (_ONLINE, _INVISIBLE)
+_LIT_CHANNELS: Final = LIT_CHANNELS
+_Decision: Final = Decision  # classes of interpreted types.py: module statics, no lookups
+_Event: Final = Event
+_ADDRESSED: Final = Reason.ADDRESSED
+_AGENT_OFFLINE: Final = Reason.AGENT_OFFLINE
+_ALL_BUSY: Final = Reason.ALL_BUSY
+_ALL_OFFLINE: Final = Reason.ALL_OFFLINE
+_ALL_SUSPENDED: Final = Reason.ALL_SUSPENDED
+_CAPACITY_FREED: Final = Reason.CAPACITY_FREED
+_OPEN_SESSION: Final = Reason.OPEN_SESSION
+_PRIORITY_CROWD: Final = Reason.PRIORITY_CROWD
+_PRIORITY_OVERFLOW: Final = Reason.PRIORITY_OVERFLOW
+_PRIVATE_CONTACT: Final = Reason.PRIVATE_CONTACT
+_RECENT_CONTACT: Final = Reason.RECENT_CONTACT
+_STRATEGY: Final = Reason.STRATEGY
+_CROWD_GROUP: Final = Reason.CROWD_GROUP
+_NO_NOTICE: Final = PriorityNotice.NONE
+_LIFO: Final = QueueOrder.LIFO
+_PRIORITY_REASONS: Final = (Reason.PRIORITY_CROWD, Reason.PRIORITY_OVERFLOW)
 
-_OUTCOME_OF_STATE = {
+_OUTCOME_OF_STATE: Final = {
     State.QUEUED: Outcome.QUEUED,
     State.BACKLOG: Outcome.BACKLOG,
     State.ASSIGNED: Outcome.ASSIGNED,
@@ -103,8 +119,9 @@ class Shop:
         self.main: Agent | None = None
         # Per scope ("" = whole shop, else a group): members, eligible-agent heap,
         # and how many members are ONLINE/INVISIBLE (receiving) or not OFFLINE (present).
-        self.members: dict[str, dict[str, Agent]] = {"": {}}
-        self.heaps: dict[str, AgentHeap] = {"": AgentHeap(self.policy.strategy)}
+        everyone: dict[str, Agent] = {}
+        self.members: dict[str, dict[str, Agent]] = {"": everyone}
+        self.heaps: dict[str, AgentHeap] = {"": AgentHeap(self.policy.strategy, everyone)}
         self.receiving: dict[str, int] = {"": 0}
         self.present: dict[str, int] = {"": 0}
         self.sessions: dict[str, Session] = {}
@@ -144,7 +161,7 @@ class Shop:
         if counted is not None:
             self.tally(counted)
         self.shard.outbox.append(
-            Event(
+            _Event(
                 kind=kind,
                 shop_id=self.shop_id,
                 at=self.shard.now,
@@ -217,7 +234,7 @@ class Shop:
         """1-based place in the shop queue; 0 when not queued."""
         if session.state is not _QUEUED:
             return 0
-        return bisect_left(self.queue, self.queue_key(session)) + 1
+        return _bisect_left(self.queue, self.queue_key(session)) + 1
 
     def set_crowd_groups(self) -> None:
         """The policy's group -> crowds, inverted for routing (groups in policy order)."""
@@ -232,7 +249,7 @@ class Shop:
     ) -> Decision:
         agent = session.agent
         if notice is _NO_NOTICE:  # the hot path: the notice fields keep their defaults
-            return Decision(
+            return _Decision(
                 outcome=_OUTCOME_OF_STATE[session.state],
                 reason=reason,
                 buyer_id=session.buyer_id,
@@ -241,7 +258,7 @@ class Shop:
                 queue_position=self.position(session),
                 state=session.state,
             )
-        return Decision(
+        return _Decision(
             outcome=_OUTCOME_OF_STATE[session.state],
             reason=reason,
             buyer_id=session.buyer_id,
@@ -256,45 +273,62 @@ class Shop:
     # ------------------------------------------------------------ agents and scopes
 
     def touch(self, agent: Agent) -> None:
-        """Record a change to the agent: older heap entries go stale, a fresh one is pushed."""
+        """Record a change to the agent: older heap entries go stale, a fresh one is pushed
+        in its scopes that keep a heap (small ones are scanned: nothing to push)."""
         agent.version += 1
-        if agent.status in RECEIVING and agent.load < agent.max_concurrent:
+        status = agent.status
+        if (status is _ONLINE or status is _INVISIBLE) and agent.load < agent.max_concurrent:
             heaps = self.heaps
-            entry = heaps[""].entry(agent)  # one strategy per shop: the same in every scope
-            for scope in agent.scopes:
-                entries = heaps[scope].entries
-                heappush(entries, entry)
-                if len(entries) > 2 * len(self.members[scope]) + 16:
-                    self.rebuild_heap(scope)
+            top = heaps[""]
+            entry = None
+            if not top.scan:
+                entry = top.entry(agent)  # one strategy per shop: the same in every scope
+                self.push_entry("", top, entry)
+            for scope in agent.groups:
+                heap = heaps[scope]
+                if not heap.scan:
+                    if entry is None:
+                        entry = heap.entry(agent)
+                    self.push_entry(scope, heap, entry)
+
+    def push_entry(self, scope: str, heap: AgentHeap, entry: Entry) -> None:
+        entries = heap.entries
+        _heappush(entries, entry)
+        if len(entries) > 2 * len(self.members[scope]) + 16:
+            self.rebuild_heap(scope)
 
     def rebuild_heap(self, scope: str) -> None:
         self.heaps[scope].rebuild(
             [
                 a
                 for a in self.members[scope].values()
-                if a.status in RECEIVING and a.load < a.max_concurrent
+                if a.status in _RECEIVING and a.load < a.max_concurrent
             ]
         )
 
     def join(self, agent: Agent) -> None:
         """Add the agent to its scopes' members and counts."""
         for scope in agent.scopes:
-            if scope not in self.members:
-                self.members[scope] = {}
-                self.heaps[scope] = AgentHeap(self.policy.strategy)
+            members = self.members.get(scope)
+            if members is None:
+                members = self.members[scope] = {}
+                self.heaps[scope] = AgentHeap(self.policy.strategy, members)
                 self.receiving[scope] = 0
                 self.present[scope] = 0
-            self.members[scope][agent.agent_id] = agent
+            members[agent.agent_id] = agent
+            if self.heaps[scope].resize():
+                self.rebuild_heap(scope)  # grown past the scan limit: a heap from now on
         self.count(agent, 1)
 
     def leave(self, agent: Agent) -> None:
         self.count(agent, -1)
         for scope in agent.scopes:
             del self.members[scope][agent.agent_id]
+            self.heaps[scope].resize()
         agent.version += 1
 
     def count(self, agent: Agent, sign: int) -> None:
-        receiving = agent.status in RECEIVING
+        receiving = agent.status in _RECEIVING
         present = agent.status is not _OFFLINE
         for scope in agent.scopes:
             if receiving:
@@ -329,7 +363,7 @@ class Shop:
         candidates = [
             a
             for a in self.members.get(scope, {}).values()
-            if a.status in RECEIVING and a.load < a.max_concurrent and a.agent_id not in excluded
+            if a.status in _RECEIVING and a.load < a.max_concurrent and a.agent_id not in excluded
         ]
         return min(candidates, key=lambda a: strategy_key(strategy, a), default=None)
 
@@ -377,10 +411,10 @@ class Shop:
             receiving = sum(
                 1
                 for a in self.members[group].values()
-                if a.status in RECEIVING and a.agent_id not in excluded
+                if a.status in _RECEIVING and a.agent_id not in excluded
             )
         if priority and receiving and policy.priority_may_exceed_capacity:
-            agent = self.least_loaded(group, RECEIVING, excluded, capped=False)
+            agent = self.least_loaded(group, _RECEIVING, excluded, capped=False)
             return ASSIGN, agent, _PRIORITY_OVERFLOW
         if not receiving and policy.route_when_all_suspended:
             agent = self.least_loaded(group, (_SUSPENDED,), excluded, capped=True)
@@ -402,7 +436,7 @@ class Shop:
             agent = self.agents.get(self.contact_ids[recent & _INDEX_MASK])
             if agent is not None and agent.status is not _OFFLINE and self.in_scope(agent, group):
                 return PIN, agent, _RECENT_CONTACT
-        if addressed is not None and addressed.status in RECEIVING:
+        if addressed is not None and addressed.status in _RECEIVING:
             return PIN, addressed, _ADDRESSED
         return None
 
@@ -464,7 +498,7 @@ class Shop:
         session.agent = None
         session.reason = reason
         session.entered_at = self.shard.now
-        insort(self.queue, (*self.queue_key(session), session))
+        _insort(self.queue, (*self.queue_key(session), session))
         self.schedule(session)
         self.emit("queue_changed", "", session, reason)
 
@@ -496,7 +530,7 @@ class Shop:
             del agent.backlog[session.session_id]
             self.emit("backlog_changed", agent.agent_id, session)
         elif state is _QUEUED:
-            index = bisect_left(self.queue, self.queue_key(session))
+            index = _bisect_left(self.queue, self.queue_key(session))
             del self.queue[index]
             self.emit("queue_changed", "", session)
         elif state is _LEFT_MESSAGE:
@@ -660,7 +694,7 @@ class Shop:
             return False
         if session.excluded and agent.agent_id in session.excluded:
             return False
-        if agent.status in RECEIVING:
+        if agent.status in _RECEIVING:
             return True
         return (
             agent.status is Status.SUSPENDED
@@ -830,7 +864,7 @@ class Shop:
         session.private = plan[2] is _PRIVATE_CONTACT
         self.place(session, plan)
         notice = _NO_NOTICE
-        if priority and channel in LIT_CHANNELS:
+        if priority and channel in _LIT_CHANNELS:
             notice = self.priority_notice(session, plan[2], group, crowds)
         return self.decision(session, plan[2], notice)
 
@@ -903,7 +937,7 @@ class Shop:
         old = agent.status
         if old is status:
             return
-        was_receiving = old in RECEIVING
+        was_receiving = old in _RECEIVING
         self.count(agent, -1)
         agent.status = status
         self.count(agent, 1)
@@ -915,11 +949,11 @@ class Shop:
                 self.shard.moved.append(
                     self.reroute(session, Reason.AGENT_OFFLINE, exclude=None)[0]
                 )
-        if was_receiving and status not in RECEIVING:
+        if was_receiving and status not in _RECEIVING:
             self.fill_all()  # a scope may have lost its last receiving agent
         else:
             self.fill(agent)
-            if status in RECEIVING and not was_receiving:
+            if status in _RECEIVING and not was_receiving:
                 self.retry_priority()
 
     def remove_agent(self, agent: Agent) -> None:

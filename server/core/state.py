@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from mypy_extensions import mypyc_attr
 
 from .types import Reason, Role, State, Status
 
-_QUEUED, _STRATEGY = State.QUEUED, Reason.STRATEGY  # enum attributes are slow on 3.11
+_QUEUED: Final = State.QUEUED
+_STRATEGY: Final = Reason.STRATEGY  # enum attributes are slow on 3.11
 
 
 class Agent:

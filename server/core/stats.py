@@ -9,16 +9,24 @@ Only minutes with activity keep a bucket; a shop gets its counters with its firs
 
 from __future__ import annotations
 
+from typing import Final
+
 from .types import MINUTE, CountsView
 
-ASSIGNED, REASSIGNED, TRANSFERRED, TIMEOUTS, REPLIED, REPLIED_FAST, ENDED_UNREPLIED = range(7)
-FIELDS = 7
-WINDOW_MINUTES = 60
+ASSIGNED: Final = 0
+REASSIGNED: Final = 1
+TRANSFERRED: Final = 2
+TIMEOUTS: Final = 3
+REPLIED: Final = 4
+REPLIED_FAST: Final = 5
+ENDED_UNREPLIED: Final = 6
+FIELDS: Final = 7
+WINDOW_MINUTES: Final = 60
 """The longest sliding window a stats query may ask for, in minutes."""
-FAST_REPLY_MS = 2 * MINUTE
+FAST_REPLY_MS: Final = 2 * MINUTE
 """A first reply within this time of the buyer's request (queue time included) is fast."""
 
-COUNTED_EVENTS = {
+COUNTED_EVENTS: Final = {
     "assigned": ASSIGNED,
     "reassigned_away": REASSIGNED,
     "transferred": TRANSFERRED,
