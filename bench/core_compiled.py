@@ -11,12 +11,13 @@ session (rule 2, a new request id each). Per core and decision:
   decision (``time.perf_counter``; the machine is shared: read the load average printed
   with it, and the ratios);
 - the instructions per decision counted by ``valgrind --tool=callgrind``: the same worker
-  run twice, with ``--calls`` and with 0 measured decisions after the same set-up, the
-  difference divided by ``--calls`` (instruction counts do not depend on the load).
+  run twice after the same set-up, making ``--calls`` commands and executing them or not,
+  the difference divided by ``--calls`` (instruction counts do not depend on the load).
 
 The pure core is the source tree (``.ci/typecheck`` maps it to ``fenliu.server``), the
 compiled one the installed package when it is compiled (``pip install .``), otherwise
-one built for this run with ``pip install --no-deps --target build/bench-compiled .``.
+(or with ``--build``) one built for this run with ``pip install --no-deps --target
+build/bench-compiled .``.
 Prints a table and one JSON record.
 """
 
@@ -100,28 +101,33 @@ def worker_time(kind: str, agents: int, n: int, reps: int) -> dict[str, object]:
     return {"compiled": core.COMPILED, "median_us": statistics.median(per), "all_us": per}
 
 
-def worker_count(kind: str, agents: int, calls: int) -> None:
-    """The measured part of a callgrind run: ``calls`` decisions (0 for the baseline)."""
+def worker_count(kind: str, agents: int, calls: int, execute_them: bool) -> None:
+    """The measured part of a callgrind run: ``calls`` commands made, and executed or not
+    (the baseline): the difference is the decisions alone."""
     d, execute = _prepare(kind, agents)
     commands = _commands(kind, 0, calls)
-    for command in commands:
-        execute(command)  # type: ignore[operator]
+    if execute_them:
+        for command in commands:
+            execute(command)  # type: ignore[operator]
+    else:
+        for command in commands:
+            type(command)  # the loop itself, without the call
     d.drain_events()  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------- the driver
 
 
-def _compiled_path() -> str | None:
+def _compiled_path(build: bool) -> str | None:
     """A sys.path entry whose fenliu.server.core is compiled; None: the installed one is."""
     probe = "import fenliu.server.core as c; print(c.COMPILED)"
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, env=_env(None)
     )
-    if out.stdout.strip() == "True":
+    if out.stdout.strip() == "True" and not build:
         return None
     target = ROOT / "build" / "bench-compiled"
-    print(f"the installed core is not compiled: building one into {target}", file=sys.stderr)
+    print(f"building the compiled core of {ROOT} into {target}", file=sys.stderr)
     shutil.rmtree(target, ignore_errors=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
@@ -150,11 +156,11 @@ def _run(path: str | None, args: list[str], prefix: list[str] = ()) -> str:  # t
 def _instructions(path: str | None, kind: str, agents: int, calls: int) -> tuple[int, bool]:
     with tempfile.TemporaryDirectory() as tmp:
         counts = []
-        for n in (0, calls):
+        for run in ("--baseline", "--execute"):
             output = _run(
                 path,
                 ["--worker", "count", "--kind", kind, "--agents", str(agents),
-                 "--calls", str(n)],
+                 "--calls", str(calls), run],
                 ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out"],
             )  # fmt: skip
             match = re.search(r"Collected : (\d+)", output)
@@ -171,17 +177,24 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=21, help="timed batches per core")
     parser.add_argument("--calls", type=int, default=2_000, help="decisions under callgrind")
     parser.add_argument("--no-callgrind", action="store_true")
+    parser.add_argument(
+        "--build",
+        action="store_true",
+        help="build this tree's compiled core even if one is installed",
+    )
     parser.add_argument("--worker", choices=("time", "count"), help=argparse.SUPPRESS)
     parser.add_argument("--kind", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--execute", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker == "time":
         print(json.dumps(worker_time(args.kind, args.agents, args.n, args.reps)))
         return
     if args.worker == "count":
-        worker_count(args.kind, args.agents, args.calls)
+        worker_count(args.kind, args.agents, args.calls, args.execute)
         return
 
-    compiled = _compiled_path()
+    compiled = _compiled_path(args.build)
     cores = {"pure": str(ROOT / ".ci" / "typecheck"), "compiled": compiled}
     load_before = os.getloadavg()
     results: dict[str, dict[str, dict[str, object]]] = {k: {} for k in KINDS}

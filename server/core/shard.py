@@ -181,7 +181,7 @@ class Shard:
         v.check_id(request_id, "request_id")
         cached = shop.requests.get(request_id)
         if cached is not None:
-            return cached[0]
+            return cached
         addressed_id: str = fields[3]
         crowds: tuple[str, ...] = fields[4]
         group: str = fields[5]

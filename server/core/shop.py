@@ -15,6 +15,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from datetime import datetime, timedelta
 from heapq import heappush
+from itertools import islice
 from typing import TYPE_CHECKING, Final
 
 from .errors import NotFound, ResourceExhausted, resource_name
@@ -136,7 +137,11 @@ class Shop:
         self.contact_index: dict[str, int] = {}
         self.private: set[str] = set()
         self.notices: dict[str, int] = {}  # buyer -> last priority notice
-        self.requests: dict[str, tuple[Decision, int]] = {}  # request id -> (decision, at)
+        self.requests: dict[str, Decision] = {}  # request id -> decision, oldest first
+        # their times, run-length: request_n[i] requests at request_at[i], from request_head
+        self.request_at: list[int] = []
+        self.request_n: list[int] = []
+        self.request_head = 0
         self.next_seq = 0
         self.assign_seq = 0
         self.reg_seq = 0
@@ -636,23 +641,71 @@ class Shop:
 
     def remember_request(self, request_id: str, decision: Decision) -> None:
         """Cache a Route's decision for the idempotency window; oldest first, like
-        ``recent``, with one T_REQUEST timer per shop for the oldest entry."""
+        ``recent``, with one T_REQUEST timer per shop for the oldest entry. Their times
+        are kept apart, run-length (``request_at``/``request_n``): no tuple per request."""
         now = self.shard.now
-        if not self.requests:
+        requests = self.requests
+        if not requests:
             self.shard.push_timer(now + IDEMPOTENCY_WINDOW_MS, T_REQUEST, self, "")
-        self.requests[request_id] = (decision, now)
+        requests[request_id] = decision
+        times = self.request_at
+        if len(times) > self.request_head and times[-1] == now:
+            self.request_n[-1] += 1
+        else:
+            times.append(now)
+            self.request_n.append(1)
 
     def expire_requests(self) -> None:
         requests = self.requests
         horizon = self.shard.now - IDEMPOTENCY_WINDOW_MS
-        expired = []
-        for request_id, (_, at) in requests.items():
-            if at > horizon:
-                self.shard.push_timer(at + IDEMPOTENCY_WINDOW_MS, T_REQUEST, self, "")
-                break
-            expired.append(request_id)
-        for request_id in expired:
-            del requests[request_id]
+        times, counts = self.request_at, self.request_n
+        head = self.request_head
+        drop = 0
+        while head < len(times) and times[head] <= horizon:
+            drop += counts[head]
+            head += 1
+        if drop:
+            for request_id in list(islice(requests, drop)):
+                del requests[request_id]
+        if head == len(times):
+            times.clear()
+            counts.clear()
+            head = 0
+        elif head > 1024 and 2 * head > len(times):
+            del times[:head], counts[:head]
+            head = 0
+        self.request_head = head
+        if head < len(times):
+            self.shard.push_timer(times[head] + IDEMPOTENCY_WINDOW_MS, T_REQUEST, self, "")
+
+    def request_table(self) -> dict[str, tuple[Decision, int]]:
+        """request id -> (decision, time), oldest first: the remembered requests."""
+        head = self.request_head
+        times = [
+            at
+            for at, n in zip(self.request_at[head:], self.request_n[head:], strict=True)
+            for _ in range(n)
+        ]
+        return {
+            request_id: (decision, at)
+            for (request_id, decision), at in zip(self.requests.items(), times, strict=True)
+        }
+
+    def load_requests(self, table: dict[str, tuple[Decision, int]]) -> None:
+        """Put back ``request_table``'s form (an image's), oldest first."""
+        self.requests = {}
+        self.request_at, self.request_n, self.request_head = [], [], 0
+        for request_id, (decision, at) in table.items():
+            self.requests[request_id] = decision
+            if self.request_at and self.request_at[-1] == at:
+                self.request_n[-1] += 1
+            else:
+                self.request_at.append(at)
+                self.request_n.append(1)
+
+    def forget_requests(self) -> None:
+        """Forget every remembered request (their T_REQUEST timer then finds none)."""
+        self.load_requests({})
 
     def reroute(
         self, session: Session, reason: Reason, exclude: Agent | None
