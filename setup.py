@@ -38,7 +38,7 @@ def _pure_reason() -> str:
         import mypyc.build  # noqa: F401
     except ImportError:
         return "mypy (mypyc) is not installed"
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         return f"no C compiler ({compiler})"
     return ""

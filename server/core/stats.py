@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from .types import MINUTE, CountsView
+from .types import MINUTE as _TYPES_MINUTE, CountsView
+
+MINUTE: Final = _TYPES_MINUTE  # a module static when compiled, not a globals lookup
 
 ASSIGNED: Final = 0
 REASSIGNED: Final = 1
@@ -51,11 +53,15 @@ class ShopCounters:
         if day != self.day:
             self.day = day
             self.today = [0] * FIELDS
-        self.today[index] += 1
+        today = self.today
+        count: int = today[index]  # typed: compiled, a native add, not PyNumber_InPlaceAdd
+        today[index] = count + 1
         minute = now // MINUTE
         if minute != self.minute:
             self.roll(minute)
-        self.current[index] += 1
+        current = self.current
+        count = current[index]
+        current[index] = count + 1
 
     def roll(self, minute: int) -> None:
         """Start counting ``minute``: the current bucket joins the older ones."""
