@@ -113,7 +113,12 @@ class Shop:
     def __init__(self, shard: Shard, shop_id: str) -> None:
         self.shard = shard
         self.shop_id = shop_id
-        self.policy = Policy()
+        # The timer limits as plain ints (set with the policy): due() runs on every decision
+        # and a msgspec field read is a generic attribute lookup.
+        self.queue_wait_limit_ms = self.accept_timeout_ms = 0
+        self.reply_timeout_ms = self.idle_end_timeout_ms = 0
+        self._policy = Policy()
+        self.policy = self._policy
         self.priority_crowds: frozenset[str] = frozenset()
         self.crowd_groups: dict[str, tuple[str, ...]] = {}  # crowd -> groups serving it
         self.agents: dict[str, Agent] = {}
@@ -150,6 +155,18 @@ class Shop:
         self.day = 0
         self.event_seq = 0  # the seq of the shop's latest event
         self.counters: ShopCounters | None = None  # stats, from the first counted event
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        self._policy = policy
+        self.queue_wait_limit_ms = policy.queue_wait_limit_ms
+        self.accept_timeout_ms = policy.accept_timeout_ms
+        self.reply_timeout_ms = policy.reply_timeout_ms
+        self.idle_end_timeout_ms = policy.idle_end_timeout_ms
 
     # ------------------------------------------------------------ events and helpers
 
@@ -818,24 +835,23 @@ class Shop:
 
     def due(self, session: Session) -> int | None:
         """When the session's next timer fires, from its state and the policy."""
-        policy = self.policy
         state = session.state
         if state is _QUEUED or state is _BACKLOG:
-            limit = policy.queue_wait_limit_ms
+            limit = self.queue_wait_limit_ms
             return session.entered_at + limit if limit else None
         if session.private and (state is _ASSIGNED or session.awaiting_since is not None):
             return None  # rule 3: a private contact is MAIN's; no timeout moves it
         if state is _ASSIGNED:
-            limit = policy.accept_timeout_ms
+            limit = self.accept_timeout_ms
             return session.assigned_at + limit if limit else None
         if state is _ACTIVE:
             awaiting = session.awaiting_since
             if awaiting is not None:
                 # counted from the later of the first unanswered message and the assignment
-                limit = policy.reply_timeout_ms
+                limit = self.reply_timeout_ms
                 assigned = session.assigned_at
                 return (awaiting if awaiting > assigned else assigned) + limit if limit else None
-            limit = policy.idle_end_timeout_ms
+            limit = self.idle_end_timeout_ms
             return session.last_activity + limit if limit else None
         return None
 
