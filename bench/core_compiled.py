@@ -238,6 +238,11 @@ def main() -> None:
             ratio_i = int(pure["instructions"]) / int(comp["instructions"])  # type: ignore[call-overload]
             results[kind]["instruction_ratio"] = {"pure/compiled": round(ratio_i, 2)}
             line += f", {ratio_i:.2f}x fewer instructions"
+        for name in ("pure", "compiled"):
+            rounds_us = results[kind][name]["rounds_us"]
+            low, high = min(rounds_us), max(rounds_us)  # type: ignore[type-var]
+            if high > 1.2 * low:
+                print(f"  warning: {kind} {name}: the rounds disagree ({low:.2f}-{high:.2f} µs)")
         met = float(comp["median_us"]) <= TARGETS_US[kind]  # type: ignore[arg-type]
         line += f"; target ≤ {TARGETS_US[kind]} µs: {'met' if met else 'NOT met'}"
         results[kind]["time_ratio"] = {"pure/compiled": round(ratio_t, 2)}
