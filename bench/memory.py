@@ -30,6 +30,7 @@ import gc
 import json
 import tracemalloc
 
+from fenliu.server import core
 from fenliu.server.core import shop as core_shop
 from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.types import (
@@ -118,6 +119,12 @@ def main() -> None:
     parser.add_argument("--buyers", type=int, default=100_000, help="in all")
     args = parser.parse_args()
     shops = [f"shop{s}" for s in range(args.shops)]
+    if core.COMPILED:
+        # a compiled class's calls between its methods are direct: the patch would not apply
+        raise SystemExit(
+            "bench/memory.py patches Shop.keep_ended: run it on the pure core "
+            "(FENLIU_PURE=1 pip install ., or an editable install)"
+        )
     tracemalloc.start()
     # Ending sessions leaves dict tables as large as they grew (dicts do not shrink): the
     # cost of a recent contact is what one run with acknowledged sessions keeps beyond an

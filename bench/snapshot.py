@@ -64,7 +64,7 @@ async def build(node: Node, agents: int, sessions: int, first: int = 0) -> None:
     await asyncio.gather(*pending)
     for shard in node.dispatcher.shards:  # the idempotency window would have let these go
         for shop in shard.shops.values():
-            shop.requests.clear()
+            shop.forget_requests()
 
 
 async def stalled(work: Callable[[], Awaitable[Any]]) -> tuple[float, float]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from typing import Any, Final
+
+from mypy_extensions import mypyc_attr
 
 from .shard import Shard
 from .types import AnyCommand, AnyQuery, Event, Moved, Tick
 
-DEFAULT_SHARDS = 16
+DEFAULT_SHARDS: Final = 16
 
 
 def shard_index(shop_id: str, shards: int) -> int:
@@ -16,6 +18,7 @@ def shard_index(shop_id: str, shards: int) -> int:
     return zlib.crc32(shop_id.encode()) % shards
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests subclass it
 class Dispatcher:
     """All shards of one process. ``execute`` changes state, ``read`` never does."""
 

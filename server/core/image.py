@@ -214,7 +214,7 @@ def _shop_image(shop: Shop) -> ShopImage:
         recent=shop.recent_contacts(),
         private=sorted(shop.private),
         notices=dict(shop.notices),
-        requests=dict(shop.requests),
+        requests=shop.request_table(),
         next_seq=shop.next_seq,
         assign_seq=shop.assign_seq,
         reg_seq=shop.reg_seq,
@@ -310,7 +310,7 @@ def _restore_shop(shard: Shard, image: ShopImage) -> Shop:
     shop.recent = {buyer: shop.pack_contact(agent_id, at) for buyer, (agent_id, at) in contacts}
     shop.private = set(image.private)
     shop.notices = dict(image.notices)
-    shop.requests = {rid: (decision, at) for rid, (decision, at) in image.requests.items()}
+    shop.load_requests(image.requests)
     shop.next_seq, shop.assign_seq, shop.reg_seq = image.next_seq, image.assign_seq, image.reg_seq
     shop.event_seq = image.event_seq
     _restore_counters(shop, image.counters)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from heapq import heappop, heappush
-from typing import Any
+from typing import Any, Final
 
 import msgspec
+from mypy_extensions import mypyc_attr
 
 from . import validate as v
 from .errors import (
@@ -85,7 +86,19 @@ from .types import (
     UpdateAgent,
 )
 
-_DURATIONS = (
+_heappop: Final = heappop  # a module static, not a globals lookup per call (mypyc)
+_heappush: Final = heappush
+_Route: Final = Route
+_astuple: Final = msgspec.structs.astuple
+# Route's fields in astuple's order (kw_only: the base's ``at`` comes last).
+_ROUTE_FIELDS: Final = (
+    "shop_id", "buyer_id", "request_id", "addressed_agent_id", "crowds", "group", "channel",
+    "from_team_member", "at",
+)  # fmt: skip
+if Route.__struct_fields__ != _ROUTE_FIELDS:
+    raise ImportError(f"Route's fields changed: {Route.__struct_fields__}; see Shard.route")
+
+_DURATIONS: Final = (
     "notice_interval_ms",
     "accept_timeout_ms",
     "reply_timeout_ms",
@@ -96,6 +109,7 @@ _DURATIONS = (
 )
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests subclass it
 class Shard:
     """One partition of the state; commands on it are applied one at a time."""
 
@@ -110,17 +124,21 @@ class Shard:
 
     def push_timer(self, due: int, kind: int, shop: Shop, key: Any) -> None:
         self.timer_seq += 1
-        heappush(self.timers, (due, self.timer_seq, kind, shop, key))
+        _heappush(self.timers, (due, self.timer_seq, kind, shop, key))
 
     # ------------------------------------------------------------ entry points
 
     def apply(self, command: Any) -> Any:
         """Apply one command; raises a ``FenliuError`` having changed nothing."""
         before = self.now
-        if command.at > before:
-            self.now = command.at
-        self.moved = []
+        at: int = command.at
+        if at > before:
+            self.now = at
+        if self.moved:
+            self.moved = []
         try:
+            if type(command) is _Route:
+                return self.route(command)  # the hot path: a direct call
             return _COMMANDS[type(command)](self, command)
         except FenliuError:
             self.now = before  # a rejected command leaves no trace, not even its time
@@ -152,46 +170,57 @@ class Shard:
 
     def route(self, cmd: Route) -> Decision:
         """Rules 0 and 1 here; the shop applies rules 2–6."""
-        shop = self.shop(cmd.shop_id)
-        v.check_id(cmd.buyer_id, "buyer_id")
-        v.check_id(cmd.request_id, "request_id")
-        cached = shop.requests.get(cmd.request_id)
+        # All fields in one C call: a msgspec field read is a generic attribute lookup (about
+        # 160 instructions each, compiled); one astuple and the items cost a fifth of that.
+        fields = _astuple(cmd)
+        shop_id: str = fields[0]
+        buyer_id: str = fields[1]
+        request_id: str = fields[2]
+        shop = self.shop(shop_id)
+        v.check_id(buyer_id, "buyer_id")
+        v.check_id(request_id, "request_id")
+        cached = shop.requests.get(request_id)
         if cached is not None:
-            return cached[0]
-        if cmd.group:
-            v.check_optional_id(cmd.group, "group")
-        if cmd.channel:
-            v.check_optional_id(cmd.channel, "channel")
-        if cmd.crowds:
-            v.check_ids(cmd.crowds, "crowds", v.MAX_CROWDS)
+            return cached
+        addressed_id: str = fields[3]
+        crowds: tuple[str, ...] = fields[4]
+        group: str = fields[5]
+        channel: str = fields[6]
+        team: bool = fields[7]
+        if group:
+            v.check_optional_id(group, "group")
+        if channel:
+            v.check_optional_id(channel, "channel")
+        if crowds:
+            v.check_ids(crowds, "crowds", v.MAX_CROWDS)
         addressed = None
-        if cmd.addressed_agent_id:
-            v.check_id(cmd.addressed_agent_id, "addressed_agent_id")
-        if cmd.from_team_member:
-            if not cmd.addressed_agent_id:
+        if addressed_id:
+            v.check_id(addressed_id, "addressed_agent_id")
+        if team:
+            if not addressed_id:
                 raise InvalidArgument(
                     "addressed_agent_id is required for a team message", "addressed_agent_id"
                 )
-            if cmd.buyer_id not in shop.agents:
+            if buyer_id not in shop.agents:
                 # a wrong flag from the gateway would skip routing silently
                 raise InvalidArgument(
-                    f"from_team_member is set but buyer_id {v.show(cmd.buyer_id)} is not an "
-                    f"agent of shop {v.show(cmd.shop_id)}",
+                    f"from_team_member is set but buyer_id {v.show(buyer_id)} is not an "
+                    f"agent of shop {v.show(shop_id)}",
                     "from_team_member",
                 )
-        if cmd.addressed_agent_id:
-            addressed = shop.agent(cmd.addressed_agent_id, "addressed_agent_id")
-        if cmd.from_team_member:
+        if addressed_id:
+            addressed = shop.agent(addressed_id, "addressed_agent_id")
+        if team:
             assert addressed is not None
             decision = Decision(
                 outcome=Outcome.TEAM_DELIVERY,
                 reason=Reason.TEAM_MESSAGE,
-                buyer_id=cmd.buyer_id,
+                buyer_id=buyer_id,
                 agent_id=addressed.agent_id,
             )
         else:
-            decision = shop.route_buyer(cmd.buyer_id, addressed, cmd.crowds, cmd.group, cmd.channel)
-        shop.remember_request(cmd.request_id, decision)
+            decision = shop.route_buyer(buyer_id, addressed, crowds, group, channel)
+        shop.remember_request(request_id, decision)
         return decision
 
     def tick(self, cmd: Tick) -> Moved:
@@ -199,7 +228,7 @@ class Shard:
         now = self.now
         timers = self.timers
         while timers and timers[0][0] <= now:
-            due, _, kind, shop, key = heappop(timers)
+            due, _, kind, shop, key = _heappop(timers)
             if kind == T_SESSION:
                 shop.fire(key, due)
             elif kind == T_RECENT:

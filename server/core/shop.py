@@ -15,10 +15,11 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from datetime import datetime, timedelta
 from heapq import heappush
-from typing import TYPE_CHECKING
+from itertools import islice
+from typing import TYPE_CHECKING, Final
 
 from .errors import NotFound, ResourceExhausted, resource_name
-from .shop_heap import AgentHeap, strategy_key
+from .shop_heap import AgentHeap, Entry, strategy_key
 from .state import Agent, Ended, Session
 from .stats import COUNTED_EVENTS, ENDED_UNREPLIED, ShopCounters
 from .types import (
@@ -41,47 +42,63 @@ from .validate import check_id, zone
 if TYPE_CHECKING:
     from .shard import Shard
 
-ASSIGN, PIN, QUEUE, LEAVE = "assign", "pin", "queue", "leave"
+_heappush: Final = heappush  # a module static, not a globals lookup per call (mypyc)
+_bisect_left: Final = bisect_left
+_insort: Final = insort
+ASSIGN: Final = "assign"
+PIN: Final = "pin"
+QUEUE: Final = "queue"
+LEAVE: Final = "leave"
 Plan = tuple[str, Agent | None, Reason]
 
 # Timer kinds of the shard's timer heap.
 # T_RECENT and T_REQUEST entries are per shop (key ""), for the oldest entry of the table.
-T_SESSION, T_RECENT, T_REQUEST, T_NOTICE = 0, 1, 2, 3
+T_SESSION: Final = 0
+T_RECENT: Final = 1
+T_REQUEST: Final = 2
+T_NOTICE: Final = 3
 
-IDEMPOTENCY_WINDOW_MS = 10 * 60_000
-ENDED_KEEP_MS = 24 * 3600 * 1000
+IDEMPOTENCY_WINDOW_MS: Final = 10 * 60_000
+ENDED_KEEP_MS: Final = 24 * 3600 * 1000
 """How long an agent's list shows a session after it ended (seed 003's 已结束会话)."""
-ENDED_PER_AGENT = 100
+ENDED_PER_AGENT: Final = 100
 """At most this many ended sessions per agent list (the oldest go first): the memory bound."""
-_INDEX_MASK = (1 << 32) - 1
+_INDEX_MASK: Final = (1 << 32) - 1
 # Enum members as module constants for the hot path: on Python 3.11 an attribute of an
 # enum class (``State.QUEUED``) goes through EnumType's __getattr__ hook, ~5x a global.
-_ACTIVE = State.ACTIVE
-_ASSIGNED = State.ASSIGNED
-_BACKLOG = State.BACKLOG
-_ENDED = State.ENDED
-_LEFT_MESSAGE = State.LEFT_MESSAGE
-_QUEUED = State.QUEUED
-_OFFLINE = Status.OFFLINE
-_SUSPENDED = Status.SUSPENDED
-_ADDRESSED = Reason.ADDRESSED
-_AGENT_OFFLINE = Reason.AGENT_OFFLINE
-_ALL_BUSY = Reason.ALL_BUSY
-_ALL_OFFLINE = Reason.ALL_OFFLINE
-_ALL_SUSPENDED = Reason.ALL_SUSPENDED
-_CAPACITY_FREED = Reason.CAPACITY_FREED
-_OPEN_SESSION = Reason.OPEN_SESSION
-_PRIORITY_CROWD = Reason.PRIORITY_CROWD
-_PRIORITY_OVERFLOW = Reason.PRIORITY_OVERFLOW
-_PRIVATE_CONTACT = Reason.PRIVATE_CONTACT
-_RECENT_CONTACT = Reason.RECENT_CONTACT
-_STRATEGY = Reason.STRATEGY
-_CROWD_GROUP = Reason.CROWD_GROUP
-_NO_NOTICE = PriorityNotice.NONE
-_LIFO = QueueOrder.LIFO
-_PRIORITY_REASONS = (Reason.PRIORITY_CROWD, Reason.PRIORITY_OVERFLOW)
+_ACTIVE: Final = State.ACTIVE
+_ASSIGNED: Final = State.ASSIGNED
+_BACKLOG: Final = State.BACKLOG
+_ENDED: Final = State.ENDED
+_LEFT_MESSAGE: Final = State.LEFT_MESSAGE
+_QUEUED: Final = State.QUEUED
+_OFFLINE: Final = Status.OFFLINE
+_SUSPENDED: Final = Status.SUSPENDED
+_ONLINE: Final = Status.ONLINE
+_INVISIBLE: Final = Status.INVISIBLE
+_RECEIVING: Final = RECEIVING
+assert RECEIVING == (_ONLINE, _INVISIBLE)
+_LIT_CHANNELS: Final = LIT_CHANNELS
+_Decision: Final = Decision  # classes of interpreted types.py: module statics, no lookups
+_Event: Final = Event
+_ADDRESSED: Final = Reason.ADDRESSED
+_AGENT_OFFLINE: Final = Reason.AGENT_OFFLINE
+_ALL_BUSY: Final = Reason.ALL_BUSY
+_ALL_OFFLINE: Final = Reason.ALL_OFFLINE
+_ALL_SUSPENDED: Final = Reason.ALL_SUSPENDED
+_CAPACITY_FREED: Final = Reason.CAPACITY_FREED
+_OPEN_SESSION: Final = Reason.OPEN_SESSION
+_PRIORITY_CROWD: Final = Reason.PRIORITY_CROWD
+_PRIORITY_OVERFLOW: Final = Reason.PRIORITY_OVERFLOW
+_PRIVATE_CONTACT: Final = Reason.PRIVATE_CONTACT
+_RECENT_CONTACT: Final = Reason.RECENT_CONTACT
+_STRATEGY: Final = Reason.STRATEGY
+_CROWD_GROUP: Final = Reason.CROWD_GROUP
+_NO_NOTICE: Final = PriorityNotice.NONE
+_LIFO: Final = QueueOrder.LIFO
+_PRIORITY_REASONS: Final = (Reason.PRIORITY_CROWD, Reason.PRIORITY_OVERFLOW)
 
-_OUTCOME_OF_STATE = {
+_OUTCOME_OF_STATE: Final = {
     State.QUEUED: Outcome.QUEUED,
     State.BACKLOG: Outcome.BACKLOG,
     State.ASSIGNED: Outcome.ASSIGNED,
@@ -96,15 +113,21 @@ class Shop:
     def __init__(self, shard: Shard, shop_id: str) -> None:
         self.shard = shard
         self.shop_id = shop_id
-        self.policy = Policy()
+        # The timer limits as plain ints (set with the policy): due() runs on every decision
+        # and a msgspec field read is a generic attribute lookup.
+        self.queue_wait_limit_ms = self.accept_timeout_ms = 0
+        self.reply_timeout_ms = self.idle_end_timeout_ms = 0
+        self._policy = Policy()
+        self.policy = self._policy
         self.priority_crowds: frozenset[str] = frozenset()
         self.crowd_groups: dict[str, tuple[str, ...]] = {}  # crowd -> groups serving it
         self.agents: dict[str, Agent] = {}
         self.main: Agent | None = None
         # Per scope ("" = whole shop, else a group): members, eligible-agent heap,
         # and how many members are ONLINE/INVISIBLE (receiving) or not OFFLINE (present).
-        self.members: dict[str, dict[str, Agent]] = {"": {}}
-        self.heaps: dict[str, AgentHeap] = {"": AgentHeap(self.policy.strategy)}
+        everyone: dict[str, Agent] = {}
+        self.members: dict[str, dict[str, Agent]] = {"": everyone}
+        self.heaps: dict[str, AgentHeap] = {"": AgentHeap(self.policy.strategy, everyone)}
         self.receiving: dict[str, int] = {"": 0}
         self.present: dict[str, int] = {"": 0}
         self.sessions: dict[str, Session] = {}
@@ -119,7 +142,11 @@ class Shop:
         self.contact_index: dict[str, int] = {}
         self.private: set[str] = set()
         self.notices: dict[str, int] = {}  # buyer -> last priority notice
-        self.requests: dict[str, tuple[Decision, int]] = {}  # request id -> (decision, at)
+        self.requests: dict[str, Decision] = {}  # request id -> decision, oldest first
+        # their times, run-length: request_n[i] requests at request_at[i], from request_head
+        self.request_at: list[int] = []
+        self.request_n: list[int] = []
+        self.request_head = 0
         self.next_seq = 0
         self.assign_seq = 0
         self.reg_seq = 0
@@ -128,6 +155,18 @@ class Shop:
         self.day = 0
         self.event_seq = 0  # the seq of the shop's latest event
         self.counters: ShopCounters | None = None  # stats, from the first counted event
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        self._policy = policy
+        self.queue_wait_limit_ms = policy.queue_wait_limit_ms
+        self.accept_timeout_ms = policy.accept_timeout_ms
+        self.reply_timeout_ms = policy.reply_timeout_ms
+        self.idle_end_timeout_ms = policy.idle_end_timeout_ms
 
     # ------------------------------------------------------------ events and helpers
 
@@ -144,7 +183,7 @@ class Shop:
         if counted is not None:
             self.tally(counted)
         self.shard.outbox.append(
-            Event(
+            _Event(
                 kind=kind,
                 shop_id=self.shop_id,
                 at=self.shard.now,
@@ -217,7 +256,7 @@ class Shop:
         """1-based place in the shop queue; 0 when not queued."""
         if session.state is not _QUEUED:
             return 0
-        return bisect_left(self.queue, self.queue_key(session)) + 1
+        return _bisect_left(self.queue, self.queue_key(session)) + 1
 
     def set_crowd_groups(self) -> None:
         """The policy's group -> crowds, inverted for routing (groups in policy order)."""
@@ -232,7 +271,7 @@ class Shop:
     ) -> Decision:
         agent = session.agent
         if notice is _NO_NOTICE:  # the hot path: the notice fields keep their defaults
-            return Decision(
+            return _Decision(
                 outcome=_OUTCOME_OF_STATE[session.state],
                 reason=reason,
                 buyer_id=session.buyer_id,
@@ -241,7 +280,7 @@ class Shop:
                 queue_position=self.position(session),
                 state=session.state,
             )
-        return Decision(
+        return _Decision(
             outcome=_OUTCOME_OF_STATE[session.state],
             reason=reason,
             buyer_id=session.buyer_id,
@@ -256,45 +295,62 @@ class Shop:
     # ------------------------------------------------------------ agents and scopes
 
     def touch(self, agent: Agent) -> None:
-        """Record a change to the agent: older heap entries go stale, a fresh one is pushed."""
+        """Record a change to the agent: older heap entries go stale, a fresh one is pushed
+        in its scopes that keep a heap (small ones are scanned: nothing to push)."""
         agent.version += 1
-        if agent.status in RECEIVING and agent.load < agent.max_concurrent:
+        status = agent.status
+        if (status is _ONLINE or status is _INVISIBLE) and agent.load < agent.max_concurrent:
             heaps = self.heaps
-            entry = heaps[""].entry(agent)  # one strategy per shop: the same in every scope
-            for scope in agent.scopes:
-                entries = heaps[scope].entries
-                heappush(entries, entry)
-                if len(entries) > 2 * len(self.members[scope]) + 16:
-                    self.rebuild_heap(scope)
+            top = heaps[""]
+            entry = None
+            if not top.scan:
+                entry = top.entry(agent)  # one strategy per shop: the same in every scope
+                self.push_entry("", top, entry)
+            for scope in agent.groups:
+                heap = heaps[scope]
+                if not heap.scan:
+                    if entry is None:
+                        entry = heap.entry(agent)
+                    self.push_entry(scope, heap, entry)
+
+    def push_entry(self, scope: str, heap: AgentHeap, entry: Entry) -> None:
+        entries = heap.entries
+        _heappush(entries, entry)
+        if len(entries) > 2 * len(self.members[scope]) + 16:
+            self.rebuild_heap(scope)
 
     def rebuild_heap(self, scope: str) -> None:
         self.heaps[scope].rebuild(
             [
                 a
                 for a in self.members[scope].values()
-                if a.status in RECEIVING and a.load < a.max_concurrent
+                if a.status in _RECEIVING and a.load < a.max_concurrent
             ]
         )
 
     def join(self, agent: Agent) -> None:
         """Add the agent to its scopes' members and counts."""
         for scope in agent.scopes:
-            if scope not in self.members:
-                self.members[scope] = {}
-                self.heaps[scope] = AgentHeap(self.policy.strategy)
+            members = self.members.get(scope)
+            if members is None:
+                members = self.members[scope] = {}
+                self.heaps[scope] = AgentHeap(self.policy.strategy, members)
                 self.receiving[scope] = 0
                 self.present[scope] = 0
-            self.members[scope][agent.agent_id] = agent
+            members[agent.agent_id] = agent
+            if self.heaps[scope].resize():
+                self.rebuild_heap(scope)  # grown past the scan limit: a heap from now on
         self.count(agent, 1)
 
     def leave(self, agent: Agent) -> None:
         self.count(agent, -1)
         for scope in agent.scopes:
             del self.members[scope][agent.agent_id]
+            self.heaps[scope].resize()
         agent.version += 1
 
     def count(self, agent: Agent, sign: int) -> None:
-        receiving = agent.status in RECEIVING
+        receiving = agent.status in _RECEIVING
         present = agent.status is not _OFFLINE
         for scope in agent.scopes:
             if receiving:
@@ -329,7 +385,7 @@ class Shop:
         candidates = [
             a
             for a in self.members.get(scope, {}).values()
-            if a.status in RECEIVING and a.load < a.max_concurrent and a.agent_id not in excluded
+            if a.status in _RECEIVING and a.load < a.max_concurrent and a.agent_id not in excluded
         ]
         return min(candidates, key=lambda a: strategy_key(strategy, a), default=None)
 
@@ -377,10 +433,10 @@ class Shop:
             receiving = sum(
                 1
                 for a in self.members[group].values()
-                if a.status in RECEIVING and a.agent_id not in excluded
+                if a.status in _RECEIVING and a.agent_id not in excluded
             )
         if priority and receiving and policy.priority_may_exceed_capacity:
-            agent = self.least_loaded(group, RECEIVING, excluded, capped=False)
+            agent = self.least_loaded(group, _RECEIVING, excluded, capped=False)
             return ASSIGN, agent, _PRIORITY_OVERFLOW
         if not receiving and policy.route_when_all_suspended:
             agent = self.least_loaded(group, (_SUSPENDED,), excluded, capped=True)
@@ -402,7 +458,7 @@ class Shop:
             agent = self.agents.get(self.contact_ids[recent & _INDEX_MASK])
             if agent is not None and agent.status is not _OFFLINE and self.in_scope(agent, group):
                 return PIN, agent, _RECENT_CONTACT
-        if addressed is not None and addressed.status in RECEIVING:
+        if addressed is not None and addressed.status in _RECEIVING:
             return PIN, addressed, _ADDRESSED
         return None
 
@@ -464,7 +520,7 @@ class Shop:
         session.agent = None
         session.reason = reason
         session.entered_at = self.shard.now
-        insort(self.queue, (*self.queue_key(session), session))
+        _insort(self.queue, (*self.queue_key(session), session))
         self.schedule(session)
         self.emit("queue_changed", "", session, reason)
 
@@ -496,7 +552,7 @@ class Shop:
             del agent.backlog[session.session_id]
             self.emit("backlog_changed", agent.agent_id, session)
         elif state is _QUEUED:
-            index = bisect_left(self.queue, self.queue_key(session))
+            index = _bisect_left(self.queue, self.queue_key(session))
             del self.queue[index]
             self.emit("queue_changed", "", session)
         elif state is _LEFT_MESSAGE:
@@ -602,23 +658,71 @@ class Shop:
 
     def remember_request(self, request_id: str, decision: Decision) -> None:
         """Cache a Route's decision for the idempotency window; oldest first, like
-        ``recent``, with one T_REQUEST timer per shop for the oldest entry."""
+        ``recent``, with one T_REQUEST timer per shop for the oldest entry. Their times
+        are kept apart, run-length (``request_at``/``request_n``): no tuple per request."""
         now = self.shard.now
-        if not self.requests:
+        requests = self.requests
+        if not requests:
             self.shard.push_timer(now + IDEMPOTENCY_WINDOW_MS, T_REQUEST, self, "")
-        self.requests[request_id] = (decision, now)
+        requests[request_id] = decision
+        times = self.request_at
+        if len(times) > self.request_head and times[-1] == now:
+            self.request_n[-1] += 1
+        else:
+            times.append(now)
+            self.request_n.append(1)
 
     def expire_requests(self) -> None:
         requests = self.requests
         horizon = self.shard.now - IDEMPOTENCY_WINDOW_MS
-        expired = []
-        for request_id, (_, at) in requests.items():
-            if at > horizon:
-                self.shard.push_timer(at + IDEMPOTENCY_WINDOW_MS, T_REQUEST, self, "")
-                break
-            expired.append(request_id)
-        for request_id in expired:
-            del requests[request_id]
+        times, counts = self.request_at, self.request_n
+        head = self.request_head
+        drop = 0
+        while head < len(times) and times[head] <= horizon:
+            drop += counts[head]
+            head += 1
+        if drop:
+            for request_id in list(islice(requests, drop)):
+                del requests[request_id]
+        if head == len(times):
+            times.clear()
+            counts.clear()
+            head = 0
+        elif head > 1024 and 2 * head > len(times):
+            del times[:head], counts[:head]
+            head = 0
+        self.request_head = head
+        if head < len(times):
+            self.shard.push_timer(times[head] + IDEMPOTENCY_WINDOW_MS, T_REQUEST, self, "")
+
+    def request_table(self) -> dict[str, tuple[Decision, int]]:
+        """request id -> (decision, time), oldest first: the remembered requests."""
+        head = self.request_head
+        times = [
+            at
+            for at, n in zip(self.request_at[head:], self.request_n[head:], strict=True)
+            for _ in range(n)
+        ]
+        return {
+            request_id: (decision, at)
+            for (request_id, decision), at in zip(self.requests.items(), times, strict=True)
+        }
+
+    def load_requests(self, table: dict[str, tuple[Decision, int]]) -> None:
+        """Put back ``request_table``'s form (an image's), oldest first."""
+        self.requests = {}
+        self.request_at, self.request_n, self.request_head = [], [], 0
+        for request_id, (decision, at) in table.items():
+            self.requests[request_id] = decision
+            if self.request_at and self.request_at[-1] == at:
+                self.request_n[-1] += 1
+            else:
+                self.request_at.append(at)
+                self.request_n.append(1)
+
+    def forget_requests(self) -> None:
+        """Forget every remembered request (their T_REQUEST timer then finds none)."""
+        self.load_requests({})
 
     def reroute(
         self, session: Session, reason: Reason, exclude: Agent | None
@@ -660,7 +764,7 @@ class Shop:
             return False
         if session.excluded and agent.agent_id in session.excluded:
             return False
-        if agent.status in RECEIVING:
+        if agent.status in _RECEIVING:
             return True
         return (
             agent.status is Status.SUSPENDED
@@ -731,24 +835,23 @@ class Shop:
 
     def due(self, session: Session) -> int | None:
         """When the session's next timer fires, from its state and the policy."""
-        policy = self.policy
         state = session.state
         if state is _QUEUED or state is _BACKLOG:
-            limit = policy.queue_wait_limit_ms
+            limit = self.queue_wait_limit_ms
             return session.entered_at + limit if limit else None
         if session.private and (state is _ASSIGNED or session.awaiting_since is not None):
             return None  # rule 3: a private contact is MAIN's; no timeout moves it
         if state is _ASSIGNED:
-            limit = policy.accept_timeout_ms
+            limit = self.accept_timeout_ms
             return session.assigned_at + limit if limit else None
         if state is _ACTIVE:
             awaiting = session.awaiting_since
             if awaiting is not None:
                 # counted from the later of the first unanswered message and the assignment
-                limit = policy.reply_timeout_ms
+                limit = self.reply_timeout_ms
                 assigned = session.assigned_at
                 return (awaiting if awaiting > assigned else assigned) + limit if limit else None
-            limit = policy.idle_end_timeout_ms
+            limit = self.idle_end_timeout_ms
             return session.last_activity + limit if limit else None
         return None
 
@@ -830,7 +933,7 @@ class Shop:
         session.private = plan[2] is _PRIVATE_CONTACT
         self.place(session, plan)
         notice = _NO_NOTICE
-        if priority and channel in LIT_CHANNELS:
+        if priority and channel in _LIT_CHANNELS:
             notice = self.priority_notice(session, plan[2], group, crowds)
         return self.decision(session, plan[2], notice)
 
@@ -903,7 +1006,7 @@ class Shop:
         old = agent.status
         if old is status:
             return
-        was_receiving = old in RECEIVING
+        was_receiving = old in _RECEIVING
         self.count(agent, -1)
         agent.status = status
         self.count(agent, 1)
@@ -915,11 +1018,11 @@ class Shop:
                 self.shard.moved.append(
                     self.reroute(session, Reason.AGENT_OFFLINE, exclude=None)[0]
                 )
-        if was_receiving and status not in RECEIVING:
+        if was_receiving and status not in _RECEIVING:
             self.fill_all()  # a scope may have lost its last receiving agent
         else:
             self.fill(agent)
-            if status in RECEIVING and not was_receiving:
+            if status in _RECEIVING and not was_receiving:
                 self.retry_priority()
 
     def remove_agent(self, agent: Agent) -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Final
+
+from mypy_extensions import mypyc_attr
+
 from .types import Reason, Role, State, Status
 
-_QUEUED, _STRATEGY = State.QUEUED, Reason.STRATEGY  # enum attributes are slow on 3.11
+_QUEUED: Final = State.QUEUED
+_STRATEGY: Final = Reason.STRATEGY  # enum attributes are slow on 3.11
 
 
 class Agent:
@@ -113,6 +118,9 @@ class Session:
         self.private = False  # a private contact's session: it stays MAIN's (rule 3)
 
 
+# A plain class even when compiled: its ``__slots__`` name its fields (tests compare them
+# one by one); it is made once per ended session, off the routing path.
+@mypyc_attr(native_class=False)
 class Ended:
     """What an agent's list keeps of a session that ended (seed 003's 已结束会话)."""
 

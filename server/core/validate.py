@@ -5,24 +5,25 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from functools import lru_cache
+from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import InvalidArgument
 
-MAX_ID = 128
-MAX_CROWDS = 10
-MAX_PRIORITY_CROWDS = 10
-MAX_GROUPS = 32
-MAX_CONCURRENT = 10_000
-MAX_BATCH = 1000
-MAX_LIST = 1000
-MAX_DURATION_MS = 366 * 24 * 3600 * 1000
-MAX_QUEUE_LIMIT = 1_000_000
-MAX_CROWD_GROUPS = 32
+MAX_ID: Final = 128
+MAX_CROWDS: Final = 10
+MAX_PRIORITY_CROWDS: Final = 10
+MAX_GROUPS: Final = 32
+MAX_CONCURRENT: Final = 10_000
+MAX_BATCH: Final = 1000
+MAX_LIST: Final = 1000
+MAX_DURATION_MS: Final = 366 * 24 * 3600 * 1000
+MAX_QUEUE_LIMIT: Final = 1_000_000
+MAX_CROWD_GROUPS: Final = 32
 
-_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
-_ID_MATCH = _ID.fullmatch
-_ID_RULE = f"must be 1-{MAX_ID} characters of [A-Za-z0-9._:@-]"
+_ID: Final = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+_ID_MATCH: Final = _ID.fullmatch
+_ID_RULE: Final = f"must be 1-{MAX_ID} characters of [A-Za-z0-9._:@-]"
 
 
 def check_id(value: str, field: str) -> None:
@@ -57,7 +58,7 @@ def check_batch(size: int, field: str = "requests") -> None:
         raise InvalidArgument(f"{field} holds {size} items; at most {MAX_BATCH}", field)
 
 
-MAX_TIME_ZONE = 255
+MAX_TIME_ZONE: Final = 255
 
 
 def check_time_zone(name: str, field: str = "policy.time_zone") -> None:

@@ -154,7 +154,7 @@ def dump_shop(shop: Shop) -> Any:
         shop.recent_contacts(),
         sorted(shop.private),
         dict(shop.notices),
-        {k: v for k, v in shop.requests.items()},
+        shop.request_table(),
         shop.next_seq,
         shop.assign_seq,
         shop.main.agent_id if shop.main else None,
