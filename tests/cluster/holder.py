@@ -11,10 +11,10 @@ import argparse
 import asyncio
 import sys
 
+from fenliu.server.cluster.member import Member
 from fenliu.server.cluster.ownership import Ownership
 from fenliu.server.core import types as t
 from fenliu.server.storage import codec
-from fenliu.server.storage.jetstream import JetStreamStorage
 
 T0 = 1_700_000_000_000
 
@@ -24,14 +24,19 @@ def say(*parts: object) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    own = Ownership(args.etcd.split(","), args.cluster, args.node, ttl_s=args.ttl)
-    await own.start()
+    etcd = args.etcd.split(",")
     storage = None
     if args.nats:
-        check = None if args.no_lease_check else own.owns
-        storage = await JetStreamStorage.connect(
-            args.nats.split(","), cluster=args.cluster, shards=args.shards, allowed=check
-        )
+        member = await Member.join(
+            args.nats.split(","), etcd, cluster=args.cluster, node_id=args.node,
+            shards=args.shards, ttl_s=args.ttl,
+        )  # fmt: skip
+        own, storage = member.ownership, member.storage
+        if args.no_lease_check:
+            storage.allowed = None
+    else:
+        own = Ownership(etcd, args.cluster, args.node, ttl_s=args.ttl)
+        await own.start()
     indexes = [int(i) for i in args.take.split(",")]
     for index in indexes:
         while (epoch := await own.acquire(index)) is None:
