@@ -85,6 +85,10 @@ class Node:
         count = len(dispatcher.shards)
         self._staged = [_Staged() for _ in range(count)]
         self._fenced = [False] * count  # being restored (or, without storage, broken)
+        # cluster mode: the error a shard not owned here answers (it is fenced meanwhile),
+        # and how a shard is restored (asynchronously, from its stream) instead of recover
+        self._refusals: list[Unavailable | None] = [None] * count
+        self.restorer: Callable[[int], None] | None = None
         self._dirty: dict[int, None] = {}  # shards with staged records, in order
         self._flushing = False  # a flush is scheduled
 
@@ -108,6 +112,26 @@ class Node:
             "recovered %d shards, %d shops, up to %d journal records replayed, in %.2fs",
             len(self._staged), shops, replayed, time.perf_counter() - started,
         )  # fmt: skip
+
+    def attach(self, storage: Any, restorer: Callable[[int], None]) -> None:
+        """Cluster mode: append to ``storage`` (``storage/jetstream.py``) without reading it
+        here; every shard refuses calls until ``serve`` installs it, and a failed one is
+        handed to ``restorer`` (which calls ``serve`` or ``refuse`` when it knows)."""
+        self.storage = storage
+        self.restorer = restorer
+
+    def serve(self, index: int, shard: Shard) -> None:
+        """Cluster mode: shard ``index`` (as its stream holds it) is served here from now."""
+        self.dispatcher.install(index, shard)
+        self._refusals[index] = None
+        self._fenced[index] = False
+
+    def refuse(self, index: int, error: Unavailable) -> None:
+        """Cluster mode: shard ``index`` answers ``error`` to every call from now (lost, or
+        handed over); what is staged behind its batch in flight fails with it."""
+        self._refusals[index] = error
+        self._fenced[index] = True
+        self._fail_staged(index, error)
 
     # ------------------------------------------------------------ the write path
 
@@ -205,13 +229,17 @@ class Node:
     def retry_restores(self) -> None:
         """Try again to restore the shards a failing disk kept from being restored."""
         if self.storage is not None:
-            for index in [i for i, fenced in enumerate(self._fenced) if fenced]:
+            refused = self._refusals
+            for index in [i for i, f in enumerate(self._fenced) if f and refused[i] is None]:
                 self._restore(index)
 
     # ------------------------------------------------------------ internals
 
     def _shard(self, index: int) -> Shard:
         if self._fenced[index]:
+            refusal = self._refusals[index]
+            if refusal is not None:
+                raise refusal
             raise Unavailable(f"shard {index} is being restored after a storage failure; retry", "")
         return self.dispatcher.shards[index]
 
@@ -316,6 +344,10 @@ class Node:
         staged = self._staged[index]
         if staged.in_flight is not None or self.storage is None:
             return  # ``_settled`` calls again
+        if self.restorer is not None:
+            if self._refusals[index] is None:
+                self.restorer(index)  # cluster mode: read back from the stream, if still ours
+            return
         try:
             shard = recover(index, self.storage.logs[index], self.storage.snapshots[index])
         except Exception as exc:  # noqa: BLE001 - still failing: stay fenced, retry later

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
-from etcd3aio import Etcd3Client, EtcdError
+from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
 from etcd3aio._protobuf import LeaseKeepAliveRequest
 from etcd3aio.kv import KVService
 
@@ -234,6 +234,24 @@ class Ownership:
             success=[KVService.txn_op_delete(key)],
             timeout=5.0,
         )
+
+    async def owners(self) -> dict[int, Owner]:
+        """Every owned shard and its owner, in one range read."""
+        assert self.client.kv is not None
+        prefix = f"{self.prefix}/shards/"
+        reply = await self.client.kv.get(prefix, prefix_range_end(prefix), timeout=5.0)
+        return {
+            int(kv.key.decode()[len(prefix) :]): Owner(kv.value.decode(), kv.create_revision,
+                                                       kv.lease)
+            for kv in reply.kvs
+        }  # fmt: skip
+
+    async def nodes(self) -> dict[str, str]:
+        """Every live node (its lease alive) and its advertised address."""
+        assert self.client.kv is not None
+        prefix = f"{self.prefix}/nodes/"
+        reply = await self.client.kv.get(prefix, prefix_range_end(prefix), timeout=5.0)
+        return {kv.key.decode()[len(prefix) :]: kv.value.decode() for kv in reply.kvs}
 
     async def owner(self, index: int) -> Owner | None:
         """Who holds shard ``index`` now, as etcd says (linearizable)."""

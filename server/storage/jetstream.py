@@ -69,7 +69,7 @@ APPEND_DEADLINE_S = 20.0  # outlasts a stream leader election (4.6–6.9 s measu
 _SNAP_HEAD = struct.Struct("<QII")  # position, crc32 of the image, epoch
 
 
-class NotOwner(OSError):
+class AppendRefused(OSError):
     """The append was refused: another owner has written to the shard's stream (fenced),
     or this node's ownership of it is no longer valid. Nothing of it is durable."""
 
@@ -276,7 +276,7 @@ class JetStreamStorage:
         the messages up to the takeover.
 
         Raises:
-            NotOwner: ``allowed`` says this node does not own the shard (any more).
+            AppendRefused: ``allowed`` says this node does not own the shard (any more).
             StorageError: the stream cannot be rebuilt (pruned past every snapshot,
                 damaged), or codec.FormatError.
         """
@@ -290,7 +290,7 @@ class JetStreamStorage:
             try:
                 seq = await self._publish(index, [], KIND_TAKEOVER, epoch, last)
                 break
-            except NotOwner as exc:
+            except AppendRefused as exc:
                 if "wrong last sequence" not in str(exc):
                     raise
                 continue  # an older owner's append landed meanwhile: fence after it too
@@ -323,7 +323,7 @@ class JetStreamStorage:
     def append(self, batches: Sequence[tuple[int, Sequence[bytes]]]) -> asyncio.Future[None]:
         """Append each (shard, records) batch as one message of its shard's stream (split
         only past ``MAX_MESSAGE``); resolves once all are durable (acknowledged by the
-        stream's quorum). Fails with ``NotOwner`` or ``AppendFailed`` if any is not: the
+        stream's quorum). Fails with ``AppendRefused`` or ``AppendFailed`` if any is not: the
         others may be durable, so every shard in the call must be read back (at most
         one batch of a shard is in flight: the caller's rule, checked here)."""
         return asyncio.ensure_future(self._append_all(batches))
@@ -340,7 +340,7 @@ class JetStreamStorage:
         log_ = self.logs[index]
         for part in chunks(records):
             if not log_.epoch:
-                raise NotOwner(f"shard {index} is not owned by this node")
+                raise AppendRefused(f"shard {index} is not owned by this node")
             log_.position = await self._publish(index, part, KIND_BATCH, log_.epoch, log_.position)
 
     async def _publish(
@@ -361,7 +361,7 @@ class JetStreamStorage:
         while True:
             if self.allowed is not None and not self.allowed(index):
                 if attempt == 0:
-                    raise NotOwner(f"shard {index}: this node's ownership is not valid now")
+                    raise AppendRefused(f"shard {index}: this node's ownership is not valid now")
                 # a retry: the first attempt may have landed; only reading tells
                 raise AppendFailed(f"shard {index}: ownership lapsed while retrying an append")
             attempt += 1
@@ -374,7 +374,7 @@ class JetStreamStorage:
                 if exc.err_code == WRONG_LAST_SEQUENCE:
                     if attempt > 1 and await self._landed(log_, expected + 1, msg_id):
                         return expected + 1  # ours, from an earlier attempt
-                    raise NotOwner(
+                    raise AppendRefused(
                         f"shard {index}: append refused, wrong last sequence (expected "
                         f"{expected}): another owner wrote to the stream"
                     ) from exc

@@ -13,7 +13,7 @@ from fenliu.server.core import types as t
 from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.shard import Shard
 from fenliu.server.storage import codec
-from fenliu.server.storage.jetstream import JetStreamStorage, NotOwner, chunks, pack, unpack
+from fenliu.server.storage.jetstream import AppendRefused, JetStreamStorage, chunks, pack, unpack
 
 from ..server.core.test_invariants import dump
 
@@ -143,7 +143,7 @@ def test_a_stale_owner_is_refused_after_a_takeover(nats_cluster: NatsCluster, na
         records = applied(late, commands("fence", 4, at=T0 + 500))[index]
         try:
             await old.append([(index, records)])
-        except NotOwner as exc:
+        except AppendRefused as exc:
             refused = str(exc)
         own = applied(Dispatcher(SHARDS), commands("other", 2))  # the new owner writes on
         for i, recs in own.items():

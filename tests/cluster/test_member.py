@@ -9,7 +9,7 @@ from fenliu.server.cluster.local import EtcdCluster, NatsCluster
 from fenliu.server.cluster.member import Member
 from fenliu.server.core import types as t
 from fenliu.server.storage import codec
-from fenliu.server.storage.jetstream import NotOwner
+from fenliu.server.storage.jetstream import AppendRefused
 
 T0 = 1_700_000_000_000
 SHARDS = 4
@@ -33,7 +33,7 @@ def test_a_planned_hand_over_and_a_leave(
         refused = ""
         try:
             await a.storage.append([(0, [codec.encode_command(t.Tick(at=T0 + 9, shard=0))])])
-        except NotOwner as exc:
+        except AppendRefused as exc:
             refused = str(exc)
         await a.leave()  # its lease revoked: every other shard is free at once
         others = [await b.claim(i) for i in range(1, SHARDS)]

@@ -1,0 +1,142 @@
+"""Real fenliu-server processes in cluster mode (NATS JetStream + etcd): shards spread over
+the nodes, a shard not owned here is answered UNAVAILABLE with an ErrorInfo naming its
+owner, the owner's SIGKILL moves its shards with every acknowledged change, and SIGTERM
+hands them over."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from google.rpc import error_details_pb2 as ed
+
+from fenliu.client import Client, Unavailable
+from fenliu.server.cluster.local import EtcdCluster, NatsCluster
+from fenliu.server.cluster.ownership import Ownership
+from fenliu.server.core.dispatcher import shard_index
+
+SHARDS = 16
+TTL = 2
+
+
+class Node:
+    def __init__(self, tmp: Path, nats: NatsCluster, etcd: EtcdCluster, name: str, node: str):
+        self.node_id = node
+        self.log = tmp / f"{node}.log"
+        args = [
+            sys.executable, "-m", "fenliu.server", "--host", "127.0.0.1", "--port", "0",
+            "--shards", str(SHARDS), "--tick-interval", "0.5", "--cluster-nats",
+            ",".join(nats.urls), "--cluster-etcd", ",".join(etcd.endpoints),
+            "--cluster-name", name, "--node-id", node, "--lease-ttl", str(TTL),
+        ]  # fmt: skip
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = re.search(r"fenliu serving on 127\.0\.0\.1:(\d+)", self.text())
+            if found:
+                self.port = int(found.group(1))
+                return
+            assert self.proc.poll() is None, f"{node} exited: {self.text()[-3000:]}"
+            time.sleep(0.05)
+        raise AssertionError(f"{node} did not start: {self.text()[-3000:]}")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+def owners(etcd: EtcdCluster, name: str) -> dict[int, str]:
+    async def main() -> dict[int, str]:
+        probe = Ownership(etcd.endpoints, name, "probe", ttl_s=TTL)
+        await probe.start()
+        try:
+            return {i: o.node_id for i, o in (await probe.owners()).items()}
+        finally:
+            await probe.close()
+
+    return asyncio.run(main())
+
+
+def wait_until(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+@pytest.fixture
+def nodes():
+    started: list[Node] = []
+    yield started
+    for node in started:
+        node.kill()
+
+
+def test_two_nodes_share_refuse_naming_the_owner_and_survive_a_kill(
+    nats_cluster: NatsCluster, etcd: EtcdCluster, name: str, tmp_path: Path, nodes: list[Node]
+) -> None:
+    a = Node(tmp_path, nats_cluster, etcd, name, "a")
+    nodes.append(a)
+    assert sorted(owners(etcd, name).values()) == ["a"] * SHARDS  # alone: every shard
+    b = Node(tmp_path, nats_cluster, etcd, name, "b")
+    nodes.append(b)
+    spread = wait_until(
+        lambda: (o := owners(etcd, name)) and sorted(o.values()) == ["a"] * 8 + ["b"] * 8 and o,
+        30, "8 shards each",
+    )  # fmt: skip
+    by_id = {"a": a, "b": b}
+    shop = "cluster-shop"
+    owner = by_id[spread[shard_index(shop, SHARDS)]]
+    other = b if owner is a else a
+
+    with Client(owner.address, retries=0) as fenliu:
+        fenliu.register_agent(shop, "a1", max_concurrent=5, status="online")
+        decision = fenliu.route(shop, "buyer1")
+    with Client(other.address, retries=0) as fenliu:
+        with pytest.raises(Unavailable) as refused:
+            fenliu.list_team(shop)
+    info = next(d for d in refused.value.details if isinstance(d, ed.ErrorInfo))
+    assert refused.value.reason == "NOT_OWNER"
+    assert info.metadata["owner"] == owner.node_id
+    assert info.metadata["address"] == owner.address
+
+    owner.kill()  # SIGKILL: its shards move to the other node, with what was acknowledged
+    killed = time.monotonic()
+
+    def served() -> object:
+        try:
+            with Client(other.address, retries=0, timeout=2) as fenliu:
+                return fenliu.get_session(shop, decision.session_id)
+        except Unavailable:
+            return None
+
+    session = wait_until(served, 30, "the shop served by the other node")
+    took = time.monotonic() - killed
+    assert session.agent_id == "a1"
+    assert sorted(owners(etcd, name).values()) == [other.node_id] * SHARDS
+    print(f"owner SIGKILLed: its shop served by the other node {took:.2f}s later (TTL {TTL}s)")
+    assert other.stop() == 0  # SIGTERM: hands its shards over, revokes its lease
+    assert owners(etcd, name) == {}
