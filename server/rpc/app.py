@@ -35,6 +35,7 @@ from ..node import Clock, EventSink, Node, discard
 from ..snapshots import Snapshotter, snapshot_in_process
 from ..storage.files import FilesStorage
 from .auth import Authenticator
+from .cluster import add_cluster
 from .decode import DecodeGuard
 from .guard import CallGuard
 from .metrics import Metrics
@@ -160,6 +161,7 @@ class Server:
         self._services = cast(grpc.aio.Server, DecodeGuard(self._grpc))  # its add_* methods
         add_services(self._services, self.node)
         add_monitor(self._services, self.node, self.hub)
+        add_cluster(self._services, self.config, lambda: self.cluster)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._services)
         add_reflection(self._services, (*SERVICE_NAMES, health.SERVICE_NAME))
 

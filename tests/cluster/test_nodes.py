@@ -13,13 +13,17 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from google.rpc import error_details_pb2 as ed
 
 from fenliu.client import Client, Unavailable
+from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 from fenliu.server.cluster.local import EtcdCluster, NatsCluster
 from fenliu.server.cluster.ownership import Ownership
+from fenliu.server.config import Config
 from fenliu.server.core.dispatcher import shard_index
+from fenliu.server.rpc.app import ServerThread
 
 SHARDS = 16
 TTL = 2
@@ -87,6 +91,17 @@ def wait_until(check, timeout: float, what: str):  # type: ignore[no-untyped-def
     raise AssertionError(f"not within {timeout}s: {what}")
 
 
+def cluster_map(address: str) -> pb.ClusterMap:
+    with grpc.insecure_channel(address) as channel:
+        return pb_grpc.ClusterStub(channel).GetClusterMap(pb.GetClusterMapRequest(), timeout=5)
+
+
+def test_outside_cluster_mode_the_map_names_no_cluster() -> None:
+    with ServerThread(Config(shards=4)) as server:
+        cmap = cluster_map(server.target)
+    assert (cmap.cluster, cmap.shards, list(cmap.owners)) == ("", 4, [])
+
+
 @pytest.fixture
 def nodes():
     started: list[Node] = []
@@ -108,6 +123,15 @@ def test_two_nodes_share_refuse_naming_the_owner_and_survive_a_kill(
         30, "8 shards each",
     )  # fmt: skip
     by_id = {"a": a, "b": b}
+    cmap = wait_until(
+        lambda: (m := cluster_map(b.address)) and [o.node_id for o in m.owners] == [
+            spread[i] for i in range(SHARDS)] and m,
+        10, "the cluster map as etcd has it",
+    )  # fmt: skip
+    assert (cmap.cluster, cmap.shards, cmap.node_id) == (name, SHARDS, "b")
+    assert [o.address for o in cmap.owners] == [by_id[spread[i]].address for i in range(SHARDS)]
+    assert [(n.node_id, n.address) for n in cmap.nodes] == [("a", a.address), ("b", b.address)]
+    assert len({o.epoch for o in cmap.owners}) == SHARDS  # each taken at its own revision
     shop = "cluster-shop"
     owner = by_id[spread[shard_index(shop, SHARDS)]]
     other = b if owner is a else a
