@@ -83,6 +83,7 @@ class Ownership:
         self.reopened = 0  # keep-alive streams reopened (metrics, tests)
         self.leases = 0  # leases granted
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     # ------------------------------------------------------------ the lease
 
@@ -93,11 +94,16 @@ class Ownership:
 
     async def close(self, revoke: bool = True) -> None:
         """Stop keeping the lease alive; ``revoke`` it (its shards are free at once)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._closing = True
+        task, self._task = self._task, None
+        # A cancelled gRPC read may surface as an RpcError (caught: the stream is
+        # reopened) instead of CancelledError, so the flag ends the loop and the cancel is
+        # repeated until the task is done (bounded).
+        for _ in range(40):
+            if task is None or task.done():
+                break
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.25)
         if revoke and self.lease:
             with contextlib.suppress(EtcdError, grpc.aio.AioRpcError, TimeoutError):
                 assert self.client.lease is not None
@@ -124,18 +130,22 @@ class Ownership:
         self.lease = granted.ID
         self.valid_until = sent + granted.TTL - self.margin_s
         self.leases += 1
-        await self.client.kv.put(
-            f"{self.prefix}/nodes/{self.node_id}", self.address, lease=self.lease, timeout=5.0
-        )
+        if self.address:  # a serving node; tools and probes (no address) are not counted
+            await self.client.kv.put(
+                f"{self.prefix}/nodes/{self.node_id}", self.address, lease=self.lease,
+                timeout=5.0,
+            )  # fmt: skip
 
     async def _keep_alive(self) -> None:
         interval = max(0.2, self.ttl_s / 4)
-        while True:
+        while not self._closing:
             try:
                 await self._stream(interval)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reopen: the lease may still be alive
+                if self._closing:
+                    return
                 log.warning("lease %x: keep-alive stream broken (%s); reopening", self.lease, exc)
             self.reopened += 1
             if not self.valid() and self.lease and not await self._alive():
@@ -163,7 +173,7 @@ class Ownership:
 
         call = self.client.lease._stub.LeaseKeepAlive(requests())
         try:
-            while True:
+            while not self._closing:
                 sent = self.clock()
                 sends.put_nowait(sent)
                 reply = await asyncio.wait_for(call.read(), timeout=interval * 2)

@@ -78,7 +78,7 @@ def owners(etcd: EtcdCluster, name: str) -> dict[int, str]:
         finally:
             await probe.close()
 
-    return asyncio.run(main())
+    return asyncio.run(asyncio.wait_for(main(), 30))
 
 
 def wait_until(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
