@@ -22,6 +22,7 @@ shard fenced (every call on it UNAVAILABLE) with nothing to restore it from.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 Clock: TypeAlias = Callable[[], int]
 """Milliseconds since the epoch."""
+AppendEach: TypeAlias = Callable[[list[tuple[int, list[bytes]]]], list[asyncio.Future[None]]]
+"""Cluster mode's storage: one future per (shard, records) batch."""
 EventSink: TypeAlias = Callable[[list[t.Event]], None]
 """Receives durable events, in order; never called with an empty list."""
 
@@ -89,6 +92,7 @@ class Node:
         # and how a shard is restored (asynchronously, from its stream) instead of recover
         self._refusals: list[Unavailable | None] = [None] * count
         self.restorer: Callable[[int], None] | None = None
+        self._append_each: AppendEach | None = None
         self._dirty: dict[int, None] = {}  # shards with staged records, in order
         self._flushing = False  # a flush is scheduled
 
@@ -115,10 +119,12 @@ class Node:
 
     def attach(self, storage: Any, restorer: Callable[[int], None]) -> None:
         """Cluster mode: append to ``storage`` (``storage/jetstream.py``) without reading it
-        here; every shard refuses calls until ``serve`` installs it, and a failed one is
+        here, each shard's batch settling on its own (``append_each``: one future per
+        batch); every shard refuses calls until ``serve`` installs it, and a failed one is
         handed to ``restorer`` (which calls ``serve`` or ``refuse`` when it knows)."""
         self.storage = storage
         self.restorer = restorer
+        self._append_each = getattr(storage, "append_each", None)
 
     def serve(self, index: int, shard: Shard) -> None:
         """Cluster mode: shard ``index`` (as its stream holds it) is served here from now."""
@@ -290,6 +296,9 @@ class Node:
             staged.records, staged.events, staged.waiters = [], [], []
         if not batches:
             return
+        if self._append_each is not None:  # cluster mode: each shard settles on its own
+            self._flush_each(batches)
+            return
         try:
             appended = self.storage.append(batches)
         except Exception as exc:  # noqa: BLE001 - as a failed append
@@ -297,6 +306,22 @@ class Node:
             appended.set_exception(exc)
         indexes = [index for index, _ in batches]
         appended.add_done_callback(lambda done: self._settled(indexes, done))
+
+    def _flush_each(self, batches: list[tuple[int, list[bytes]]]) -> None:
+        """One future per shard's batch (a stream per shard: one stream's leader election
+        must not hold the other shards' callers)."""
+        assert self._append_each is not None
+        try:
+            futures = self._append_each(batches)
+        except Exception as exc:  # noqa: BLE001 - as a failed append of them all
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            futures = [failed] * len(batches)
+        for (index, _), future in zip(batches, futures, strict=True):
+            future.add_done_callback(functools.partial(self._settled_one, index))
+
+    def _settled_one(self, index: int, done: asyncio.Future[None]) -> None:
+        self._settled([index], done)
 
     def _settled(self, indexes: list[int], done: asyncio.Future[None]) -> None:
         error = done.exception() if not done.cancelled() else OSError("cancelled")

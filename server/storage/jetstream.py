@@ -328,6 +328,13 @@ class JetStreamStorage:
         one batch of a shard is in flight: the caller's rule, checked here)."""
         return asyncio.ensure_future(self._append_all(batches))
 
+    def append_each(
+        self, batches: Sequence[tuple[int, Sequence[bytes]]]
+    ) -> list[asyncio.Future[None]]:
+        """As ``append``, with one future per shard's batch: a shard whose stream is
+        electing a leader holds only its own callers (the node's cluster mode uses it)."""
+        return [asyncio.ensure_future(self._append_shard(i, records)) for i, records in batches]
+
     async def _append_all(self, batches: Sequence[tuple[int, Sequence[bytes]]]) -> None:
         outcomes = await asyncio.gather(
             *(self._append_shard(i, records) for i, records in batches), return_exceptions=True

@@ -253,3 +253,51 @@ def test_the_shard_count_is_fixed_when_the_cluster_is_created(
         return ""
 
     assert "has 8 virtual shards" in asyncio.run(main())
+
+
+def test_one_streams_election_holds_only_its_own_shards_callers(
+    nats_cluster: NatsCluster, name: str
+) -> None:
+    """A Node in cluster mode (``attach``): the leader of one shard's stream SIGKILLed, a
+    change to a shard whose stream leader lives is durable and answered first; the held one
+    is answered once its stream has a new leader."""
+    from fenliu.server.node import Node
+
+    async def main() -> tuple[list[str], list[bool], str]:
+        storage = await connect(nats_cluster, name, attempt_timeout_s=1.0)
+        node = Node(Dispatcher(SHARDS), lambda: T0)
+        node.attach(storage, restorer=lambda index: None)
+        leaders = {}
+        for i in range(SHARDS):
+            node.serve(i, await storage.take_over(i, epoch=1))
+            info = await storage.js.stream_info(storage.logs[i].stream)
+            assert info.cluster is not None
+            leaders[i] = info.cluster.leader
+        held, free = next(
+            (a, b) for a in range(SHARDS) for b in range(SHARDS) if leaders[a] != leaders[b]
+        )
+        shops = {}
+        for index in (held, free):
+            shops[index] = next(f"e{j}" for j in range(1000)
+                                if node.dispatcher.index_of(f"e{j}") == index)  # fmt: skip
+            await node.execute(commands(shops[index], 0)[0])
+        order: list[str] = []
+        held_idle: list[bool] = []
+
+        async def route(index: int, label: str) -> None:
+            shop = shops[index]
+            await node.execute(t.Route(at=T0, shop_id=shop, buyer_id="b", request_id="r"))
+            order.append(label)
+            if label == "free":  # answered while the other shard's batch is still in flight
+                held_idle.append(node.idle(held))
+
+        victim = str(leaders[held])
+        nats_cluster.member(victim).kill()
+        await asyncio.gather(route(held, "held"), route(free, "free"))
+        nats_cluster.member(victim).restart()
+        await storage.close()
+        return order, held_idle, victim
+
+    order, held_idle, victim = asyncio.run(main())
+    assert order == ["free", "held"], f"with {victim} killed: {order}"
+    assert held_idle == [False]
