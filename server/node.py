@@ -93,6 +93,7 @@ class Node:
         self._refusals: list[Unavailable | None] = [None] * count
         self.restorer: Callable[[int], None] | None = None
         self._append_each: AppendEach | None = None
+        self.refused = 0  # calls answered with a refusal (metrics)
         self._dirty: dict[int, None] = {}  # shards with staged records, in order
         self._flushing = False  # a flush is scheduled
 
@@ -245,6 +246,7 @@ class Node:
         if self._fenced[index]:
             refusal = self._refusals[index]
             if refusal is not None:
+                self.refused += 1
                 raise refusal
             raise Unavailable(f"shard {index} is being restored after a storage failure; retry", "")
         return self.dispatcher.shards[index]

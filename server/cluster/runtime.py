@@ -26,6 +26,7 @@ from ..config import Config
 from ..core.errors import NotOwner
 from ..node import Node
 from .member import Member
+from .metrics import ClusterMetrics
 from .ownership import Owner
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class ClusterRuntime:
         self._restoring: set[int] = set()
         self._snapshot_at = time.monotonic() + config.snapshot_interval_s
         self.epoch_changes = 0  # shards claimed here (metrics)
+        self.metrics: ClusterMetrics | None = None  # set by the server with metrics on
 
     # ------------------------------------------------------------ life cycle
 
@@ -61,6 +63,8 @@ class ClusterRuntime:
             shards=self.shards, replicas=c.replicas, ttl_s=c.lease_ttl_s,
         )  # fmt: skip
         self.member.lost = self._lost
+        if self.metrics is not None:
+            self.member.storage.on_append = self.metrics.append.observe
         self.node.attach(self.member.storage, self._restore)
         for index in range(self.shards):
             self.node.refuse(index, self._not_owner(index))
@@ -135,6 +139,8 @@ class ClusterRuntime:
                 continue
             self.node.serve(index, shard)
             self.epoch_changes += 1
+            if self.metrics is not None:
+                self.metrics.replay.observe(time.perf_counter() - started)
             log.info("shard %d: owned at epoch %d, rebuilt in %.3fs", index,
                      own.epoch(index), time.perf_counter() - started)  # fmt: skip
         extra = len(self.owned) - share

@@ -221,6 +221,12 @@ class Server:
 
             address = self.config.advertise or f"{self.config.host}:{self.port}"
             cluster = ClusterRuntime(self.config, self.node, address)
+            if self.metrics is not None:
+                from ..cluster.metrics import ClusterMetrics
+
+                cluster.metrics = ClusterMetrics(
+                    self.metrics.registry, lambda: self.cluster, self.node
+                )
             await cluster.start()
             self.cluster = cluster
         if self.metrics is not None and self.metrics.port is None:

@@ -174,6 +174,7 @@ class JetStreamStorage:
         self._streams: set[int] = set()
         self._snap: ObjectStore | None = None
         self.retries = 0  # attempts after a first one timed out (metrics, tests)
+        self.on_append: Callable[[float], None] | None = None  # seconds of each shard's
 
     # ------------------------------------------------------------ set-up
 
@@ -345,10 +346,13 @@ class JetStreamStorage:
 
     async def _append_shard(self, index: int, records: Sequence[bytes]) -> None:
         log_ = self.logs[index]
+        started = time.perf_counter()
         for part in chunks(records):
             if not log_.epoch:
                 raise AppendRefused(f"shard {index} is not owned by this node")
             log_.position = await self._publish(index, part, KIND_BATCH, log_.epoch, log_.position)
+        if self.on_append is not None:
+            self.on_append(time.perf_counter() - started)
 
     async def _publish(
         self, index: int, records: Sequence[bytes], kind: str, epoch: int, expected: int

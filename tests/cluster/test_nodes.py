@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -19,7 +20,7 @@ from google.rpc import error_details_pb2 as ed
 
 from fenliu.client import Client, Unavailable
 from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
-from fenliu.server.cluster.local import EtcdCluster, NatsCluster
+from fenliu.server.cluster.local import EtcdCluster, NatsCluster, free_ports
 from fenliu.server.cluster.ownership import Ownership
 from fenliu.server.config import Config
 from fenliu.server.core.dispatcher import shard_index
@@ -33,11 +34,13 @@ class Node:
     def __init__(self, tmp: Path, nats: NatsCluster, etcd: EtcdCluster, name: str, node: str):
         self.node_id = node
         self.log = tmp / f"{node}.log"
+        [self.metrics_port] = free_ports(1)
         args = [
             sys.executable, "-m", "fenliu.server", "--host", "127.0.0.1", "--port", "0",
             "--shards", str(SHARDS), "--tick-interval", "0.5", "--cluster-nats",
             ",".join(nats.urls), "--cluster-etcd", ",".join(etcd.endpoints),
             "--cluster-name", name, "--node-id", node, "--lease-ttl", str(TTL),
+            "--metrics-port", str(self.metrics_port),
         ]  # fmt: skip
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
@@ -54,6 +57,14 @@ class Node:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def metric(self, name: str) -> float:
+        """One sample of the node's Prometheus metrics, by its name."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        raise AssertionError(f"no metric {name}")
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -143,6 +154,13 @@ def test_two_nodes_share_refuse_naming_the_owner_and_survive_a_kill(
         with pytest.raises(Unavailable) as refused:
             fenliu.list_team(shop)
     info = next(d for d in refused.value.details if isinstance(d, ed.ErrorInfo))
+    for node in (a, b):
+        assert node.metric("fenliu_cluster_owned_shards") == 8
+        assert node.metric("fenliu_cluster_lease_valid_seconds") > 0
+    assert b.metric("fenliu_cluster_epoch_changes_total") == 8
+    assert b.metric("fenliu_cluster_replay_seconds_count") == 8
+    assert other.metric("fenliu_cluster_not_owner_total") >= 1
+    assert owner.metric("fenliu_cluster_append_seconds_count") >= 2
     assert refused.value.reason == "NOT_OWNER"
     assert info.metadata["owner"] == owner.node_id
     assert info.metadata["address"] == owner.address
