@@ -138,6 +138,7 @@ class ClusterRuntime:
             if shard is None:
                 continue
             self.node.serve(index, shard)
+            self.owners[index] = Owner(self.node_id, own.epoch(index), own.lease)  # the map
             self.epoch_changes += 1
             if self.metrics is not None:
                 self.metrics.replay.observe(time.perf_counter() - started)
@@ -155,6 +156,7 @@ class ClusterRuntime:
                 break
             await asyncio.sleep(0.01)
         await self.member.hand_over(index)
+        self.owners.pop(index, None)
         log.info("shard %d: handed over", index)
 
     async def _snapshot(self) -> None:

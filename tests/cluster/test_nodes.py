@@ -110,7 +110,10 @@ def cluster_map(address: str) -> pb.ClusterMap:
 def test_outside_cluster_mode_the_map_names_no_cluster() -> None:
     with ServerThread(Config(shards=4)) as server:
         cmap = cluster_map(server.target)
+        with Client(server.target) as fenliu:
+            seen = fenliu.cluster_map()
     assert (cmap.cluster, cmap.shards, list(cmap.owners)) == ("", 4, [])
+    assert (seen.cluster, seen.shards, seen.owners, seen.nodes) == ("", 4, (), ())
 
 
 @pytest.fixture
@@ -143,6 +146,17 @@ def test_two_nodes_share_refuse_naming_the_owner_and_survive_a_kill(
     assert [o.address for o in cmap.owners] == [by_id[spread[i]].address for i in range(SHARDS)]
     assert [(n.node_id, n.address) for n in cmap.nodes] == [("a", a.address), ("b", b.address)]
     assert len({o.epoch for o in cmap.owners}) == SHARDS  # each taken at its own revision
+    with Client(a.address) as fenliu:  # the SDK's view of the same map
+        seen = fenliu.cluster_map()
+    assert [(o.shard, o.node_id, o.address) for o in seen.owners] == [
+        (i, spread[i], by_id[spread[i]].address) for i in range(SHARDS)
+    ]
+    status = subprocess.run(
+        [str(Path(sys.executable).parent / "fenliu"), "--target", b.address, "cluster", "status"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    assert f"cluster  {name}" in status and "owners:" in status, status
+    assert status.count(a.address) >= 9 and status.count(b.address) >= 9  # nodes + 8 shards
     shop = "cluster-shop"
     owner = by_id[spread[shard_index(shop, SHARDS)]]
     other = b if owner is a else a
