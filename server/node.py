@@ -247,7 +247,7 @@ class Node:
             refusal = self._refusals[index]
             if refusal is not None:
                 self.refused += 1
-                raise refusal
+                raise refusal.with_traceback(None)  # one error raised again and again
             raise Unavailable(f"shard {index} is being restored after a storage failure; retry", "")
         return self.dispatcher.shards[index]
 
