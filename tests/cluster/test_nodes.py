@@ -146,11 +146,14 @@ def test_two_nodes_share_refuse_naming_the_owner_and_survive_a_kill(
     assert [o.address for o in cmap.owners] == [by_id[spread[i]].address for i in range(SHARDS)]
     assert [(n.node_id, n.address) for n in cmap.nodes] == [("a", a.address), ("b", b.address)]
     assert len({o.epoch for o in cmap.owners}) == SHARDS  # each taken at its own revision
-    with Client(a.address) as fenliu:  # the SDK's view of the same map
-        seen = fenliu.cluster_map()
-    assert [(o.shard, o.node_id, o.address) for o in seen.owners] == [
-        (i, spread[i], by_id[spread[i]].address) for i in range(SHARDS)
-    ]
+    expected = [(i, spread[i], by_id[spread[i]].address) for i in range(SHARDS)]
+
+    def sdk_view() -> bool:  # the SDK's view of the same map, from the other node (its
+        with Client(a.address) as fenliu:  # map is at most half a second old)
+            seen = fenliu.cluster_map()
+        return [(o.shard, o.node_id, o.address) for o in seen.owners] == expected
+
+    wait_until(sdk_view, 10, "the SDK's cluster map as etcd has it")
     status = subprocess.run(
         [str(Path(sys.executable).parent / "fenliu"), "--target", b.address, "cluster", "status"],
         capture_output=True, text=True, timeout=30, check=True,
