@@ -360,6 +360,13 @@ def _parser() -> argparse.ArgumentParser:
         top, "left-messages", lambda c, a: c.list_left_messages(a.shop), "list left messages",
         "shop",
     )  # fmt: skip
+    cluster = top.add_parser("cluster", help="cluster mode").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    command(
+        cluster, "status", lambda c, a: c.cluster_map(),
+        "the nodes, and every shard's owner and epoch",
+    )  # fmt: skip
     stats = command(top, "stats", _stats, "queue, today's and recent counts, agents", "shop")
     stats.add_argument("--window", type=int, default=0, help="sliding window, 1-60 minutes")
     watch = command(top, "watch", _watch, "print the shop's events as they happen", "shop")

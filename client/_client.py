@@ -33,6 +33,7 @@ from ._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 from ._types import (
     Agent,
     AgentSessions,
+    ClusterMap,
     Decision,
     EndResult,
     MessageFilter,
@@ -114,13 +115,14 @@ def _channel(
 
 
 class _Stubs:
-    __slots__ = ("presence", "routing", "queue", "monitor")
+    __slots__ = ("presence", "routing", "queue", "monitor", "cluster")
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.presence = pb_grpc.PresenceStub(channel)
         self.routing = pb_grpc.RoutingStub(channel)
         self.queue = pb_grpc.QueueStub(channel)
         self.monitor = pb_grpc.MonitorStub(channel)
+        self.cluster = pb_grpc.ClusterStub(channel)
 
 
 class AsyncClient:
@@ -627,6 +629,15 @@ class AsyncClient:
 
     # ------------------------------------------------------------ monitor
 
+    async def cluster_map(self, *, timeout: float | None = None) -> ClusterMap:
+        """Who serves each virtual shard, as the node called last read it (cluster mode;
+        outside it the map names no cluster and no owners)."""
+        reply = await self._call(
+            self._open().cluster.GetClusterMap, pb.GetClusterMapRequest(), idempotent=True,
+            timeout=timeout,
+        )  # fmt: skip
+        return ClusterMap.from_pb(reply)
+
     async def get_shop_stats(
         self, shop_id: str, *, window_minutes: int = 0, timeout: float | None = None
     ) -> ShopStats:
@@ -807,6 +818,7 @@ class Client:
     leave_queue = _blocking(AsyncClient.leave_queue)
     list_left_messages = _blocking(AsyncClient.list_left_messages)
     get_shop_stats = _blocking(AsyncClient.get_shop_stats)
+    cluster_map = _blocking(AsyncClient.cluster_map)
 
     def watch_shop(
         self,

@@ -650,6 +650,44 @@ class AgentStats:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ShardOwner:
+    """Who serves one virtual shard: ``node_id`` "" while nobody does (it is moving)."""
+
+    shard: int
+    node_id: str
+    address: str
+    epoch: int  # the owner's fencing token: grows with every change of owner
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClusterNode:
+    node_id: str
+    address: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClusterMap:
+    """Cluster mode: every shard's owner (a shop's shard is crc32(shop_id) % shards), the
+    live nodes, and the node that answered. Outside cluster mode: cluster "", no owners."""
+
+    cluster: str
+    shards: int
+    node_id: str
+    nodes: tuple[ClusterNode, ...]
+    owners: tuple[ShardOwner, ...]
+
+    @classmethod
+    def from_pb(cls, m: pb.ClusterMap) -> ClusterMap:
+        return cls(
+            cluster=m.cluster,
+            shards=m.shards,
+            node_id=m.node_id,
+            nodes=tuple(ClusterNode(n.node_id, n.address) for n in m.nodes),
+            owners=tuple(ShardOwner(o.shard, o.node_id, o.address, o.epoch) for o in m.owners),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ShopStats:
     shop_id: str
     at_ms: int

@@ -72,6 +72,16 @@ class Config:
     tls_key: str = ""
     tls_client_ca: str = ""  # PEM CA bundle: clients must present a certificate it signed
     tokens: tuple[Token, ...] = ()  # none: auth is off
+    # Cluster mode (issue 11, docs/cluster.md): both set, or neither (one process, files).
+    # The log is NATS JetStream, ownership etcd leases; ``shards`` is the virtual shard
+    # count, fixed when the cluster is created; data_dir is not used.
+    cluster_nats: str = ""  # NATS URLs, comma-separated
+    cluster_etcd: str = ""  # etcd endpoints host:port, comma-separated
+    cluster_name: str = "fenliu"  # streams, buckets and keys are named after it
+    node_id: str = ""  # unique in the cluster; "" is host:port
+    advertise: str = ""  # host:port clients call this node at; "" is host:port
+    lease_ttl_s: int = 3  # etcd lease: a dead node's shards move after about this long
+    replicas: int = 3  # each shard stream's and bucket's replicas
 
     def __post_init__(self) -> None:
         _check_host(self.host, "host")
@@ -100,6 +110,7 @@ class Config:
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
         _check_tokens(self.tokens)
+        _check_cluster(self)
 
     def effective(self) -> str:
         """Every setting as ``key=value``, for the start-up log line. Token secrets never
@@ -124,6 +135,31 @@ class Config:
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert)
+
+    @property
+    def cluster(self) -> bool:
+        """Cluster mode: NATS and etcd are configured."""
+        return bool(self.cluster_nats)
+
+
+def _check_cluster(c: Config) -> None:
+    for name in ("cluster_nats", "cluster_etcd", "node_id", "advertise"):
+        if not isinstance(getattr(c, name), str):
+            raise ValueError(f"{name} must be a string (got {getattr(c, name)!r})")
+    if bool(c.cluster_nats) != bool(c.cluster_etcd):
+        missing = "cluster_etcd" if c.cluster_nats else "cluster_nats"
+        raise ValueError(f"{missing} must be set too: cluster mode needs NATS and etcd")
+    for url in filter(None, c.cluster_nats.split(",")):
+        if not url.strip().startswith(("nats://", "tls://")):
+            raise ValueError(f"cluster_nats must be nats:// URLs, comma-separated (got {url!r})")
+    for endpoint in filter(None, c.cluster_etcd.split(",")):
+        host, _, port = endpoint.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"cluster_etcd must be host:port, comma-separated (got {endpoint!r})")
+    if not isinstance(c.cluster_name, str) or not c.cluster_name.isidentifier():
+        raise ValueError(f"cluster_name must be letters, digits and _ (got {c.cluster_name!r})")
+    _check_int(c.lease_ttl_s, "lease_ttl_s", 2, 60)
+    _check_int(c.replicas, "replicas", 1, 5)
 
 
 def _check_tokens(tokens: tuple[Token, ...]) -> None:

@@ -22,6 +22,7 @@ shard fenced (every call on it UNAVAILABLE) with nothing to restore it from.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 Clock: TypeAlias = Callable[[], int]
 """Milliseconds since the epoch."""
+AppendEach: TypeAlias = Callable[[list[tuple[int, list[bytes]]]], list[asyncio.Future[None]]]
+"""Cluster mode's storage: one future per (shard, records) batch."""
 EventSink: TypeAlias = Callable[[list[t.Event]], None]
 """Receives durable events, in order; never called with an empty list."""
 
@@ -85,6 +88,12 @@ class Node:
         count = len(dispatcher.shards)
         self._staged = [_Staged() for _ in range(count)]
         self._fenced = [False] * count  # being restored (or, without storage, broken)
+        # cluster mode: the error a shard not owned here answers (it is fenced meanwhile),
+        # and how a shard is restored (asynchronously, from its stream) instead of recover
+        self._refusals: list[Unavailable | None] = [None] * count
+        self.restorer: Callable[[int], None] | None = None
+        self._append_each: AppendEach | None = None
+        self.refused = 0  # calls answered with a refusal (metrics)
         self._dirty: dict[int, None] = {}  # shards with staged records, in order
         self._flushing = False  # a flush is scheduled
 
@@ -108,6 +117,28 @@ class Node:
             "recovered %d shards, %d shops, up to %d journal records replayed, in %.2fs",
             len(self._staged), shops, replayed, time.perf_counter() - started,
         )  # fmt: skip
+
+    def attach(self, storage: Any, restorer: Callable[[int], None]) -> None:
+        """Cluster mode: append to ``storage`` (``storage/jetstream.py``) without reading it
+        here, each shard's batch settling on its own (``append_each``: one future per
+        batch); every shard refuses calls until ``serve`` installs it, and a failed one is
+        handed to ``restorer`` (which calls ``serve`` or ``refuse`` when it knows)."""
+        self.storage = storage
+        self.restorer = restorer
+        self._append_each = getattr(storage, "append_each", None)
+
+    def serve(self, index: int, shard: Shard) -> None:
+        """Cluster mode: shard ``index`` (as its stream holds it) is served here from now."""
+        self.dispatcher.install(index, shard)
+        self._refusals[index] = None
+        self._fenced[index] = False
+
+    def refuse(self, index: int, error: Unavailable) -> None:
+        """Cluster mode: shard ``index`` answers ``error`` to every call from now (lost, or
+        handed over); what is staged behind its batch in flight fails with it."""
+        self._refusals[index] = error
+        self._fenced[index] = True
+        self._fail_staged(index, error)
 
     # ------------------------------------------------------------ the write path
 
@@ -205,13 +236,18 @@ class Node:
     def retry_restores(self) -> None:
         """Try again to restore the shards a failing disk kept from being restored."""
         if self.storage is not None:
-            for index in [i for i, fenced in enumerate(self._fenced) if fenced]:
+            refused = self._refusals
+            for index in [i for i, f in enumerate(self._fenced) if f and refused[i] is None]:
                 self._restore(index)
 
     # ------------------------------------------------------------ internals
 
     def _shard(self, index: int) -> Shard:
         if self._fenced[index]:
+            refusal = self._refusals[index]
+            if refusal is not None:
+                self.refused += 1
+                raise refusal.with_traceback(None)  # one error raised again and again
             raise Unavailable(f"shard {index} is being restored after a storage failure; retry", "")
         return self.dispatcher.shards[index]
 
@@ -262,6 +298,9 @@ class Node:
             staged.records, staged.events, staged.waiters = [], [], []
         if not batches:
             return
+        if self._append_each is not None:  # cluster mode: each shard settles on its own
+            self._flush_each(batches)
+            return
         try:
             appended = self.storage.append(batches)
         except Exception as exc:  # noqa: BLE001 - as a failed append
@@ -269,6 +308,22 @@ class Node:
             appended.set_exception(exc)
         indexes = [index for index, _ in batches]
         appended.add_done_callback(lambda done: self._settled(indexes, done))
+
+    def _flush_each(self, batches: list[tuple[int, list[bytes]]]) -> None:
+        """One future per shard's batch (a stream per shard: one stream's leader election
+        must not hold the other shards' callers)."""
+        assert self._append_each is not None
+        try:
+            futures = self._append_each(batches)
+        except Exception as exc:  # noqa: BLE001 - as a failed append of them all
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            futures = [failed] * len(batches)
+        for (index, _), future in zip(batches, futures, strict=True):
+            future.add_done_callback(functools.partial(self._settled_one, index))
+
+    def _settled_one(self, index: int, done: asyncio.Future[None]) -> None:
+        self._settled([index], done)
 
     def _settled(self, indexes: list[int], done: asyncio.Future[None]) -> None:
         error = done.exception() if not done.cancelled() else OSError("cancelled")
@@ -316,6 +371,10 @@ class Node:
         staged = self._staged[index]
         if staged.in_flight is not None or self.storage is None:
             return  # ``_settled`` calls again
+        if self.restorer is not None:
+            if self._refusals[index] is None:
+                self.restorer(index)  # cluster mode: read back from the stream, if still ours
+            return
         try:
             shard = recover(index, self.storage.logs[index], self.storage.snapshots[index])
         except Exception as exc:  # noqa: BLE001 - still failing: stay fenced, retry later

@@ -65,6 +65,13 @@ KEYS: tuple[Key, ...] = (
     Key("tls_cert", str, "--tls-cert", "PEM certificate chain (TLS with tls_key)"),
     Key("tls_key", str, "--tls-key", "PEM private key"),
     Key("tls_client_ca", str, "--tls-client-ca", "PEM CA bundle: require client certificates"),
+    Key("cluster_nats", str, "--cluster-nats", "cluster mode: NATS URLs, comma-separated"),
+    Key("cluster_etcd", str, "--cluster-etcd", "cluster mode: etcd host:port, comma-separated"),
+    Key("cluster_name", str, "--cluster-name", "cluster mode: the cluster's name"),
+    Key("node_id", str, "--node-id", "cluster mode: this node's id; '' is host:port"),
+    Key("advertise", str, "--advertise", "cluster mode: host:port clients call; '' is host:port"),
+    Key("lease_ttl_s", int, "--lease-ttl", "cluster mode: seconds a dead node's shards wait"),
+    Key("replicas", int, "--replicas", "cluster mode: replicas of each shard's stream"),
 )
 _BY_NAME = {key.name: key for key in KEYS}
 _BOOLS = {"true": True, "1": True, "yes": True, "on": True}

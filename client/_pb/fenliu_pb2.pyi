@@ -2256,3 +2256,120 @@ class EchoMessage(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EchoMessage: _TypeAlias = EchoMessage  # noqa: Y015
+
+@_typing.final
+class GetClusterMapRequest(_message.Message):
+    """---------------------------------------------------------------- cluster mode"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetClusterMapRequest: _TypeAlias = GetClusterMapRequest  # noqa: Y015
+
+@_typing.final
+class ClusterMap(_message.Message):
+    """Who serves each virtual shard (a shop's shard is crc32(shop_id) % shards), as the node
+    answering last read it from etcd (at most half a second old). A node asked about a shard
+    it does not own answers UNAVAILABLE with an ErrorInfo (reason NOT_OWNER, metadata owner,
+    address, epoch). A server not in cluster mode answers cluster "" and no owners: it
+    serves every shop itself.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_FIELD_NUMBER: _builtins.int
+    SHARDS_FIELD_NUMBER: _builtins.int
+    OWNERS_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    cluster: _builtins.str
+    """the cluster's name ("" outside cluster mode)"""
+    shards: _builtins.int
+    """the virtual shard count"""
+    node_id: _builtins.str
+    """the node that answered"""
+    @_builtins.property
+    def owners(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardOwner]:
+        """one per shard, in shard order"""
+
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterNode]:
+        """the live nodes"""
+
+    def __init__(
+        self,
+        *,
+        cluster: _builtins.str = ...,
+        shards: _builtins.int = ...,
+        owners: _abc.Iterable[Global___ShardOwner] | None = ...,
+        nodes: _abc.Iterable[Global___ClusterNode] | None = ...,
+        node_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "node_id", b"node_id", "nodes", b"nodes", "owners", b"owners", "shards", b"shards"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterMap: _TypeAlias = ClusterMap  # noqa: Y015
+
+@_typing.final
+class ShardOwner(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARD_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    shard: _builtins.int
+    node_id: _builtins.str
+    """"" while nobody owns it (it is moving)"""
+    address: _builtins.str
+    """host:port to call it at"""
+    epoch: _builtins.int
+    """the owner's fencing token: grows with every change of owner"""
+    def __init__(
+        self,
+        *,
+        shard: _builtins.int = ...,
+        node_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "epoch", b"epoch", "node_id", b"node_id", "shard", b"shard"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShardOwner: _TypeAlias = ShardOwner  # noqa: Y015
+
+@_typing.final
+class ClusterNode(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    address: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterNode: _TypeAlias = ClusterNode  # noqa: Y015

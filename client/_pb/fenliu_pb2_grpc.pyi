@@ -416,3 +416,25 @@ class DiagnosticsServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_fenliu_pb2.EchoMessage, _abc.Awaitable[_fenliu_pb2.EchoMessage]]: ...
 
 def add_DiagnosticsServicer_to_server(servicer: DiagnosticsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ClusterStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ClusterAsyncStub: ...
+    GetClusterMap: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.GetClusterMapRequest, _fenliu_pb2.ClusterMap]
+
+@_typing.type_check_only
+class ClusterAsyncStub(ClusterStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetClusterMap: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.GetClusterMapRequest, _fenliu_pb2.ClusterMap]  # type: ignore[assignment]
+
+class ClusterServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def GetClusterMap(
+        self,
+        request: _fenliu_pb2.GetClusterMapRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fenliu_pb2.ClusterMap, _abc.Awaitable[_fenliu_pb2.ClusterMap]]: ...
+
+def add_ClusterServicer_to_server(servicer: ClusterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -71,6 +71,32 @@ class Unavailable(FenliuError):
     default_reason = "NOT_DURABLE"
 
 
+class NotOwner(Unavailable):
+    """Cluster mode: this node does not own the shop's shard; ``owner`` (its node id) and
+    ``address`` (where to call it; both "" while nobody owns it) and its ``epoch``."""
+
+    default_reason = "NOT_OWNER"
+
+    def __init__(
+        self,
+        message: str,
+        field: str = "",
+        *,
+        reason: str = "",
+        subject: str = "",
+        shard: int = -1,
+        owner: str = "",
+        address: str = "",
+        epoch: int = 0,
+    ) -> None:
+        subject = subject or (f"shards/{shard}" if shard >= 0 else "")
+        super().__init__(message, field, reason=reason, subject=subject)
+        self.shard = shard
+        self.owner = owner
+        self.address = address
+        self.epoch = epoch
+
+
 def resource_name(shop_id: str, collection: str = "", item_id: str = "") -> str:
     """A resource name: ``shops/<shop>`` or ``shops/<shop>/<collection>/<id>``.
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -35,6 +35,7 @@ from ..node import Clock, EventSink, Node, discard
 from ..snapshots import Snapshotter, snapshot_in_process
 from ..storage.files import FilesStorage
 from .auth import Authenticator
+from .cluster import add_cluster
 from .decode import DecodeGuard
 from .guard import CallGuard
 from .metrics import Metrics
@@ -42,6 +43,9 @@ from .monitor import add_monitor
 from .reflection import add_reflection
 from .service import add_services
 from .watch import Hub
+
+if TYPE_CHECKING:
+    from ..cluster.runtime import ClusterRuntime
 
 log = logging.getLogger("fenliu.server")
 
@@ -145,6 +149,7 @@ class Server:
         self.hub = Hub()  # watch streams; ``events`` gets every durable event too
         self.node = Node(self.dispatcher, now_ms, self.hub.tee(events), undo=self.hub)
         self._snapshots: asyncio.Task[None] | None = None
+        self.cluster: ClusterRuntime | None = None  # cluster mode: started by start()
         self._freezer: asyncio.Task[None] | None = None
         self.port: int | None = None
         self._health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -156,6 +161,7 @@ class Server:
         self._services = cast(grpc.aio.Server, DecodeGuard(self._grpc))  # its add_* methods
         add_services(self._services, self.node)
         add_monitor(self._services, self.node, self.hub)
+        add_cluster(self._services, self.config, lambda: self.cluster)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._services)
         add_reflection(self._services, (*SERVICE_NAMES, health.SERVICE_NAME))
 
@@ -193,7 +199,7 @@ class Server:
             StorageError, FormatError: the data directory cannot be used as it is.
             OSError: an address cannot be bound.
         """
-        if self.config.data_dir and self.storage is None:
+        if self.config.data_dir and self.storage is None and not self.config.cluster:
             storage = _open_storage(self.config)
             try:
                 self.node.open(storage)
@@ -210,6 +216,19 @@ class Server:
                 await self.snapshotter.start()
         if self.port is None:
             self.bind()
+        if self.config.cluster and self.cluster is None:
+            from ..cluster.runtime import ClusterRuntime  # cluster mode's packages only then
+
+            address = self.config.advertise or f"{self.config.host}:{self.port}"
+            cluster = ClusterRuntime(self.config, self.node, address)
+            if self.metrics is not None:
+                from ..cluster.metrics import ClusterMetrics
+
+                cluster.metrics = ClusterMetrics(
+                    self.metrics.registry, lambda: self.cluster, self.node
+                )
+            await cluster.start()
+            self.cluster = cluster
         if self.metrics is not None and self.metrics.port is None:
             host = self.config.metrics_host or self.config.host
             try:
@@ -235,6 +254,9 @@ class Server:
         (0 cancels running calls now) cuts a running drain short.
         """
         await self._health.enter_graceful_shutdown()
+        cluster, self.cluster = self.cluster, None
+        if cluster is not None:  # a planned hand-off: the next owners take the shards now
+            await cluster.stop()
         self.hub.close()  # watch streams end now: a drain must not wait for them
         await self._grpc.stop(self.config.grace_s if grace is None else grace)
         for task in (self._ticker, self._snapshots, self._freezer):

@@ -7,6 +7,8 @@
     FailedPrecondition    FAILED_PRECONDITION  PreconditionFailure.Violation(reason, subject, ..)
     ResourceExhausted     RESOURCE_EXHAUSTED   QuotaFailure.Violation(subject, message)
     Unavailable           UNAVAILABLE          none more (the journal could not be written)
+      NotOwner            UNAVAILABLE          none more; ErrorInfo reason NOT_OWNER, metadata
+                                               {"owner", "address", "epoch"} (cluster mode)
     anything else         INTERNAL, logged, with a generic message and no details
 
     AccessError subclass   (refused before the call runs; not core errors)
@@ -80,6 +82,7 @@ CODES: dict[type[errors.FenliuError], grpc.StatusCode] = {
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.NotOwner: grpc.StatusCode.UNAVAILABLE,
 }
 
 # The resource types of ResourceInfo, by the collection in a subject's name.
@@ -128,6 +131,7 @@ DETAILS: dict[type[errors.FenliuError], Callable[[Echo], list[Message]]] = {
     errors.FailedPrecondition: _precondition_failure,
     errors.ResourceExhausted: _quota_failure,
     errors.Unavailable: _no_more,
+    errors.NotOwner: _no_more,
 }
 """The code-specific details of each class in ``CODES`` (the same keys)."""
 
@@ -177,6 +181,8 @@ def details_for(exc: errors.FenliuError, echo: Echo | None = None) -> tuple[Mess
     """ErrorInfo, then the details of the most specific class of ``exc`` in ``DETAILS``."""
     echo = echo or Echo.of(exc)
     metadata = {"field": echo.field, "subject": echo.subject}
+    if isinstance(exc, errors.NotOwner):  # where the shard is served (cluster mode)
+        metadata |= {"owner": exc.owner, "address": exc.address, "epoch": str(exc.epoch or "")}
     info = ed.ErrorInfo(
         reason=echo.reason, domain=DOMAIN, metadata={k: v for k, v in metadata.items() if v}
     )

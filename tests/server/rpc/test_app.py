@@ -34,6 +34,7 @@ FENLIU_SERVICES = {
     "fenliu.v1.Queue",
     "fenliu.v1.Monitor",
     "fenliu.v1.Diagnostics",
+    "fenliu.v1.Cluster",
 }
 
 

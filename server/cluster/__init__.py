@@ -1,0 +1,1 @@
+"""Cluster mode: many nodes sharing NATS JetStream (the log) and etcd (ownership)."""

