@@ -5,6 +5,8 @@
     python bench/run.py batch [--target H:P] ...                # RouteBatch vs its echo floor
     python bench/run.py h2load [--target H:P] ...               # raw throughput with h2load
     python bench/run.py all --out bench/results ...             # the full report
+    python bench/run.py quick                                   # server CPU per call, < 1 min
+    python bench/run.py cpu --rounds 5 ...                      # the same, longer (bench/cpu.py)
 
 Without ``--target`` each subcommand starts a fresh server process itself (journal off
 unless told otherwise) and builds the world first. ``all`` writes one JSON record, a
@@ -824,6 +826,13 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("h2load", help="raw throughput of Route vs Echo with h2load")
     common(p)
     p.set_defaults(func=cmd_h2load)
+
+    import cpu
+
+    for name, quick in (("quick", True), ("cpu", False)):
+        p = sub.add_parser(name, help="server CPU per call of every kind (bench/cpu.py)")
+        cpu.add_arguments(p, quick=quick)
+        p.set_defaults(func=cpu.main)
 
     p = sub.add_parser("all", help="everything: JSON record, markdown table, plots")
     common(p)
