@@ -189,8 +189,9 @@ async def drive(job: dict[str, Any]) -> dict[str, Any]:
             ))  # fmt: skip
             done = hist.total - sum(errors.values())
         elapsed = time.perf_counter() - start
+    exhausted = done >= budget - size
     return {"done": done, "seconds": elapsed, "reasons": dict(reasons), "errors": dict(errors),
-            "latency": hist.to_wire(), "exhausted": budget if done >= budget - size else 0}  # fmt: skip
+            "latency": hist.to_wire(), "exhausted": exhausted}  # fmt: skip
 
 
 async def stream(
