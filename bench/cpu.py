@@ -60,7 +60,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def shop_ids(shops: int) -> list[str]:
-    return [f"c{i}" for i in range(shops)]
+    return [f"c{i:03d}" for i in range(shops)]  # fixed width: h2load's template patches it
 
 
 async def build(target: str, shops: int, agents: int, open_buyers: int) -> dict[str, Any]:
@@ -83,11 +83,15 @@ async def build(target: str, shops: int, agents: int, open_buyers: int) -> dict[
             ))  # fmt: skip
         opened = 0
         ids = shop_ids(shops)
-        for start in range(0, open_buyers, 1000):
+        for start in range(0, open_buyers, 500):
             items = [
                 pb.RouteRequest(shop_id=ids[j % shops], buyer_id=f"o{j}", request_id=f"open{j}")
-                for j in range(start, min(open_buyers, start + 1000))
+                for j in range(start, min(open_buyers, start + 500))
             ]
+            items += [
+                pb.RouteRequest(shop_id=ids[j % shops], buyer_id=f"g{j:010d}", request_id=f"g{j}")
+                for j in range(start, min(open_buyers, start + 500))
+            ]  # the same buyers for h2load's messages (fixed width)
             reply = await batch(pb.RouteBatchRequest(requests=items), timeout=60)
             opened += sum(1 for r in reply.results if r.decision.session_id)
     return {"shops": shops, "agents": shops * agents, "open_sessions": opened}
@@ -230,6 +234,104 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
     return loadgen.run_in_process(drive, job)  # type: ignore[no-any-return]
 
 
+# -- h2load with distinct requests ------------------------------------------------------
+
+SHIM = Path(__file__).resolve().parent / "h2distinct.c"
+
+
+def build_shim(where: Path) -> Path:
+    """bench/h2distinct.c compiled (a C compiler is needed: cc)."""
+    import subprocess
+
+    out = where / "h2distinct.so"
+    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(out), str(SHIM), "-ldl"],
+                   check=True)  # fmt: skip
+    return out
+
+
+def h2load_template(kind: str, tag: str) -> tuple[bytes, dict[str, str]]:
+    """The gRPC frame h2load sends and where the shim writes each request's count."""
+    if kind == "echo":
+        size = len(h2load_template("route_new", tag)[0]) - 5
+        return grpc_frame(pb.EchoMessage(payload=b"x" * (size - 2)).SerializeToString()), {}
+    buyer = f"h{tag}BBBBBBBBBB" if kind == "route_new" else "gBBBBBBBBBB"
+    message = pb.RouteRequest(shop_id="cSSS", buyer_id=buyer, request_id=f"q{tag}RRRRRRRRRR",
+                              channel="im").SerializeToString()  # fmt: skip
+    frame = grpc_frame(message)
+    return frame, {
+        "FENLIU_H2_REQ_OFF": str(frame.index(b"R" * 10)),
+        "FENLIU_H2_BUYER_OFF": str(frame.index(b"B" * 10)),
+        "FENLIU_H2_SHOP_OFF": str(frame.index(b"SSS")),
+    }
+
+
+def grpc_frame(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def nth_body(frame: bytes, where: dict[str, str], n: int, shops: int, buyers: int) -> bytes:
+    """What the shim makes of the template for the ``n``-th request (the sample check)."""
+    b = bytearray(frame)
+    fields = (
+        ("FENLIU_H2_REQ_OFF", 10, n),
+        ("FENLIU_H2_SHOP_OFF", 3, n % shops),
+        ("FENLIU_H2_BUYER_OFF", 10, n % buyers if buyers else n),
+    )
+    for key, width, value in fields:
+        if key in where:
+            at = int(where[key])
+            b[at : at + width] = f"{value:0{width}d}".encode()
+    return bytes(b[5:])
+
+
+def h2load_kind(
+    server: Any, target: str, kind: str, args: argparse.Namespace, tag: str, shim: Path
+) -> dict[str, Any]:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("h2load")
+    if exe is None:
+        raise SystemExit("h2load is missing: apt-get install -y nghttp2-client")
+    frame, where = h2load_template(kind, tag)
+    path = {"echo": loadgen.ECHO}.get(kind, loadgen.ROUTE)
+    buyers = args.open_buyers if kind == "route_open" else 0
+    with tempfile.NamedTemporaryFile(suffix=".bin") as body:
+        body.write(frame)
+        body.flush()
+        environ = {**os.environ, **where, "LD_PRELOAD": str(shim), "FENLIU_H2_BODY": body.name,
+                   "FENLIU_H2_SHOPS": str(args.shops), "FENLIU_H2_BUYERS": str(buyers)}  # fmt: skip
+        cmd = [exe, "-n", str(args.h2_requests), "-c", str(args.h2_clients), "-m",
+               str(args.h2_streams), "-t", "1", "-d", body.name, "-H",
+               "content-type: application/grpc", "-H", "te: trailers",
+               f"http://{target}{path}"]  # fmt: skip
+        load = os.getloadavg()[0]
+        cpu0 = cpu_seconds(server.proc.pid)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=environ)
+        cpu = cpu_seconds(server.proc.pid) - cpu0
+    import re
+
+    rps = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", proc.stdout)
+    ok = re.search(r"requests: .*?(\d+) succeeded, (\d+) failed", proc.stdout)
+    done = int(ok.group(1)) if ok else 0
+    out: dict[str, Any] = {
+        "kind": kind, "per_s": float(rps.group(1)) if rps else 0.0, "done": done,
+        "failed": int(ok.group(2)) if ok else None, "server_cpu_s": round(cpu, 3),
+        "cpu_us_per_call": round(cpu / done * 1e6, 2) if done else None,
+        "loadavg": round(load, 2), "command": " ".join(cmd),
+    }  # fmt: skip
+    if kind != "echo":  # two of h2load's requests, sent again: retries of real decisions
+        with grpc.insecure_channel(target) as channel:
+            call = channel.unary_unary(path, response_deserializer=pb.Decision.FromString)
+            sample = [call(nth_body(frame, where, n, args.shops, buyers), timeout=5)
+                      for n in (5, 6)]  # fmt: skip
+        expected = EXPECTED[kind.split("_")[1]]
+        out["sample_reasons"] = [pb.Reason.Name(d.reason) for d in sample]
+        out["real_decisions"] = (all(d.reason == expected for d in sample)
+                                 and sample[0].buyer_id != sample[1].buyer_id)  # fmt: skip
+    return out
+
+
 # -- a run -------------------------------------------------------------------------------
 
 
@@ -288,6 +390,25 @@ def summarize(rounds: list[dict[str, dict[str, Any]]], paced: dict[str, Any] | N
             "cpu_us_per_call"], f"route_{case}_vs_echo_by_cpu")  # fmt: skip
         per_round(lambda r, c=case: r[f"route_{c}"]["cpu_us_per_call"] / r[f"stream_{c}"][
             "cpu_us_per_call"], f"stream_{case}_vs_route_by_cpu")  # fmt: skip
+    if "h2load_echo" in rounds[0]:
+        for kind in ("echo", "route_new", "route_open"):
+            per_round(
+                lambda r, k=kind: r[f"h2load_{k}"]["cpu_us_per_call"], f"h2load_{kind}_cpu_us"
+            )
+            per_round(lambda r, k=kind: r[f"h2load_{k}"]["per_s"], f"h2load_{kind}_per_s")
+        for case in ("new", "open"):
+            per_round(
+                lambda r, c=case: (
+                    r["h2load_echo"]["cpu_us_per_call"] / r[f"h2load_route_{c}"]["cpu_us_per_call"]
+                ),
+                f"h2load_route_{case}_vs_echo_by_cpu",
+            )
+            per_round(lambda r, c=case: r[f"h2load_route_{c}"]["per_s"] / r["h2load_echo"][
+                "per_s"], f"h2load_route_{case}_vs_echo_by_throughput")  # fmt: skip
+        if not all(
+            r[f"h2load_route_{c}"]["real_decisions"] for r in rounds for c in ("new", "open")
+        ):
+            s["warnings"].append("an h2load sample was not the expected decision")
     s["real_decisions"] = all(r[k]["real_decisions"] for r in rounds for k in KINDS if k != "echo")
     if not s["real_decisions"]:
         s["warnings"].append("a sample's decision reason was not the expected one")
@@ -321,6 +442,16 @@ def markdown(record: dict[str, Any]) -> str:
             f"| {last[kind]['loadavg']} | {last[kind]['latency_ms']['p99_ms']:.2f} "
             f"| {'—' if kind == 'echo' else last[kind]['real_decisions']} |"
         )
+    h2 = "h2load_echo_cpu_us" in s
+    if h2:
+        for kind in ("echo", "route_new", "route_open"):
+            lines.append(
+                f"| h2load {kind} | {s[f'h2load_{kind}_per_s']:,.0f} "
+                f"| {s[f'h2load_{kind}_cpu_us']:.1f} "
+                f"| {', '.join(f'{v:.1f}' for v in s[f'h2load_{kind}_cpu_us_by_round'])} "
+                f"| {last[f'h2load_{kind}']['loadavg']} | — "
+                f"| {last[f'h2load_{kind}'].get('real_decisions', '—')} |"
+            )
     paced = s.get("paced_stream") or {}
     rows = [
         ("Route/Echo by server CPU per call, new buyers", s["route_new_vs_echo_by_cpu"],
@@ -334,6 +465,14 @@ def markdown(record: dict[str, Any]) -> str:
         ("RouteBatch of new buyers, decisions/s", f"{s['batch_new_per_s']:,.0f}",
          "≥ 150,000", s["batch_new_per_s"] >= 150_000),
     ]  # fmt: skip
+    if h2:
+        for case, name in (("new", "new buyers"), ("open", "open-session messages")):
+            value = s[f"h2load_route_{case}_vs_echo_by_cpu"]
+            rows.append((f"h2load Route/Echo by server CPU per call, {name}", value, "≥ 0.90",
+                         value >= 0.90))  # fmt: skip
+            value = s[f"h2load_route_{case}_vs_echo_by_throughput"]
+            rows.append((f"h2load Route/Echo by throughput, {name}", value, "≥ 0.90",
+                         value >= 0.90))  # fmt: skip
     if paced:
         rows.append((f"RouteStream p99 at half its max rate ({paced['rate']:,.0f}/s)",
                      f"{paced['latency_ms']['p99_ms']:.2f} ms", "≤ 5 ms",
@@ -388,6 +527,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              f"{f['cpu_us_per_call']} µs server CPU/call, load {f['loadavg']}"
                              + (f", errors {f['errors']}" if f["errors"] else ""))  # fmt: skip
                 record["rounds"].append(rnd)
+            if args.h2load:
+                shim = build_shim(Path(tmp))
+                for i in range(args.rounds):
+                    for kind in ("echo", "route_new", "route_open"):
+                        f = h2load_kind(server, target, kind, args, f"{i}{next(tags)}", shim)
+                        record["rounds"][i][f"h2load_{kind}"] = f
+                        progress(f"h2load round {i + 1} {kind}: {f['per_s']:,.0f}/s, "
+                                 f"{f['cpu_us_per_call']} µs server CPU/call, load "
+                                 f"{f['loadavg']}, {f.get('sample_reasons', '')}")  # fmt: skip
             paced = None
             if args.paced:
                 rate = statistics.median(r["stream_new"]["per_s"] for r in record["rounds"]) / 2
@@ -422,7 +570,11 @@ def add_arguments(p: argparse.ArgumentParser, quick: bool = False) -> None:
                    help="skip RouteStream at half its max rate")  # fmt: skip
     p.add_argument("--data-dir", action="store_true", help="journal on (a temporary dir)")
     p.add_argument("--no-fsync", action="store_true")
-    p.add_argument("--out", default="", help="write record.json and report.md here")
+    p.add_argument("--out", default="", help="write cpu.json and cpu.md here")
+    p.add_argument("--no-h2load", dest="h2load", action="store_false")
+    p.add_argument("--h2-requests", type=int, default=10_000 if quick else 50_000)
+    p.add_argument("--h2-clients", type=int, default=4)
+    p.add_argument("--h2-streams", type=int, default=16)
 
 
 def main(args: argparse.Namespace) -> int:
