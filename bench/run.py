@@ -271,9 +271,10 @@ def grpc_frame(message: bytes) -> bytes:
 
 
 def h2load_bodies(world: World) -> dict[str, bytes]:
-    # No request_id (so the idempotency cache does not answer); one fixed buyer in the
-    # top shop: after the first call every request is a message on an open session
-    # (rule 2) -- h2load can only send one body per run.
+    # One fixed body (h2load alone sends the same bytes every time): after the first call
+    # every Route is a retry answered from the idempotency cache (rule 0), not a decision.
+    # Real decisions through h2load: ``bench/run.py cpu`` (its shim, bench/h2distinct.c,
+    # makes every body distinct).
     route = pb.RouteRequest(
         shop_id="s0", buyer_id="b-h2load", request_id="h2load", channel="item_page"
     )
