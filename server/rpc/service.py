@@ -132,7 +132,8 @@ class RoutingService(pb_grpc.RoutingServicer):
         """Each request routed as it is read, answered in order once durable (see
         ``STREAM_WINDOW``); an item's error is its answer, the stream goes on."""
         node = self._node
-        answers: asyncio.Queue[Any] = asyncio.Queue(STREAM_WINDOW)
+        answers: asyncio.Queue[Any] = asyncio.Queue()  # bounded by ``unsent``
+        unsent = asyncio.Semaphore(STREAM_WINDOW)
 
         async def read() -> None:
             try:
@@ -143,9 +144,10 @@ class RoutingService(pb_grpc.RoutingServicer):
                         answer = node.submit(convert.route(item.request, node.now()))
                     except Exception as exc:  # noqa: BLE001 - the item's answer
                         answer = (exc, None)
-                    await answers.put(answer)
+                    answers.put_nowait(answer)
+                    await unsent.acquire()  # the window is full: read on once one is sent
             finally:
-                await answers.put(_END)
+                answers.put_nowait(_END)  # never waits, so a cancelled read ends too
 
         reader = asyncio.get_running_loop().create_task(read())
         try:
@@ -157,6 +159,7 @@ class RoutingService(pb_grpc.RoutingServicer):
                     except Exception as exc:  # noqa: BLE001 - not durable: the item's error
                         result = exc
                 yield stream_reply(result)
+                unsent.release()
             await reader  # a failed read (the call cancelled, say) ends the stream with it
         finally:
             reader.cancel()
