@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
@@ -89,11 +90,26 @@ class RouteStream:
             self._pending.append(future)
             try:
                 await call.write(request)
-            except grpc.aio.AioRpcError as exc:
-                raise from_rpc_error(exc) from None
-            except asyncio.InvalidStateError:  # the call ended while writing
-                raise Unavailable(grpc.StatusCode.UNAVAILABLE, "the stream ended") from None
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+                raise await self._write_failed(future, exc) from None
         return future
+
+    async def _write_failed(
+        self, future: asyncio.Future[RouteResult], exc: BaseException
+    ) -> FenliuError:
+        """Why a write failed: the stream's own status, as its reader gets it (a write on
+        a call that just failed may say INTERNAL "Internal error from Core" instead)."""
+        reader = self._reader
+        if reader is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(reader), self.timeout)
+        if future.done() and not future.cancelled():
+            error = future.exception()
+            if isinstance(error, FenliuError):
+                return error
+        if isinstance(exc, grpc.aio.AioRpcError):
+            return from_rpc_error(exc)
+        return Unavailable(grpc.StatusCode.UNAVAILABLE, "the stream ended")
 
     async def route(
         self,
