@@ -64,7 +64,7 @@ async def _setup(target: str) -> None:
 
 async def _drive(target: str, proc: int, inflight: int, start: float, stop: float) -> int:
     """Closed-loop new-buyer Routes between ``start`` and ``stop`` (wall clock)."""
-    done = 0
+    done = cancelled = 0
     # One connection per 64 callers: past ~100 concurrent streams on one HTTP/2
     # connection the calls queue in the client (and some end CANCELLED).
     own = [("grpc.use_local_subchannel_pool", 1)]  # else channels share one connection
@@ -74,7 +74,7 @@ async def _drive(target: str, proc: int, inflight: int, start: float, stop: floa
     try:
 
         async def caller(c: int) -> None:
-            nonlocal done
+            nonlocal done, cancelled
             route = pb_grpc.RoutingStub(channels[c // 64]).Route
             n = 0
             while time.time() < stop:
@@ -84,12 +84,22 @@ async def _drive(target: str, proc: int, inflight: int, start: float, stop: floa
                     buyer_id=f"p{proc}c{c}n{n}",
                     request_id=f"p{proc}c{c}n{n}",
                 )
-                decision = await route(request)
+                try:
+                    decision = await route(request)
+                except grpc.aio.AioRpcError as exc:  # counted, not fatal: a loaded machine
+                    if exc.code() != grpc.StatusCode.CANCELLED:
+                        raise
+                    cancelled += 1  # the client's queue of streams cut it off; not a decision
+                    continue
                 if time.time() >= start:
                     assert decision.reason == pb.REASON_STRATEGY, decision  # a real decision
                     done += 1
 
         await asyncio.gather(*(caller(c) for c in range(inflight)))
+        if cancelled:
+            print(
+                f"load process {proc}: {cancelled} calls CANCELLED by the client", file=sys.stderr
+            )
     finally:
         for channel in channels:
             await channel.close()

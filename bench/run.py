@@ -5,6 +5,8 @@
     python bench/run.py batch [--target H:P] ...                # RouteBatch vs its echo floor
     python bench/run.py h2load [--target H:P] ...               # raw throughput with h2load
     python bench/run.py all --out bench/results ...             # the full report
+    python bench/run.py quick                                   # server CPU per call, < 1 min
+    python bench/run.py cpu --rounds 5 ...                      # the same, longer (bench/cpu.py)
 
 Without ``--target`` each subcommand starts a fresh server process itself (journal off
 unless told otherwise) and builds the world first. ``all`` writes one JSON record, a
@@ -269,9 +271,10 @@ def grpc_frame(message: bytes) -> bytes:
 
 
 def h2load_bodies(world: World) -> dict[str, bytes]:
-    # No request_id (so the idempotency cache does not answer); one fixed buyer in the
-    # top shop: after the first call every request is a message on an open session
-    # (rule 2) -- h2load can only send one body per run.
+    # One fixed body (h2load alone sends the same bytes every time): after the first call
+    # every Route is a retry answered from the idempotency cache (rule 0), not a decision.
+    # Real decisions through h2load: ``bench/run.py cpu`` (its shim, bench/h2distinct.c,
+    # makes every body distinct).
     route = pb.RouteRequest(
         shop_id="s0", buyer_id="b-h2load", request_id="h2load", channel="item_page"
     )
@@ -824,6 +827,13 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("h2load", help="raw throughput of Route vs Echo with h2load")
     common(p)
     p.set_defaults(func=cmd_h2load)
+
+    import cpu
+
+    for name, quick in (("quick", True), ("cpu", False)):
+        p = sub.add_parser(name, help="server CPU per call of every kind (bench/cpu.py)")
+        cpu.add_arguments(p, quick=quick)
+        p.set_defaults(func=cpu.main)
 
     p = sub.add_parser("all", help="everything: JSON record, markdown table, plots")
     common(p)

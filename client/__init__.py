@@ -30,6 +30,7 @@ from ._errors import (
     Unauthenticated,
     Unavailable,
 )
+from ._stream import RouteStream
 from ._types import (
     Agent,
     AgentSessions,
@@ -82,6 +83,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "new_request_id",
     "route_request",
+    "RouteStream",
     # results and enums
     "Agent",
     "AgentSessions",

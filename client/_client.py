@@ -30,6 +30,7 @@ import grpc.aio
 
 from ._errors import Unavailable, from_rpc_error
 from ._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
+from ._stream import RouteStream
 from ._types import (
     Agent,
     AgentSessions,
@@ -451,6 +452,17 @@ class AsyncClient:
         reply = await self._call(self._routing.RouteBatch, batch, idempotent=True, timeout=timeout)
         return tuple(RouteResult.from_pb(r) for r in reply.results)
 
+    def route_stream(self, *, timeout: float | None = None) -> RouteStream:
+        """Routes pipelined over one bidirectional stream (``RouteStream``): for a gateway
+        routing each message as it arrives, at a fraction of unary ``route``'s server cost.
+        ``async with fenliu.route_stream() as stream: await stream.route(shop, buyer)``;
+        ``timeout``: how long each ``route`` waits for its answer (default the client's)."""
+
+        def open_call() -> Any:
+            return self._routing.RouteStream(metadata=self.metadata)  # type: ignore[call-arg]
+
+        return RouteStream(open_call, timeout or self.timeout)
+
     async def acknowledge(
         self, shop_id: str, agent_id: str, session_id: str, *, timeout: float | None = None
     ) -> Session:
@@ -820,6 +832,12 @@ class Client:
     get_shop_stats = _blocking(AsyncClient.get_shop_stats)
     cluster_map = _blocking(AsyncClient.cluster_map)
 
+    def route_stream(self, *, timeout: float | None = None) -> BlockingRouteStream:
+        """Blocking ``AsyncClient.route_stream``: ``with fenliu.route_stream() as stream:``;
+        its ``route`` blocks for the decision, ``send`` returns a future of the result (so
+        one thread can pipeline many)."""
+        return BlockingRouteStream(self, self._async.route_stream(timeout=timeout))
+
     def watch_shop(
         self,
         shop_id: str,
@@ -873,3 +891,43 @@ class Client:
         finally:
             if not self._loop.is_closed():
                 self._run(stop())
+
+
+class BlockingRouteStream:
+    """``RouteStream`` for the blocking ``Client`` (run on the client's loop thread)."""
+
+    def __init__(self, client: Client, stream: RouteStream) -> None:
+        self._client = client
+        self._stream = stream
+
+    def send(self, item: RouteItem | pb.RouteRequest) -> Future[RouteResult]:
+        """Write one request (blocking while the stream is held back); its result's future."""
+
+        async def send() -> asyncio.Future[RouteResult]:
+            return await self._stream.send(item)
+
+        sent = self._client._run(send())
+
+        async def wait() -> RouteResult:
+            return await sent
+
+        return asyncio.run_coroutine_threadsafe(wait(), self._client._loop)
+
+    def route(self, shop_id: str, buyer_id: str, **kwargs: Any) -> Decision:
+        """``RouteStream.route``: the decision, or its error raised."""
+        return self._client._run(self._stream.route(shop_id, buyer_id, **kwargs))
+
+    def close(self) -> None:
+        if not self._client._loop.is_closed():
+            self._client._run(self._stream.close())
+
+    def __enter__(self) -> BlockingRouteStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -176,6 +176,17 @@ class Node:
                     results[i] = outcome
         return results
 
+    def submit(self, command: t.AnyCommand) -> tuple[Any, asyncio.Future[None] | None]:
+        """``execute`` without the wait, for callers that pipeline (RouteStream): the
+        result now, and the future its caller must await before answering (None: durable
+        already). Not for a Tick of every shard.
+
+        Raises:
+            FenliuError: the core refused it (nothing changed); Unavailable: its shard is
+                being restored.
+        """
+        return self._submit(command)
+
     def _submit(self, command: t.AnyCommand) -> tuple[Any, asyncio.Future[None] | None]:
         """Apply ``command`` and stage its record and events: its result, and the future
         of its durability (None without storage: its events are published at once)."""

@@ -1215,6 +1215,52 @@ class RouteBatchReply(_message.Message):
 Global___RouteBatchReply: _TypeAlias = RouteBatchReply  # noqa: Y015
 
 @_typing.final
+class RouteStreamRequest(_message.Message):
+    """RouteStream: one RouteStreamReply per RouteStreamRequest, in the order they were sent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___RouteRequest: ...
+    def __init__(
+        self,
+        *,
+        request: Global___RouteRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteStreamRequest: _TypeAlias = RouteStreamRequest  # noqa: Y015
+
+@_typing.final
+class RouteStreamReply(_message.Message):
+    """The answer to the stream's n-th request: its decision, or the error it got (the stream
+    goes on either way). Sent only once the decision is durable, as Route's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> Global___RouteResult: ...
+    def __init__(
+        self,
+        *,
+        result: Global___RouteResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteStreamReply: _TypeAlias = RouteStreamReply  # noqa: Y015
+
+@_typing.final
 class SessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -464,6 +464,11 @@ class RoutingStub:
                 request_serializer=fenliu_dot_v1_dot_fenliu__pb2.RouteBatchRequest.SerializeToString,
                 response_deserializer=fenliu_dot_v1_dot_fenliu__pb2.RouteBatchReply.FromString,
                 _registered_method=True)
+        self.RouteStream = channel.stream_stream(
+                '/fenliu.v1.Routing/RouteStream',
+                request_serializer=fenliu_dot_v1_dot_fenliu__pb2.RouteStreamRequest.SerializeToString,
+                response_deserializer=fenliu_dot_v1_dot_fenliu__pb2.RouteStreamReply.FromString,
+                _registered_method=True)
         self.Acknowledge = channel.unary_unary(
                 '/fenliu.v1.Routing/Acknowledge',
                 request_serializer=fenliu_dot_v1_dot_fenliu__pb2.SessionRequest.SerializeToString,
@@ -522,6 +527,17 @@ class RoutingServicer:
 
     def RouteBatch(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RouteStream(self, request_iterator, context):
+        """A bidirectional stream of Routes for high-volume callers (an IM gateway routing each
+        message as it arrives): each request is answered in order with its decision or its
+        error, and one request's error never ends the stream. The server reads at most a
+        window of requests ahead of the answers the caller has not read yet, so a slow reader
+        holds the stream back instead of growing the server's memory.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -598,6 +614,11 @@ def add_RoutingServicer_to_server(servicer, server):
                     servicer.RouteBatch,
                     request_deserializer=fenliu_dot_v1_dot_fenliu__pb2.RouteBatchRequest.FromString,
                     response_serializer=fenliu_dot_v1_dot_fenliu__pb2.RouteBatchReply.SerializeToString,
+            ),
+            'RouteStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.RouteStream,
+                    request_deserializer=fenliu_dot_v1_dot_fenliu__pb2.RouteStreamRequest.FromString,
+                    response_serializer=fenliu_dot_v1_dot_fenliu__pb2.RouteStreamReply.SerializeToString,
             ),
             'Acknowledge': grpc.unary_unary_rpc_method_handler(
                     servicer.Acknowledge,
@@ -699,6 +720,33 @@ class Routing:
             '/fenliu.v1.Routing/RouteBatch',
             fenliu_dot_v1_dot_fenliu__pb2.RouteBatchRequest.SerializeToString,
             fenliu_dot_v1_dot_fenliu__pb2.RouteBatchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RouteStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fenliu.v1.Routing/RouteStream',
+            fenliu_dot_v1_dot_fenliu__pb2.RouteStreamRequest.SerializeToString,
+            fenliu_dot_v1_dot_fenliu__pb2.RouteStreamReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -150,6 +150,13 @@ class RoutingStub:
     def __new__(cls, channel: _aio.Channel) -> RoutingAsyncStub: ...
     Route: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.RouteRequest, _fenliu_pb2.Decision]
     RouteBatch: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.RouteBatchRequest, _fenliu_pb2.RouteBatchReply]
+    RouteStream: _grpc.StreamStreamMultiCallable[_fenliu_pb2.RouteStreamRequest, _fenliu_pb2.RouteStreamReply]
+    """A bidirectional stream of Routes for high-volume callers (an IM gateway routing each
+    message as it arrives): each request is answered in order with its decision or its
+    error, and one request's error never ends the stream. The server reads at most a
+    window of requests ahead of the answers the caller has not read yet, so a slow reader
+    holds the stream back instead of growing the server's memory.
+    """
     Acknowledge: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.SessionRequest, _fenliu_pb2.Session]
     """ASSIGNED -> ACTIVE: the agent acts on a new customer."""
     Reply: _grpc.UnaryUnaryMultiCallable[_fenliu_pb2.SessionRequest, _fenliu_pb2.Session]
@@ -172,6 +179,13 @@ class RoutingAsyncStub(RoutingStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Route: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.RouteRequest, _fenliu_pb2.Decision]  # type: ignore[assignment]
     RouteBatch: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.RouteBatchRequest, _fenliu_pb2.RouteBatchReply]  # type: ignore[assignment]
+    RouteStream: _aio.StreamStreamMultiCallable[_fenliu_pb2.RouteStreamRequest, _fenliu_pb2.RouteStreamReply]  # type: ignore[assignment]
+    """A bidirectional stream of Routes for high-volume callers (an IM gateway routing each
+    message as it arrives): each request is answered in order with its decision or its
+    error, and one request's error never ends the stream. The server reads at most a
+    window of requests ahead of the answers the caller has not read yet, so a slow reader
+    holds the stream back instead of growing the server's memory.
+    """
     Acknowledge: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.SessionRequest, _fenliu_pb2.Session]  # type: ignore[assignment]
     """ASSIGNED -> ACTIVE: the agent acts on a new customer."""
     Reply: _aio.UnaryUnaryMultiCallable[_fenliu_pb2.SessionRequest, _fenliu_pb2.Session]  # type: ignore[assignment]
@@ -203,6 +217,19 @@ class RoutingServicer(metaclass=_abc_1.ABCMeta):
         request: _fenliu_pb2.RouteBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fenliu_pb2.RouteBatchReply, _abc.Awaitable[_fenliu_pb2.RouteBatchReply]]: ...
+
+    @_abc_1.abstractmethod
+    def RouteStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_fenliu_pb2.RouteStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_fenliu_pb2.RouteStreamReply], _abc.AsyncIterator[_fenliu_pb2.RouteStreamReply]]:
+        """A bidirectional stream of Routes for high-volume callers (an IM gateway routing each
+        message as it arrives): each request is answered in order with its decision or its
+        error, and one request's error never ends the stream. The server reads at most a
+        window of requests ahead of the answers the caller has not read yet, so a slow reader
+        holds the stream back instead of growing the server's memory.
+        """
 
     @_abc_1.abstractmethod
     def Acknowledge(

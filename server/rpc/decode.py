@@ -9,7 +9,9 @@ method handler gets a deserializer that returns a ``Malformed`` marker instead o
 and a behaviour that answers a marker with INVALID_ARGUMENT (``errors.InvalidArgument``,
 reason ``MALFORMED_REQUEST``, mapped in ``status.py`` like every other error). Such
 requests are logged at most once per ``LOG_INTERVAL_S`` with a count, never with a
-traceback. A well-formed request costs one identity check on the way in.
+traceback. A well-formed request costs one identity check on the way in. A streaming
+handler marked ``accepts_malformed`` (RouteStream) gets the marker as an item instead, and
+answers it with that error without ending the stream.
 """
 
 from __future__ import annotations
@@ -88,6 +90,20 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None, type_name: str) -> An
     return decode
 
 
+def _noted(decode: Any, method: str) -> Any:
+    """``decode`` that logs (rate-limited) each request it finds malformed."""
+    if decode is None:
+        return None
+
+    def noted(data: bytes) -> Any:
+        request = decode(data)
+        if request.__class__ is Malformed:
+            MALFORMED_LOG.note(method)
+        return request
+
+    return noted
+
+
 def _type_name(deserializer: Any) -> str:
     owner = getattr(deserializer, "__self__", None)  # Message.FromString is a classmethod
     descriptor = getattr(owner, "DESCRIPTOR", None)
@@ -135,6 +151,11 @@ def guarded(method: str, handler: Any) -> Any:
             return grpc.unary_unary_rpc_method_handler(behaviour, **codec)
         return grpc.unary_stream_rpc_method_handler(behaviour, **codec)
     inner = handler.stream_unary or handler.stream_stream
+    if getattr(inner, "accepts_malformed", False):  # answers each malformed item itself
+        stream_codec = {**codec, "request_deserializer": _noted(decode, method)}
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(inner, **stream_codec)
+        return grpc.stream_stream_rpc_method_handler(inner, **stream_codec)
 
     if inspect.isasyncgenfunction(inner):
 

@@ -6,7 +6,9 @@ Every method runs on the event loop, so the core sees one command at a time; the
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc.aio
@@ -16,11 +18,19 @@ from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 from ..core.validate import check_batch
 from ..node import Node
 from . import convert
-from .status import abort_on_error, error_message
+from .decode import Malformed
+from .status import abort, abort_on_error, error_message
 
 log = logging.getLogger(__name__)
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+STREAM_WINDOW = 128
+"""RouteStream: requests read ahead of the answers sent. With this many answers unsent
+(their changes not durable yet, or the caller not reading them) the stream stops reading
+until one is sent, so what a stream holds in the server is bounded (grpc's own flow
+control then holds the caller's writes back)."""
+_END = object()
 
 
 class PresenceService(pb_grpc.PresenceServicer):
@@ -92,10 +102,18 @@ class RoutingService(pb_grpc.RoutingServicer):
         self._node = node
 
     async def Route(self, request: pb.RouteRequest, context: Context) -> pb.Decision:
-        async with abort_on_error(context):
-            return convert.decision(
-                await self._node.execute(convert.route(request, self._node.now()))
-            )
+        """The hot path, written out: ``abort_on_error`` and ``Node.execute`` as plain
+        code (no context manager's coroutines, no coroutine frame of execute's own), an
+        await only when there is a change to wait for. The same errors, the same answer."""
+        node = self._node
+        try:
+            result, durable = node.submit(convert.route(request, node.now()))
+            if durable is not None:
+                await durable
+            return convert.decision(result)
+        except Exception as exc:  # noqa: BLE001 - as abort_on_error
+            await abort(context, exc)
+            raise  # unreachable: abort raises
 
     async def RouteBatch(
         self, request: pb.RouteBatchRequest, context: Context
@@ -107,6 +125,47 @@ class RoutingService(pb_grpc.RoutingServicer):
             commands = [convert.route(item, at) for item in request.requests]
             results = await self._node.execute_each(commands)
             return route_batch_reply(results)
+
+    async def RouteStream(
+        self, requests: AsyncIterator[Any], context: Context
+    ) -> AsyncIterator[pb.RouteStreamReply]:
+        """Each request routed as it is read, answered in order once durable (see
+        ``STREAM_WINDOW``); an item's error is its answer, the stream goes on."""
+        node = self._node
+        answers: asyncio.Queue[Any] = asyncio.Queue()  # bounded by ``unsent``
+        unsent = asyncio.Semaphore(STREAM_WINDOW)
+
+        async def read() -> None:
+            try:
+                async for item in requests:  # a RouteStreamRequest, or Malformed
+                    try:
+                        if item.__class__ is Malformed:
+                            raise item.error()
+                        answer = node.submit(convert.route(item.request, node.now()))
+                    except Exception as exc:  # noqa: BLE001 - the item's answer
+                        answer = (exc, None)
+                    answers.put_nowait(answer)
+                    await unsent.acquire()  # the window is full: read on once one is sent
+            finally:
+                answers.put_nowait(_END)  # never waits, so a cancelled read ends too
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while (answer := await answers.get()) is not _END:
+                result, durable = answer
+                if durable is not None:
+                    try:
+                        await durable
+                    except Exception as exc:  # noqa: BLE001 - not durable: the item's error
+                        result = exc
+                yield stream_reply(result)
+                unsent.release()
+            await reader  # a failed read (the call cancelled, say) ends the stream with it
+        finally:
+            reader.cancel()
+
+    RouteStream.accepts_malformed = True  # type: ignore[attr-defined]
+    """Malformed items reach it (decode.py): each is answered with its error."""
 
     async def Acknowledge(self, request: pb.SessionRequest, context: Context) -> pb.Session:
         async with abort_on_error(context):
@@ -214,6 +273,16 @@ def route_batch_reply(results: list[Any]) -> pb.RouteBatchReply:
             add(error=error_message(result))
         else:
             convert.set_decision(add().decision, result)
+    return reply
+
+
+def stream_reply(result: Any) -> pb.RouteStreamReply:
+    """A RouteStream answer: the decision, or the error the request got."""
+    reply = pb.RouteStreamReply()
+    if isinstance(result, Exception):
+        reply.result.error.CopyFrom(error_message(result))
+    else:
+        convert.set_decision(reply.result.decision, result)
     return reply
 
 

@@ -1,0 +1,589 @@
+"""Server CPU per call, read from /proc/<pid>/stat, for real decisions of every kind.
+
+    python bench/run.py quick            # under a minute: every figure, 2 rounds
+    python bench/run.py cpu --rounds 5   # the same, longer
+
+Kinds, each a closed loop of distinct pre-built requests (no two alike, so no retry is
+ever answered from the idempotency cache; a sample's decision reason is checked):
+
+    echo         Diagnostics/Echo with a body of a Route's size: the transport floor
+    route_new    unary Route, a new buyer each (rule 6, the shop's strategy)
+    route_open   unary Route, a message on an open session (rule 2)
+    batch_new    RouteBatch of 1,000 new buyers; batch_open the same with open sessions
+    stream_new   RouteStream, new buyers (``--window`` in flight per stream);
+    stream_open  the same with open sessions
+
+Every kind runs once per round, rounds interleaved, so each ratio is taken within one
+round (the same minute of a shared machine) and then the median; a warning is printed
+when rounds disagree by more than ``SPREAD`` of the median. Each figure carries the load
+average at its run. The server is a fresh ``fenliu-server`` process (journal off unless
+``--data-dir``), CPU counted over all its threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import grpc  # noqa: E402
+import grpc.aio  # noqa: E402
+import loadgen  # noqa: E402
+
+from fenliu.client._pb import fenliu_pb2 as pb  # noqa: E402
+
+KINDS = ("echo", "route_new", "route_open", "batch_new", "batch_open", "stream_new", "stream_open")
+EXPECTED = {"new": pb.REASON_STRATEGY, "open": pb.REASON_OPEN_SESSION}
+ROUTE_STREAM = "/fenliu.v1.Routing/RouteStream"
+SPREAD = 0.10
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of every thread of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+# -- the world: shops with room for every new buyer, and buyers with open sessions --------
+
+
+def shop_ids(shops: int) -> list[str]:
+    return [f"c{i:03d}" for i in range(shops)]  # fixed width: h2load's template patches it
+
+
+async def build(target: str, shops: int, agents: int, open_buyers: int) -> dict[str, Any]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        presence = channel.unary_unary(
+            loadgen.REGISTER, request_serializer=pb.RegisterAgentRequest.SerializeToString
+        )
+        batch = channel.unary_unary(
+            loadgen.ROUTE_BATCH,
+            request_serializer=pb.RouteBatchRequest.SerializeToString,
+            response_deserializer=pb.RouteBatchReply.FromString,
+        )
+        for shop in shop_ids(shops):
+            await asyncio.gather(*(
+                presence(pb.RegisterAgentRequest(
+                    shop_id=shop, agent_id=f"a{a}", max_concurrent=10_000,
+                    status=pb.AGENT_STATUS_ONLINE,
+                ))
+                for a in range(agents)
+            ))  # fmt: skip
+        opened = 0
+        ids = shop_ids(shops)
+        for start in range(0, open_buyers, 500):
+            items = [
+                pb.RouteRequest(shop_id=ids[j % shops], buyer_id=f"o{j}", request_id=f"open{j}")
+                for j in range(start, min(open_buyers, start + 500))
+            ]
+            items += [
+                pb.RouteRequest(shop_id=ids[j % shops], buyer_id=f"g{j:010d}", request_id=f"g{j}")
+                for j in range(start, min(open_buyers, start + 500))
+            ]  # the same buyers for h2load's messages (fixed width)
+            reply = await batch(pb.RouteBatchRequest(requests=items), timeout=60)
+            opened += sum(1 for r in reply.results if r.decision.session_id)
+    return {"shops": shops, "agents": shops * agents, "open_sessions": opened}
+
+
+# -- one load process --------------------------------------------------------------------
+
+
+def requests(job: dict[str, Any], count: int) -> list[pb.RouteRequest]:
+    """``count`` distinct requests: new buyers, or messages of the open sessions."""
+    ids = shop_ids(job["shops"])
+    tag = f"{job['tag']}p{job['proc']}"
+    out = []
+    for i in range(count):
+        if job["kind"].endswith("new"):
+            j = i * 7919 % len(ids)
+            out.append(pb.RouteRequest(shop_id=ids[j], buyer_id=f"n{tag}x{i}",
+                                       request_id=f"{tag}x{i}", channel="im"))  # fmt: skip
+        else:
+            buyer = (i * job["procs"] + job["proc"]) % job["open_buyers"]
+            out.append(pb.RouteRequest(shop_id=ids[buyer % len(ids)], buyer_id=f"o{buyer}",
+                                       request_id=f"{tag}x{i}", channel="im"))  # fmt: skip
+    return out
+
+
+async def drive(job: dict[str, Any]) -> dict[str, Any]:
+    kind, seconds = job["kind"], job["seconds"]
+    family = kind.split("_")[0]
+    size = {"batch": job["batch"]}.get(family, 1)
+    rate = job["max_rate"] * (4 if family == "batch" else 1)
+    budget = int(rate * seconds) + size * job["concurrency"]
+    reqs = [] if kind == "echo" else requests(job, budget)
+    route_bytes = len(requests({**job, "kind": "route_new"}, 1)[0].SerializeToString())
+    done = 0
+    reasons: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    hist = loadgen.Histogram()
+
+    def note(decision: pb.Decision | None, error: pb.Error | None = None) -> None:
+        if error is not None and error.code:
+            errors[str(error.code)] += 1
+        elif decision is not None and done % 97 == 0:
+            reasons[pb.Reason.Name(decision.reason)] += 1
+
+    async with grpc.aio.insecure_channel(job["target"], options=loadgen.CHANNEL_OPTIONS) as ch:
+        await ch.channel_ready()
+        start = time.perf_counter()
+        deadline = start + seconds
+        if family in ("echo", "route"):
+            body = pb.EchoMessage(payload=b"x" * route_bytes).SerializeToString()
+            bodies = iter(r.SerializeToString() for r in reqs)
+            call = ch.unary_unary(loadgen.ECHO if kind == "echo" else loadgen.ROUTE)
+
+            async def caller() -> None:
+                nonlocal done
+                while time.perf_counter() < deadline:
+                    data = body if kind == "echo" else next(bodies, None)
+                    if data is None:
+                        return
+                    t0 = time.perf_counter()
+                    try:
+                        reply = await call(data, timeout=10)
+                    except grpc.aio.AioRpcError as exc:
+                        errors[exc.code().name] += 1
+                        continue
+                    hist.record(time.perf_counter() - t0)
+                    if kind != "echo":
+                        note(pb.Decision.FromString(reply))
+                    done += 1
+
+            await asyncio.gather(*(caller() for _ in range(job["concurrency"])))
+        elif family == "batch":
+            batches = iter(
+                pb.RouteBatchRequest(requests=reqs[i : i + size]).SerializeToString()
+                for i in range(0, len(reqs), size)
+            )
+            call = ch.unary_unary(loadgen.ROUTE_BATCH)
+
+            async def batcher() -> None:
+                nonlocal done
+                while time.perf_counter() < deadline:
+                    data = next(batches, None)
+                    if data is None:
+                        return
+                    t0 = time.perf_counter()
+                    reply = pb.RouteBatchReply.FromString(await call(data, timeout=60))
+                    hist.record(time.perf_counter() - t0)
+                    for r in reply.results:
+                        note(r.decision, r.error)
+                        done += 1
+
+            await asyncio.gather(*(batcher() for _ in range(job["concurrency"])))
+        else:
+            items = iter(pb.RouteStreamRequest(request=r).SerializeToString() for r in reqs)
+            rate = job.get("rate", 0.0) / max(1, job["streams"])
+            await asyncio.gather(*(
+                stream(ch, items, job["window"], deadline, rate, hist, note, errors)
+                for _ in range(job["streams"])
+            ))  # fmt: skip
+            done = hist.total - sum(errors.values())
+        elapsed = time.perf_counter() - start
+    exhausted = done >= budget - size
+    return {"done": done, "seconds": elapsed, "reasons": dict(reasons), "errors": dict(errors),
+            "latency": hist.to_wire(), "exhausted": exhausted}  # fmt: skip
+
+
+async def stream(
+    ch: grpc.aio.Channel, items: Any, window: int, deadline: float, rate: float,
+    hist: loadgen.Histogram, note: Any, errors: Counter[str],
+) -> None:  # fmt: skip
+    """One RouteStream: at most ``window`` unanswered; paced at ``rate``/s when given
+    (latency then from each item's scheduled time)."""
+    call = ch.stream_stream(ROUTE_STREAM, response_deserializer=pb.RouteStreamReply.FromString)()
+    sent: asyncio.Queue[float] = asyncio.Queue(window)
+
+    async def write() -> None:
+        t = time.perf_counter()
+        while True:
+            if rate:
+                t += 1.0 / rate
+                await loadgen.sleep_until(t)
+            data = next(items, None) if time.perf_counter() < deadline else None
+            if data is None:
+                break
+            await sent.put(t if rate else time.perf_counter())
+            await call.write(data)
+        await call.done_writing()
+
+    writer = asyncio.ensure_future(write())
+    async for reply in call:
+        hist.record(time.perf_counter() - sent.get_nowait())
+        if reply.result.HasField("error"):
+            errors[str(reply.result.error.code)] += 1
+        else:
+            note(reply.result.decision)
+    await writer
+
+
+def _worker(job: dict[str, Any]) -> dict[str, Any]:
+    return loadgen.run_in_process(drive, job)  # type: ignore[no-any-return]
+
+
+# -- h2load with distinct requests ------------------------------------------------------
+
+SHIM = Path(__file__).resolve().parent / "h2distinct.c"
+
+
+def build_shim(where: Path) -> Path:
+    """bench/h2distinct.c compiled (a C compiler is needed: cc)."""
+    import subprocess
+
+    out = where / "h2distinct.so"
+    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(out), str(SHIM), "-ldl"],
+                   check=True)  # fmt: skip
+    return out
+
+
+def h2load_template(kind: str, tag: str) -> tuple[bytes, dict[str, str]]:
+    """The gRPC frame h2load sends and where the shim writes each request's count."""
+    if kind == "echo":
+        size = len(h2load_template("route_new", tag)[0]) - 5
+        return grpc_frame(pb.EchoMessage(payload=b"x" * (size - 2)).SerializeToString()), {}
+    buyer = f"h{tag}BBBBBBBBBB" if kind == "route_new" else "gBBBBBBBBBB"
+    message = pb.RouteRequest(shop_id="cSSS", buyer_id=buyer, request_id=f"q{tag}RRRRRRRRRR",
+                              channel="im").SerializeToString()  # fmt: skip
+    frame = grpc_frame(message)
+    return frame, {
+        "FENLIU_H2_REQ_OFF": str(frame.index(b"R" * 10)),
+        "FENLIU_H2_BUYER_OFF": str(frame.index(b"B" * 10)),
+        "FENLIU_H2_SHOP_OFF": str(frame.index(b"SSS")),
+    }
+
+
+def grpc_frame(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def nth_body(frame: bytes, where: dict[str, str], n: int, shops: int, buyers: int) -> bytes:
+    """What the shim makes of the template for the ``n``-th request (the sample check)."""
+    b = bytearray(frame)
+    fields = (
+        ("FENLIU_H2_REQ_OFF", 10, n),
+        ("FENLIU_H2_SHOP_OFF", 3, n % shops),
+        ("FENLIU_H2_BUYER_OFF", 10, n % buyers if buyers else n),
+    )
+    for key, width, value in fields:
+        if key in where:
+            at = int(where[key])
+            b[at : at + width] = f"{value:0{width}d}".encode()
+    return bytes(b[5:])
+
+
+def h2load_kind(
+    server: Any, target: str, kind: str, args: argparse.Namespace, tag: str, shim: Path
+) -> dict[str, Any]:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("h2load")
+    if exe is None:
+        raise SystemExit("h2load is missing: apt-get install -y nghttp2-client")
+    frame, where = h2load_template(kind, tag)
+    path = {"echo": loadgen.ECHO}.get(kind, loadgen.ROUTE)
+    buyers = args.open_buyers if kind == "route_open" else 0
+    with tempfile.NamedTemporaryFile(suffix=".bin") as body:
+        body.write(frame)
+        body.flush()
+        environ = {**os.environ, **where, "LD_PRELOAD": str(shim), "FENLIU_H2_BODY": body.name,
+                   "FENLIU_H2_SHOPS": str(args.shops), "FENLIU_H2_BUYERS": str(buyers)}  # fmt: skip
+        cmd = [exe, "-n", str(args.h2_requests), "-c", str(args.h2_clients), "-m",
+               str(args.h2_streams), "-t", "1", "-d", body.name, "-H",
+               "content-type: application/grpc", "-H", "te: trailers",
+               f"http://{target}{path}"]  # fmt: skip
+        load = os.getloadavg()[0]
+        cpu0 = cpu_seconds(server.proc.pid)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=environ)
+        cpu = cpu_seconds(server.proc.pid) - cpu0
+    import re
+
+    rps = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", proc.stdout)
+    ok = re.search(r"requests: .*?(\d+) succeeded, (\d+) failed", proc.stdout)
+    done = int(ok.group(1)) if ok else 0
+    out: dict[str, Any] = {
+        "kind": kind, "per_s": float(rps.group(1)) if rps else 0.0, "done": done,
+        "failed": int(ok.group(2)) if ok else None, "server_cpu_s": round(cpu, 3),
+        "cpu_us_per_call": round(cpu / done * 1e6, 2) if done else None,
+        "loadavg": round(load, 2), "command": " ".join(cmd),
+    }  # fmt: skip
+    if kind != "echo":  # two of h2load's requests, sent again: retries of real decisions
+        with grpc.insecure_channel(target) as channel:
+            call = channel.unary_unary(path, response_deserializer=pb.Decision.FromString)
+            sample = [call(nth_body(frame, where, n, args.shops, buyers), timeout=5)
+                      for n in (5, 6)]  # fmt: skip
+        expected = EXPECTED[kind.split("_")[1]]
+        out["sample_reasons"] = [pb.Reason.Name(d.reason) for d in sample]
+        out["real_decisions"] = (all(d.reason == expected for d in sample)
+                                 and sample[0].buyer_id != sample[1].buyer_id)  # fmt: skip
+    return out
+
+
+# -- a run -------------------------------------------------------------------------------
+
+
+def measure(server: Any, pool: Any, job: dict[str, Any], procs: int) -> dict[str, Any]:
+    jobs = [{**job, "proc": i, "procs": procs} for i in range(procs)]
+    load = os.getloadavg()[0]
+    cpu0 = cpu_seconds(server.proc.pid)
+    parts = pool.map(_worker, jobs)
+    cpu = cpu_seconds(server.proc.pid) - cpu0
+    done = sum(p["done"] for p in parts)
+    seconds = max(p["seconds"] for p in parts)
+    hist = loadgen.Histogram()
+    reasons: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    for p in parts:
+        hist.merge(loadgen.Histogram.from_wire(p["latency"]))
+        reasons.update(p["reasons"])
+        errors.update(p["errors"])
+    kind = job["kind"]
+    expected = EXPECTED.get(kind.split("_")[-1])
+    real = None
+    if expected is not None:
+        sampled = sum(reasons.values())
+        real = bool(sampled) and reasons[pb.Reason.Name(expected)] / sampled >= 0.99
+    return {
+        "kind": kind, "done": done, "seconds": round(seconds, 3),
+        "per_s": round(done / seconds, 1), "server_cpu_s": round(cpu, 3),
+        "cpu_us_per_call": round(cpu / done * 1e6, 2) if done else None,
+        "latency_ms": hist.summary(), "reasons_sampled": dict(reasons),
+        "real_decisions": real, "errors": dict(errors), "loadavg": round(load, 2),
+        "exhausted": any(p["exhausted"] for p in parts),
+    }  # fmt: skip
+
+
+def spread(values: list[float]) -> float:
+    mid = statistics.median(values)
+    return (max(values) - min(values)) / mid if mid else 0.0
+
+
+def summarize(rounds: list[dict[str, dict[str, Any]]], paced: dict[str, Any] | None) -> dict:
+    s: dict[str, Any] = {"warnings": []}
+
+    def per_round(f: Any, name: str) -> float:
+        values = [f(r) for r in rounds]
+        s[f"{name}_by_round"] = [round(v, 3) for v in values]
+        if len(values) > 1 and spread(values) > SPREAD:
+            s["warnings"].append(f"{name}: rounds disagree by {spread(values):.0%}: {values}")
+        s[name] = round(statistics.median(values), 3)
+        return s[name]
+
+    for kind in KINDS:
+        per_round(lambda r, k=kind: r[k]["cpu_us_per_call"], f"{kind}_cpu_us")
+        per_round(lambda r, k=kind: r[k]["per_s"], f"{kind}_per_s")
+    for case in ("new", "open"):
+        per_round(lambda r, c=case: r["echo"]["cpu_us_per_call"] / r[f"route_{c}"][
+            "cpu_us_per_call"], f"route_{case}_vs_echo_by_cpu")  # fmt: skip
+        per_round(lambda r, c=case: r[f"route_{c}"]["cpu_us_per_call"] / r[f"stream_{c}"][
+            "cpu_us_per_call"], f"stream_{case}_vs_route_by_cpu")  # fmt: skip
+    if "h2load_echo" in rounds[0]:
+        for kind in ("echo", "route_new", "route_open"):
+            per_round(
+                lambda r, k=kind: r[f"h2load_{k}"]["cpu_us_per_call"], f"h2load_{kind}_cpu_us"
+            )
+            per_round(lambda r, k=kind: r[f"h2load_{k}"]["per_s"], f"h2load_{kind}_per_s")
+        for case in ("new", "open"):
+            per_round(
+                lambda r, c=case: (
+                    r["h2load_echo"]["cpu_us_per_call"] / r[f"h2load_route_{c}"]["cpu_us_per_call"]
+                ),
+                f"h2load_route_{case}_vs_echo_by_cpu",
+            )
+            per_round(lambda r, c=case: r[f"h2load_route_{c}"]["per_s"] / r["h2load_echo"][
+                "per_s"], f"h2load_route_{case}_vs_echo_by_throughput")  # fmt: skip
+        if not all(
+            r[f"h2load_route_{c}"]["real_decisions"] for r in rounds for c in ("new", "open")
+        ):
+            s["warnings"].append("an h2load sample was not the expected decision")
+    s["real_decisions"] = all(r[k]["real_decisions"] for r in rounds for k in KINDS if k != "echo")
+    if not s["real_decisions"]:
+        s["warnings"].append("a sample's decision reason was not the expected one")
+    if any(r[k]["exhausted"] for r in rounds for k in KINDS):
+        s["warnings"].append("a load ran out of pre-built requests (raise --max-rate)")
+    if any(r[k]["errors"] for r in rounds for k in KINDS):
+        s["warnings"].append("some calls failed: see errors")
+    s["paced_stream"] = paced
+    return s
+
+
+def markdown(record: dict[str, Any]) -> str:
+    s, p = record["summary"], record["parameters"]
+    last = record["rounds"][-1]
+    met = {True: "met", False: "NOT met"}
+    lines = [
+        f"Run {record['started']} on {os.cpu_count()} cores, load average "
+        f"{record['loadavg_start']:.1f} at start / {record['loadavg_end']:.1f} at end, "
+        f"commit {record['commit']}; medians of {p['rounds']} interleaved rounds of "
+        f"{p['seconds']} s, {p['procs']} load processes; journal "
+        f"{'on' if p['data_dir'] else 'off'}.",
+        "",
+        "| kind | decisions/s | server CPU µs/call | by round | load avg (last round) "
+        "| p99 ms (last) | real decisions |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind in KINDS:
+        lines.append(
+            f"| {kind} | {s[f'{kind}_per_s']:,.0f} | {s[f'{kind}_cpu_us']:.1f} "
+            f"| {', '.join(f'{v:.1f}' for v in s[f'{kind}_cpu_us_by_round'])} "
+            f"| {last[kind]['loadavg']} | {last[kind]['latency_ms']['p99_ms']:.2f} "
+            f"| {'—' if kind == 'echo' else last[kind]['real_decisions']} |"
+        )
+    h2 = "h2load_echo_cpu_us" in s
+    if h2:
+        for kind in ("echo", "route_new", "route_open"):
+            lines.append(
+                f"| h2load {kind} | {s[f'h2load_{kind}_per_s']:,.0f} "
+                f"| {s[f'h2load_{kind}_cpu_us']:.1f} "
+                f"| {', '.join(f'{v:.1f}' for v in s[f'h2load_{kind}_cpu_us_by_round'])} "
+                f"| {last[f'h2load_{kind}']['loadavg']} | — "
+                f"| {last[f'h2load_{kind}'].get('real_decisions', '—')} |"
+            )
+    paced = s.get("paced_stream") or {}
+    rows = [
+        ("Route/Echo by server CPU per call, new buyers", s["route_new_vs_echo_by_cpu"],
+         "≥ 0.90", s["route_new_vs_echo_by_cpu"] >= 0.90),
+        ("Route/Echo by server CPU per call, open-session messages",
+         s["route_open_vs_echo_by_cpu"], "≥ 0.90", s["route_open_vs_echo_by_cpu"] >= 0.90),
+        ("RouteStream/Route decisions per server CPU-second, new buyers",
+         s["stream_new_vs_route_by_cpu"], "≥ 3", s["stream_new_vs_route_by_cpu"] >= 3),
+        ("RouteStream/Route decisions per server CPU-second, open sessions",
+         s["stream_open_vs_route_by_cpu"], "≥ 3", s["stream_open_vs_route_by_cpu"] >= 3),
+        ("RouteBatch of new buyers, decisions/s", f"{s['batch_new_per_s']:,.0f}",
+         "≥ 150,000", s["batch_new_per_s"] >= 150_000),
+    ]  # fmt: skip
+    if h2:
+        for case, name in (("new", "new buyers"), ("open", "open-session messages")):
+            value = s[f"h2load_route_{case}_vs_echo_by_cpu"]
+            rows.append((f"h2load Route/Echo by server CPU per call, {name}", value, "≥ 0.90",
+                         value >= 0.90))  # fmt: skip
+            value = s[f"h2load_route_{case}_vs_echo_by_throughput"]
+            rows.append((f"h2load Route/Echo by throughput, {name}", value, "≥ 0.90",
+                         value >= 0.90))  # fmt: skip
+    if paced:
+        rows.append((f"RouteStream p99 at half its max rate ({paced['rate']:,.0f}/s)",
+                     f"{paced['latency_ms']['p99_ms']:.2f} ms", "≤ 5 ms",
+                     paced["latency_ms"]["p99_ms"] <= 5.0))  # fmt: skip
+    lines += ["", "| target | measured (median of rounds) | target | |", "|---|---|---|---|"]
+    lines += [f"| {name} | {value} | {target} | {met[ok]} |" for name, value, target, ok in rows]
+    if s["warnings"]:
+        lines += ["", *(f"WARNING: {w}" for w in s["warnings"])]
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import multiprocessing
+    import subprocess
+
+    from run import ServerProcess, progress
+
+    record: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg_start": os.getloadavg()[0],
+        "parameters": {k: v for k, v in vars(args).items() if k != "func"},
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True, cwd=Path(__file__).parent).stdout.strip(),
+        "rounds": [],
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="fenliu-cpu-") as tmp:
+        data = os.path.join(tmp, "data") if args.data_dir else ""
+        server = ServerProcess(data_dir=data, fsync=not args.no_fsync)
+        pool = multiprocessing.get_context("spawn").Pool(args.procs)
+        try:
+            target = server.start()
+            record["world"] = loadgen.run_in_process(
+                build, target, args.shops, args.agents, args.open_buyers
+            )
+            progress(f"cpu: world {record['world']} on {target}")
+            base = {
+                "target": target, "shops": args.shops, "open_buyers": args.open_buyers,
+                "seconds": args.seconds, "concurrency": args.concurrency,
+                "batch": args.batch_size, "streams": args.streams, "window": args.window,
+                "max_rate": args.max_rate,
+            }  # fmt: skip
+            tags = itertools.count()
+            for i in range(args.rounds):
+                rnd: dict[str, Any] = {}
+                for kind in KINDS:
+                    job = {**base, "kind": kind, "tag": f"t{next(tags)}"}
+                    if kind.startswith("batch"):
+                        job["concurrency"] = args.batch_concurrency
+                    rnd[kind] = measure(server, pool, job, args.procs)
+                    f = rnd[kind]
+                    progress(f"round {i + 1}/{args.rounds} {kind}: {f['per_s']:,.0f}/s, "
+                             f"{f['cpu_us_per_call']} µs server CPU/call, load {f['loadavg']}"
+                             + (f", errors {f['errors']}" if f["errors"] else ""))  # fmt: skip
+                record["rounds"].append(rnd)
+            if args.h2load:
+                shim = build_shim(Path(tmp))
+                for i in range(args.rounds):
+                    for kind in ("echo", "route_new", "route_open"):
+                        f = h2load_kind(server, target, kind, args, f"{i}{next(tags)}", shim)
+                        record["rounds"][i][f"h2load_{kind}"] = f
+                        progress(f"h2load round {i + 1} {kind}: {f['per_s']:,.0f}/s, "
+                                 f"{f['cpu_us_per_call']} µs server CPU/call, load "
+                                 f"{f['loadavg']}, {f.get('sample_reasons', '')}")  # fmt: skip
+            paced = None
+            if args.paced:
+                rate = statistics.median(r["stream_new"]["per_s"] for r in record["rounds"]) / 2
+                job = {**base, "kind": "stream_new", "tag": "paced", "rate": rate / args.procs}
+                paced = {**measure(server, pool, job, args.procs), "rate": rate}
+                progress(f"RouteStream paced at {rate:,.0f}/s: p99 "
+                         f"{paced['latency_ms']['p99_ms']} ms")  # fmt: skip
+        finally:
+            pool.close()
+            pool.join()
+            server.stop()
+    record["loadavg_end"] = os.getloadavg()[0]
+    record["summary"] = summarize(record["rounds"], paced)
+    return record
+
+
+def add_arguments(p: argparse.ArgumentParser, quick: bool = False) -> None:
+    p.add_argument("--rounds", type=int, default=2 if quick else 5)
+    p.add_argument("--seconds", type=float, default=1.5 if quick else 5.0, help="per kind")
+    p.add_argument("--procs", type=int, default=1, help="load processes")
+    p.add_argument("--concurrency", type=int, default=64, help="unary callers per process")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-concurrency", type=int, default=2, help="per process")
+    p.add_argument("--streams", type=int, default=2, help="RouteStreams per process")
+    p.add_argument("--window", type=int, default=64, help="unanswered per stream")
+    p.add_argument("--shops", type=int, default=100)
+    p.add_argument("--agents", type=int, default=4, help="per shop")
+    p.add_argument("--open-buyers", type=int, default=5000)
+    p.add_argument("--max-rate", type=float, default=60_000,
+                   help="requests pre-built per s (4x for batches)")  # fmt: skip
+    p.add_argument("--no-paced", dest="paced", action="store_false",
+                   help="skip RouteStream at half its max rate")  # fmt: skip
+    p.add_argument("--data-dir", action="store_true", help="journal on (a temporary dir)")
+    p.add_argument("--no-fsync", action="store_true")
+    p.add_argument("--out", default="", help="write cpu.json and cpu.md here")
+    p.add_argument("--no-h2load", dest="h2load", action="store_false")
+    p.add_argument("--h2-requests", type=int, default=10_000 if quick else 50_000)
+    p.add_argument("--h2-clients", type=int, default=4)
+    p.add_argument("--h2-streams", type=int, default=16)
+
+
+def main(args: argparse.Namespace) -> int:
+    record = run(args)
+    table = markdown(record)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "cpu.json").write_text(json.dumps(record, indent=1) + "\n")
+        (out / "cpu.md").write_text(table)
+    print(table)
+    return 0
