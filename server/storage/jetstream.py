@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code for a refused expected last sequence
+NO_PLACEMENT = 10005  # "no suitable peers for placement": a member not yet seen online
 KIND_BATCH = "batch"
 KIND_TAKEOVER = "takeover"
 H_KIND = "Fenliu-Kind"
@@ -267,7 +268,12 @@ class JetStreamStorage:
             ):
                 if time.monotonic() > give_up:
                     raise
-                await asyncio.sleep(0.2)
+            except nats.js.errors.BadRequestError as exc:
+                # No suitable peers for placement: the meta leader has not yet heard from
+                # a member that (re)started, so an R3 stream cannot be placed for a moment.
+                if exc.err_code != NO_PLACEMENT or time.monotonic() > give_up:
+                    raise
+            await asyncio.sleep(0.2)
 
     # ------------------------------------------------------------ ownership
 

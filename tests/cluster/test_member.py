@@ -24,21 +24,27 @@ def test_a_planned_hand_over_and_a_leave(
 
     async def main() -> tuple[bool, float, str, bool, list[float], dict[int, int]]:
         a, b = await join("a"), await join("b")
-        for i in range(SHARDS):
-            assert await a.claim(i) is not None
-        assert await b.claim(0) is None  # held
-        await a.storage.append([(0, [codec.encode_command(t.Tick(at=T0 + 5, shard=0))])])
-        await a.hand_over(0)
-        shard = await b.claim(0)  # at once: no lease to wait out
-        refused = ""
+        left: set[Member] = set()
         try:
-            await a.storage.append([(0, [codec.encode_command(t.Tick(at=T0 + 9, shard=0))])])
-        except AppendRefused as exc:
-            refused = str(exc)
-        await a.leave()  # its lease revoked: every other shard is free at once
-        others = [await b.claim(i) for i in range(1, SHARDS)]
-        epochs = dict(b.ownership.owned)
-        await b.leave()
+            for i in range(SHARDS):
+                assert await a.claim(i) is not None
+            assert await b.claim(0) is None  # held
+            await a.storage.append([(0, [codec.encode_command(t.Tick(at=T0 + 5, shard=0))])])
+            await a.hand_over(0)
+            shard = await b.claim(0)  # at once: no lease to wait out
+            refused = ""
+            try:
+                await a.storage.append([(0, [codec.encode_command(t.Tick(at=T0 + 9, shard=0))])])
+            except AppendRefused as exc:
+                refused = str(exc)
+            await a.leave()  # its lease revoked: every other shard is free at once
+            left.add(a)
+            others = [await b.claim(i) for i in range(1, SHARDS)]
+            epochs = dict(b.ownership.owned)
+        finally:  # a failed step still disconnects both (no connection outlives its loop)
+            for member in (a, b):
+                if member not in left:
+                    await member.leave()
         assert shard is not None
         return (
             shard is not None, shard.now, refused, all(s is not None for s in others),
