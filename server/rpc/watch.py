@@ -66,6 +66,7 @@ class Watcher:
         "overflows",
         "closed",
         "_wake",
+        "_half",
         "_counts",
     )
 
@@ -79,6 +80,7 @@ class Watcher:
         self.overflows = 0
         self.closed = False
         self._wake = asyncio.Event()
+        self._half = asyncio.Event()  # set while the buffer is at least half full
         self._counts = counts
 
     def wants(self, event: t.Event) -> bool:
@@ -93,11 +95,24 @@ class Watcher:
                 self._counts.overflow += 1
             item = Behind(item.seq, OVERFLOW)
         buffer.append(item)
+        if len(buffer) * 2 >= self.limit:
+            self._half.set()
         self._wake.set()
 
     def close(self) -> None:
         self.closed = True
+        self._half.set()
         self._wake.set()
+
+    async def linger(self, seconds: float) -> None:
+        """Let events gather for ``seconds`` before the next ``take``; cut short once the
+        buffer is half full (a busy shop never overflows for it) or the watcher closed."""
+        if self._half.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._half.wait(), seconds)
+        except TimeoutError:
+            pass
 
     async def take(self) -> list[Item]:
         """What has arrived since the last call (waits for something); [] once closed."""
@@ -108,6 +123,7 @@ class Watcher:
             return []
         items = list(self.buffer)
         self.buffer.clear()
+        self._half.clear()
         return items
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 from fenliu.server.config import Config
 from fenliu.server.core.types import Tick
+from fenliu.server.rpc import monitor as monitor_module
 from fenliu.server.rpc.app import ServerThread
 
 from .conftest import MINUTE, OFFLINE, ONLINE, Api, FakeClock, field_of, rpc_error
@@ -127,6 +129,33 @@ def test_a_batched_stream_carries_the_same_events_in_order_in_fewer_messages(
     plain.cancel()
     batched.cancel()
     first_watcher.cancel()
+
+
+def test_a_batched_stream_sends_the_first_event_at_once_and_gathers_the_next_ones(
+    api: Api,
+    monitor: pb_grpc.MonitorStub,
+    shop: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A long linger (the server runs in this process), so that nothing else on a loaded
+    # machine can take that long: the first event after a quiet spell must not wait for
+    # it, the ones routed while it runs must come together as one message.
+    linger = 4.0
+    monkeypatch.setattr(monitor_module, "BATCH_LINGER_S", linger)
+    api.policy(shop)
+    batched = monitor.WatchShop(pb.WatchShopRequest(shop_id=shop, batch=True),
+                                timeout=STREAM_TIMEOUT)  # fmt: skip
+    assert brief(take(batched, 1)) == [("started", 0)]
+    began = time.monotonic()
+    api.route(shop, "first")
+    (alone,) = take(batched, 1)
+    assert time.monotonic() - began < linger / 2, "the first event waited for the linger"
+    assert [e.seq for e in alone.events.events] == [1]
+    for i in range(5):  # while the stream lingers after sending "first"
+        api.route(shop, f"next{i}")
+    (gathered,) = take(batched, 1)
+    assert [e.seq for e in gathered.events.events] == [2, 3, 4, 5, 6]
+    batched.cancel()
 
 
 def test_a_watcher_that_disconnects_and_resumes_misses_nothing(

@@ -109,3 +109,26 @@ def test_take_waits_for_items_and_returns_nothing_once_closed() -> None:
 def test_sizes_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Hub(ring_size=0)
+
+
+def test_a_linger_ends_early_once_the_buffer_is_half_full() -> None:
+    async def main() -> tuple[bool, bool, list[object]]:
+        hub = Hub(buffer_size=8)
+        watcher, _ = hub.subscribe("s", "", head=0, after=None)
+        lingering = asyncio.ensure_future(watcher.linger(60.0))
+        hub.publish(events("s", range(1, 4)))  # 3 of 8: not yet
+        await asyncio.sleep(0.05)
+        early = lingering.done()
+        hub.publish(events("s", range(4, 5)))  # 4 of 8: half full
+        await asyncio.wait_for(lingering, 30.0)
+        items = await watcher.take()
+        again = asyncio.ensure_future(watcher.linger(60.0))  # an empty buffer lingers again
+        await asyncio.sleep(0.05)
+        still = not again.done()
+        watcher.close()  # and a close ends it
+        await asyncio.wait_for(again, 30.0)
+        return early, still, seqs(items)
+
+    early, still, taken = asyncio.run(main())
+    assert not early and still
+    assert taken == [1, 2, 3, 4]
