@@ -23,7 +23,7 @@ from .watch import Behind, Hub, Item
 # A batched stream waits this long after each message before taking what came meanwhile
 # (less once half its buffer is full): under load each message then carries the events of
 # 20 ms, not of one loop iteration. A message costs the server a write whatever it
-# carries: with 20 dashboards open, routing went from 0.64 to 0.91 of none (bench/README).
+# carries: with 20 dashboards open, routing went from 0.64 to 0.80-0.91 of none (bench/README).
 BATCH_LINGER_S = 0.02
 
 
