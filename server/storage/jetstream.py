@@ -212,11 +212,18 @@ class JetStreamStorage:
 
     async def _setup(self) -> None:
         meta = await self._retry(self._meta_bucket)
-        try:
-            await meta.create("shards", str(self.shards).encode())
-        except nats.js.errors.KeyWrongLastSequenceError:
-            pass  # set already: it must agree
-        found = int((await meta.get("shards")).value or b"0")
+
+        async def record_count() -> None:
+            try:
+                await meta.create("shards", str(self.shards).encode())
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass  # set already (perhaps by an attempt of ours that timed out): it must agree
+
+        # A bucket just created may not answer at once: its stream's leader is still being
+        # elected, or this server has not yet heard of it (no responders).
+        await self._retry(record_count)
+        entry = await self._retry(lambda: meta.get("shards"))
+        found = int(entry.value or b"0")
         if found != self.shards:
             raise StorageError(
                 f"the cluster {self.cluster!r} has {found} virtual shards; this node was "
