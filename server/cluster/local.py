@@ -257,16 +257,30 @@ class NatsCluster(_Group):
         return value
 
     def wait_meta_leader(self, timeout: float = START_TIMEOUT_S) -> str:
-        """The JetStream meta leader's name, once every running member agrees on one."""
+        """The JetStream meta leader's name, once every running member agrees on one and
+        the leader has heard from every other running member (else an R3 stream cannot be
+        placed for a moment: err 10005)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             leaders = set()
+            views = {}
             for i, member in enumerate(self.members):
                 if member.running:
                     meta = self.jsz(i).get("meta_cluster")
-                    leaders.add(meta.get("leader") if isinstance(meta, dict) else None)
+                    leader = meta.get("leader") if isinstance(meta, dict) else None
+                    leaders.add(leader)
+                    views[member.name] = meta
             if len(leaders) == 1 and None not in leaders and "" not in leaders:
-                return str(leaders.pop())
+                leader = str(leaders.pop())
+                meta = views.get(leader)
+                replicas = meta.get("replicas") if isinstance(meta, dict) else None
+                current = {
+                    r.get("name")
+                    for r in replicas or []
+                    if isinstance(r, dict) and r.get("current")
+                }
+                if set(views) - {leader} <= current:
+                    return leader
             time.sleep(0.1)
         raise EngineError(f"no JetStream meta leader after {timeout}s")
 
