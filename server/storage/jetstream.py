@@ -58,6 +58,9 @@ T = TypeVar("T")
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code for a refused expected last sequence
 NO_PLACEMENT = 10005  # "no suitable peers for placement": a member not yet seen online
+# "duplicate message id is in process": a retry arrived while the stream still proposes an
+# earlier attempt with the same Nats-Msg-Id; asked again later, it answers that one's ack
+DUPLICATE_IN_PROCESS = 10158
 KIND_BATCH = "batch"
 KIND_TAKEOVER = "takeover"
 H_KIND = "Fenliu-Kind"
@@ -402,7 +405,9 @@ class JetStreamStorage:
                         f"shard {index}: append refused, wrong last sequence (expected "
                         f"{expected}): another owner wrote to the stream"
                     ) from exc
-                if not isinstance(exc, nats.js.errors.ServiceUnavailableError):
+                if exc.err_code != DUPLICATE_IN_PROCESS and not isinstance(
+                    exc, nats.js.errors.ServiceUnavailableError
+                ):
                     raise AppendFailed(f"shard {index}: append refused: {exc}") from exc
             except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError):
                 pass

@@ -2,8 +2,9 @@
 and SIGSTOP it. It takes its shards, prints ``owned <index> <epoch>`` for each, and with
 ``--nats`` takes over their streams and appends one record every ``--every`` seconds,
 printing ``acked <index> <seq> <n>`` once each is durable and ``refused <index> <why>``
-when an append is not. ``--no-lease-check`` leaves only the stream's fencing to stop it
-(the write path would never do that: it shows the second layer holds on its own)."""
+when an append is not. ``--no-lease-check`` leaves only the stream's fencing to stop it:
+no lease check before an append, and shards lost with the lease not fenced here (the
+write path would never do that: it shows the second layer holds on its own)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,10 @@ async def main(args: argparse.Namespace) -> None:
         )  # fmt: skip
         own, storage = member.ownership, member.storage
         if args.no_lease_check:
+            # neither the lease check before each append nor the fencing of shards lost
+            # with the lease (whichever notices first would refuse the append)
             storage.allowed = None
+            own.on_lost = None
     else:
         own = Ownership(etcd, args.cluster, args.node, ttl_s=args.ttl)
         await own.start()
