@@ -19,7 +19,8 @@ per command counted by ``valgrind --tool=callgrind`` (the same worker run twice,
 ``--before REV``: the same ``plain`` case on the core of ``REV`` (a temporary git
 worktree; its pure core, and its compiled core built with ``pip install --target``), so
 the "before" figure is the code before keys existed, not only today's unkeyed path.
-Prints a table and one JSON record.
+Also the memory a remembered key holds (tracemalloc; 50,000 keyed commands less as many
+unkeyed ones). Prints a table and one JSON record.
 """
 
 from __future__ import annotations
@@ -98,6 +99,35 @@ def worker_count(case: str, calls: int, execute_them: bool) -> None:
     d.drain_events()  # type: ignore[attr-defined]
 
 
+def worker_memory(n: int) -> dict[str, object]:
+    """Bytes a remembered key holds (its command, outcome and table entry), per key:
+    ``n`` keyed commands made and executed one by one, traced, less the same unkeyed."""
+    import gc
+    import tracemalloc
+
+    from fenliu.server.core.types import SetStatus, Status
+
+    per: dict[str, float] = {}
+    for case in ("plain", "keyed"):
+        d, execute, _ = _prepare(case, 0)
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(n):
+            status = Status.INVISIBLE if (i // AGENTS) % 2 == 0 else Status.ONLINE
+            key = f"k{i}" if case == "keyed" else ""
+            execute(  # type: ignore[operator]
+                SetStatus(at=T0, shop_id="shop0", agent_id=f"a{i % AGENTS}", status=status,
+                          request_id=key)
+            )  # fmt: skip
+        d.drain_events()  # type: ignore[attr-defined]
+        gc.collect()
+        per[case] = (tracemalloc.get_traced_memory()[0] - before) / n
+        tracemalloc.stop()
+        del d
+    return {"bytes_per_key": round(per["keyed"] - per["plain"])}
+
+
 # ---------------------------------------------------------------- the driver
 
 
@@ -151,7 +181,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2_000, help="commands under callgrind")
     parser.add_argument("--no-callgrind", action="store_true")
     parser.add_argument("--before", metavar="REV", help="also the core of this git revision")
-    parser.add_argument("--worker", choices=("time", "count"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("time", "count", "memory"), help=argparse.SUPPRESS)
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     parser.add_argument("--execute", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
@@ -161,6 +191,9 @@ def main() -> None:
         return
     if args.worker == "count":
         worker_count(args.case, args.calls, args.execute)
+        return
+    if args.worker == "memory":
+        print(json.dumps(worker_memory(args.n)))
         return
 
     work = Path(tempfile.mkdtemp(prefix="fenliu-keyed-"))
@@ -195,6 +228,11 @@ def main() -> None:
                 if not args.no_callgrind:
                     entry["instructions"] = _instructions(path, case, args.calls)
         load_after = os.getloadavg()
+        memory = {
+            name: json.loads(_run(cores[name][0], ["--worker", "memory", "--n", "50000"]
+                                  ).splitlines()[-1])["bytes_per_key"]
+            for name in ("pure", "compiled")
+        }  # fmt: skip
     finally:
         if old is not None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)],
@@ -208,7 +246,10 @@ def main() -> None:
             rounds = "/".join(f"{r:.2f}" for r in e["rounds_us"])  # type: ignore[attr-defined]
             print(f"{name:<17}{case:<8}{e['median_us']:>10.2f}{rounds:>16}"
                   f"{e.get('instructions', '-'):>10}")  # fmt: skip
+    print(f"a remembered key holds {memory['pure']} B (pure core), {memory['compiled']} B "
+          "(compiled) until it expires")  # fmt: skip
     print(json.dumps({"python": sys.version.split()[0], "before": args.before,
+                      "bytes_per_key": memory,
                       "load_average": [round(load_before[0], 2), round(load_after[0], 2)],
                       "results": results}))  # fmt: skip
 
