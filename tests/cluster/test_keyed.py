@@ -192,7 +192,7 @@ def test_a_frozen_owners_callers_are_never_acknowledged_for_what_the_new_owner_l
     assert not any(caller.is_alive() for caller in callers)
     calls = [call for caller in callers for call in caller.calls]
     across = [c for c in calls if c[2] < thawed and c[3] > thawed]
-    assert len(across) >= len(callers), "calls in flight to the frozen node"
+    assert across, "no call was in flight to the frozen node"
     assert new_epoch > old_epoch
 
     addresses = [b.address, a.address]
