@@ -132,6 +132,12 @@ class AsyncClient:
     It may be created anywhere (outside a running event loop too): the channel is opened
     on the first call, on the loop that makes it, and serves that loop only.
 
+    Every mutating method sends an idempotency key, ``request_id`` (a fresh one per call
+    unless given): the server remembers each key with its outcome for 10 minutes, so the
+    same request again (a retry, through a failover too) answers the first outcome
+    without applying it twice. A key reused by another request is ``FailedPrecondition``
+    (reason ``REQUEST_ID_REUSED``).
+
     Raises (from every method): a ``FenliuError`` subclass, never a raw ``grpc.RpcError``.
     """
 
@@ -270,6 +276,7 @@ class AsyncClient:
         time_zone: str | None = None,
         member_crowd: str | None = None,
         group_crowds: Mapping[str, Iterable[str]] | None = None,
+        request_id: str = "",
         timeout: float | None = None,
     ) -> Policy:
         """Change the fields given (the others keep their values); returns the whole policy.
@@ -290,7 +297,9 @@ class AsyncClient:
             for group, crowds in group_crowds.items():
                 policy.group_crowds.add(group=group, crowds=list(crowds))
             policy.set_group_crowds = True
-        request = pb.SetShopPolicyRequest(shop_id=shop_id, policy=policy)
+        request = pb.SetShopPolicyRequest(
+            request_id=request_id or new_request_id(), shop_id=shop_id, policy=policy
+        )
         reply = await self._call(
             self._presence.SetShopPolicy, request, idempotent=True, timeout=timeout
         )
@@ -313,6 +322,7 @@ class AsyncClient:
         max_concurrent: int = 0,
         status: Status | str = Status.OFFLINE,
         replace: bool = False,
+        request_id: str = "",
         timeout: float | None = None,
     ) -> Agent:
         """Create the agent (SUB, no groups, max 0, OFFLINE unless given). ``role`` and
@@ -323,6 +333,7 @@ class AsyncClient:
                 only the fields it names, ``replace=True`` replaces role, groups and max.
         """
         request = pb.RegisterAgentRequest(
+            request_id=request_id or new_request_id(),
             shop_id=shop_id,
             agent_id=agent_id,
             role=member(Role, role, "role"),
@@ -344,10 +355,13 @@ class AsyncClient:
         role: Role | str | None = None,
         groups: Iterable[str] | None = None,
         max_concurrent: int | None = None,
+        request_id: str = "",
         timeout: float | None = None,
     ) -> Agent:
         """Change only the fields given of an existing agent; returns the agent."""
-        request = pb.UpdateAgentRequest(shop_id=shop_id, agent_id=agent_id)
+        request = pb.UpdateAgentRequest(
+            request_id=request_id or new_request_id(), shop_id=shop_id, agent_id=agent_id
+        )
         if role is not None:
             request.role = member(Role, role, "role")
         if groups is not None:
@@ -361,21 +375,32 @@ class AsyncClient:
         return Agent.from_pb(reply)
 
     async def remove_agent(
-        self, shop_id: str, agent_id: str, *, timeout: float | None = None
+        self, shop_id: str, agent_id: str, *, request_id: str = "", timeout: float | None = None
     ) -> tuple[Decision, ...]:
         """Remove the agent; returns where its open sessions went."""
-        request = pb.RemoveAgentRequest(shop_id=shop_id, agent_id=agent_id)
+        request = pb.RemoveAgentRequest(
+            request_id=request_id or new_request_id(), shop_id=shop_id, agent_id=agent_id
+        )
         reply = await self._call(
             self._presence.RemoveAgent, request, idempotent=False, timeout=timeout
         )
         return tuple(Decision.from_pb(d) for d in reply.moved)
 
     async def set_status(
-        self, shop_id: str, agent_id: str, status: Status | str, *, timeout: float | None = None
+        self,
+        shop_id: str,
+        agent_id: str,
+        status: Status | str,
+        *,
+        request_id: str = "",
+        timeout: float | None = None,
     ) -> StatusResult:
         """``status`` may be a name (``"online"``, any case)."""
         request = pb.SetStatusRequest(
-            shop_id=shop_id, agent_id=agent_id, status=member(Status, status, "status")
+            request_id=request_id or new_request_id(),
+            shop_id=shop_id,
+            agent_id=agent_id,
+            status=member(Status, status, "status"),
         )
         reply = await self._call(
             self._presence.SetStatus, request, idempotent=True, timeout=timeout
@@ -388,17 +413,21 @@ class AsyncClient:
         return tuple(Agent.from_pb(a) for a in reply.agents)
 
     async def add_private_contact(
-        self, shop_id: str, buyer_id: str, *, timeout: float | None = None
+        self, shop_id: str, buyer_id: str, *, request_id: str = "", timeout: float | None = None
     ) -> None:
-        request = pb.PrivateContactRequest(shop_id=shop_id, buyer_id=buyer_id)
+        request = pb.PrivateContactRequest(
+            request_id=request_id or new_request_id(), shop_id=shop_id, buyer_id=buyer_id
+        )
         await self._call(
             self._presence.AddPrivateContact, request, idempotent=True, timeout=timeout
         )
 
     async def remove_private_contact(
-        self, shop_id: str, buyer_id: str, *, timeout: float | None = None
+        self, shop_id: str, buyer_id: str, *, request_id: str = "", timeout: float | None = None
     ) -> None:
-        request = pb.PrivateContactRequest(shop_id=shop_id, buyer_id=buyer_id)
+        request = pb.PrivateContactRequest(
+            request_id=request_id or new_request_id(), shop_id=shop_id, buyer_id=buyer_id
+        )
         await self._call(
             self._presence.RemovePrivateContact, request, idempotent=True, timeout=timeout
         )
@@ -464,20 +493,42 @@ class AsyncClient:
         return RouteStream(open_call, timeout or self.timeout)
 
     async def acknowledge(
-        self, shop_id: str, agent_id: str, session_id: str, *, timeout: float | None = None
+        self,
+        shop_id: str,
+        agent_id: str,
+        session_id: str,
+        *,
+        request_id: str = "",
+        timeout: float | None = None,
     ) -> Session:
         """The agent acts on a new customer (ASSIGNED → ACTIVE)."""
-        request = pb.SessionRequest(shop_id=shop_id, agent_id=agent_id, session_id=session_id)
+        request = pb.SessionRequest(
+            request_id=request_id or new_request_id(),
+            shop_id=shop_id,
+            agent_id=agent_id,
+            session_id=session_id,
+        )
         reply = await self._call(
             self._routing.Acknowledge, request, idempotent=True, timeout=timeout
         )
         return Session.from_pb(reply)
 
     async def reply(
-        self, shop_id: str, agent_id: str, session_id: str, *, timeout: float | None = None
+        self,
+        shop_id: str,
+        agent_id: str,
+        session_id: str,
+        *,
+        request_id: str = "",
+        timeout: float | None = None,
     ) -> Session:
         """The agent replied to the buyer (records the first response time)."""
-        request = pb.SessionRequest(shop_id=shop_id, agent_id=agent_id, session_id=session_id)
+        request = pb.SessionRequest(
+            request_id=request_id or new_request_id(),
+            shop_id=shop_id,
+            agent_id=agent_id,
+            session_id=session_id,
+        )
         reply = await self._call(self._routing.Reply, request, idempotent=False, timeout=timeout)
         return Session.from_pb(reply)
 
@@ -490,10 +541,11 @@ class AsyncClient:
         to_group: str = "",
         agent_id: str = "",
         force: bool = False,
+        request_id: str = "",
         timeout: float | None = None,
     ) -> Decision:
         """Hand the session to an agent or a group (``force`` allows a full target)."""
-        request = pb.TransferRequest(
+        request = pb.TransferRequest(request_id=request_id or new_request_id(), 
             shop_id=shop_id, session_id=session_id, agent_id=agent_id,
             to_agent_id=to_agent_id, to_group=to_group, force=force,
         )  # fmt: skip
@@ -501,10 +553,17 @@ class AsyncClient:
         return Decision.from_pb(reply)
 
     async def end_sessions(
-        self, shop_id: str, session_ids: Iterable[str], *, timeout: float | None = None
+        self,
+        shop_id: str,
+        session_ids: Iterable[str],
+        *,
+        request_id: str = "",
+        timeout: float | None = None,
     ) -> EndResult:
         request = pb.EndSessionsRequest(
-            shop_id=shop_id, session_ids=strings(session_ids, "session_ids")
+            request_id=request_id or new_request_id(),
+            shop_id=shop_id,
+            session_ids=strings(session_ids, "session_ids"),
         )
         reply = await self._call(
             self._routing.EndSessions, request, idempotent=True, timeout=timeout
@@ -547,11 +606,16 @@ class AsyncClient:
         session_id: str,
         *,
         starred: bool = True,
+        request_id: str = "",
         timeout: float | None = None,
     ) -> Session:
         """Star a session of the agent's list (``starred=False`` clears the star)."""
         request = pb.StarSessionRequest(
-            shop_id=shop_id, agent_id=agent_id, session_id=session_id, starred=starred
+            request_id=request_id or new_request_id(),
+            shop_id=shop_id,
+            agent_id=agent_id,
+            session_id=session_id,
+            starred=starred,
         )
         reply = await self._call(
             self._routing.StarSession, request, idempotent=True, timeout=timeout
@@ -613,20 +677,27 @@ class AsyncClient:
         session_id: str = "",
         *,
         force: bool = False,
+        request_id: str = "",
         timeout: float | None = None,
     ) -> Decision:
         """The agent takes a queued session, a left message or one of its backlog (手工接入);
         without ``session_id`` the first queue entry it may take."""
         request = pb.PickRequest(
-            shop_id=shop_id, agent_id=agent_id, session_id=session_id, force=force
+            request_id=request_id or new_request_id(),
+            shop_id=shop_id,
+            agent_id=agent_id,
+            session_id=session_id,
+            force=force,
         )
         reply = await self._call(self._queue.Pick, request, idempotent=False, timeout=timeout)
         return Decision.from_pb(reply)
 
     async def leave_queue(
-        self, shop_id: str, buyer_id: str, *, timeout: float | None = None
+        self, shop_id: str, buyer_id: str, *, request_id: str = "", timeout: float | None = None
     ) -> Session:
-        request = pb.BuyerRequest(shop_id=shop_id, buyer_id=buyer_id)
+        request = pb.BuyerRequest(
+            request_id=request_id or new_request_id(), shop_id=shop_id, buyer_id=buyer_id
+        )
         reply = await self._call(self._queue.LeaveQueue, request, idempotent=False, timeout=timeout)
         return Session.from_pb(reply)
 
@@ -698,7 +769,7 @@ class AsyncClient:
         )
 
 
-_NOT_POLICY = {"self", "shop_id", "timeout", "priority_crowds", "group_crowds"}
+_NOT_POLICY = {"self", "shop_id", "timeout", "request_id", "priority_crowds", "group_crowds"}
 _POLICY_ENUMS: dict[str, type[Named]] = {
     "strategy": Strategy,
     "queue_order": QueueOrder,

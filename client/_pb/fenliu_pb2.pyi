@@ -658,7 +658,12 @@ class SetShopPolicyRequest(_message.Message):
 
     SHOP_ID_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
+    request_id: _builtins.str
+    """Idempotency key (optional): a retry with the same key answers the first call's
+    outcome without applying it again (see README, "Retries and idempotency keys").
+    """
     @_builtins.property
     def policy(self) -> Global___ShopPolicy: ...
     def __init__(
@@ -666,10 +671,11 @@ class SetShopPolicyRequest(_message.Message):
         *,
         shop_id: _builtins.str = ...,
         policy: Global___ShopPolicy | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "shop_id", b"shop_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -760,6 +766,7 @@ class RegisterAgentRequest(_message.Message):
     MAX_CONCURRENT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     REPLACE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     agent_id: _builtins.str
     role: Global___AgentRole.ValueType
@@ -771,6 +778,10 @@ class RegisterAgentRequest(_message.Message):
     """The agent exists already: true replaces role, groups and max_concurrent (the absent
     ones take their defaults); false (default) answers ALREADY_EXISTS unless they equal
     the agent's (a retried registration). UpdateAgent changes only the fields it names.
+    """
+    request_id: _builtins.str
+    """Idempotency key (optional): a retry with the same key answers the first call's
+    outcome without applying it again (see README, "Retries and idempotency keys").
     """
     @_builtins.property
     def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -786,10 +797,11 @@ class RegisterAgentRequest(_message.Message):
         max_concurrent: _builtins.int = ...,
         status: Global___AgentStatus.ValueType = ...,
         replace: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "groups", b"groups", "max_concurrent", b"max_concurrent", "replace", b"replace", "role", b"role", "shop_id", b"shop_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "groups", b"groups", "max_concurrent", b"max_concurrent", "replace", b"replace", "request_id", b"request_id", "role", b"role", "shop_id", b"shop_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -807,6 +819,7 @@ class UpdateAgentRequest(_message.Message):
     GROUPS_FIELD_NUMBER: _builtins.int
     SET_GROUPS_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     agent_id: _builtins.str
     role: Global___AgentRole.ValueType
@@ -814,6 +827,10 @@ class UpdateAgentRequest(_message.Message):
     """replace groups (even with an empty list)"""
     max_concurrent: _builtins.int
     """0..10000"""
+    request_id: _builtins.str
+    """Idempotency key (optional): a retry with the same key answers the first call's
+    outcome without applying it again (see README, "Retries and idempotency keys").
+    """
     @_builtins.property
     def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """at most 32"""
@@ -827,10 +844,11 @@ class UpdateAgentRequest(_message.Message):
         groups: _abc.Iterable[_builtins.str] | None = ...,
         set_groups: _builtins.bool = ...,
         max_concurrent: _builtins.int | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_role", b"_role", "max_concurrent", b"max_concurrent", "role", b"role"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_role", b"_role", "agent_id", b"agent_id", "groups", b"groups", "max_concurrent", b"max_concurrent", "role", b"role", "set_groups", b"set_groups", "shop_id", b"shop_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent", "_role", b"_role", "agent_id", b"agent_id", "groups", b"groups", "max_concurrent", b"max_concurrent", "request_id", b"request_id", "role", b"role", "set_groups", b"set_groups", "shop_id", b"shop_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_concurrent: _TypeAlias = _typing.Literal["max_concurrent"]  # noqa: Y015
     _WhichOneofArgType__max_concurrent: _TypeAlias = _typing.Literal["_max_concurrent", b"_max_concurrent"]  # noqa: Y015
@@ -849,17 +867,23 @@ class RemoveAgentRequest(_message.Message):
 
     SHOP_ID_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     agent_id: _builtins.str
+    request_id: _builtins.str
+    """Idempotency key (optional): a retry with the same key answers the first call's
+    outcome without applying it again (see README, "Retries and idempotency keys").
+    """
     def __init__(
         self,
         *,
         shop_id: _builtins.str = ...,
         agent_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "shop_id", b"shop_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -894,19 +918,25 @@ class SetStatusRequest(_message.Message):
     SHOP_ID_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     agent_id: _builtins.str
     status: Global___AgentStatus.ValueType
+    request_id: _builtins.str
+    """Idempotency key (optional): a retry with the same key answers the first call's
+    outcome without applying it again (see README, "Retries and idempotency keys").
+    """
     def __init__(
         self,
         *,
         shop_id: _builtins.str = ...,
         agent_id: _builtins.str = ...,
         status: Global___AgentStatus.ValueType = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "shop_id", b"shop_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "request_id", b"request_id", "shop_id", b"shop_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -983,17 +1013,23 @@ class PrivateContactRequest(_message.Message):
 
     SHOP_ID_FIELD_NUMBER: _builtins.int
     BUYER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     buyer_id: _builtins.str
+    request_id: _builtins.str
+    """Idempotency key (optional): a retry with the same key answers the first call's
+    outcome without applying it again (see README, "Retries and idempotency keys").
+    """
     def __init__(
         self,
         *,
         shop_id: _builtins.str = ...,
         buyer_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buyer_id", b"buyer_id", "shop_id", b"shop_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buyer_id", b"buyer_id", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1267,19 +1303,25 @@ class SessionRequest(_message.Message):
     SHOP_ID_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     agent_id: _builtins.str
     session_id: _builtins.str
+    request_id: _builtins.str
+    """Idempotency key (optional): a retry with the same key answers the first call's
+    outcome without applying it again (see README, "Retries and idempotency keys").
+    """
     def __init__(
         self,
         *,
         shop_id: _builtins.str = ...,
         agent_id: _builtins.str = ...,
         session_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "session_id", b"session_id", "shop_id", b"shop_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "request_id", b"request_id", "session_id", b"session_id", "shop_id", b"shop_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1368,6 +1410,7 @@ class TransferRequest(_message.Message):
     TO_AGENT_ID_FIELD_NUMBER: _builtins.int
     TO_GROUP_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     session_id: _builtins.str
     agent_id: _builtins.str
@@ -1377,6 +1420,10 @@ class TransferRequest(_message.Message):
     to_group: _builtins.str
     force: _builtins.bool
     """allow a full target"""
+    request_id: _builtins.str
+    """Idempotency key (optional): a retry with the same key answers the first call's
+    outcome without applying it again (see README, "Retries and idempotency keys").
+    """
     def __init__(
         self,
         *,
@@ -1386,10 +1433,11 @@ class TransferRequest(_message.Message):
         to_agent_id: _builtins.str = ...,
         to_group: _builtins.str = ...,
         force: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "force", b"force", "session_id", b"session_id", "shop_id", b"shop_id", "to_agent_id", b"to_agent_id", "to_group", b"to_group"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "force", b"force", "request_id", b"request_id", "session_id", b"session_id", "shop_id", b"shop_id", "to_agent_id", b"to_agent_id", "to_group", b"to_group"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1401,7 +1449,12 @@ class EndSessionsRequest(_message.Message):
 
     SHOP_ID_FIELD_NUMBER: _builtins.int
     SESSION_IDS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
+    request_id: _builtins.str
+    """Idempotency key (optional): a retry with the same key answers the first call's
+    outcome without applying it again (see README, "Retries and idempotency keys").
+    """
     @_builtins.property
     def session_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """at most 1000"""
@@ -1411,10 +1464,11 @@ class EndSessionsRequest(_message.Message):
         *,
         shop_id: _builtins.str = ...,
         session_ids: _abc.Iterable[_builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_ids", b"session_ids", "shop_id", b"shop_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "session_ids", b"session_ids", "shop_id", b"shop_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1552,10 +1606,15 @@ class StarSessionRequest(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     STARRED_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     agent_id: _builtins.str
     session_id: _builtins.str
     starred: _builtins.bool
+    request_id: _builtins.str
+    """Idempotency key (optional): a retry with the same key answers the first call's
+    outcome without applying it again (see README, "Retries and idempotency keys").
+    """
     def __init__(
         self,
         *,
@@ -1563,10 +1622,11 @@ class StarSessionRequest(_message.Message):
         agent_id: _builtins.str = ...,
         session_id: _builtins.str = ...,
         starred: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "session_id", b"session_id", "shop_id", b"shop_id", "starred", b"starred"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "request_id", b"request_id", "session_id", b"session_id", "shop_id", b"shop_id", "starred", b"starred"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1803,17 +1863,24 @@ class BuyerRequest(_message.Message):
 
     SHOP_ID_FIELD_NUMBER: _builtins.int
     BUYER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     buyer_id: _builtins.str
+    request_id: _builtins.str
+    """Idempotency key (optional): a retry with the same key answers the first call's
+    outcome without applying it again (see README, "Retries and idempotency keys").
+    LeaveQueue only; GetPosition ignores it.
+    """
     def __init__(
         self,
         *,
         shop_id: _builtins.str = ...,
         buyer_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buyer_id", b"buyer_id", "shop_id", b"shop_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buyer_id", b"buyer_id", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1827,6 +1894,7 @@ class PickRequest(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     agent_id: _builtins.str
     session_id: _builtins.str
@@ -1835,6 +1903,10 @@ class PickRequest(_message.Message):
     """
     force: _builtins.bool
     """allow going above max_concurrent"""
+    request_id: _builtins.str
+    """Idempotency key (optional): a retry with the same key answers the first call's
+    outcome without applying it again (see README, "Retries and idempotency keys").
+    """
     def __init__(
         self,
         *,
@@ -1842,10 +1914,11 @@ class PickRequest(_message.Message):
         agent_id: _builtins.str = ...,
         session_id: _builtins.str = ...,
         force: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "force", b"force", "session_id", b"session_id", "shop_id", b"shop_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "force", b"force", "request_id", b"request_id", "session_id", b"session_id", "shop_id", b"shop_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

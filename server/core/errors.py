@@ -97,6 +97,14 @@ class NotOwner(Unavailable):
         self.epoch = epoch
 
 
+ERRORS: dict[str, type[FenliuError]] = {
+    cls.__name__: cls
+    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted)
+}
+"""The errors a command can be refused with, by name: a remembered refusal (``types.Refused``)
+is raised again as its own class."""
+
+
 def resource_name(shop_id: str, collection: str = "", item_id: str = "") -> str:
     """A resource name: ``shops/<shop>`` or ``shops/<shop>/<collection>/<id>``.
 

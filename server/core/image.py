@@ -107,6 +107,17 @@ class ShopImage(msgspec.Struct, array_like=True):
     counters: CountersImage | None = None  # since format 2
 
 
+class KeyedImage(msgspec.Struct, array_like=True, gc=False):
+    """A keyed command the shard remembers (format 5, issue 11): ``Shard.keyed``."""
+
+    shop_id: str
+    request_id: str
+    at: int
+    command: t.AnyCommand
+    refused: bool  # the outcome is a Refused, else the command's own result type
+    outcome: msgspec.Raw
+
+
 class ShardImage(msgspec.Struct, array_like=True):
     index: int
     position: int  # journal records this image covers
@@ -114,6 +125,54 @@ class ShardImage(msgspec.Struct, array_like=True):
     timer_seq: int
     timers: list[tuple[int, int, int, str, str]]  # due, seq, kind, shop, key (session id)
     shops: list[ShopImage]
+    keyed: list[KeyedImage] | None = None  # since format 5, oldest first
+
+
+# The result type of each keyed command: how its remembered outcome decodes.
+_RESULTS: dict[type, Any] = {
+    t.SetPolicy: t.Policy,
+    t.RegisterAgent: t.AgentView,
+    t.UpdateAgent: t.AgentView,
+    t.StarSession: t.SessionView,
+    t.RemoveAgent: t.Moved,
+    t.SetStatus: t.StatusResult,
+    t.AddPrivateContact: t.Done,
+    t.RemovePrivateContact: t.Done,
+    t.Acknowledge: t.SessionView,
+    t.Reply: t.SessionView,
+    t.Transfer: t.Decision,
+    t.EndSessions: t.EndResult,
+    t.Pick: t.Decision,
+    t.LeaveQueue: t.SessionView,
+}
+_outcome_encoder = msgspec.msgpack.Encoder()
+_outcome_decoders: dict[type | None, msgspec.msgpack.Decoder[Any]] = {
+    kind: msgspec.msgpack.Decoder(result) for kind, result in _RESULTS.items()
+}
+_outcome_decoders[None] = msgspec.msgpack.Decoder(t.Refused)
+
+
+def _keyed_images(shard: Shard) -> list[KeyedImage] | None:
+    if not shard.keyed:
+        return None
+    encode = _outcome_encoder.encode
+    return [
+        KeyedImage(
+            shop_id,
+            request_id,
+            at,
+            command,
+            type(outcome) is t.Refused,
+            msgspec.Raw(encode(outcome)),
+        )  # fmt: skip
+        for (shop_id, request_id), (at, command, outcome) in shard.keyed.items()
+    ]
+
+
+def _restore_keyed(shard: Shard, images: list[KeyedImage] | None) -> None:
+    for k in images or ():
+        decoder = _outcome_decoders[None if k.refused else type(k.command)]
+        shard.keyed[k.shop_id, k.request_id] = (k.at, k.command, decoder.decode(k.outcome))
 
 
 def _live_key(obj: Any) -> str:
@@ -152,6 +211,7 @@ def encode(shard: Shard, position: int) -> bytes:
             for due, seq, kind, shop, key in shard.timers
         ],
         shops=[_shop_image(shop) for shop in shard.shops.values()],
+        keyed=_keyed_images(shard),
     )
     return _image_encoder.encode(image)
 
@@ -164,6 +224,7 @@ def decode(payload: bytes) -> tuple[Shard, int]:
     shard.timer_seq = image.timer_seq
     for shop_image in image.shops:
         shard.shops[shop_image.shop_id] = _restore_shop(shard, shop_image)
+    _restore_keyed(shard, image.keyed)
     first: dict[tuple[str, int], tuple[int, int]] = {}  # the earliest table timer per shop
     dropped = False
     for due, seq, kind, shop_id, key in image.timers:

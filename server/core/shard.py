@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from heapq import heappop, heappush
+from operator import attrgetter
 from typing import Any, Final
 
 import msgspec
@@ -22,7 +23,15 @@ from .errors import (
     NotFound,
     resource_name,
 )
-from .shop import ENDED_KEEP_MS as _ENDED_KEEP_MS, T_NOTICE, T_RECENT, T_REQUEST, T_SESSION, Shop
+from .shop import (
+    ENDED_KEEP_MS as _ENDED_KEEP_MS,
+    IDEMPOTENCY_WINDOW_MS,
+    T_NOTICE,
+    T_RECENT,
+    T_REQUEST,
+    T_SESSION,
+    Shop,
+)
 from .state import Agent, Ended, Session
 from .stats import (
     FAST_REPLY_MS,
@@ -65,6 +74,7 @@ from .types import (
     QueueList,
     QueueSort,
     Reason,
+    Refused,
     RegisterAgent,
     RemoveAgent,
     RemovePrivateContact,
@@ -89,6 +99,13 @@ from .types import (
 _heappop: Final = heappop  # a module static, not a globals lookup per call (mypyc)
 _heappush: Final = heappush
 _Route: Final = Route
+_Tick: Final = Tick
+_Refused: Final = Refused
+_replace: Final = msgspec.structs.replace
+# A command's key read in C: compiled, ``command.request_id`` on an Any costs ~1,200 more
+# instructions per command than this call (bench/keyed.py).
+_request_id: Final = attrgetter("request_id")
+_key_of: Final = attrgetter("shop_id", "request_id")
 _astuple: Final = msgspec.structs.astuple
 # Route's fields in astuple's order (kw_only: the base's ``at`` comes last).
 _ROUTE_FIELDS: Final = (
@@ -121,6 +138,9 @@ class Shard:
         self.moved: list[Decision] = []
         self.timers: list[tuple[int, int, int, Shop, Any]] = []
         self.timer_seq = 0
+        # Keyed commands (request_id set, not Route), oldest first: (shop id, request id)
+        # -> (time, the command, its outcome: a result or a Refused). See ``keyed``.
+        self.keyed: dict[tuple[str, str], tuple[int, Any, Any]] = {}
 
     def push_timer(self, due: int, kind: int, shop: Shop, key: Any) -> None:
         self.timer_seq += 1
@@ -137,15 +157,75 @@ class Shard:
         if self.moved:
             self.moved = []
         try:
-            if type(command) is _Route:
+            kind = type(command)
+            if kind is _Route:
                 return self.route(command)  # the hot path: a direct call
-            return _COMMANDS[type(command)](self, command)
+            if kind is not _Tick and _request_id(command):
+                return self.keyed_apply(command)
+            return _COMMANDS[kind](self, command)
         except FenliuError:
             self.now = before  # a rejected command leaves no trace, not even its time
             raise
 
     def read(self, query: Any) -> Any:
         return _QUERIES[type(query)](self, query)
+
+    # ------------------------------------------------------------ idempotency keys
+
+    def keyed_apply(self, command: Any) -> Any:
+        """A command with an idempotency key (any but Route and Tick): applied once.
+
+        The key is remembered in the shard, per shop, with the command and its outcome for
+        ``IDEMPOTENCY_WINDOW_MS`` (Route's window): the same command again answers that
+        outcome and changes nothing; an error is an outcome too, returned as a ``Refused``
+        (remembering it is a change: it is journaled and imaged like the rest). The key
+        reused by another command (other fields, or another kind) is FAILED_PRECONDITION
+        naming ``request_id``, remembering nothing.
+        """
+        key: tuple[str, str] = _key_of(command)
+        shop_id, request_id = key
+        v.check_id(shop_id, "shop_id")
+        v.check_id(request_id, "request_id")
+        keyed = self.keyed
+        if keyed:
+            self.expire_keyed()
+        entry = keyed.get(key)
+        if entry is not None:
+            earlier = entry[1]
+            if type(earlier) is type(command) and _replace(earlier, at=command.at) == command:
+                return entry[2]
+            raise FailedPrecondition(
+                f"request_id: {request_id!r} was the key of another request to shop "
+                f"{shop_id!r} (a {type(earlier).__name__}) in the last "
+                f"{IDEMPOTENCY_WINDOW_MS // 60_000} minutes; use a new key for a new request",
+                "request_id",
+                reason="REQUEST_ID_REUSED",
+                subject=resource_name(shop_id),
+            )
+        try:
+            outcome = _COMMANDS[type(command)](self, command)
+        except FenliuError as exc:
+            outcome = _Refused(
+                error=type(exc).__name__,
+                message=exc.message,
+                field=exc.field,
+                reason=exc.reason,
+                subject=exc.subject,
+            )
+        keyed[key] = (self.now, command, outcome)
+        return outcome
+
+    def expire_keyed(self) -> None:
+        """Forget the keyed commands older than the window (at each keyed command and Tick)."""
+        keyed = self.keyed
+        horizon = self.now - IDEMPOTENCY_WINDOW_MS
+        old: list[tuple[str, str]] = []
+        for key, entry in keyed.items():
+            if entry[0] > horizon:
+                break
+            old.append(key)
+        for key in old:
+            del keyed[key]
 
     def shop(self, shop_id: str) -> Shop:
         shop = self.shops.get(shop_id)
@@ -227,6 +307,8 @@ class Shard:
         """Fire every timer due by now: timeouts, queue waits, expiries."""
         now = self.now
         timers = self.timers
+        if self.keyed:
+            self.expire_keyed()
         while timers and timers[0][0] <= now:
             due, _, kind, shop, key = _heappop(timers)
             if kind == T_SESSION:

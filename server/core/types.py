@@ -11,6 +11,8 @@ import enum
 
 import msgspec
 
+from .errors import ERRORS, FenliuError
+
 MINUTE = 60_000
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
@@ -184,6 +186,9 @@ class Command(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True
     below, and fields with their default value are left out. Evolve by adding fields with
     defaults; never rename a tag or a field (``tests/server/storage/test_schema.py`` pins
     them).
+
+    Every command but Tick may carry an idempotency key, ``request_id`` (Route's is
+    required and keeps only its decision, rule 0; see ``Shard.apply`` for the others').
     """
 
     at: int
@@ -192,6 +197,7 @@ class Command(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True
 class SetPolicy(Command, tag="SetPolicy"):
     shop_id: str
     change: PolicyChange
+    request_id: str = ""  # idempotency key (issue 11): see Shard.apply
 
 
 class RegisterAgent(Command, tag="RegisterAgent"):
@@ -205,6 +211,7 @@ class RegisterAgent(Command, tag="RegisterAgent"):
     # (ALREADY_EXISTS) unless they are the same (a retried registration). None: a journal
     # record from before this field, applied as it was then (create or replace).
     replace: bool | None = None
+    request_id: str = ""  # idempotency key (issue 11): see Shard.apply
 
 
 class UpdateAgent(Command, tag="UpdateAgent"):
@@ -215,6 +222,7 @@ class UpdateAgent(Command, tag="UpdateAgent"):
     role: Role | None = None
     groups: tuple[str, ...] | None = None
     max_concurrent: int | None = None
+    request_id: str = ""  # idempotency key (issue 11): see Shard.apply
 
 
 class StarSession(Command, tag="StarSession"):
@@ -224,27 +232,32 @@ class StarSession(Command, tag="StarSession"):
     agent_id: str
     session_id: str
     starred: bool = True
+    request_id: str = ""  # idempotency key (issue 11): see Shard.apply
 
 
 class RemoveAgent(Command, tag="RemoveAgent"):
     shop_id: str
     agent_id: str
+    request_id: str = ""  # idempotency key (issue 11): see Shard.apply
 
 
 class SetStatus(Command, tag="SetStatus"):
     shop_id: str
     agent_id: str
     status: Status
+    request_id: str = ""  # idempotency key (issue 11): see Shard.apply
 
 
 class AddPrivateContact(Command, tag="AddPrivateContact"):
     shop_id: str
     buyer_id: str
+    request_id: str = ""  # idempotency key (issue 11): see Shard.apply
 
 
 class RemovePrivateContact(Command, tag="RemovePrivateContact"):
     shop_id: str
     buyer_id: str
+    request_id: str = ""  # idempotency key (issue 11): see Shard.apply
 
 
 class Route(Command, tag="Route"):
@@ -262,12 +275,14 @@ class Acknowledge(Command, tag="Acknowledge"):
     shop_id: str
     agent_id: str
     session_id: str
+    request_id: str = ""  # idempotency key (issue 11): see Shard.apply
 
 
 class Reply(Command, tag="Reply"):
     shop_id: str
     agent_id: str
     session_id: str
+    request_id: str = ""  # idempotency key (issue 11): see Shard.apply
 
 
 class Transfer(Command, tag="Transfer"):
@@ -277,11 +292,13 @@ class Transfer(Command, tag="Transfer"):
     to_agent_id: str = ""
     to_group: str = ""
     force: bool = False
+    request_id: str = ""  # idempotency key (issue 11): see Shard.apply
 
 
 class EndSessions(Command, tag="EndSessions"):
     shop_id: str
     session_ids: tuple[str, ...]
+    request_id: str = ""  # idempotency key (issue 11): see Shard.apply
 
 
 class Pick(Command, tag="Pick"):
@@ -289,11 +306,13 @@ class Pick(Command, tag="Pick"):
     agent_id: str
     session_id: str = ""
     force: bool = False
+    request_id: str = ""  # idempotency key (issue 11): see Shard.apply
 
 
 class LeaveQueue(Command, tag="LeaveQueue"):
     shop_id: str
     buyer_id: str
+    request_id: str = ""  # idempotency key (issue 11): see Shard.apply
 
 
 class Tick(Command, tag="Tick"):
@@ -550,6 +569,27 @@ class ShopStatsView(msgspec.Struct, kw_only=True, frozen=True):
 
 class Done(msgspec.Struct, frozen=True):
     """The result of a command with nothing to report."""
+
+
+class Refused(msgspec.Struct, kw_only=True, frozen=True):
+    """The result of a keyed command (``request_id`` set, not a Route) the core refused.
+
+    A keyed command is remembered with its outcome, an error included, so a retry answers
+    the same; remembering it is a change (it is journaled, and in the shard's image), so
+    instead of raising the core returns this, and the adapter raises ``exception()``.
+    ``error`` is the ``FenliuError`` class name (``errors.ERRORS``).
+    """
+
+    error: str
+    message: str
+    field: str = ""
+    reason: str = ""
+    subject: str = ""
+
+    def exception(self) -> FenliuError:
+        return ERRORS.get(self.error, FenliuError)(
+            self.message, self.field, reason=self.reason, subject=self.subject
+        )
 
 
 # ---------------------------------------------------------------- events (for watchers)

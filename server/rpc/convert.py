@@ -88,7 +88,12 @@ def policy_change(policy: pb.ShopPolicy) -> t.PolicyChange:
 
 
 def set_policy(request: pb.SetShopPolicyRequest, at: int) -> t.SetPolicy:
-    return t.SetPolicy(at=at, shop_id=request.shop_id, change=policy_change(request.policy))
+    return t.SetPolicy(
+        at=at,
+        shop_id=request.shop_id,
+        change=policy_change(request.policy),
+        request_id=request.request_id,
+    )
 
 
 def get_policy(request: pb.GetShopPolicyRequest, at: int) -> t.GetPolicy:
@@ -106,6 +111,7 @@ def register_agent(request: pb.RegisterAgentRequest, at: int) -> t.RegisterAgent
         max_concurrent=request.max_concurrent,
         status=_NEW_STATUS(request.status),
         replace=request.replace,
+        request_id=request.request_id,
     )
 
 
@@ -121,17 +127,24 @@ def update_agent(request: pb.UpdateAgentRequest, at: int) -> t.UpdateAgent:
         role=_UPDATE_ROLE(request.role) if request.HasField("role") else None,
         groups=groups,
         max_concurrent=request.max_concurrent if request.HasField("max_concurrent") else None,
+        request_id=request.request_id,
     )
 
 
 def remove_agent(request: pb.RemoveAgentRequest, at: int) -> t.RemoveAgent:
-    return t.RemoveAgent(at=at, shop_id=request.shop_id, agent_id=request.agent_id)
+    return t.RemoveAgent(
+        at=at, shop_id=request.shop_id, agent_id=request.agent_id, request_id=request.request_id
+    )
 
 
 def set_status(request: pb.SetStatusRequest, at: int) -> t.SetStatus:
     """SetStatus; here an UNSPECIFIED status is INVALID_ARGUMENT."""
     return t.SetStatus(
-        at=at, shop_id=request.shop_id, agent_id=request.agent_id, status=_STATUS(request.status)
+        at=at,
+        shop_id=request.shop_id,
+        agent_id=request.agent_id,
+        status=_STATUS(request.status),
+        request_id=request.request_id,
     )
 
 
@@ -140,11 +153,15 @@ def list_team(request: pb.ListTeamRequest, at: int) -> t.ListTeam:
 
 
 def add_private_contact(request: pb.PrivateContactRequest, at: int) -> t.AddPrivateContact:
-    return t.AddPrivateContact(at=at, shop_id=request.shop_id, buyer_id=request.buyer_id)
+    return t.AddPrivateContact(
+        at=at, shop_id=request.shop_id, buyer_id=request.buyer_id, request_id=request.request_id
+    )
 
 
 def remove_private_contact(request: pb.PrivateContactRequest, at: int) -> t.RemovePrivateContact:
-    return t.RemovePrivateContact(at=at, shop_id=request.shop_id, buyer_id=request.buyer_id)
+    return t.RemovePrivateContact(
+        at=at, shop_id=request.shop_id, buyer_id=request.buyer_id, request_id=request.request_id
+    )
 
 
 # ---------------------------------------------------------------- routing requests
@@ -166,13 +183,21 @@ def route(request: pb.RouteRequest, at: int) -> t.Route:
 
 def acknowledge(request: pb.SessionRequest, at: int) -> t.Acknowledge:
     return t.Acknowledge(
-        at=at, shop_id=request.shop_id, agent_id=request.agent_id, session_id=request.session_id
+        at=at,
+        shop_id=request.shop_id,
+        agent_id=request.agent_id,
+        session_id=request.session_id,
+        request_id=request.request_id,
     )
 
 
 def reply(request: pb.SessionRequest, at: int) -> t.Reply:
     return t.Reply(
-        at=at, shop_id=request.shop_id, agent_id=request.agent_id, session_id=request.session_id
+        at=at,
+        shop_id=request.shop_id,
+        agent_id=request.agent_id,
+        session_id=request.session_id,
+        request_id=request.request_id,
     )
 
 
@@ -185,11 +210,17 @@ def transfer(request: pb.TransferRequest, at: int) -> t.Transfer:
         to_agent_id=request.to_agent_id,
         to_group=request.to_group,
         force=request.force,
+        request_id=request.request_id,
     )
 
 
 def end_sessions(request: pb.EndSessionsRequest, at: int) -> t.EndSessions:
-    return t.EndSessions(at=at, shop_id=request.shop_id, session_ids=tuple(request.session_ids))
+    return t.EndSessions(
+        at=at,
+        shop_id=request.shop_id,
+        session_ids=tuple(request.session_ids),
+        request_id=request.request_id,
+    )
 
 
 def get_session(request: pb.GetSessionRequest, at: int) -> t.GetSession:
@@ -214,6 +245,7 @@ def star_session(request: pb.StarSessionRequest, at: int) -> t.StarSession:
         agent_id=request.agent_id,
         session_id=request.session_id,
         starred=request.starred,
+        request_id=request.request_id,
     )
 
 
@@ -256,11 +288,14 @@ def pick(request: pb.PickRequest, at: int) -> t.Pick:
         agent_id=request.agent_id,
         session_id=request.session_id,
         force=request.force,
+        request_id=request.request_id,
     )
 
 
 def leave_queue(request: pb.BuyerRequest, at: int) -> t.LeaveQueue:
-    return t.LeaveQueue(at=at, shop_id=request.shop_id, buyer_id=request.buyer_id)
+    return t.LeaveQueue(
+        at=at, shop_id=request.shop_id, buyer_id=request.buyer_id, request_id=request.request_id
+    )
 
 
 def list_left_messages(request: pb.ListLeftMessagesRequest, at: int) -> t.ListLeftMessages:

@@ -15,6 +15,7 @@ import grpc.aio
 
 from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 
+from ..core.types import Refused
 from ..core.validate import check_batch
 from ..node import Node
 from . import convert
@@ -33,6 +34,15 @@ control then holds the caller's writes back)."""
 _END = object()
 
 
+async def _change(node: Node, command: Any) -> Any:
+    """A change's result once durable; a keyed command's remembered refusal (``Refused``,
+    journaled like any change) is raised as its error."""
+    result = await node.execute(command)
+    if type(result) is Refused:
+        raise result.exception()
+    return result
+
+
 class PresenceService(pb_grpc.PresenceServicer):
     """Shops' policies, agents and their status, private contacts."""
 
@@ -44,7 +54,7 @@ class PresenceService(pb_grpc.PresenceServicer):
     ) -> pb.ShopPolicy:
         async with abort_on_error(context):
             command = convert.set_policy(request, self._node.now())
-            return convert.shop_policy(await self._node.execute(command))
+            return convert.shop_policy(await _change(self._node, command))
 
     async def GetShopPolicy(
         self, request: pb.GetShopPolicyRequest, context: Context
@@ -57,24 +67,24 @@ class PresenceService(pb_grpc.PresenceServicer):
     async def RegisterAgent(self, request: pb.RegisterAgentRequest, context: Context) -> pb.Agent:
         async with abort_on_error(context):
             command = convert.register_agent(request, self._node.now())
-            return convert.agent(await self._node.execute(command))
+            return convert.agent(await _change(self._node, command))
 
     async def UpdateAgent(self, request: pb.UpdateAgentRequest, context: Context) -> pb.Agent:
         async with abort_on_error(context):
             command = convert.update_agent(request, self._node.now())
-            return convert.agent(await self._node.execute(command))
+            return convert.agent(await _change(self._node, command))
 
     async def RemoveAgent(
         self, request: pb.RemoveAgentRequest, context: Context
     ) -> pb.RemoveAgentReply:
         async with abort_on_error(context):
             command = convert.remove_agent(request, self._node.now())
-            return convert.remove_reply(await self._node.execute(command))
+            return convert.remove_reply(await _change(self._node, command))
 
     async def SetStatus(self, request: pb.SetStatusRequest, context: Context) -> pb.SetStatusReply:
         async with abort_on_error(context):
             command = convert.set_status(request, self._node.now())
-            return convert.status_reply(await self._node.execute(command))
+            return convert.status_reply(await _change(self._node, command))
 
     async def ListTeam(self, request: pb.ListTeamRequest, context: Context) -> pb.ListTeamReply:
         async with abort_on_error(context):
@@ -85,14 +95,14 @@ class PresenceService(pb_grpc.PresenceServicer):
     ) -> pb.Empty:
         async with abort_on_error(context):
             command = convert.add_private_contact(request, self._node.now())
-            return convert.empty(await self._node.execute(command))
+            return convert.empty(await _change(self._node, command))
 
     async def RemovePrivateContact(
         self, request: pb.PrivateContactRequest, context: Context
     ) -> pb.Empty:
         async with abort_on_error(context):
             command = convert.remove_private_contact(request, self._node.now())
-            return convert.empty(await self._node.execute(command))
+            return convert.empty(await _change(self._node, command))
 
 
 class RoutingService(pb_grpc.RoutingServicer):
@@ -170,18 +180,18 @@ class RoutingService(pb_grpc.RoutingServicer):
     async def Acknowledge(self, request: pb.SessionRequest, context: Context) -> pb.Session:
         async with abort_on_error(context):
             command = convert.acknowledge(request, self._node.now())
-            return convert.session(await self._node.execute(command))
+            return convert.session(await _change(self._node, command))
 
     async def Reply(self, request: pb.SessionRequest, context: Context) -> pb.Session:
         async with abort_on_error(context):
             return convert.session(
-                await self._node.execute(convert.reply(request, self._node.now()))
+                await _change(self._node, convert.reply(request, self._node.now()))
             )
 
     async def Transfer(self, request: pb.TransferRequest, context: Context) -> pb.Decision:
         async with abort_on_error(context):
             command = convert.transfer(request, self._node.now())
-            return convert.decision(await self._node.execute(command))
+            return convert.decision(await _change(self._node, command))
 
     async def EndSessions(
         self, request: pb.EndSessionsRequest, context: Context
@@ -189,7 +199,7 @@ class RoutingService(pb_grpc.RoutingServicer):
         async with abort_on_error(context):
             check_batch(len(request.session_ids), "session_ids")
             command = convert.end_sessions(request, self._node.now())
-            return convert.end_reply(await self._node.execute(command))
+            return convert.end_reply(await _change(self._node, command))
 
     async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> pb.Session:
         async with abort_on_error(context):
@@ -206,7 +216,7 @@ class RoutingService(pb_grpc.RoutingServicer):
     async def StarSession(self, request: pb.StarSessionRequest, context: Context) -> pb.Session:
         async with abort_on_error(context):
             command = convert.star_session(request, self._node.now())
-            return convert.session(await self._node.execute(command))
+            return convert.session(await _change(self._node, command))
 
     async def ListRecentContacts(
         self, request: pb.AgentListRequest, context: Context
@@ -241,13 +251,13 @@ class QueueService(pb_grpc.QueueServicer):
     async def Pick(self, request: pb.PickRequest, context: Context) -> pb.Decision:
         async with abort_on_error(context):
             return convert.decision(
-                await self._node.execute(convert.pick(request, self._node.now()))
+                await _change(self._node, convert.pick(request, self._node.now()))
             )
 
     async def LeaveQueue(self, request: pb.BuyerRequest, context: Context) -> pb.Session:
         async with abort_on_error(context):
             command = convert.leave_queue(request, self._node.now())
-            return convert.session(await self._node.execute(command))
+            return convert.session(await _change(self._node, command))
 
     async def ListLeftMessages(
         self, request: pb.ListLeftMessagesRequest, context: Context

@@ -391,6 +391,9 @@ class _Run:
             return None
         if self.log is not None:
             self.log.append(command)
+        if type(result) is t.Refused:  # a keyed command's refusal, remembered (journaled)
+            self.metrics.refused += 1
+            return None
         if type(command) is t.Route:
             self.metrics.routed(command.at, result)
             if result.session_id:

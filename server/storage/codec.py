@@ -18,7 +18,7 @@ import msgspec
 from ..core import types as t
 
 MAGIC = b"FENLIU"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """1: the first format. 2: shop images end with the event seq and the stats counters (a
 version-1 image reads as seq 0 and empty counters), and the T_RECENT / T_REQUEST timers are
 one per shop (key "") for the oldest entry of its table instead of one per buyer / request
@@ -27,7 +27,10 @@ id (a version-1 image's are merged on load). 3: encoded straight from the live o
 excluded agents are in no particular order, and the timer heap is written whole, so it may
 hold the inert entries of ended sessions, which are dropped on load. 4: journal records
 leave out fields at their default and carry explicit tags (issue 10), a Tick names the one
-shard it ticks, and the data directory has a MANIFEST; images are as in 3."""
+shard it ticks, and the data directory has a MANIFEST; images are as in 3. 5: every
+mutating command may carry an idempotency key (``request_id``, issue 11) and a shard image
+ends with the keyed commands it remembers, each with its outcome (a version-4 image has
+none)."""
 _HEADER = struct.Struct("<6sH")  # magic, version
 _FRAME = struct.Struct("<II")  # payload length, crc32 of the payload
 HEADER_SIZE = _HEADER.size

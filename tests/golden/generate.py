@@ -72,7 +72,7 @@ def main() -> int:
     shutil.copytree(data, scratch)
     with sc.server(python, scratch, log, tick=3600, clock_ms=read_to, cwd=work) as (_, target):
         channel, stubs = sc.stubs(target)
-        probes = sc.probe(stubs)
+        probes = sc.probe(stubs, keyed=args.format >= 5)
         channel.close()
 
     versions = {

@@ -39,6 +39,9 @@ BUYERS = {
 }
 AGENTS_GONE = {"gold-a": ["tmp"]}  # removed agents, read too (NOT_FOUND)
 REPEATED_REQUEST = ("gold-a", "b10", "r-p2-b10")  # routed in phase 2, retried by a probe
+# Format 5 (issue 11): every mutating request has an idempotency key. Phases 1 and 2 send
+# keyed calls (kept in the image, and in the journal tail) when the wire code has it.
+KEYED = "request_id" in pb.SetStatusRequest.DESCRIPTOR.fields_by_name
 TIME_FIELDS = {"waited_ms", "longest_wait_ms", "at_ms"}  # grow with the wall clock
 
 
@@ -247,6 +250,20 @@ def phase1(s: Stubs, log: Callable[[dict[str, Any]], None]) -> None:
 
     agent("gold-off", "off1", OFF, 2, [])
     route("gold-off", "o1")  # nobody non-OFFLINE: a left message
+    if KEYED:  # in the image: an outcome, and a refusal that a retry must not turn into one
+        reg = pb.RegisterAgentRequest(
+            shop_id="gold-a", agent_id="tmp1", max_concurrent=1, request_id="g-p1-reg"
+        )
+        do("RegisterAgent tmp1 keyed", lambda: P.RegisterAgent(reg))
+        do(
+            "RemoveAgent tmp1",
+            lambda: P.RemoveAgent(pb.RemoveAgentRequest(shop_id="gold-a", agent_id="tmp1")),
+        )
+        do("SetStatus ghost keyed", lambda: P.SetStatus(KEYED_GHOST))
+        do(
+            "RegisterAgent ghost",
+            lambda: P.RegisterAgent(pb.RegisterAgentRequest(shop_id="gold-off", agent_id="ghost")),
+        )
     time.sleep(0.5)  # a few more ticks
 
 
@@ -266,7 +283,7 @@ def phase2(s: Stubs, log: Callable[[dict[str, Any]], None]) -> None:
             ).sessions
         )
 
-    ON, OFF = pb.AGENT_STATUS_ONLINE, pb.AGENT_STATUS_OFFLINE
+    OFF = pb.AGENT_STATUS_OFFLINE
     policy = pb.ShopPolicy(notice_interval_ms=3_600_000, queue_order=pb.QUEUE_ORDER_FIFO)
     do(
         "SetShopPolicy gold-a",
@@ -274,14 +291,14 @@ def phase2(s: Stubs, log: Callable[[dict[str, Any]], None]) -> None:
     )
     do(
         "RegisterAgent tmp",
-        lambda: P.RegisterAgent(
-            pb.RegisterAgentRequest(shop_id="gold-a", agent_id="tmp", max_concurrent=1, status=ON)
-        ),
+        lambda: P.RegisterAgent(KEYED_TMP if KEYED else _TMP),
     )
     do(
         "RemoveAgent tmp",
         lambda: P.RemoveAgent(pb.RemoveAgentRequest(shop_id="gold-a", agent_id="tmp")),
     )
+    if KEYED:  # in the journal tail: a refusal
+        do("Acknowledge nope keyed", lambda: R.Acknowledge(KEYED_ACK))
     do(
         "SetStatus a4",
         lambda: P.SetStatus(pb.SetStatusRequest(shop_id="gold-a", agent_id="a4", status=OFF)),
@@ -416,7 +433,39 @@ def observe(s: Stubs) -> list[dict[str, Any]]:
     return out
 
 
-def probe(s: Stubs, a1_first: str | None = None) -> list[dict[str, Any]]:
+_TMP_FIELDS: dict[str, Any] = dict(
+    shop_id="gold-a", agent_id="tmp", max_concurrent=1, status=pb.AGENT_STATUS_ONLINE
+)
+_TMP = pb.RegisterAgentRequest(**_TMP_FIELDS)
+if KEYED:
+    KEYED_TMP = pb.RegisterAgentRequest(**_TMP_FIELDS, request_id="g-p2-reg")
+    KEYED_GHOST = pb.SetStatusRequest(
+        shop_id="gold-off", agent_id="ghost", status=pb.AGENT_STATUS_ONLINE, request_id="g-p1-ghost"
+    )
+    KEYED_ACK = pb.SessionRequest(
+        shop_id="gold-a", agent_id="a1", session_id="s999", request_id="g-p2-ack"
+    )
+
+
+def keyed_probes(s: Stubs) -> list[dict[str, Any]]:
+    """Format 5: the keyed calls of phases 1 and 2 again, with their keys: each answers as
+    it did then and applies nothing (tmp1 and tmp stay removed, ghost stays OFFLINE); a key
+    reused by another request is FAILED_PRECONDITION."""
+    P, R = s.presence, s.routing
+    reg1 = pb.RegisterAgentRequest(
+        shop_id="gold-a", agent_id="tmp1", max_concurrent=1, request_id="g-p1-reg"
+    )
+    other = pb.RegisterAgentRequest(shop_id="gold-a", agent_id="tmp1", request_id="g-p1-reg")
+    return [
+        answer("RegisterAgent tmp1 keyed again", lambda: P.RegisterAgent(reg1)),
+        answer("SetStatus ghost keyed again", lambda: P.SetStatus(KEYED_GHOST)),
+        answer("RegisterAgent tmp keyed again", lambda: P.RegisterAgent(KEYED_TMP)),
+        answer("Acknowledge nope keyed again", lambda: R.Acknowledge(KEYED_ACK)),
+        answer("RegisterAgent key reused", lambda: P.RegisterAgent(other)),
+    ]
+
+
+def probe(s: Stubs, a1_first: str | None = None, keyed: bool = False) -> list[dict[str, Any]]:
     """Changes whose answers depend on what the reads cannot show (request ids kept,
     recent and private contacts, session and event counters, the queue's order), then
     the state again. Run on a copy of the golden data, at the moment it was read.
@@ -490,6 +539,8 @@ def probe(s: Stubs, a1_first: str | None = None) -> list[dict[str, Any]]:
             lambda: R.Route(pb.RouteRequest(shop_id="gold-t", buyer_id="c3", request_id="p-c3")),
         )
     )
+    if keyed:  # format 5 and later (a keyed call to older data would be a new one)
+        out.extend(keyed_probes(s))
     return out + observe(s)
 
 

@@ -141,7 +141,7 @@ def test_todays_server_answers_as_the_server_that_wrote_it(name: str, tmp_path: 
             answers_agree(expected["reads"], sc.observe(stubs), drift())
             a1 = next(r for r in expected["reads"] if r["call"] == "ListAgentSessions gold-a a1")
             a1_first = a1["reply"]["sessions"][0]["session_id"] if a1["reply"]["sessions"] else None
-            probes = sc.probe(stubs, a1_first)
+            probes = sc.probe(stubs, a1_first, keyed=expected["format"] >= 5)
             answers_agree(expected["probes"], probes, drift(), read_at, drift())
             after_probes = sc.observe(stubs)
         finally:

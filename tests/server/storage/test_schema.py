@@ -11,25 +11,27 @@ import msgspec
 
 from fenliu.server.core import image, types as t
 
-# Records (format 4): tag -> field names. The names of format 1-3 records are the same.
+# Records (format 5): tag -> field names. The names of format 1-4 records are the same, less
+# format 5's request_id (issue 11).
 RECORDS = {
-    "SetPolicy": ["shop_id", "change", "at"],
+    "SetPolicy": ["shop_id", "change", "request_id", "at"],
     "RegisterAgent": ["shop_id", "agent_id", "role", "groups", "max_concurrent", "status",
-                      "replace", "at"],
-    "UpdateAgent": ["shop_id", "agent_id", "role", "groups", "max_concurrent", "at"],
-    "StarSession": ["shop_id", "agent_id", "session_id", "starred", "at"],
-    "RemoveAgent": ["shop_id", "agent_id", "at"],
-    "SetStatus": ["shop_id", "agent_id", "status", "at"],
-    "AddPrivateContact": ["shop_id", "buyer_id", "at"],
-    "RemovePrivateContact": ["shop_id", "buyer_id", "at"],
+                      "replace", "request_id", "at"],
+    "UpdateAgent": ["shop_id", "agent_id", "role", "groups", "max_concurrent", "request_id", "at"],
+    "StarSession": ["shop_id", "agent_id", "session_id", "starred", "request_id", "at"],
+    "RemoveAgent": ["shop_id", "agent_id", "request_id", "at"],
+    "SetStatus": ["shop_id", "agent_id", "status", "request_id", "at"],
+    "AddPrivateContact": ["shop_id", "buyer_id", "request_id", "at"],
+    "RemovePrivateContact": ["shop_id", "buyer_id", "request_id", "at"],
     "Route": ["shop_id", "buyer_id", "request_id", "addressed_agent_id", "crowds", "group",
               "channel", "from_team_member", "at"],
-    "Acknowledge": ["shop_id", "agent_id", "session_id", "at"],
-    "Reply": ["shop_id", "agent_id", "session_id", "at"],
-    "Transfer": ["shop_id", "session_id", "agent_id", "to_agent_id", "to_group", "force", "at"],
-    "EndSessions": ["shop_id", "session_ids", "at"],
-    "Pick": ["shop_id", "agent_id", "session_id", "force", "at"],
-    "LeaveQueue": ["shop_id", "buyer_id", "at"],
+    "Acknowledge": ["shop_id", "agent_id", "session_id", "request_id", "at"],
+    "Reply": ["shop_id", "agent_id", "session_id", "request_id", "at"],
+    "Transfer": ["shop_id", "session_id", "agent_id", "to_agent_id", "to_group", "force",
+                 "request_id", "at"],
+    "EndSessions": ["shop_id", "session_ids", "request_id", "at"],
+    "Pick": ["shop_id", "agent_id", "session_id", "force", "request_id", "at"],
+    "LeaveQueue": ["shop_id", "buyer_id", "request_id", "at"],
     "Tick": ["shard", "at"],
 }  # fmt: skip
 POLICY = ["strategy", "queue_order", "queue_limit", "on_queue_full", "priority_crowds",
@@ -55,7 +57,8 @@ IMAGES = {
     image.ShopImage: ["shop_id", "policy", "agents", "main", "sessions", "left", "recent",
                       "private", "notices", "requests", "next_seq", "assign_seq", "reg_seq",
                       "event_seq", "counters"],
-    image.ShardImage: ["index", "position", "now", "timer_seq", "timers", "shops"],
+    image.ShardImage: ["index", "position", "now", "timer_seq", "timers", "shops", "keyed"],
+    image.KeyedImage: ["shop_id", "request_id", "at", "command", "refused", "outcome"],
 }  # fmt: skip
 
 
