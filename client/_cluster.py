@@ -156,6 +156,8 @@ class Router:
                 except grpc.aio.AioRpcError:
                     continue
                 self.apply(cmap)
+                if cmap.cluster:
+                    self.default = address  # a live node, for calls about no shop
                 return
         finally:
             self._refreshed_at = asyncio.get_running_loop().time()
