@@ -146,6 +146,13 @@ class ClusterRuntime:
             if owner is not None and owner.node_id != self.node_id:
                 self.node.refuse(index, self._not_owner(index))
                 self._unserve(index)
+        for index, owner in self.owners.items():
+            if (owner.node_id == self.node_id and index in self.owned and own.valid()
+                    and index not in self._served and index not in self._restoring):  # fmt: skip
+                # refused while the lease could not be renewed (an etcd election): the key
+                # held, so the shard is still ours: read it back and serve it again
+                log.warning("shard %d: still owned after a lapse of the lease; restoring", index)
+                self._restore(index)
         share = math.ceil(self.shards / max(1, len(self.nodes)))
         free = [i for i in range(self.shards) if i not in self.owners]
         for index in free:

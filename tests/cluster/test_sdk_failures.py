@@ -24,7 +24,9 @@ from fenliu.server.cluster.local import EtcdCluster, FenliuNode, NatsCluster
 from fenliu.server.core.dispatcher import shard_index
 
 SHARDS = 8
-SHOPS = [f"shop{i}" for i in range(8)]
+# one shop per shard: whichever shards move, some watched shop moves with them
+SHOPS = [next(f"shop{i}" for i in range(1000) if shard_index(f"shop{i}", SHARDS) == k)
+         for k in range(SHARDS)]  # fmt: skip
 CALLERS = 4
 EXTRA = ["--lease-ttl", "2", "--tick-interval", "0.5"]
 WAIT_S = 120.0  # the bound of every wait for the cluster (elections, moves, load)
@@ -211,28 +213,60 @@ def test_an_etcd_leaders_sigkill_under_load_loses_nothing_acknowledged(
     print(asyncio.run(main()))
 
 
+class Watch:
+    """A watcher of one shop through the SDK: the seqs it saw, and its other items."""
+
+    def __init__(self, fenliu: AsyncClient, shop: str) -> None:
+        self.fenliu, self.shop = fenliu, shop
+        self.seen: list[int] = []
+        self.marks: list[object] = []
+        self.stream = fenliu.watch_shop(shop, give_up_after=WAIT_S)
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async for item in self.stream:
+            if isinstance(item, Event):
+                self.seen.append(item.seq)
+            else:
+                self.marks.append("started" if isinstance(item, Started) else item)
+
+    async def head(self) -> int:
+        check = self.fenliu.watch_shop(self.shop)
+        try:
+            async for item in check:
+                assert isinstance(item, Started)
+                return item.head_seq
+        finally:
+            await check.aclose()
+        raise AssertionError("no Started")
+
+    async def caught_up(self) -> None:
+        """Every event up to the shop's head now seen, once each, in order, no FellBehind."""
+        head = await self.head()
+        deadline = time.monotonic() + WAIT_S
+        while not self.seen or self.seen[-1] < head:
+            assert not self.task.done(), self.task
+            assert time.monotonic() < deadline, (
+                f"{self.shop}: the watcher stopped at {self.seen[-1:]} < {head}")  # fmt: skip
+            await asyncio.sleep(0.1)
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.stream.aclose()
+        assert [m for m in self.marks if not isinstance(m, str)] == [], self.marks
+        assert self.seen == list(range(self.seen[0], head + 1)), f"{self.shop}: gap or duplicate"
+
+
 def test_planned_hand_offs_under_load_surface_no_error(cluster: Cluster) -> None:
     first, second = cluster.add(), cluster.add()
 
     async def main() -> str:
         fenliu = client(cluster.nodes)
         try:
-            owners = await settled(fenliu, {first.address, second.address})
-            shop = next(s for s in SHOPS if owners[shard_index(s, SHARDS)] == first.address)
+            await settled(fenliu, {first.address, second.address})
             load = Load(fenliu)
             await load.start()
-            seen: list[int] = []
-            marks: list[object] = []
-            stream = fenliu.watch_shop(shop, give_up_after=WAIT_S)
-
-            async def watch() -> None:
-                async for item in stream:
-                    if isinstance(item, Event):
-                        seen.append(item.seq)
-                    else:
-                        marks.append("started" if isinstance(item, Started) else item)
-
-            watching = asyncio.create_task(watch())
+            watches = [Watch(fenliu, shop) for shop in SHOPS]  # one per shard
             await load.after(0.0)
 
             third = await asyncio.to_thread(cluster.add)  # joins: shards handed to it
@@ -241,29 +275,15 @@ def test_planned_hand_offs_under_load_surface_no_error(cluster: Cluster) -> None
             await asyncio.to_thread(first.stop, 30)  # SIGTERM: hands its shards over
             assert first.proc is not None and first.proc.returncode == 0, first.log_tail()
             await settled(fenliu, {second.address, third.address})
-            await load.after(time.monotonic(), shop=shop)
+            since = time.monotonic()
+            for shop in SHOPS:
+                await load.after(since, count=5, shop=shop)
             await load.stop()  # raises a caller's error: none may have surfaced
             await load.verify()
-
-            check = fenliu.watch_shop(shop)
-            head = 0
-            async for item in check:
-                assert isinstance(item, Started)
-                head = item.head_seq
-                break
-            await check.aclose()
-            deadline = time.monotonic() + WAIT_S
-            while not seen or seen[-1] < head:
-                assert not watching.done(), watching
-                assert time.monotonic() < deadline, f"the watcher stopped at {seen[-1:]} < {head}"
-                await asyncio.sleep(0.1)
-            watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
-            await stream.aclose()
-            assert [m for m in marks if not isinstance(m, str)] == [], marks  # no FellBehind
-            assert seen == list(range(seen[0], head + 1)), "a gap or a duplicate"
-            return f"{len(load.acked)} acknowledged, {marks.count('started')} watch starts"
+            for watch in watches:
+                await watch.caught_up()
+            starts = sum(w.marks.count("started") for w in watches)
+            return f"{len(load.acked)} acknowledged, {starts} watch starts"
         finally:
             await fenliu.close()
 
