@@ -77,6 +77,9 @@ DEFAULT_TIMEOUT = 5.0
 DEFAULT_RETRY_BUDGET = 5.0
 """Seconds an idempotent call keeps retrying on UNAVAILABLE (never past its deadline)."""
 MAX_BACKOFF = 0.5
+MOVE_BACKOFF = 0.2
+"""The longest pause between attempts while a shard has no owner to name (it is moving:
+a hand-off takes a few tenths of a second)."""
 KEEPALIVE_S = 30.0
 """Seconds between keepalive pings while a call (a watch stream) is open. The server
 accepts pings 20 s apart (``server/rpc/app.py``): a shorter interval there gets GOAWAY."""
@@ -324,7 +327,8 @@ class AsyncClient:
                 if loop.time() >= give_up:
                     raise error
                 continue  # at once, to the owner the refusal named
-            pause = min(self.backoff * 2 ** (attempt - 1), MAX_BACKOFF) * (0.5 + random.random())
+            longest = MAX_BACKOFF if moved is None else MOVE_BACKOFF
+            pause = min(self.backoff * 2 ** (attempt - 1), longest) * (0.5 + random.random())
             if loop.time() + pause >= give_up:
                 raise error
             await asyncio.sleep(pause)

@@ -155,24 +155,35 @@ class ClusterRuntime:
                 self._restore(index)
         share = math.ceil(self.shards / max(1, len(self.nodes)))
         free = [i for i in range(self.shards) if i not in self.owners]
-        for index in free:
-            if len(self.owned) >= share or not own.valid():
-                break
-            started = time.perf_counter()
-            replayed: list[t.Event] = []
-            shard = await self.member.claim(index, replayed)
-            if shard is None:
-                continue
-            self._serve(index, shard, replayed)
-            self.owners[index] = Owner(self.node_id, own.epoch(index), own.lease)  # the map
-            self.epoch_changes += 1
-            if self.metrics is not None:
-                self.metrics.replay.observe(time.perf_counter() - started)
-            log.info("shard %d: owned at epoch %d, rebuilt in %.3fs", index,
-                     own.epoch(index), time.perf_counter() - started)  # fmt: skip
+        if own.valid():
+            # claimed concurrently: a hand-off's shards (all freed at once) are served
+            # again after one takeover's time, not one after the other
+            wanted = free[: max(0, share - len(self.owned))]
+            claims = await asyncio.gather(*(self._claim(i) for i in wanted),
+                                          return_exceptions=True)  # fmt: skip
+            for index, outcome in zip(wanted, claims, strict=True):
+                if isinstance(outcome, BaseException):
+                    log.error("shard %d: the claim failed (the next round retries): %r",
+                              index, outcome)  # fmt: skip
         extra = len(self.owned) - share
         for index in sorted(self.owned, reverse=True)[: max(0, min(extra, MOVES_PER_ROUND))]:
             await self._hand_over(index)
+
+    async def _claim(self, index: int) -> None:
+        assert self.member is not None
+        own = self.member.ownership
+        started = time.perf_counter()
+        replayed: list[t.Event] = []
+        shard = await self.member.claim(index, replayed)
+        if shard is None:
+            return  # taken by another node meanwhile
+        self._serve(index, shard, replayed)
+        self.owners[index] = Owner(self.node_id, own.epoch(index), own.lease)  # the map
+        self.epoch_changes += 1
+        if self.metrics is not None:
+            self.metrics.replay.observe(time.perf_counter() - started)
+        log.info("shard %d: owned at epoch %d, rebuilt in %.3fs", index,
+                 own.epoch(index), time.perf_counter() - started)  # fmt: skip
 
     async def _hand_over(self, index: int) -> None:
         assert self.member is not None
