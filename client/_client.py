@@ -332,8 +332,8 @@ class AsyncClient:
             if loop.time() + pause >= give_up:
                 raise error
             await asyncio.sleep(pause)
-            if isinstance(error, Unavailable) and moved is None:
-                await router.refresh(avoid=target)  # a node gone: who serves it now?
+            if isinstance(error, Unavailable) and moved is None:  # a node gone: who serves
+                await router.refresh(target, give_up - loop.time())  # its shops now?
 
     async def _rerouted(self, router: Router, error: FenliuError, target: str) -> bool | None:
         """After a failed call: None unless it was a NOT_OWNER refusal; then whether the

@@ -124,9 +124,10 @@ class Router:
             self.wanted = False
             await self.refresh()
 
-    async def refresh(self, avoid: str = "") -> None:
+    async def refresh(self, avoid: str = "", timeout: float = MAP_TIMEOUT_S) -> None:
         """Read the map again from any node (one read at a time, at most every
-        REFRESH_EVERY_S; ``avoid``, a node that just failed, is asked last)."""
+        REFRESH_EVERY_S; ``avoid``, a node that just failed, is asked last; each node asked
+        for at most ``timeout`` seconds)."""
         if self.single:
             return
         if self._refreshing is not None:
@@ -135,13 +136,13 @@ class Router:
         loop = asyncio.get_running_loop()
         if loop.time() - self._refreshed_at < REFRESH_EVERY_S:
             return
-        self._refreshing = loop.create_task(self._read(avoid))
+        self._refreshing = loop.create_task(self._read(avoid, max(0.05, timeout)))
         try:
             await asyncio.shield(self._refreshing)
         finally:
             self._refreshing = None
 
-    async def _read(self, avoid: str) -> None:
+    async def _read(self, avoid: str, timeout: float) -> None:
         candidates = list(dict.fromkeys(self.nodes + self.targets))
         if avoid in candidates:
             candidates.remove(avoid)
@@ -150,7 +151,7 @@ class Router:
             for address in candidates:
                 try:
                     cmap = await self.stubs_at(address).cluster.GetClusterMap(
-                        pb.GetClusterMapRequest(), timeout=MAP_TIMEOUT_S,
+                        pb.GetClusterMapRequest(), timeout=min(timeout, MAP_TIMEOUT_S),
                         metadata=self._metadata(),
                     )  # fmt: skip
                 except grpc.aio.AioRpcError:
