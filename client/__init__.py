@@ -13,6 +13,7 @@ from ._client import (
     new_request_id,
     route_request,
 )
+from ._cluster import shard_index
 from ._errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -30,7 +31,7 @@ from ._errors import (
     Unauthenticated,
     Unavailable,
 )
-from ._stream import RouteStream
+from ._stream import ClusterRouteStream, RouteStream
 from ._types import (
     Agent,
     AgentSessions,
@@ -84,6 +85,8 @@ __all__ = [
     "new_request_id",
     "route_request",
     "RouteStream",
+    "ClusterRouteStream",
+    "shard_index",
     # results and enums
     "Agent",
     "AgentSessions",

@@ -9,6 +9,16 @@ decision), the batch, every read, and the setters that converge (policy, registe
 status, acknowledge, end, private contacts). The others (remove_agent, reply, transfer,
 pick, leave_queue) are never retried: a second attempt could act twice.
 
+Cluster mode (``_cluster.py``): given one or more node addresses, the client keeps the
+cluster map and calls each shop's owner directly, one channel per node. A node that does
+not own the shop answers UNAVAILABLE NOT_OWNER naming the owner: every call is retried
+there at once (the refusal changed nothing, so this is safe for every call). A node that
+cannot be reached: the map is read again and the call retried with backoff, within its
+deadline, if it is safe to repeat (above; a request with a ``request_id`` field, its
+idempotency key, is given one and resent with the same key). ``route_batch`` is split by
+owner, the parts sent concurrently, the results merged in request order; ``route_stream``
+keeps one stream per owner; watch streams reconnect to the new owner and resume.
+
 ``Client`` is the blocking twin of ``AsyncClient``: it runs one on a private event loop
 thread, so the two share every line of logic.
 """
@@ -23,14 +33,15 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import grpc
 import grpc.aio
 
-from ._errors import Unavailable, from_rpc_error
+from ._cluster import Router, owner_hint
+from ._errors import FenliuError, Unavailable, from_rpc_error
 from ._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
-from ._stream import RouteStream
+from ._stream import ClusterRouteStream, RouteStream
 from ._types import (
     Agent,
     AgentSessions,
@@ -66,6 +77,9 @@ DEFAULT_TIMEOUT = 5.0
 DEFAULT_RETRY_BUDGET = 5.0
 """Seconds an idempotent call keeps retrying on UNAVAILABLE (never past its deadline)."""
 MAX_BACKOFF = 0.5
+MOVE_BACKOFF = 0.2
+"""The longest pause between attempts while a shard has no owner to name (it is moving:
+a hand-off takes a few tenths of a second)."""
 KEEPALIVE_S = 30.0
 """Seconds between keepalive pings while a call (a watch stream) is open. The server
 accepts pings 20 s apart (``server/rpc/app.py``): a shorter interval there gets GOAWAY."""
@@ -126,11 +140,45 @@ class _Stubs:
         self.cluster = pb_grpc.ClusterStub(channel)
 
 
+class _Method(NamedTuple):
+    """An RPC by name (``_Stubs`` attribute, method), called on whichever node serves it."""
+
+    service: str
+    name: str
+
+
+class _Service:
+    """``self._presence.SetShopPolicy`` names the RPC; ``_call`` picks the node."""
+
+    __slots__ = ("_service",)
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    def __getattr__(self, name: str) -> _Method:
+        return _Method(self._service, name)
+
+
+def _shop_of(request: Any) -> str | None:
+    """The shop a request is about (None: any node may answer it)."""
+    return getattr(request, "shop_id", None)
+
+
+def _with_key(request: Any) -> bool:
+    """Whether the request carries an idempotency key (a ``request_id`` field): given one
+    when empty, so every attempt sends the same key."""
+    if "request_id" not in request.DESCRIPTOR.fields_by_name:
+        return False
+    if not request.request_id:
+        request.request_id = new_request_id()
+    return True
+
+
 class AsyncClient:
     """The asynchronous SDK. Use ``async with AsyncClient(target) as fenliu:``.
 
-    It may be created anywhere (outside a running event loop too): the channel is opened
-    on the first call, on the loop that makes it, and serves that loop only.
+    It may be created anywhere (outside a running event loop too): the channels are opened
+    on the first call, on the loop that makes it, and serve that loop only.
 
     Every mutating method sends an idempotency key, ``request_id`` (a fresh one per call
     unless given): the server remembers each key with its outcome for 10 minutes, so the
@@ -141,9 +189,15 @@ class AsyncClient:
     Raises (from every method): a ``FenliuError`` subclass, never a raw ``grpc.RpcError``.
     """
 
+    _presence = _Service("presence")
+    _routing = _Service("routing")
+    _queue = _Service("queue")
+    _monitor = _Service("monitor")
+    _cluster = _Service("cluster")
+
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
         timeout: float = DEFAULT_TIMEOUT,
         retries: int | None = None,
@@ -155,19 +209,26 @@ class AsyncClient:
         tls: bool | grpc.ChannelCredentials = False,
         keepalive: float = KEEPALIVE_S,
     ) -> None:
-        """``timeout``: each call's deadline, seconds. Idempotent calls are retried on
-        UNAVAILABLE for up to ``retry_budget`` seconds (within the deadline), with
-        exponential backoff from ``backoff`` seconds (at most 0.5 s, jittered), and at
-        most ``retries`` times when given. ``token`` is sent as ``authorization: Bearer
+        """``target``: the server's address, or a cluster's nodes' (a list: any of them
+        answers the cluster map). ``timeout``: each call's deadline, seconds. Idempotent
+        calls are retried on UNAVAILABLE for up to ``retry_budget`` seconds (within the
+        deadline), with exponential backoff from ``backoff`` seconds (at most 0.5 s,
+        jittered), and at most ``retries`` times when given (0: one attempt, not even to
+        the owner a NOT_OWNER answer names). ``token`` is sent as ``authorization: Bearer
         <token>`` on every call. ``tls``: True verifies the server against the system's
         roots; for a private CA or a client certificate pass
         ``grpc.ssl_channel_credentials(...)``. ``keepalive``: seconds between pings while
         a call is open (0: none), so a dead connection under a watch stream is noticed."""
-        self._target = target
+        targets = [target] if isinstance(target, str) else list(target)
+        if not targets or not all(isinstance(t, str) and t for t in targets):
+            raise ValueError("target must be an address or a non-empty list of addresses")
+        self._targets = targets
+        self._target = targets[0]
         self._tls = tls
         self._keepalive = keepalive
         self._channel: grpc.aio.Channel | None = channel
-        self._stubs: _Stubs | None = None
+        self._channels: list[grpc.aio.Channel] = []  # opened here (closed by close)
+        self._router: Router | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.timeout = timeout
         self.retries = retries
@@ -177,40 +238,40 @@ class AsyncClient:
         if token is not None:
             self.metadata += (("authorization", f"Bearer {token}"),)
 
-    def _open(self) -> _Stubs:
-        """The stubs, the channel opened on the running loop at the first call."""
+    def _open(self) -> Router:
+        """The router (channels are opened on the running loop, at their first call)."""
         loop = asyncio.get_running_loop()
-        if self._stubs is None:
-            if self._channel is None:
-                self._channel = _channel(self._target, self._tls, self._keepalive)
-                self._loop = loop
-            self._stubs = _Stubs(self._channel)
-        elif self._loop is not None and self._loop is not loop:
+        if self._router is None:
+            self._loop = loop
+            self._router = Router(self._targets, self._open_stubs, lambda: self.metadata)
+        elif self._loop is not loop:
             raise RuntimeError(
                 "this AsyncClient's channel was opened on another event loop: "
                 "use one AsyncClient per loop (or the blocking Client)"
             )
-        return self._stubs
+        return self._router
+
+    def _open_stubs(self, address: str) -> _Stubs:
+        if address == self._target and self._channel is not None:
+            return _Stubs(self._channel)
+        channel = _channel(address, self._tls, self._keepalive)
+        self._channels.append(channel)
+        return _Stubs(channel)
 
     @property
-    def _presence(self) -> pb_grpc.PresenceStub:
-        return self._open().presence
-
-    @property
-    def _routing(self) -> pb_grpc.RoutingStub:
-        return self._open().routing
-
-    @property
-    def _queue(self) -> pb_grpc.QueueStub:
-        return self._open().queue
-
-    @property
-    def _monitor(self) -> pb_grpc.MonitorStub:
-        return self._open().monitor
+    def router(self) -> Router | None:
+        """Cluster mode's map and channels (None before the first call)."""
+        return self._router
 
     async def close(self) -> None:
-        channel, self._channel, self._stubs = self._channel, None, None
-        if channel is not None:
+        router, self._router = self._router, None
+        if router is not None:
+            await router.close()
+        channels, self._channels = self._channels, []
+        if self._channel is not None:
+            channels.append(self._channel)
+            self._channel = None
+        for channel in channels:
             await channel.close(None)
 
     async def __aenter__(self) -> AsyncClient:
@@ -224,33 +285,81 @@ class AsyncClient:
     ) -> None:
         await self.close()
 
+    async def _ready(self) -> Router:
+        router = self._open()
+        if router.wanted:
+            await router.ready()
+        return router
+
     async def _call(
-        self, method: Any, request: Any, *, idempotent: bool, timeout: float | None
+        self,
+        method: _Method,
+        request: Any,
+        *,
+        idempotent: bool,
+        timeout: float | None,
+        address: str | None = None,
     ) -> Any:
-        """One RPC with the deadline, the retries it may have, and typed errors."""
+        """One RPC with the deadline, the retries it may have, and typed errors; sent to
+        the owner of the request's shop (or ``address``: then tried there once)."""
+        router = await self._ready()
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + (timeout or self.timeout)
-        give_up = min(deadline, started + self.retry_budget) if idempotent else started
+        safe = idempotent or _with_key(request)
+        give_up = min(deadline, started + self.retry_budget)
+        shop = _shop_of(request)
         attempt = 0
         while True:
+            target = address or router.address(shop)
+            stub = getattr(router.stubs_at(target), method.service)
             try:
-                return await method(
+                return await getattr(stub, method.name)(
                     request, timeout=max(0.0, deadline - loop.time()), metadata=self.metadata
                 )
             except grpc.aio.AioRpcError as exc:
                 error = from_rpc_error(exc)
-                # CANCELLED as a status (not our own task's cancellation, which raises
-                # CancelledError): a stopping server cut the call off. Retried like
-                # UNAVAILABLE: only idempotent calls get here.
-                retryable = isinstance(error, Unavailable) or exc.code() == _CANCELLED
+                cancelled = exc.code() == _CANCELLED
             attempt += 1
-            if not retryable or (self.retries is not None and attempt > self.retries):
+            if address is not None or (self.retries is not None and attempt > self.retries):
                 raise error
-            pause = min(self.backoff * 2 ** (attempt - 1), MAX_BACKOFF) * (0.5 + random.random())
+            moved = await self._rerouted(router, error, target)
+            if moved is None:  # not NOT_OWNER: retried only if safe to repeat
+                # CANCELLED as a status (not our own task's cancellation, which raises
+                # CancelledError): a stopping server cut the call off. As UNAVAILABLE.
+                if not safe or not (isinstance(error, Unavailable) or cancelled):
+                    raise error
+            elif moved and attempt <= 3:
+                if loop.time() >= give_up:
+                    raise error
+                continue  # at once, to the owner the refusal named
+            longest = MAX_BACKOFF if moved is None else MOVE_BACKOFF
+            pause = min(self.backoff * 2 ** (attempt - 1), longest) * (0.5 + random.random())
             if loop.time() + pause >= give_up:
                 raise error
             await asyncio.sleep(pause)
+            if isinstance(error, Unavailable) and moved is None:  # a node gone: who serves
+                await router.refresh(target, give_up - loop.time())  # its shops now?
+
+    async def _rerouted(self, router: Router, error: FenliuError, target: str) -> bool | None:
+        """After a failed call: None unless it was a NOT_OWNER refusal; then whether the
+        shard's owner is now known to be another node than ``target`` (the map is read
+        again when the refusal names none)."""
+        hint = owner_hint(error)
+        if hint is None:
+            return None
+        if not router.clustered:
+            await router.refresh()  # the first refusal: this is a cluster; read its map
+        router.learn(error)
+        shard = hint[0]
+
+        def elsewhere() -> bool:
+            return 0 <= shard < router.shards and router.owners[shard] not in ("", target)
+
+        if elsewhere():
+            return True
+        await router.refresh(avoid=target)
+        return elsewhere()
 
     # ------------------------------------------------------------ presence
 
@@ -478,19 +587,82 @@ class AsyncClient:
                 raise TypeError(f"requests[{i}] must be a RouteItem (got {type(item).__name__})")
             if not added.request_id:
                 added.request_id = new_request_id()
-        reply = await self._call(self._routing.RouteBatch, batch, idempotent=True, timeout=timeout)
-        return tuple(RouteResult.from_pb(r) for r in reply.results)
+        results = await self._route_batch(batch, timeout)
+        return tuple(RouteResult.from_pb(r) for r in results)
 
-    def route_stream(self, *, timeout: float | None = None) -> RouteStream:
+    async def _route_batch(
+        self, batch: pb.RouteBatchRequest, timeout: float | None
+    ) -> list[pb.RouteResult]:
+        """Outside cluster mode one call. In it: the items split by owner, the parts sent
+        concurrently, the results put back in request order; the items a node refused
+        (NOT_OWNER) or could not make durable, and a part whose node is gone, are sent
+        again (each has its request id) until the deadline."""
+        router = await self._ready()
+        if not router.clustered:
+            reply = await self._call(
+                self._routing.RouteBatch, batch, idempotent=True, timeout=timeout
+            )
+            if not any(owner_hint(RouteResult.from_pb(r).error or _NO_ERROR) for r in
+                       reply.results if r.HasField("error")):  # fmt: skip
+                return list(reply.results)
+            await router.refresh()  # a single seed's node refused some: a cluster
+            if not router.clustered:
+                return list(reply.results)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        give_up = min(started + (timeout or self.timeout), started + self.retry_budget)
+        items = list(batch.requests)
+        results: list[pb.RouteResult | None] = [None] * len(items)
+        pending = list(range(len(items)))
+        attempt = 0
+
+        async def part(address: str, indexes: list[int]) -> None:
+            request = pb.RouteBatchRequest(requests=[items[i] for i in indexes])
+            left = max(0.05, give_up - loop.time())
+            try:
+                reply = await self._call(self._routing.RouteBatch, request, idempotent=True,
+                                         timeout=left, address=address)  # fmt: skip
+            except Unavailable:
+                return  # the node is gone: these items are sent again
+            for i, result in zip(indexes, reply.results, strict=True):
+                results[i] = result
+                if result.HasField("error"):
+                    error = RouteResult.from_pb(result).error
+                    if error is not None and owner_hint(error) is not None:
+                        router.learn(error)
+
+        while True:
+            await asyncio.gather(*(part(a, ix) for a, ix in router.split(
+                [items[i].shop_id for i in pending]).items()))  # fmt: skip
+            pending = [i for i in pending if _again(results[i])]
+            attempt += 1
+            if not pending or (self.retries is not None and attempt > self.retries):
+                break
+            pause = min(self.backoff * 2 ** (attempt - 1), MAX_BACKOFF) * (0.5 + random.random())
+            if loop.time() + pause >= give_up:
+                break
+            await asyncio.sleep(pause)
+            await router.refresh()
+        if any(r is None for r in results):
+            raise Unavailable(grpc.StatusCode.UNAVAILABLE,
+                              "no node serving these shops answered in time")  # fmt: skip
+        return [r for r in results if r is not None]
+
+    def route_stream(self, *, timeout: float | None = None) -> RouteStream | ClusterRouteStream:
         """Routes pipelined over one bidirectional stream (``RouteStream``): for a gateway
         routing each message as it arrives, at a fraction of unary ``route``'s server cost.
         ``async with fenliu.route_stream() as stream: await stream.route(shop, buyer)``;
         ``timeout``: how long each ``route`` waits for its answer (default the client's)."""
 
-        def open_call() -> Any:
-            return self._routing.RouteStream(metadata=self.metadata)  # type: ignore[call-arg]
+        def open_call(address: str | None = None) -> Any:
+            router = self._open()
+            stubs = router.stubs_at(address or router.default)
+            return stubs.routing.RouteStream(metadata=self.metadata)
 
-        return RouteStream(open_call, timeout or self.timeout)
+        known = self._router is not None and self._router.clustered
+        if not known and len(self._targets) == 1:
+            return RouteStream(open_call, timeout or self.timeout)  # one server (so far)
+        return ClusterRouteStream(self._open, open_call, timeout or self.timeout)
 
     async def acknowledge(
         self,
@@ -716,9 +888,10 @@ class AsyncClient:
         """Who serves each virtual shard, as the node called last read it (cluster mode;
         outside it the map names no cluster and no owners)."""
         reply = await self._call(
-            self._open().cluster.GetClusterMap, pb.GetClusterMapRequest(), idempotent=True,
+            self._cluster.GetClusterMap, pb.GetClusterMapRequest(), idempotent=True,
             timeout=timeout,
         )  # fmt: skip
+        self._open().apply(reply)
         return ClusterMap.from_pb(reply)
 
     async def get_shop_stats(
@@ -742,11 +915,30 @@ class AsyncClient:
 
         def open_stream(after: int | None) -> Any:
             request = pb.WatchShopRequest(shop_id=shop_id, after_seq=after, batch=True)
-            return self._monitor.WatchShop(request, metadata=self.metadata)
+            return self._stubs_for(shop_id).monitor.WatchShop(request, metadata=self.metadata)
 
         return WatchStream(
-            open_stream, after_seq, backoff=self.backoff, give_up_after=give_up_after
-        )
+            open_stream, after_seq, backoff=self.backoff, give_up_after=give_up_after,
+            reroute=self._reroute_watch,
+        )  # fmt: skip
+
+    def _stubs_for(self, shop_id: str) -> _Stubs:
+        router = self._open()
+        stubs: _Stubs = router.stubs_at(router.address(shop_id))
+        return stubs
+
+    async def _reroute_watch(self, error: FenliuError | None) -> None:
+        """A watch stream ended (``error`` None: the node closed it, say its shard moved)
+        or failed: where it reconnects (the owner a NOT_OWNER names, or the map again)."""
+        router = self._open()
+        if error is not None and owner_hint(error) is not None:
+            if not router.clustered:
+                await router.refresh()
+            if router.learn(error):
+                return
+        elif error is None and not router.clustered:
+            return  # a single server stopping: reconnect to it
+        await router.refresh()
 
     def watch_agent(
         self,
@@ -762,11 +954,23 @@ class AsyncClient:
             request = pb.WatchAgentRequest(
                 shop_id=shop_id, agent_id=agent_id, after_seq=after, batch=True
             )
-            return self._monitor.WatchAgent(request, metadata=self.metadata)
+            return self._stubs_for(shop_id).monitor.WatchAgent(request, metadata=self.metadata)
 
         return WatchStream(
-            open_stream, after_seq, backoff=self.backoff, give_up_after=give_up_after
-        )
+            open_stream, after_seq, backoff=self.backoff, give_up_after=give_up_after,
+            reroute=self._reroute_watch,
+        )  # fmt: skip
+
+
+_NO_ERROR = FenliuError(grpc.StatusCode.OK, "")
+
+
+def _again(result: pb.RouteResult | None) -> bool:
+    """Whether a batch item must be sent again: no answer, or refused by a node that does
+    not own its shop, or not made durable (UNAVAILABLE: its request id makes it safe)."""
+    return result is None or (
+        result.HasField("error") and result.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    )
 
 
 _NOT_POLICY = {"self", "shop_id", "timeout", "request_id", "priority_crowds", "group_crowds"}
@@ -903,11 +1107,20 @@ class Client:
     get_shop_stats = _blocking(AsyncClient.get_shop_stats)
     cluster_map = _blocking(AsyncClient.cluster_map)
 
+    @property
+    def router(self) -> Router | None:
+        """``AsyncClient.router``: cluster mode's map and channels."""
+        return self._async.router
+
     def route_stream(self, *, timeout: float | None = None) -> BlockingRouteStream:
         """Blocking ``AsyncClient.route_stream``: ``with fenliu.route_stream() as stream:``;
         its ``route`` blocks for the decision, ``send`` returns a future of the result (so
         one thread can pipeline many)."""
-        return BlockingRouteStream(self, self._async.route_stream(timeout=timeout))
+
+        async def make() -> RouteStream | ClusterRouteStream:
+            return self._async.route_stream(timeout=timeout)
+
+        return BlockingRouteStream(self, self._run(make()))
 
     def watch_shop(
         self,
@@ -967,7 +1180,7 @@ class Client:
 class BlockingRouteStream:
     """``RouteStream`` for the blocking ``Client`` (run on the client's loop thread)."""
 
-    def __init__(self, client: Client, stream: RouteStream) -> None:
+    def __init__(self, client: Client, stream: RouteStream | ClusterRouteStream) -> None:
         self._client = client
         self._stream = stream
 

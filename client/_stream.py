@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import random
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -30,6 +31,9 @@ import grpc.aio
 from ._errors import DeadlineExceeded, FenliuError, Unavailable, from_rpc_error
 from ._pb import fenliu_pb2 as pb
 from ._types import Decision, RouteItem, RouteResult, strings
+
+if TYPE_CHECKING:
+    from ._cluster import Router
 
 
 def new_id() -> str:
@@ -186,3 +190,153 @@ class RouteStream:
                 future = pending.popleft()
                 if not future.done():
                     future.set_exception(error)
+
+
+class ClusterRouteStream:
+    """``RouteStream`` in cluster mode: one stream per owner, each item written to the
+    stream of its shop's owner (``AsyncClient.route_stream``, the same methods).
+
+    An item a node refuses (NOT_OWNER: it does not own the shop, or no longer) or cannot
+    make durable (UNAVAILABLE), or that was on a stream that broke, is sent again, with its
+    request id, to the owner the refusal names or the cluster map says, until its timeout:
+    a planned hand-off or a failover is not seen by the caller.
+    """
+
+    def __init__(
+        self, router: Callable[[], Router], open_call: Callable[[str | None], Any], timeout: float
+    ) -> None:
+        self._router_of = router
+        self._open_call = open_call
+        self.timeout = timeout
+        self._streams: dict[str, RouteStream] = {}
+        self._following: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.resent = 0  # items sent again (tests and the benchmarks)
+
+    async def __aenter__(self) -> ClusterRouteStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def _router(self) -> Router:
+        return self._router_of()
+
+    def _stream(self, address: str) -> RouteStream:
+        stream = self._streams.get(address)
+        if stream is None:
+            stream = self._streams[address] = RouteStream(
+                lambda: self._open_call(address), self.timeout
+            )
+        return stream
+
+    async def send(self, item: RouteItem | pb.RouteRequest) -> asyncio.Future[RouteResult]:
+        """``RouteStream.send``: written to the owner's stream; the future of its result."""
+        if self._closed:
+            raise RuntimeError("this RouteStream is closed")
+        if isinstance(item, RouteItem):
+            request = item.to_pb()
+        elif isinstance(item, pb.RouteRequest):
+            request = pb.RouteRequest()
+            request.CopyFrom(item)
+        else:
+            raise TypeError(f"item must be a RouteItem (got {type(item).__name__})")
+        if not request.request_id:
+            request.request_id = new_id()
+        await self._router.ready()
+        loop = asyncio.get_running_loop()
+        address = self._router.address(request.shop_id)
+        first: asyncio.Future[RouteResult] | FenliuError
+        try:
+            first = await self._stream(address).send(request)
+        except FenliuError as exc:
+            first = exc
+        outer: asyncio.Future[RouteResult] = loop.create_future()
+        task = loop.create_task(self._follow(request, address, first, outer))
+        self._following.add(task)
+        task.add_done_callback(self._following.discard)
+        return outer
+
+    async def _follow(
+        self,
+        request: pb.RouteRequest,
+        address: str,
+        sent: asyncio.Future[RouteResult] | FenliuError,
+        outer: asyncio.Future[RouteResult],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.timeout
+        attempt = 0
+        while True:
+            broken = isinstance(sent, FenliuError)
+            if isinstance(sent, FenliuError):
+                error: FenliuError | None = sent
+                result = RouteResult(decision=None, error=sent)
+            else:
+                try:
+                    left = max(0.0, give_up - loop.time())
+                    result = await asyncio.wait_for(asyncio.shield(sent), left)
+                    error = result.error
+                except TimeoutError:
+                    error = DeadlineExceeded(
+                        grpc.StatusCode.DEADLINE_EXCEEDED, "no answer on the stream in time"
+                    )
+                    result = RouteResult(decision=None, error=error)
+                except FenliuError as exc:  # the stream broke under it
+                    error, broken = exc, True
+                    result = RouteResult(decision=None, error=exc)
+            retry = isinstance(error, Unavailable) and not self._closed
+            if not retry or loop.time() >= give_up:
+                if not outer.done():
+                    if broken and error is not None:
+                        outer.set_exception(error)
+                    else:
+                        outer.set_result(result)
+                return
+            assert error is not None
+            attempt += 1
+            moved = self._router.learn(error)
+            if not moved:
+                pause = min(0.05 * 2 ** (attempt - 1), 0.5) * (0.5 + random.random())
+                await asyncio.sleep(min(pause, max(0.0, give_up - loop.time())))
+                await self._router.refresh(avoid=address)
+            address = self._router.address(request.shop_id)
+            self.resent += 1
+            try:
+                sent = await self._stream(address).send(request)
+            except (FenliuError, RuntimeError) as exc:
+                sent = exc if isinstance(exc, FenliuError) else Unavailable(
+                    grpc.StatusCode.UNAVAILABLE, str(exc))  # fmt: skip
+
+    async def route(self, shop_id: str, buyer_id: str, **kwargs: Any) -> Decision:
+        """``RouteStream.route``: the decision, or its error raised."""
+        timeout = kwargs.pop("timeout", None)
+        item = RouteItem(
+            shop_id=shop_id, buyer_id=buyer_id, request_id=kwargs.pop("request_id", "") or new_id(),
+            crowds=tuple(strings(kwargs.pop("crowds", ()), "crowds")), **kwargs,
+        )  # fmt: skip
+        future = await self.send(item)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(future), (timeout or self.timeout) + 1)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "no answer on the stream in time"
+            ) from None
+        if result.error is not None:
+            raise result.error
+        assert result.decision is not None
+        return result.decision
+
+    async def close(self) -> None:
+        """Wait for the answers still due (and their resends), end every stream."""
+        if self._following:
+            await asyncio.gather(*list(self._following), return_exceptions=True)
+        self._closed = True
+        for stream in list(self._streams.values()):
+            await stream.close()

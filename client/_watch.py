@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from ._errors import Unavailable, from_rpc_error
+from ._errors import FenliuError, Unavailable, from_rpc_error
 from ._types import Started, WatchItem, watch_items
 
 DEFAULT_GIVE_UP_AFTER = 30.0
@@ -24,8 +24,11 @@ class WatchStream:
     state then).
 
     When the server goes away or stops, it reconnects with backoff and resumes after
-    ``last_seq``, the seq of the last item it yielded; after ``give_up_after`` seconds of
-    failed attempts in a row it raises ``Unavailable``. Other errors (NotFound, ...) end it.
+    ``last_seq``, the seq of the last item it yielded (in cluster mode on the shop's owner
+    now: a node that took the shard over replays its recent events, so a watcher following
+    a shop across a failover sees no gap and no duplicate, or a ``FellBehind``); after
+    ``give_up_after`` seconds of failed attempts in a row it raises ``Unavailable``. Other
+    errors (NotFound, ...) end it.
     Close it with ``aclose()`` or ``async with``. ``connected`` says whether a stream is
     open now (between a ``Started`` and the end of that stream).
     """
@@ -37,12 +40,17 @@ class WatchStream:
         *,
         backoff: float,
         give_up_after: float = DEFAULT_GIVE_UP_AFTER,
+        reroute: Callable[[FenliuError | None], Awaitable[None]] | None = None,
     ) -> None:
+        """``reroute(error)``, when given, runs before each reconnection (``error`` None:
+        the stream ended), so that it goes to the node serving the shop now."""
         self.last_seq = after_seq
+        self.reconnects = 0
         self.connected = False
         self._open = open_stream
         self._backoff = backoff
         self._give_up_after = give_up_after
+        self._reroute = reroute
         self._items = self._run()
 
     def __aiter__(self) -> WatchStream:
@@ -71,6 +79,7 @@ class WatchStream:
         attempt = 0
         while True:
             call = self._open(self.last_seq)
+            failure: FenliuError | None = None
             try:
                 async for message in call:
                     failing_since, attempt = None, 0
@@ -85,6 +94,7 @@ class WatchStream:
                 error = from_rpc_error(exc)
                 if not isinstance(error, Unavailable):
                     raise error from None
+                failure = error
             finally:
                 self.connected = False
                 call.cancel()
@@ -100,3 +110,6 @@ class WatchStream:
             pause = min(self._backoff * 2**attempt, MAX_BACKOFF)
             await asyncio.sleep(pause * (0.5 + random.random()))
             attempt += 1
+            self.reconnects += 1
+            if self._reroute is not None:
+                await self._reroute(failure)

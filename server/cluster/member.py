@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from ..core.shard import Shard
+from ..core.types import Event
 from ..storage.jetstream import JetStreamStorage
 from .ownership import DEFAULT_TTL_S, Ownership
 
@@ -65,13 +66,14 @@ class Member:
         if self.lost is not None:
             self.lost(indexes)
 
-    async def claim(self, index: int) -> Shard | None:
-        """Take shard ``index`` if it is free: the shard rebuilt from its stream, or None."""
+    async def claim(self, index: int, events: list[Event] | None = None) -> Shard | None:
+        """Take shard ``index`` if it is free: the shard rebuilt from its stream, or None
+        (the events replayed are added to ``events``)."""
         epoch = await self.ownership.acquire(index)
         if epoch is None:
             return None
         try:
-            return await self.storage.take_over(index, epoch)
+            return await self.storage.take_over(index, epoch, events)
         except BaseException:
             await self.ownership.release(index)
             raise

@@ -21,9 +21,14 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterable
+from typing import Protocol
 
 from ..config import Config
+from ..core import types as t
+from ..core.dispatcher import shard_index
 from ..core.errors import NotOwner
+from ..core.shard import Shard
 from ..node import Node
 from .member import Member
 from .metrics import ClusterMetrics
@@ -35,10 +40,22 @@ BALANCE_S = 0.5
 MOVES_PER_ROUND = 4
 
 
+class Watches(Protocol):
+    """The watch hub (``rpc/watch.py``), as cluster mode uses it."""
+
+    def replayed(self, events: list[t.Event]) -> None: ...
+    def forget(self, shop_ids: Iterable[str]) -> None: ...
+    def shops(self) -> list[str]: ...
+
+
 class ClusterRuntime:
-    def __init__(self, config: Config, node: Node, address: str) -> None:
+    def __init__(
+        self, config: Config, node: Node, address: str, watches: Watches | None = None
+    ) -> None:
         self.config = config
         self.node = node
+        self.watches = watches
+        self._served: set[int] = set()  # shards served here (their watchers are here)
         self.address = address
         self.node_id = config.node_id or address
         self.shards = config.shards
@@ -128,25 +145,45 @@ class ClusterRuntime:
             owner = self.owners.get(index)
             if owner is not None and owner.node_id != self.node_id:
                 self.node.refuse(index, self._not_owner(index))
+                self._unserve(index)
+        for index, owner in self.owners.items():
+            if (owner.node_id == self.node_id and index in self.owned and own.valid()
+                    and index not in self._served and index not in self._restoring):  # fmt: skip
+                # refused while the lease could not be renewed (an etcd election): the key
+                # held, so the shard is still ours: read it back and serve it again
+                log.warning("shard %d: still owned after a lapse of the lease; restoring", index)
+                self._restore(index)
         share = math.ceil(self.shards / max(1, len(self.nodes)))
         free = [i for i in range(self.shards) if i not in self.owners]
-        for index in free:
-            if len(self.owned) >= share or not own.valid():
-                break
-            started = time.perf_counter()
-            shard = await self.member.claim(index)
-            if shard is None:
-                continue
-            self.node.serve(index, shard)
-            self.owners[index] = Owner(self.node_id, own.epoch(index), own.lease)  # the map
-            self.epoch_changes += 1
-            if self.metrics is not None:
-                self.metrics.replay.observe(time.perf_counter() - started)
-            log.info("shard %d: owned at epoch %d, rebuilt in %.3fs", index,
-                     own.epoch(index), time.perf_counter() - started)  # fmt: skip
+        if own.valid():
+            # claimed concurrently: a hand-off's shards (all freed at once) are served
+            # again after one takeover's time, not one after the other
+            wanted = free[: max(0, share - len(self.owned))]
+            claims = await asyncio.gather(*(self._claim(i) for i in wanted),
+                                          return_exceptions=True)  # fmt: skip
+            for index, outcome in zip(wanted, claims, strict=True):
+                if isinstance(outcome, BaseException):
+                    log.error("shard %d: the claim failed (the next round retries): %r",
+                              index, outcome)  # fmt: skip
         extra = len(self.owned) - share
         for index in sorted(self.owned, reverse=True)[: max(0, min(extra, MOVES_PER_ROUND))]:
             await self._hand_over(index)
+
+    async def _claim(self, index: int) -> None:
+        assert self.member is not None
+        own = self.member.ownership
+        started = time.perf_counter()
+        replayed: list[t.Event] = []
+        shard = await self.member.claim(index, replayed)
+        if shard is None:
+            return  # taken by another node meanwhile
+        self._serve(index, shard, replayed)
+        self.owners[index] = Owner(self.node_id, own.epoch(index), own.lease)  # the map
+        self.epoch_changes += 1
+        if self.metrics is not None:
+            self.metrics.replay.observe(time.perf_counter() - started)
+        log.info("shard %d: owned at epoch %d, rebuilt in %.3fs", index,
+                 own.epoch(index), time.perf_counter() - started)  # fmt: skip
 
     async def _hand_over(self, index: int) -> None:
         assert self.member is not None
@@ -157,6 +194,7 @@ class ClusterRuntime:
             await asyncio.sleep(0.01)
         await self.member.hand_over(index)
         self.owners.pop(index, None)
+        self._unserve(index)
         log.info("shard %d: handed over", index)
 
     async def _snapshot(self) -> None:
@@ -183,10 +221,29 @@ class ClusterRuntime:
             shard=index, owner=owner.node_id, address=address, epoch=owner.epoch,
         )  # fmt: skip
 
+    def _serve(self, index: int, shard: Shard, replayed: list[t.Event]) -> None:
+        """Serve shard ``index`` rebuilt from its stream; its watchers resume with the
+        events its replay re-emitted (``Hub.replayed``)."""
+        if self.watches is not None:
+            self.watches.replayed(replayed)
+        self.node.serve(index, shard)
+        self._served.add(index)
+
+    def _unserve(self, index: int) -> None:
+        """Shard ``index`` is no longer served here: its watch streams end (they reconnect
+        to its new owner)."""
+        if index not in self._served:
+            return
+        self._served.discard(index)
+        if self.watches is not None:
+            shops = self.watches.shops()
+            self.watches.forget(s for s in shops if shard_index(s, self.shards) == index)
+
     def _lost(self, indexes: list[int]) -> None:
         for index in indexes:
             self.owners.pop(index, None)
             self.node.refuse(index, self._not_owner(index))
+            self._unserve(index)
 
     def _restore(self, index: int) -> None:
         """A failed append: read the shard back from its stream if it is still ours."""
@@ -201,14 +258,18 @@ class ClusterRuntime:
                 member = self.member
                 if member is None or not member.ownership.owns(index):
                     self.node.refuse(index, self._not_owner(index))
+                    self._unserve(index)
                     return
+                replayed: list[t.Event] = []
                 try:
-                    shard = await member.storage.take_over(index, member.ownership.epoch(index))
+                    shard = await member.storage.take_over(
+                        index, member.ownership.epoch(index), replayed
+                    )
                 except Exception as exc:  # noqa: BLE001 - NATS away: try again shortly
                     log.error("shard %d: cannot be read back yet: %s", index, exc)
                     await asyncio.sleep(1.0)
                     continue
-                self.node.serve(index, shard)
+                self._serve(index, shard, replayed)
                 log.warning("shard %d: restored from its stream", index)
                 return
         finally:

@@ -220,7 +220,7 @@ class Server:
             from ..cluster.runtime import ClusterRuntime  # cluster mode's packages only then
 
             address = self.config.advertise or f"{self.config.host}:{self.port}"
-            cluster = ClusterRuntime(self.config, self.node, address)
+            cluster = ClusterRuntime(self.config, self.node, address, self.hub)
             if self.metrics is not None:
                 from ..cluster.metrics import ClusterMetrics
 

@@ -166,6 +166,48 @@ class Hub:
             watcher.put(Behind(seq, UNDONE))
             self.fell_behind.undone += 1
 
+    def replayed(self, events: list[t.Event]) -> None:
+        """Cluster mode: a shard was rebuilt from its log here (taken over, or read back),
+        and these are its replayed records' events, in order, with the seqs they were first
+        issued with. Each shop's ring keeps them, so a watcher that followed the shop from
+        its old owner resumes after its last seq with no gap and no duplicate; the ones
+        newer than a ring holds (durable, never published here) go to its watchers too."""
+        by_shop: dict[str, list[t.Event]] = {}
+        for event in events:
+            by_shop.setdefault(event.shop_id, []).append(event)
+        for shop_id, shop_events in by_shop.items():
+            ring = self.rings.get(shop_id)
+            if ring is None:  # kept as an idle ring: for the watchers about to reconnect
+                self.rings[shop_id] = deque(shop_events, maxlen=self.ring_size)
+                self._idle[shop_id] = None
+                continue
+            last = ring[-1].seq if ring else 0
+            newer = [e for e in shop_events if e.seq > last]
+            watchers = self.watchers.get(shop_id, ())
+            if newer and ring and newer[0].seq != last + 1:  # what the ring held is stale
+                ring.clear()
+                for watcher in watchers:
+                    watcher.put(Behind(newer[0].seq - 1, NOT_KEPT))
+            for event in newer:
+                ring.append(event)
+                for watcher in watchers:
+                    if watcher.wants(event):
+                        watcher.put(event)
+        self._trim_idle()
+
+    def forget(self, shop_ids: Iterable[str]) -> None:
+        """Cluster mode: these shops are served elsewhere now: their watch streams end (the
+        SDK reconnects to the new owner, after its last seq) and their rings go."""
+        for shop_id in list(shop_ids):
+            for watcher in self.watchers.pop(shop_id, ()):
+                watcher.close()
+            self.rings.pop(shop_id, None)
+            self._idle.pop(shop_id, None)
+
+    def shops(self) -> list[str]:
+        """The shops with a ring (watched, or recently)."""
+        return list(self.rings)
+
     def tee(self, other: Callable[[list[t.Event]], None]) -> Callable[[list[t.Event]], None]:
         """An event sink feeding this hub, then ``other`` (unless it is ``discard``)."""
         if other is discard:
@@ -207,6 +249,9 @@ class Hub:
             return
         del self.watchers[watcher.shop_id]
         self._idle[watcher.shop_id] = None
+        self._trim_idle()
+
+    def _trim_idle(self) -> None:
         while len(self._idle) > self.idle_rings:
             oldest, _ = self._idle.popitem(last=False)
             del self.rings[oldest]

@@ -22,6 +22,7 @@ from typing import Protocol
 from ..core import image
 from ..core.errors import FenliuError
 from ..core.shard import Shard
+from ..core.types import Event
 from . import codec
 
 log = logging.getLogger(__name__)
@@ -142,8 +143,9 @@ def load_snapshot(index: int, snapshots: SnapshotStore, log_start: int) -> tuple
     return shard, position
 
 
-def apply_record(shard: Shard, payload: bytes) -> None:
-    """Replay one journal record (accepted once, so it must apply again)."""
+def apply_record(shard: Shard, payload: bytes, events: list[Event] | None = None) -> None:
+    """Replay one journal record (accepted once, so it must apply again); its events (the
+    same seqs as when it was first applied) are added to ``events`` when given."""
     command = codec.decode_command(payload)
     try:
         shard.apply(command)
@@ -151,4 +153,6 @@ def apply_record(shard: Shard, payload: bytes) -> None:
         raise StorageError(
             f"shard {shard.index}: a journal record no longer applies: {exc}"
         ) from exc
+    if events is not None:
+        events.extend(shard.outbox)
     shard.outbox.clear()

@@ -50,6 +50,7 @@ from nats.js.object_store import ObjectStore
 
 from ..core import image
 from ..core.shard import Shard
+from ..core.types import Event
 from . import codec
 from .base import StorageError, apply_record
 
@@ -287,10 +288,11 @@ class JetStreamStorage:
 
     # ------------------------------------------------------------ ownership
 
-    async def take_over(self, index: int, epoch: int) -> Shard:
+    async def take_over(self, index: int, epoch: int, events: list[Event] | None = None) -> Shard:
         """Become shard ``index``'s writer at ``epoch``: fence every older owner off its
         stream (a takeover message), then rebuild the shard from the newest snapshot and
-        the messages up to the takeover.
+        the messages up to the takeover. The events of the records replayed (their
+        seqs as first issued) are added to ``events`` when given: watchers resume with them.
 
         Raises:
             AppendRefused: ``allowed`` says this node does not own the shard (any more).
@@ -325,7 +327,7 @@ class JetStreamStorage:
                 newest = entry.epoch
                 continue
             for record in entry.records:
-                apply_record(shard, record)
+                apply_record(shard, record, events)
         log_.stale = stale
         log_.position = seq
         log_.epoch = epoch

@@ -132,3 +132,35 @@ def test_a_linger_ends_early_once_the_buffer_is_half_full() -> None:
     early, still, taken = asyncio.run(main())
     assert not early and still
     assert taken == [1, 2, 3, 4]
+
+
+def test_a_replayed_shard_lets_watchers_resume_after_their_last_seq() -> None:
+    """Cluster mode: a new owner's replay keeps each shop's events (idle rings, bounded),
+    so a watcher from the old owner resumes with no gap and no duplicate."""
+    hub = Hub(ring_size=4, idle_rings=1)
+    hub.replayed(events("s", range(1, 7)) + events("t", range(1, 3)))
+    assert list(hub.rings) == ["t"]  # one idle ring kept: the newest
+    hub.replayed(events("s", range(1, 7)))
+    _, missed = hub.subscribe("s", "", head=6, after=3)
+    assert seqs(missed) == [4, 5, 6]
+    _, missed = hub.subscribe("s", "", head=6, after=1)
+    assert missed == [Behind(6, NOT_KEPT)]  # older than the ring keeps: re-read
+
+
+def test_a_read_back_delivers_only_what_its_watchers_never_got() -> None:
+    hub = Hub()
+    watcher, _ = hub.subscribe("s", "", head=0, after=None)
+    hub.publish(events("s", range(1, 3)))
+    hub.replayed(events("s", range(1, 5)))  # 3 and 4 were durable, never published
+    assert seqs(list(watcher.buffer)) == [1, 2, 3, 4]
+    hub.replayed(events("s", range(7, 9)))  # a gap: the ring was stale
+    assert seqs(list(watcher.buffer))[4:] == [Behind(6, NOT_KEPT), 7, 8]
+    assert [e.seq for e in hub.rings["s"]] == [7, 8]
+
+
+def test_forgotten_shops_end_their_watch_streams() -> None:
+    hub = Hub()
+    watcher, _ = hub.subscribe("s", "", head=0, after=None)
+    hub.subscribe("t", "", head=0, after=None)
+    hub.forget(["s"])
+    assert watcher.closed and "s" not in hub.rings and list(hub.watchers) == ["t"]
