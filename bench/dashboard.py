@@ -213,6 +213,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def bench(args: argparse.Namespace) -> None:
+    load_before = os.getloadavg()
     server = start_fenliu()
     target = f"127.0.0.1:{server.port}"
     board = start_dashboard(target, nice=args.dashboard_nice)
@@ -232,6 +233,7 @@ def bench(args: argparse.Namespace) -> None:
         delivered = []
         cpu: dict[str, dict[str, list[float]]] = {}
         per_decision: dict[str, list[int]] = {}
+        every: dict[str, dict[str, list[int]]] = {}  # mode -> process -> CPU us per decision
         for _ in range(args.rounds):
             for pages in modes:  # interleaved, so drift hits every mode alike
                 opened = Pages(board.port, pages) if pages else None
@@ -246,8 +248,10 @@ def bench(args: argparse.Namespace) -> None:
                     spent = cpu_s(v) - before[k]
                     cores = round(spent / args.seconds, 2)
                     cpu.setdefault(mode, {}).setdefault(k, []).append(cores)
+                    spent_us = round(spent / max(n, 1) * 1e6)
+                    every.setdefault(mode, {}).setdefault(k, []).append(spent_us)
                     if k == "fenliu":
-                        per_decision.setdefault(mode, []).append(round(spent / n * 1e6))
+                        per_decision.setdefault(mode, []).append(spent_us)
                 rates[pages].append(n / args.seconds)
                 if opened is not None:
                     delivered.append(opened.close())
@@ -261,6 +265,23 @@ def bench(args: argparse.Namespace) -> None:
         board.stop()
         server.stop()
     medians = {k: statistics.median(v) for k, v in rates.items()}
+    # CPU per decision by process (medians of the rounds): steadier than the rates on a
+    # shared machine, and it says who pays. On 2 saturated cores the rate goes as 1 / the
+    # CPU of every process per decision; with the dashboard (and its pages) elsewhere, as
+    # 1 / fenliu's and the load generator's.
+    cpu_us = {mode: {k: statistics.median(v) for k, v in c.items()} for mode, c in every.items()}
+    base = cpu_us["0_pages"]
+    routing = ("fenliu", "load_generator")
+    modelled = {
+        mode: {
+            "same_2_cores": round(sum(base.values()) / sum(c.values()), 3),
+            "dashboard_elsewhere": round(
+                sum(base[k] for k in routing) / sum(c[k] for k in routing), 3
+            ),
+            "fenliu_alone": round(base["fenliu"] / c["fenliu"], 3),
+        }
+        for mode, c in cpu_us.items()
+    }
     record = {
         "seconds": args.seconds,
         "rounds": args.rounds,
@@ -271,6 +292,8 @@ def bench(args: argparse.Namespace) -> None:
         "sse_messages_read_per_round": delivered,
         "cores_used_while_routing": cpu,
         "fenliu_cpu_us_per_decision": per_decision,
+        "cpu_us_per_decision_by_process": cpu_us,
+        "ratio_by_cpu": modelled,
         "route_to_page_ms": {
             "via": "an SSE client in the bench process, with the pages open",
             "samples": len(measured),
@@ -279,6 +302,7 @@ def bench(args: argparse.Namespace) -> None:
             "max": round(max(measured), 1),
         },
         "dashboard_nice": args.dashboard_nice,
+        "load_average_before": load_before,
         "load_average": os.getloadavg(),
     }
     print(json.dumps(record, indent=2))
