@@ -48,10 +48,13 @@ log = logging.getLogger(__name__)
 _SNAPSHOT = "snapshot-{:016d}.snap"
 KEEP_SNAPSHOTS = 2
 COMMIT_INTERVAL_S = 0.001
-"""The writer starts a commit cycle at most this often: a change after a quiet spell is
-written at once, but under load each fsync carries ~1 ms of changes instead of the few
-that came during the last one (on a fast disk ~1 call a cycle: one fsync's ~55 us of
-kernel CPU and two thread wake-ups per call). The callers wait for the CPU far longer."""
+"""Under load the writer starts a commit cycle at most this often: when appends queued up
+while the last cycle was written, the next one waits for this much time since the last
+began, so each fsync carries ~1 ms of changes instead of the few that came during the
+last one (on a fast disk ~1 call a cycle: one fsync's ~55 us of kernel CPU and two thread
+wake-ups per call; the callers then wait for the CPU far longer than 1 ms). When the
+writer has caught up (it waited for an append), the next cycle starts at once: a lone
+caller's changes are never held."""
 MANIFEST = "MANIFEST"
 LOCK = "LOCK"
 
@@ -218,12 +221,16 @@ class FilesStorage:
         take, take_now = self._queue.get, self._queue.get_nowait
         started = 0.0
         while True:
-            first = take()
+            try:  # queued while the last cycle was written: the writer is the bottleneck
+                first = take_now()
+                busy = True
+            except queue.Empty:  # it waits for the callers: write the next one at once
+                first = take()
+                busy = False
             if first is None:
                 return
-            wait = started + COMMIT_INTERVAL_S - time.monotonic()
-            if wait > 0:  # the last cycle began just now: let this one gather more
-                time.sleep(wait)
+            if busy and (wait := started + COMMIT_INTERVAL_S - time.monotonic()) > 0:
+                time.sleep(wait)  # the last cycle began just now: let this one gather more
             started = time.monotonic()
             queued = [first]
             stop = False
