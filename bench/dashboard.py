@@ -168,6 +168,26 @@ class Pages:
 # ---------------------------------------------------------------- routing
 
 
+async def paced(target: str, seconds: float, rate: float, workers: int, ids: Any) -> int:
+    """Route + end pairs at ``rate`` a second (open loop, ``workers`` callers) for
+    ``seconds``: the same events in every mode, so the dashboard's CPU compares."""
+    done = 0
+    tickets = itertools.count()
+    async with AsyncClient(target) as fenliu:
+        start = time.perf_counter()
+
+        async def worker() -> None:
+            nonlocal done
+            while (due := start + next(tickets) / rate) < start + seconds:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                decision = await fenliu.route(SHOP, f"p{next(ids)}")
+                await fenliu.end_sessions(SHOP, [decision.session_id])
+                done += 1
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+    return done
+
+
 async def delays(target: str, port: int, samples: int, pace: float) -> list[float]:
     """Route -> arrival of its assigned event at an SSE client, in ms."""
     sent: dict[str, float] = {}
@@ -256,6 +276,25 @@ def bench(args: argparse.Namespace) -> None:
                 if opened is not None:
                     delivered.append(opened.close())
                 time.sleep(0.5)  # the feed retires (--linger 0) before the next 0-page round
+        # The same paced load in every mode: what the dashboard and the pages cost per
+        # second at a rate fenliu keeps up with (fenliu then has CPU to spare).
+        at_rate: dict[str, dict[str, list[float]]] = {}
+        for _ in range(args.rounds if args.rate else 0):
+            for pages in modes:
+                opened = Pages(board.port, pages) if pages else None
+                procs = {"fenliu": server.proc.pid, "dashboard": board.proc.pid}
+                if opened is not None:
+                    procs["sse_readers"] = opened.proc.pid
+                before = {k: cpu_s(v) for k, v in procs.items()}
+                n = asyncio.run(paced(target, args.seconds, args.rate, args.workers, ids))
+                mode = f"{pages}_pages"
+                for k, v in procs.items():
+                    cores = (cpu_s(v) - before[k]) / args.seconds
+                    at_rate.setdefault(mode, {}).setdefault(k, []).append(round(cores, 3))
+                at_rate[mode].setdefault("decisions_per_s", []).append(round(n / args.seconds))
+                if opened is not None:
+                    opened.close()
+                time.sleep(0.5)
         opened = Pages(board.port, args.pages)
         try:
             measured = asyncio.run(delays(target, board.port, args.samples, args.pace))
@@ -293,6 +332,10 @@ def bench(args: argparse.Namespace) -> None:
         "cores_used_while_routing": cpu,
         "fenliu_cpu_us_per_decision": per_decision,
         "cpu_us_per_decision_by_process": cpu_us,
+        "cores_at_a_fixed_rate": {
+            "rate": args.rate,
+            **{m: {k: statistics.median(v) for k, v in c.items()} for m, c in at_rate.items()},
+        },
         "ratio_by_cpu": modelled,
         "route_to_page_ms": {
             "via": "an SSE client in the bench process, with the pages open",
@@ -400,6 +443,9 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=20)
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--pace", type=float, default=0.05)
+    parser.add_argument(
+        "--rate", type=float, default=1000, help="decisions/s of the paced rounds (0: none)"
+    )
     parser.add_argument("--dashboard-nice", type=int, default=0, help="run it under nice -n N")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # the children are stopped too
