@@ -11,7 +11,11 @@ stream (each parses every message, as a page would). This process drives routing
 gRPC: workers route a new buyer and end its session, over and over, in the watched shop.
 Modes alternate within one run: 0 pages (the dashboard then watches nothing: ``--linger
 0``), 1 page and 20 pages (one watch stream either way: the difference is the fan-out).
-Then, with the 20 pages open, Route -> page delay: routes paced every 50 ms, each timed
+Each process's CPU per decision is reported too, and the ratio it implies (on 2 saturated
+cores the rate goes as 1 / the CPU every process spends per decision). Then the same
+modes under a paced load (``--rate`` decisions/s, open loop): the dashboard's and the
+pages' cores at the same events in every mode. Then, with the 20 pages open, Route ->
+page delay: routes paced every 50 ms, each timed
 from just before the Route call to the arrival of its ``assigned`` event at an SSE client
 in this process (an SSE client, not a browser: the browser's rendering is not in it).
 Prints one JSON record.
