@@ -28,8 +28,11 @@ def test_appends_queued_during_a_cycle_are_all_written_by_the_next_one(tmp_path:
 
         wal.write = held_write  # type: ignore[method-assign,assignment]
         first = storage.append([(0, [encode_command(register(shops[0], "a0"))])])
-        while not entered.is_set():
+        for _ in range(3000):  # up to 30 s on a loaded machine
+            if entered.is_set():
+                break
             await asyncio.sleep(0.01)
+        assert entered.is_set(), "the writer thread never took the first append"
         later = [
             storage.append([(i, [encode_command(register(shops[i], f"a{i}"))])])
             for i in range(1, SHARDS)
