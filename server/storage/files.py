@@ -204,7 +204,7 @@ class FilesStorage:
             return future
         if self._writer is None:
             self._writer = threading.Thread(
-                target=self._write_cycles, args=(loop,), name="fenliu-journal", daemon=True
+                target=self._write_cycles, name="fenliu-journal", daemon=True
             )
             self._writer.start()
         self._queue.put((batches, future))
@@ -214,9 +214,10 @@ class FilesStorage:
         queued, self._inline = self._inline, []
         self._settle(queued, *_write(self.wal, [b for appended, _ in queued for b in appended]))
 
-    def _write_cycles(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _write_cycles(self) -> None:
         """The writer thread: everything queued meanwhile is one cycle (one write, one
-        fsync), then its outcome goes back to the loop; ends at the ``None`` of close."""
+        fsync), then its outcome goes back to the loop of each caller; ends at the ``None``
+        of close."""
         _name_thread(b"fenliu-journal")  # so that /proc (and the bench) can tell it apart
         take, take_now = self._queue.get, self._queue.get_nowait
         started = 0.0
@@ -242,10 +243,12 @@ class FilesStorage:
                         break
                     queued.append(cycle)
             outcome = _write(self.wal, [batch for appended, _ in queued for batch in appended])
-            try:
-                loop.call_soon_threadsafe(self._settle, queued, *outcome)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                return
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Cycle]] = {}
+            for cycle in queued:  # (one loop, unless the storage outlived one)
+                by_loop.setdefault(cycle[1].get_loop(), []).append(cycle)
+            for loop, cycles in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits
+                    loop.call_soon_threadsafe(self._settle, cycles, *outcome)
             if stop:
                 return
 

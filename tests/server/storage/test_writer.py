@@ -8,7 +8,9 @@ import errno
 import threading
 from pathlib import Path
 
+from fenliu.server.node import Node
 from fenliu.server.storage.codec import encode_command
+from fenliu.server.storage.files import FilesStorage
 
 from .conftest import load, open_node
 from .test_group_commit import SHARDS, register, shops_per_shard, teams
@@ -79,3 +81,25 @@ def test_the_writer_thread_is_named_in_proc(tmp_path: Path) -> None:
         return names
 
     assert "fenliu-journal" in asyncio.run(main())
+
+
+def test_a_storage_used_from_a_second_loop_still_answers(tmp_path: Path) -> None:
+    """The writer thread answers each append on its caller's loop: a storage opened in one
+    ``asyncio.run`` and used in the next (tools, tests) is not left waiting forever."""
+
+    async def first() -> tuple[Node, FilesStorage]:
+        node, storage = open_node(tmp_path, SHARDS, fsync=True)
+        await node.execute(register(shops_per_shard(node.dispatcher)[0], "a0"))
+        return node, storage
+
+    node, storage = asyncio.run(first())
+
+    async def second() -> None:
+        shop = shops_per_shard(node.dispatcher)[1]
+        await asyncio.wait_for(node.execute(register(shop, "a1")), 30)
+
+    try:
+        asyncio.run(second())
+    finally:
+        storage.close()
+    assert teams(load(tmp_path, SHARDS))[:2] == [["a0"], ["a1"]]
