@@ -1,18 +1,35 @@
 """The feed's SSE messages: a lone event goes out at once, a burst is coalesced into one
 message per ``FLUSH_DELAY`` (each message costs a write per open page), every event once
-and in order; a page's writer sends what queued up meanwhile in one write."""
+and in order; a page's writer sends what queued up meanwhile in one write.
+
+Each case runs in a process of its own: importing the dashboard here would add it to the
+SDK package's names (``test_client``'s check of ``__all__`` runs in this process)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-
-import pytest
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fenliu.client import AsyncClient, Event, EventKind, Reason
-from fenliu.client.dashboard import _feed
-from fenliu.client.dashboard._app import _drain
-from fenliu.client.dashboard._feed import ShopFeed, Subscriber
+
+if TYPE_CHECKING:
+    from fenliu.client.dashboard._feed import Subscriber
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def in_a_process(case: str) -> Any:
+    """``case()`` of this module run by another interpreter; what it returned (JSON)."""
+    code = f"import json, tests.client.dashboard.test_feed as t; print(json.dumps(t.{case}()))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def event(seq: int) -> Event:
@@ -40,18 +57,18 @@ async def turns(n: int = 5) -> None:
         await asyncio.sleep(0)
 
 
-def test_a_lone_event_goes_at_once_and_a_burst_waits_for_the_flush_delay(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Long enough that no stall of a loaded machine reaches them: the test waits on
+def lone_and_burst() -> list[list[list[int]]]:
+    from fenliu.client.dashboard import _feed
+
+    # Long enough that no stall of a loaded machine reaches them: the case waits on
     # nothing but the loop's own turns.
-    monkeypatch.setattr(_feed, "FLUSH_DELAY", 60.0)
-    monkeypatch.setattr(_feed, "QUIET", 30.0)
+    _feed.FLUSH_DELAY = 60.0
+    _feed.QUIET = 30.0
 
     async def main() -> list[list[list[int]]]:
         fenliu = AsyncClient("127.0.0.1:1")  # never called: the feed is fed by hand
         try:
-            feed = ShopFeed(fenliu, "shop1")
+            feed = _feed.ShopFeed(fenliu, "shop1")
             sub = feed.subscribe(None)
             seen = [events_in(sub)]
             feed._on_item(event(1))  # after a quiet spell (none before): at once
@@ -69,15 +86,21 @@ def test_a_lone_event_goes_at_once_and_a_burst_waits_for_the_flush_delay(
         finally:
             await fenliu.close()
 
-    hello, lone, burst, quiet = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_lone_event_goes_at_once_and_a_burst_waits_for_the_flush_delay() -> None:
+    hello, lone, burst, quiet = in_a_process("lone_and_burst")
     assert hello == []
     assert lone == [[1]]
     assert burst == []
     assert quiet == [[2, 3, 4]]
 
 
-def test_a_page_writer_takes_everything_queued_in_one_write() -> None:
-    async def main() -> tuple[list[bytes], bool, list[bytes], bool]:
+def drained() -> list[Any]:
+    from fenliu.client.dashboard._app import _drain
+
+    async def main() -> list[Any]:
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         for message in (b"b", b"c"):
             queue.put_nowait(message)
@@ -86,8 +109,12 @@ def test_a_page_writer_takes_everything_queued_in_one_write() -> None:
         queue.put_nowait(None)
         queue.put_nowait(b"after the end")
         last, closed = _drain(queue, b"d")
-        return chunks, end, last, closed
+        return [[c.decode() for c in chunks], end, [c.decode() for c in last], closed]
 
-    chunks, end, last, closed = asyncio.run(main())
-    assert (chunks, end) == ([b"a", b"b", b"c"], False)
-    assert (last, closed) == ([b"d", b"e"], True)
+    return asyncio.run(main())
+
+
+def test_a_page_writer_takes_everything_queued_in_one_write() -> None:
+    chunks, end, last, closed = in_a_process("drained")
+    assert (chunks, end) == (["a", "b", "c"], False)
+    assert (last, closed) == (["d", "e"], True)
