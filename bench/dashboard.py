@@ -11,7 +11,11 @@ stream (each parses every message, as a page would). This process drives routing
 gRPC: workers route a new buyer and end its session, over and over, in the watched shop.
 Modes alternate within one run: 0 pages (the dashboard then watches nothing: ``--linger
 0``), 1 page and 20 pages (one watch stream either way: the difference is the fan-out).
-Then, with the 20 pages open, Route -> page delay: routes paced every 50 ms, each timed
+Each process's CPU per decision is reported too, and the ratio it implies (on 2 saturated
+cores the rate goes as 1 / the CPU every process spends per decision). Then the same
+modes under a paced load (``--rate`` decisions/s, open loop): the dashboard's and the
+pages' cores at the same events in every mode. Then, with the 20 pages open, Route ->
+page delay: routes paced every 50 ms, each timed
 from just before the Route call to the arrival of its ``assigned`` event at an SSE client
 in this process (an SSE client, not a browser: the browser's rendering is not in it).
 Prints one JSON record.
@@ -168,6 +172,26 @@ class Pages:
 # ---------------------------------------------------------------- routing
 
 
+async def paced(target: str, seconds: float, rate: float, workers: int, ids: Any) -> int:
+    """Route + end pairs at ``rate`` a second (open loop, ``workers`` callers) for
+    ``seconds``: the same events in every mode, so the dashboard's CPU compares."""
+    done = 0
+    tickets = itertools.count()
+    async with AsyncClient(target) as fenliu:
+        start = time.perf_counter()
+
+        async def worker() -> None:
+            nonlocal done
+            while (due := start + next(tickets) / rate) < start + seconds:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                decision = await fenliu.route(SHOP, f"p{next(ids)}")
+                await fenliu.end_sessions(SHOP, [decision.session_id])
+                done += 1
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+    return done
+
+
 async def delays(target: str, port: int, samples: int, pace: float) -> list[float]:
     """Route -> arrival of its assigned event at an SSE client, in ms."""
     sent: dict[str, float] = {}
@@ -213,6 +237,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def bench(args: argparse.Namespace) -> None:
+    load_before = os.getloadavg()
     server = start_fenliu()
     target = f"127.0.0.1:{server.port}"
     board = start_dashboard(target, nice=args.dashboard_nice)
@@ -232,6 +257,7 @@ def bench(args: argparse.Namespace) -> None:
         delivered = []
         cpu: dict[str, dict[str, list[float]]] = {}
         per_decision: dict[str, list[int]] = {}
+        every: dict[str, dict[str, list[int]]] = {}  # mode -> process -> CPU us per decision
         for _ in range(args.rounds):
             for pages in modes:  # interleaved, so drift hits every mode alike
                 opened = Pages(board.port, pages) if pages else None
@@ -246,12 +272,33 @@ def bench(args: argparse.Namespace) -> None:
                     spent = cpu_s(v) - before[k]
                     cores = round(spent / args.seconds, 2)
                     cpu.setdefault(mode, {}).setdefault(k, []).append(cores)
+                    spent_us = round(spent / max(n, 1) * 1e6)
+                    every.setdefault(mode, {}).setdefault(k, []).append(spent_us)
                     if k == "fenliu":
-                        per_decision.setdefault(mode, []).append(round(spent / n * 1e6))
+                        per_decision.setdefault(mode, []).append(spent_us)
                 rates[pages].append(n / args.seconds)
                 if opened is not None:
                     delivered.append(opened.close())
                 time.sleep(0.5)  # the feed retires (--linger 0) before the next 0-page round
+        # The same paced load in every mode: what the dashboard and the pages cost per
+        # second at a rate fenliu keeps up with (fenliu then has CPU to spare).
+        at_rate: dict[str, dict[str, list[float]]] = {}
+        for _ in range(args.rounds if args.rate else 0):
+            for pages in modes:
+                opened = Pages(board.port, pages) if pages else None
+                procs = {"fenliu": server.proc.pid, "dashboard": board.proc.pid}
+                if opened is not None:
+                    procs["sse_readers"] = opened.proc.pid
+                before = {k: cpu_s(v) for k, v in procs.items()}
+                n = asyncio.run(paced(target, args.seconds, args.rate, args.workers, ids))
+                mode = f"{pages}_pages"
+                for k, v in procs.items():
+                    cores = (cpu_s(v) - before[k]) / args.seconds
+                    at_rate.setdefault(mode, {}).setdefault(k, []).append(round(cores, 3))
+                at_rate[mode].setdefault("decisions_per_s", []).append(round(n / args.seconds))
+                if opened is not None:
+                    opened.close()
+                time.sleep(0.5)
         opened = Pages(board.port, args.pages)
         try:
             measured = asyncio.run(delays(target, board.port, args.samples, args.pace))
@@ -261,6 +308,23 @@ def bench(args: argparse.Namespace) -> None:
         board.stop()
         server.stop()
     medians = {k: statistics.median(v) for k, v in rates.items()}
+    # CPU per decision by process (medians of the rounds): steadier than the rates on a
+    # shared machine, and it says who pays. On 2 saturated cores the rate goes as 1 / the
+    # CPU of every process per decision; with the dashboard (and its pages) elsewhere, as
+    # 1 / fenliu's and the load generator's.
+    cpu_us = {mode: {k: statistics.median(v) for k, v in c.items()} for mode, c in every.items()}
+    base = cpu_us["0_pages"]
+    routing = ("fenliu", "load_generator")
+    modelled = {
+        mode: {
+            "same_2_cores": round(sum(base.values()) / sum(c.values()), 3),
+            "dashboard_elsewhere": round(
+                sum(base[k] for k in routing) / sum(c[k] for k in routing), 3
+            ),
+            "fenliu_alone": round(base["fenliu"] / c["fenliu"], 3),
+        }
+        for mode, c in cpu_us.items()
+    }
     record = {
         "seconds": args.seconds,
         "rounds": args.rounds,
@@ -271,6 +335,12 @@ def bench(args: argparse.Namespace) -> None:
         "sse_messages_read_per_round": delivered,
         "cores_used_while_routing": cpu,
         "fenliu_cpu_us_per_decision": per_decision,
+        "cpu_us_per_decision_by_process": cpu_us,
+        "cores_at_a_fixed_rate": {
+            "rate": args.rate,
+            **{m: {k: statistics.median(v) for k, v in c.items()} for m, c in at_rate.items()},
+        },
+        "ratio_by_cpu": modelled,
         "route_to_page_ms": {
             "via": "an SSE client in the bench process, with the pages open",
             "samples": len(measured),
@@ -279,6 +349,7 @@ def bench(args: argparse.Namespace) -> None:
             "max": round(max(measured), 1),
         },
         "dashboard_nice": args.dashboard_nice,
+        "load_average_before": load_before,
         "load_average": os.getloadavg(),
     }
     print(json.dumps(record, indent=2))
@@ -376,6 +447,9 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=20)
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--pace", type=float, default=0.05)
+    parser.add_argument(
+        "--rate", type=float, default=1000, help="decisions/s of the paced rounds (0: none)"
+    )
     parser.add_argument("--dashboard-nice", type=int, default=0, help="run it under nice -n N")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # the children are stopped too

@@ -6,10 +6,16 @@
 Each round starts a fresh ``fenliu-server`` per mode (no data directory; a data directory
 with fsync on), registers the same team, and drives closed-loop Routes of buyers never
 seen before (every one a real rule-6 decision: ASSIGNED by the strategy, never a retry)
-from client processes, ``--inflight`` calls in flight in all. Modes alternate within a
-round, so both see the same machine noise. Reported per mode: decisions/s and the
-server's CPU per decision (user + system time of its process, from /proc), their medians
-over the rounds, and the cost of the journal = 1 - fsync / off for each.
+from client processes, ``--inflight`` calls in flight in all. Each round measures every
+in-flight count and mode, the order alternating from round to round, so all see the same
+machine noise. Reported per mode: decisions/s and the server's CPU per decision (user +
+system time of its process, from /proc; split into its main thread, the journal's
+writer thread and the rest: grpc's threads), their medians over the rounds, and the
+cost of the journal = 1 - fsync / off, per round and its median, with the rounds'
+spread (the noise) and the load average around each round.
+
+    python bench/journal_grpc.py --inflight 64 1024 --seconds 4 --rounds 7
+    python bench/journal_grpc.py --python /other/venv/bin/python ...   # another build too
 """
 
 from __future__ import annotations
@@ -41,6 +47,25 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def server_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds by thread: the main thread, the journal's writer, the rest (grpc's)."""
+    out = {"main": 0.0, "journal": 0.0, "other": 0.0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # ended meanwhile
+            continue
+        if task.name == str(pid):
+            kind = "main"
+        elif name.startswith("fenliu-journal"):
+            kind = "journal"
+        else:
+            kind = "other"
+        out[kind] += (int(fields[11]) + int(fields[12])) / TICKS
+    return out
 
 
 async def _setup(target: str) -> None:
@@ -110,9 +135,13 @@ def _client(target: str, proc: int, inflight: int, start: float, stop: float) ->
     return asyncio.run(_drive(target, proc, inflight, start, stop))
 
 
-def measure(mode: str, inflight: int, seconds: float, procs: int) -> dict[str, float]:
+def measure(
+    mode: str, inflight: int, seconds: float, procs: int, python: str = ""
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="fenliu-bench-") as tmp:
-        server = ServerProcess(data_dir=tmp if mode == "fsync" else "", fsync=True)
+        server = ServerProcess(data_dir=tmp if mode != "off" else "", fsync=True)
+        if python:  # another build's server (an A/B of two builds in one run)
+            server.args[0] = python
         target = server.start()
         try:
             asyncio.run(_setup(target))
@@ -127,45 +156,70 @@ def measure(mode: str, inflight: int, seconds: float, procs: int) -> dict[str, f
                 ]
                 time.sleep(max(0.0, start - time.time()))
                 cpu0 = server_cpu_s(server.proc.pid)
+                threads0 = thread_cpu_s(server.proc.pid)
                 time.sleep(max(0.0, stop - time.time()))
                 cpu1 = server_cpu_s(server.proc.pid)
+                threads1 = thread_cpu_s(server.proc.pid)
                 done = sum(job.get(timeout=seconds + 60) for job in jobs)
         finally:
             server.stop()
-    return {"per_s": done / seconds, "cpu_us_per_call": (cpu1 - cpu0) / max(done, 1) * 1e6}
+    calls = max(done, 1)
+    result = {"per_s": done / seconds, "cpu_us_per_call": (cpu1 - cpu0) / calls * 1e6}
+    for kind, spent in threads1.items():
+        result[f"{kind}_us_per_call"] = (spent - threads0.get(kind, 0.0)) / calls * 1e6
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inflight", type=int, nargs="+", default=[64, 1024])
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--procs", type=int, default=2, help="client processes")
+    parser.add_argument(
+        "--python", default="", help="also measure fsync with this interpreter's fenliu (A/B)"
+    )
     args = parser.parse_args()
     record: dict[str, Any] = {"load_average": os.getloadavg(), "seconds": args.seconds}
-    for inflight in args.inflight:
-        runs: dict[str, list[dict[str, float]]] = {"off": [], "fsync": []}
-        for r in range(args.rounds):
-            for mode in ("off", "fsync") if r % 2 == 0 else ("fsync", "off"):
-                runs[mode].append(measure(mode, inflight, args.seconds, args.procs))
-                print(f"{inflight} in flight, round {r + 1}, {mode}: {runs[mode][-1]}",
+    modes = ["off", "fsync"] + (["fsync_other"] if args.python else [])
+    runs = {n: {mode: [] for mode in modes} for n in args.inflight}
+    loads: list[float] = []
+    for r in range(args.rounds):
+        loads.append(os.getloadavg()[0])
+        order = modes if r % 2 == 0 else modes[::-1]
+        for inflight in args.inflight if r % 2 == 0 else args.inflight[::-1]:
+            for mode in order:
+                python = args.python if mode == "fsync_other" else ""
+                result = measure(mode, inflight, args.seconds, args.procs, python)
+                runs[inflight][mode].append(result)
+                print(f"{inflight} in flight, round {r + 1}, {mode}: "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in result.items()),
                       file=sys.stderr, flush=True)  # fmt: skip
+    loads.append(os.getloadavg()[0])
+    record["load_average_by_round"] = [round(x, 1) for x in loads]
+    for inflight in args.inflight:
+        rs = runs[inflight]
         med = {
-            mode: {k: statistics.median(run[k] for run in rs) for k in rs[0]}
-            for mode, rs in runs.items()
+            mode: {k: round(statistics.median(run[k] for run in rr), 1) for k in rr[0]}
+            for mode, rr in rs.items()
         }
-        ratios = [f["per_s"] / o["per_s"] for f, o in zip(runs["fsync"], runs["off"], strict=True)]
-        record[str(inflight)] = {
-            **med,
-            "cost_throughput": round(1 - statistics.median(ratios), 3),
-            "cost_by_round": [round(1 - x, 3) for x in ratios],
-            "cost_cpu_per_call": round(
-                1 - med["off"]["cpu_us_per_call"] / med["fsync"]["cpu_us_per_call"], 3
-            ),
-        }
-        spread = max(ratios) - min(ratios)
-        if spread > 0.15:
-            record[str(inflight)]["warning"] = f"rounds disagree by {spread:.2f}: noisy machine"
+        entry: dict[str, Any] = {**med}
+        for mode in modes[1:]:
+            ratios = [f["per_s"] / o["per_s"] for f, o in zip(rs[mode], rs["off"], strict=True)]
+            costs = sorted(1 - x for x in ratios)
+            q1, _, q3 = statistics.quantiles(costs, n=4) if len(costs) > 1 else costs * 3
+            entry[f"cost_{mode}"] = {
+                "median": round(statistics.median(costs), 3),
+                "by_round": [round(1 - x, 3) for x in ratios],
+                "quartiles": [round(q1, 3), round(q3, 3)],
+                "cpu_per_call": round(
+                    1 - med["off"]["cpu_us_per_call"] / med[mode]["cpu_us_per_call"], 3
+                ),
+            }
+            spread = costs[-1] - costs[0]
+            if spread > 0.15:
+                entry[f"cost_{mode}"]["warning"] = f"rounds disagree by {spread:.2f}: noisy"
+        record[str(inflight)] = entry
     record["load_average_after"] = os.getloadavg()
     print(json.dumps(record, indent=2))
 

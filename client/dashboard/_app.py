@@ -94,6 +94,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _drain(queue: asyncio.Queue[bytes | None], first: bytes) -> tuple[list[bytes], bool]:
+    """``first`` and every message already queued after it; True when the end (None) came."""
+    chunks = [first]
+    while not queue.empty():
+        message = queue.get_nowait()
+        if message is None:
+            return chunks, True
+        chunks.append(message)
+    return chunks, False
+
+
 class Dashboard:
     """The aiohttp application and the feeds it keeps (one per shop watched)."""
 
@@ -272,14 +283,25 @@ class Dashboard:
             retiring.cancel()
         try:
             await response.write(b"retry: 1000\n\n")
+            queue = sub.queue
             while True:
-                try:
-                    message = await asyncio.wait_for(sub.queue.get(), HEARTBEAT)
-                except TimeoutError:
-                    message = b": keep-alive\n\n"
+                if queue.empty():
+                    try:
+                        message = await asyncio.wait_for(queue.get(), HEARTBEAT)
+                    except TimeoutError:
+                        message = b": keep-alive\n\n"
+                else:
+                    message = queue.get_nowait()
                 if message is None:
                     break
-                await response.write(message)
+                if queue.empty():
+                    await response.write(message)
+                    continue
+                # What queued up meanwhile goes in the same write (one send per page).
+                chunks, end = _drain(queue, message)
+                await response.write(b"".join(chunks))
+                if end:
+                    break
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

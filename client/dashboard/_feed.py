@@ -49,7 +49,8 @@ REFRESH_INTERVAL = 0.25  # at most four re-reads a second, however busy the shop
 SAMPLE_INTERVAL = 2.0  # re-read at least this often: waits tick, charts fill, links fail
 BACKFILL_TIMEOUT = 3.0
 FENLIU_RING = 1000  # a little less than the events fenliu keeps of a watched shop (1,024)
-FLUSH_DELAY = 0.01  # under a burst, events go out as one SSE message per 10 ms
+FLUSH_DELAY = 0.05  # under a burst, events go out as one SSE message per 50 ms
+QUIET = 0.03  # an event after this long without one goes out at once
 CLIENT_BUFFER = 1024  # SSE messages a page may lag before it is dropped (it reconnects)
 HOUR_BUCKET_MS = 10_000
 DAY_BUCKET_MS = 300_000
@@ -209,6 +210,7 @@ class ShopFeed:
         self._pending: list[dict[str, Any]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._last_flush = 0.0
+        self._last_event = -math.inf  # when the last event came (loop time)
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._caught_up_at: int | None = None
@@ -344,12 +346,20 @@ class ShopFeed:
             if item.status is not None:
                 self._status[item.agent_id] = [_name(item.status), item.at_ms, True]
             self._pending.append(data)
-            if self._flush_handle is None:
-                # The first event after a quiet spell goes out at once (with whatever else
-                # this loop iteration brings); under a burst, one message per FLUSH_DELAY.
-                loop = asyncio.get_running_loop()
-                wait = self._last_flush + FLUSH_DELAY - loop.time()
+            # The first event after a quiet spell goes out at once (with whatever else this
+            # loop iteration brings); under a burst (fenliu's messages ~20 ms apart), one
+            # message per FLUSH_DELAY: each message costs a write per page open.
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            handle = self._flush_handle
+            if now - self._last_event >= QUIET:
+                if handle is not None:
+                    handle.cancel()
+                self._flush_handle = loop.call_later(0.0, self._flush)
+            elif handle is None:
+                wait = self._last_flush + FLUSH_DELAY - now
                 self._flush_handle = loop.call_later(max(0.0, wait), self._flush)
+            self._last_event = now
             self._dirty.set()
         elif isinstance(item, FellBehind):
             # Any cause (NOT_KEPT, OVERFLOW, or one a newer fenliu adds): what came before

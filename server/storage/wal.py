@@ -66,7 +66,8 @@ class _Segment:
 
 
 class Wal:
-    """The log of ``shards`` shards under ``root``; writes run in one worker thread."""
+    """The log of ``shards`` shards under ``root``; writes run in one writer thread
+    (``files.FilesStorage``'s)."""
 
     def __init__(
         self,
