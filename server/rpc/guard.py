@@ -121,13 +121,17 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     metrics.observe_response(response)
                 return response
             except AccessError as exc:
+                # counted before the refusal is sent: the caller may act on it at once
                 code = ACCESS_CODES[type(exc)].name
+                self._end(method, code, started, caller)
+                code = ""
                 await abort(context, exc)
             except BaseException as exc:
                 code = _code_of(exc, context)
                 raise
             finally:
-                self._end(method, code, started, caller)
+                if code:
+                    self._end(method, code, started, caller)
 
         return guarded
 
@@ -148,13 +152,17 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 async for response in inner(request, context):
                     yield response
             except AccessError as exc:
+                # counted before the refusal is sent: the caller may act on it at once
                 code = ACCESS_CODES[type(exc)].name
+                self._end(method, code, started, caller)
+                code = ""
                 await abort(context, exc)
             except BaseException as exc:
                 code = _code_of(exc, context)
                 raise
             finally:
-                self._end(method, code, started, caller)
+                if code:
+                    self._end(method, code, started, caller)
 
         return guarded
 

@@ -64,7 +64,14 @@ def test_the_scrape_counts_calls_decisions_and_state(server: ServerThread) -> No
             fenliu.route("m-shop", "")
     with Client(server.target, retries=0) as stranger, pytest.raises(Unauthenticated):
         stranger.route("m-shop", "buyer-3")
+    # A call is counted as it ends, just after its answer was sent: wait for the fifth
+    # Route to be counted (a wait, not a timing check), then read every figure.
+    deadline = time.monotonic() + 10
     samples = scrape(server.metrics_port)
+    while value(samples, "fenliu_rpc_duration_seconds_count", **ROUTE) < 5:
+        assert time.monotonic() < deadline, "the five Routes were never all counted"
+        time.sleep(0.05)
+        samples = scrape(server.metrics_port)
 
     assert first.reason.name == "STRATEGY"
     rpcs = "fenliu_rpc_requests_total"
