@@ -122,8 +122,8 @@ class RoutingService(pb_grpc.RoutingServicer):
         async with abort_on_error(context):
             check_batch(len(request.requests), "requests")
             at = self._node.now()  # one arrival time for the whole batch
-            commands = [convert.route(item, at) for item in request.requests]
-            results = await self._node.execute_each(commands)
+            route = convert.route
+            results = await self._node.execute_each([route(item, at) for item in request.requests])
             return route_batch_reply(results)
 
     async def RouteStream(
@@ -268,11 +268,12 @@ def route_batch_reply(results: list[Any]) -> pb.RouteBatchReply:
     """One result per item, a decision or the error it got, built in place (no copies)."""
     reply = pb.RouteBatchReply()
     add = reply.results.add
+    set_decision = convert.set_decision
     for result in results:
         if isinstance(result, Exception):
             add(error=error_message(result))
         else:
-            convert.set_decision(add().decision, result)
+            set_decision(add().decision, result)
     return reply
 
 
