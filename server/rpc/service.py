@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
@@ -31,6 +32,7 @@ STREAM_WINDOW = 128
 until one is sent, so what a stream holds in the server is bounded (grpc's own flow
 control then holds the caller's writes back)."""
 _END = object()
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # not in grpc-stubs
 
 
 class PresenceService(pb_grpc.PresenceServicer):
@@ -126,40 +128,69 @@ class RoutingService(pb_grpc.RoutingServicer):
             results = await self._node.execute_each([route(item, at) for item in request.requests])
             return route_batch_reply(results)
 
-    async def RouteStream(
+    async def RouteStream(  # type: ignore[override]  # writes with context.write
         self, requests: AsyncIterator[Any], context: Context
-    ) -> AsyncIterator[pb.RouteStreamReply]:
+    ) -> None:
         """Each request routed as it is read, answered in order once durable (see
-        ``STREAM_WINDOW``); an item's error is its answer, the stream goes on."""
+        ``STREAM_WINDOW``); an item's error is its answer, the stream goes on.
+
+        Two tasks, the reader (this call's ``read``) and the writer (this coroutine), share
+        a deque of answers; a future is made only when one of them has to wait (the writer
+        for an answer, the reader for room in the window), not per item. Requests come from
+        ``context.read()`` and answers go by ``context.write()``: no async generator on
+        either side."""
         node = self._node
-        answers: asyncio.Queue[Any] = asyncio.Queue()  # bounded by ``unsent``
-        unsent = asyncio.Semaphore(STREAM_WINDOW)
+        loop = asyncio.get_running_loop()
+        answers: deque[Any] = deque()  # (result, durable) or _END; at most STREAM_WINDOW
+        # wakes[0]: the writer's future while it waits for an answer; wakes[1]: the reader's
+        # while the window is full. Whoever makes the other's wait over sets it.
+        wakes: list[asyncio.Future[None] | None] = [None, None]
+
+        def wake(which: int) -> None:
+            waiter = wakes[which]
+            if waiter is not None:
+                wakes[which] = None
+                if not waiter.done():
+                    waiter.set_result(None)
 
         async def read() -> None:
             try:
-                async for item in requests:  # a RouteStreamRequest, or Malformed
+                while (item := await context.read()) is not _EOF:  # a request, or Malformed
                     try:
                         if item.__class__ is Malformed:
                             raise item.error()
                         answer = node.submit(convert.route(item.request, node.now()))
                     except Exception as exc:  # noqa: BLE001 - the item's answer
                         answer = (exc, None)
-                    answers.put_nowait(answer)
-                    await unsent.acquire()  # the window is full: read on once one is sent
+                    answers.append(answer)
+                    wake(0)
+                    if len(answers) >= STREAM_WINDOW:  # full: read on once one is sent
+                        waiter = wakes[1] = loop.create_future()
+                        await waiter
             finally:
-                answers.put_nowait(_END)  # never waits, so a cancelled read ends too
+                answers.append(_END)  # never waits, so a cancelled read ends too
+                wake(0)
 
-        reader = asyncio.get_running_loop().create_task(read())
+        reader = loop.create_task(read())
+        write = context.write
         try:
-            while (answer := await answers.get()) is not _END:
+            while True:
+                if not answers:
+                    waiter = wakes[0] = loop.create_future()
+                    await waiter
+                    continue
+                answer = answers.popleft()
+                if answer is _END:
+                    break
                 result, durable = answer
                 if durable is not None:
                     try:
                         await durable
                     except Exception as exc:  # noqa: BLE001 - not durable: the item's error
                         result = exc
-                yield stream_reply(result)
-                unsent.release()
+                await write(stream_reply(result))
+                if wakes[1] is not None and len(answers) < STREAM_WINDOW:
+                    wake(1)
             await reader  # a failed read (the call cancelled, say) ends the stream with it
         finally:
             reader.cancel()
