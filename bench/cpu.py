@@ -556,7 +556,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "max_rate": args.max_rate,
             }  # fmt: skip
             tags = itertools.count()
-            budget_rates: dict[str, float] = {}  # per load process, once a kind ran out
+            budget_rates: dict[str, float] = {}  # per load process: never below --max-rate
             for i in range(args.rounds):
                 rnd: dict[str, Any] = {}
                 for kind in KINDS:
@@ -567,7 +567,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for attempt in range(BUDGET_ATTEMPTS):
                         rnd[kind] = f = measure(server, pool, job, args.procs)
                         # the next rounds pre-build for twice the fastest rate seen
-                        rate = max(budget_rates.get(kind) or 0.0, 2 * f["per_s"] / args.procs)
+                        rate = max(
+                            budget_rates.get(kind) or 0.0,
+                            2 * f["per_s"] / args.procs,
+                            args.max_rate * (4 if kind.startswith("batch") else 1),
+                        )
                         budget_rates[kind] = rate
                         if not f["exhausted"] or attempt == BUDGET_ATTEMPTS - 1:
                             break
