@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import math
 import os
 import statistics
 import sys
@@ -47,6 +48,9 @@ KINDS = ("echo", "route_new", "route_open", "batch_new", "batch_open", "stream_n
 EXPECTED = {"new": pb.REASON_STRATEGY, "open": pb.REASON_OPEN_SESSION}
 ROUTE_STREAM = "/fenliu.v1.Routing/RouteStream"
 SPREAD = 0.10
+BUDGET_ATTEMPTS = 3
+"""A kind that ran out of pre-built requests is measured again (with twice the rate it
+reached) up to this many times in all; if it still runs out, the run's warnings say so."""
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -121,9 +125,9 @@ async def drive(job: dict[str, Any]) -> dict[str, Any]:
     kind, seconds = job["kind"], job["seconds"]
     family = kind.split("_")[0]
     size = {"batch": job["batch"]}.get(family, 1)
-    rate = job["max_rate"] * (4 if family == "batch" else 1)
-    budget = int(rate * seconds) + size * job["concurrency"]
+    budget = request_budget(job)
     reqs = [] if kind == "echo" else requests(job, budget)
+    ran_out = False  # a caller found no pre-built request left before the deadline
     route_bytes = len(requests({**job, "kind": "route_new"}, 1)[0].SerializeToString())
     done = 0
     reasons: Counter[str] = Counter()
@@ -146,10 +150,11 @@ async def drive(job: dict[str, Any]) -> dict[str, Any]:
             call = ch.unary_unary(loadgen.ECHO if kind == "echo" else loadgen.ROUTE)
 
             async def caller() -> None:
-                nonlocal done
+                nonlocal done, ran_out
                 while time.perf_counter() < deadline:
                     data = body if kind == "echo" else next(bodies, None)
                     if data is None:
+                        ran_out = True
                         return
                     t0 = time.perf_counter()
                     try:
@@ -171,10 +176,11 @@ async def drive(job: dict[str, Any]) -> dict[str, Any]:
             call = ch.unary_unary(loadgen.ROUTE_BATCH)
 
             async def batcher() -> None:
-                nonlocal done
+                nonlocal done, ran_out
                 while time.perf_counter() < deadline:
                     data = next(batches, None)
                     if data is None:
+                        ran_out = True
                         return
                     t0 = time.perf_counter()
                     reply = pb.RouteBatchReply.FromString(await call(data, timeout=60))
@@ -187,34 +193,57 @@ async def drive(job: dict[str, Any]) -> dict[str, Any]:
         else:
             items = iter(pb.RouteStreamRequest(request=r).SerializeToString() for r in reqs)
             rate = job.get("rate", 0.0) / max(1, job["streams"])
-            await asyncio.gather(*(
+            ran_out = any(await asyncio.gather(*(
                 stream(ch, items, job["window"], deadline, rate, hist, note, errors)
                 for _ in range(job["streams"])
-            ))  # fmt: skip
+            )))  # fmt: skip
             done = hist.total - sum(errors.values())
         elapsed = time.perf_counter() - start
-    exhausted = done >= budget - size
     return {"done": done, "seconds": elapsed, "reasons": dict(reasons), "errors": dict(errors),
-            "latency": hist.to_wire(), "exhausted": exhausted}  # fmt: skip
+            "latency": hist.to_wire(), "exhausted": ran_out, "budget": budget}  # fmt: skip
+
+
+def request_budget(job: dict[str, Any]) -> int:
+    """How many requests a load process pre-builds for ``job``.
+
+    Paced (``rate``: RouteStream at a set rate), the writers send at most one request per
+    1/rate s of the run and one more each, so this many never run out. Closed loops go as
+    fast as the server answers: ``budget_rate`` (what ``run`` learned from an earlier
+    attempt) or ``max_rate`` (4x for batches) per second of the run, plus one of each
+    caller's calls; if that runs out all the same, ``measure`` says so (``exhausted``)
+    and ``run`` measures the kind again with a larger budget.
+    """
+    seconds, family = job["seconds"], job["kind"].split("_")[0]
+    if job.get("rate"):
+        return math.ceil(job["rate"] * seconds) + job["streams"] + 1
+    size = job["batch"] if family == "batch" else 1
+    rate = job.get("budget_rate") or job["max_rate"] * (4 if family == "batch" else 1)
+    return int(rate * seconds) + size * job["concurrency"]
 
 
 async def stream(
     ch: grpc.aio.Channel, items: Any, window: int, deadline: float, rate: float,
     hist: loadgen.Histogram, note: Any, errors: Counter[str],
-) -> None:  # fmt: skip
+) -> bool:  # fmt: skip
     """One RouteStream: at most ``window`` unanswered; paced at ``rate``/s when given
-    (latency then from each item's scheduled time)."""
+    (latency then from each item's scheduled time). Whether it ran out of ``items``
+    before the deadline."""
     call = ch.stream_stream(ROUTE_STREAM, response_deserializer=pb.RouteStreamReply.FromString)()
     sent: asyncio.Queue[float] = asyncio.Queue(window)
+    ran_out = False
 
     async def write() -> None:
+        nonlocal ran_out
         t = time.perf_counter()
         while True:
             if rate:
                 t += 1.0 / rate
                 await loadgen.sleep_until(t)
-            data = next(items, None) if time.perf_counter() < deadline else None
+            if time.perf_counter() >= deadline:
+                break
+            data = next(items, None)
             if data is None:
+                ran_out = True
                 break
             await sent.put(t if rate else time.perf_counter())
             await call.write(data)
@@ -228,6 +257,7 @@ async def stream(
         else:
             note(reply.result.decision)
     await writer
+    return ran_out
 
 
 def _worker(job: dict[str, Any]) -> dict[str, Any]:
@@ -363,6 +393,7 @@ def measure(server: Any, pool: Any, job: dict[str, Any], procs: int) -> dict[str
         "latency_ms": hist.summary(), "reasons_sampled": dict(reasons),
         "real_decisions": real, "errors": dict(errors), "loadavg": round(load, 2),
         "exhausted": any(p["exhausted"] for p in parts),
+        "budget": sum(p["budget"] for p in parts),
     }  # fmt: skip
 
 
@@ -412,8 +443,13 @@ def summarize(rounds: list[dict[str, dict[str, Any]]], paced: dict[str, Any] | N
     s["real_decisions"] = all(r[k]["real_decisions"] for r in rounds for k in KINDS if k != "echo")
     if not s["real_decisions"]:
         s["warnings"].append("a sample's decision reason was not the expected one")
-    if any(r[k]["exhausted"] for r in rounds for k in KINDS):
-        s["warnings"].append("a load ran out of pre-built requests (raise --max-rate)")
+    short = sorted({k for r in rounds for k in KINDS if r[k]["exhausted"]})
+    if paced is not None and paced["exhausted"]:
+        short.append("the paced stream")
+    if short:
+        s["warnings"].append(f"ran out of pre-built requests (even with a larger budget): "
+                             f"{', '.join(short)}; raise --max-rate")  # fmt: skip
+    s["reruns"] = [r for rnd in rounds for r in rnd.get("reruns", [])]
     if any(r[k]["errors"] for r in rounds for k in KINDS):
         s["warnings"].append("some calls failed: see errors")
     s["paced_stream"] = paced
@@ -479,6 +515,11 @@ def markdown(record: dict[str, Any]) -> str:
                      paced["latency_ms"]["p99_ms"] <= 5.0))  # fmt: skip
     lines += ["", "| target | measured (median of rounds) | target | |", "|---|---|---|---|"]
     lines += [f"| {name} | {value} | {target} | {met[ok]} |" for name, value, target, ok in rows]
+    for rerun in s.get("reruns", []):
+        lines.append(
+            f"\nRound {rerun['round']}'s {rerun['kind']} ran out of its "
+            f"{rerun['budget']:,} pre-built requests and was measured again with more."
+        )
     if s["warnings"]:
         lines += ["", *(f"WARNING: {w}" for w in s["warnings"])]
     return "\n".join(lines) + "\n"
@@ -515,14 +556,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "max_rate": args.max_rate,
             }  # fmt: skip
             tags = itertools.count()
+            budget_rates: dict[str, float] = {}  # per load process: never below --max-rate
             for i in range(args.rounds):
                 rnd: dict[str, Any] = {}
                 for kind in KINDS:
                     job = {**base, "kind": kind, "tag": f"t{next(tags)}"}
                     if kind.startswith("batch"):
                         job["concurrency"] = args.batch_concurrency
-                    rnd[kind] = measure(server, pool, job, args.procs)
-                    f = rnd[kind]
+                    job["budget_rate"] = budget_rates.get(kind)
+                    for attempt in range(BUDGET_ATTEMPTS):
+                        rnd[kind] = f = measure(server, pool, job, args.procs)
+                        # the next rounds pre-build for twice the fastest rate seen
+                        rate = max(
+                            budget_rates.get(kind) or 0.0,
+                            2 * f["per_s"] / args.procs,
+                            args.max_rate * (4 if kind.startswith("batch") else 1),
+                        )
+                        budget_rates[kind] = rate
+                        if not f["exhausted"] or attempt == BUDGET_ATTEMPTS - 1:
+                            break
+                        rnd.setdefault("reruns", []).append(
+                            {"kind": kind, "round": i + 1, "budget": f["budget"]}
+                        )
+                        progress(f"round {i + 1}/{args.rounds} {kind}: ran out of its "
+                                 f"{f['budget']:,} pre-built requests at {f['per_s']:,.0f}/s; "
+                                 f"measuring it again with {rate:,.0f}/s")  # fmt: skip
+                        job = {**job, "tag": f"t{next(tags)}", "budget_rate": rate}
                     progress(f"round {i + 1}/{args.rounds} {kind}: {f['per_s']:,.0f}/s, "
                              f"{f['cpu_us_per_call']} µs server CPU/call, load {f['loadavg']}"
                              + (f", errors {f['errors']}" if f["errors"] else ""))  # fmt: skip

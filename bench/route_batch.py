@@ -30,8 +30,9 @@ from typing import Any
 from fenliu.client._pb import fenliu_pb2 as pb
 from fenliu.server.core.dispatcher import Dispatcher
 from fenliu.server.core.types import EndSessions, RegisterAgent, Status
+from fenliu.server.node import Node
 from fenliu.server.rpc import convert
-from fenliu.server.rpc.service import Core, RoutingService, route_batch_reply
+from fenliu.server.rpc.service import RoutingService, route_batch_reply
 
 T0 = 1_700_000_000_000
 TARGET = 150_000
@@ -61,9 +62,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     status=Status.ONLINE,
                 )
             )
+    dispatcher.drain_events()
     clock = itertools.count(T0)
-    core = Core(dispatcher, lambda: next(clock))
-    service = RoutingService(core)
+    node = Node(dispatcher, lambda: next(clock))  # journal off: the events are dropped
+    node.open(None)
+    service = RoutingService(node)
     ids = itertools.count()
 
     def batch() -> bytes:

@@ -71,3 +71,43 @@ def test_the_table_says_which_targets_are_met(record: tuple[dict[str, Any], str]
         line = next(line for line in table.splitlines() if target in line)
         assert line.rstrip().endswith(("| met |", "| NOT met |")), line
     assert "load average" in table
+
+
+def test_a_kind_that_runs_out_of_requests_is_measured_again_with_more(
+    tmp_path: Path,
+) -> None:
+    """With a budget far too small (``--max-rate 30``: 9 requests a second of 0.3 s, plus
+    one per caller), every closed loop of Routes runs out at once: the harness says so and
+    measures that kind again with twice the rate it reached, and a figure that still ran
+    short is named in the warnings. The paced stream's budget follows its rate: it never
+    runs out."""
+    cmd = [
+        sys.executable, str(ROOT / "bench" / "run.py"), "quick", "--rounds", "1",
+        "--seconds", "0.3", "--shops", "20", "--open-buyers", "1000", "--no-h2load",
+        "--batch-size", "100", "--max-rate", "30", "--out", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "cpu.json").read_text())
+    summary = data["summary"]
+    rerun = {r["kind"] for r in summary["reruns"]}
+    assert {"route_new", "route_open", "stream_new", "stream_open"} <= rerun, summary["reruns"]
+    assert "ran out of its" in proc.stderr + proc.stdout
+    warned = " ".join(summary["warnings"])
+    for kind in KINDS:
+        figure = data["rounds"][0][kind]
+        assert figure["done"] > 0 and figure["errors"] == {}, (kind, figure)
+        if figure["exhausted"]:
+            assert kind in warned, (kind, summary["warnings"])
+    assert summary["paced_stream"]["exhausted"] is False
+    assert "the paced stream" not in warned
+
+
+def test_a_paced_streams_budget_covers_every_send_its_rate_allows() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import cpu  # noqa: PLC0415 - bench/ is not a package
+
+    for rate, seconds, streams in ((3_478.5, 3.0, 2), (0.5, 0.3, 1), (60_000.0, 1.5, 4)):
+        job = {"kind": "stream_new", "rate": rate, "seconds": seconds, "streams": streams}
+        # each writer sends at most one request per 1/rate s before the deadline, plus one
+        assert cpu.request_budget(job) >= rate * seconds + streams

@@ -127,6 +127,37 @@ def test_decision_without_state_is_unspecified() -> None:
     assert (message.agent_id, message.buyer_id) == ("a", "b")
 
 
+def test_route_request_without_crowds() -> None:
+    command = convert.route(pb.RouteRequest(shop_id="s", buyer_id="b", request_id="r"), AT)
+    assert command == t.Route(at=AT, shop_id="s", buyer_id="b", request_id="r")
+    assert command.crowds == () and type(command.crowds) is tuple
+
+
+def test_decision_every_field_and_every_default() -> None:
+    """Only the fields that differ from their default are set (proto3 leaves defaults out
+    of the bytes): both kinds of decision give what the full constructor gives."""
+    full = t.Decision(
+        outcome=t.Outcome.QUEUED, reason=t.Reason.STRATEGY, buyer_id="b", agent_id="a",
+        session_id="s1", queue_position=7, state=t.State.QUEUED, priority_notice=True,
+        notice=t.PriorityNotice.SKIPPED_QUEUE,
+    )  # fmt: skip
+    bare = t.Decision(outcome=t.Outcome.LEFT_MESSAGE, reason=t.Reason.QUEUE_FULL, buyer_id="b")
+    for result in (full, bare):
+        expected = pb.Decision(
+            outcome=int(result.outcome), reason=int(result.reason), agent_id=result.agent_id,
+            session_id=result.session_id, queue_position=result.queue_position,
+            state=int(result.state or 0), priority_notice=result.priority_notice,
+            buyer_id=result.buyer_id, notice=int(result.notice),
+        )  # fmt: skip
+        assert convert.decision(result) == expected
+        assert convert.decision(result).SerializeToString() == expected.SerializeToString()
+        batch = pb.RouteBatchReply()
+        convert.set_decision(batch.results.add().decision, result)
+        assert batch.results[0].decision == expected
+    assert convert.decision(full).queue_position == 7
+    assert convert.decision(full).notice == pb.PRIORITY_NOTICE_SKIPPED_QUEUE
+
+
 def test_session_view() -> None:
     view = t.SessionView(
         session_id="s1",

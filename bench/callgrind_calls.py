@@ -1,0 +1,198 @@
+"""User-space instructions per call of each kind, the server under callgrind (issue 12).
+
+    python bench/callgrind_calls.py                        # 2,000 calls a kind, ~2 min
+    python bench/callgrind_calls.py --calls 500 --top 30   # shorter; more functions
+
+Throughput and even CPU time on a shared 2-core machine mostly measure the neighbours;
+instruction counts do not. The server (``fenliu-server``, journal off) runs under
+``valgrind --tool=callgrind``; a world of a few shops is built, then each kind is sent
+(``--concurrency`` unary calls in flight, or one RouteStream, or RouteBatches of 1,000)
+between a ``callgrind_control --zero`` and a ``--dump``, so each dump holds that kind's
+calls and the server's own background work over the same seconds (measured alone as
+``idle``: small). Prints one JSON record: instructions per call (per decision for
+batches and streams) and, for ``route_new`` and ``route_open``, the functions whose
+instructions per call grew the most over ``echo``, and every kind's top functions
+(exclusive counts).
+
+Kernel time (the context switches, epoll waits and page faults that ``perf`` shows as
+half of the server's CPU) is not counted: this is the user-space share only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import cpu  # noqa: E402
+import grpc.aio  # noqa: E402
+import loadgen  # noqa: E402
+
+from fenliu.client._pb import fenliu_pb2 as pb  # noqa: E402
+
+KINDS = ("idle", "echo", "route_new", "route_open", "stream_new", "batch_new")
+SHOPS, AGENTS, OPEN_BUYERS = 10, 4, 200
+
+
+def start_server(out: Path) -> tuple[subprocess.Popen[bytes], str, Any]:
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is missing: apt-get install -y valgrind")
+    log = tempfile.NamedTemporaryFile(prefix="fenliu-callgrind-", suffix=".log")
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/callgrind.out",
+           sys.executable, "-m", "fenliu.server", "--host", "127.0.0.1", "--port", "0",
+           "--data-dir", "", "--grace", "0.2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        found = re.search(
+            r"fenliu serving on \S+:(\d+)", Path(log.name).read_text(errors="replace")
+        )
+        if found:
+            return proc, f"127.0.0.1:{found.group(1)}", log
+        if proc.poll() is not None:
+            raise RuntimeError(Path(log.name).read_text(errors="replace"))
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("the server did not start under valgrind")
+
+
+def control(pid: int, *args: str) -> None:
+    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
+
+
+async def drive(pid: int, target: str, kind: str, calls: int, concurrency: int) -> int:
+    """Send ``kind`` between a zero and a dump; returns how many decisions (or calls)."""
+    job = {"kind": kind, "shops": SHOPS, "tag": kind[:3], "proc": 0, "procs": 1,
+           "open_buyers": OPEN_BUYERS}  # fmt: skip
+    count = 3000 if kind.startswith("batch") else calls
+    reqs = [] if kind in ("idle", "echo") else cpu.requests(job, count)
+    async with grpc.aio.insecure_channel(target) as ch:
+        echo = ch.unary_unary(loadgen.ECHO)
+        size = len(cpu.requests({**job, "kind": "route_new"}, 1)[0].SerializeToString())
+        body = pb.EchoMessage(payload=b"x" * size).SerializeToString()
+        await echo(body, timeout=60)  # the channel is up before counting starts
+        control(pid, "--zero")
+        await asyncio.sleep(0.5)  # callgrind acts on the command between two calls
+        if kind == "idle":
+            await asyncio.sleep(2.0)
+        elif kind in ("echo", "route_new", "route_open"):
+            call = echo if kind == "echo" else ch.unary_unary(loadgen.ROUTE)
+            bodies = iter(
+                [body] * count if kind == "echo" else [r.SerializeToString() for r in reqs]
+            )
+
+            async def caller() -> None:
+                for data in bodies:
+                    await call(data, timeout=120)
+
+            await asyncio.gather(*(caller() for _ in range(concurrency)))
+        elif kind.startswith("stream"):
+            stream = ch.stream_stream(cpu.ROUTE_STREAM)()
+            items = [pb.RouteStreamRequest(request=r).SerializeToString() for r in reqs]
+
+            async def write() -> None:
+                for data in items:
+                    await stream.write(data)
+                await stream.done_writing()
+
+            writer = asyncio.ensure_future(write())
+            async for _ in stream:
+                pass
+            await writer
+        else:
+            batch = ch.unary_unary(loadgen.ROUTE_BATCH)
+            for i in range(0, len(reqs), 1000):
+                data = pb.RouteBatchRequest(requests=reqs[i : i + 1000]).SerializeToString()
+                await batch(data, timeout=300)
+        control(pid, "--dump", kind)
+        await asyncio.sleep(0.5)
+    return 1 if kind == "idle" else count
+
+
+def exclusive(path: Path) -> collections.Counter[str]:
+    """Instructions by function (exclusive) in one callgrind dump."""
+    names: dict[str, str] = {}
+    cost: collections.Counter[str] = collections.Counter()
+    fn, callee_line = "", False
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith(("fn=", "cfn=")):
+            found = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line)
+            if found:
+                if found.group(2):
+                    names[found.group(1)] = found.group(2)
+                if line.startswith("fn="):
+                    fn = names.get(found.group(1), found.group(1))
+        elif line.startswith("calls="):
+            callee_line = True  # the next cost line is the callee's, inclusive
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            parts = line.split()
+            if not callee_line and fn and len(parts) >= 2 and parts[1].isdigit():
+                cost[fn] += int(parts[1])
+            callee_line = False
+    return cost
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=2000, help="unary calls / stream items")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+    kinds = args.kinds.split(",")
+    with tempfile.TemporaryDirectory(prefix="fenliu-cg-") as tmp:
+        out = Path(tmp)
+        proc, target, log = start_server(out)
+        counts: dict[str, int] = {}
+        try:
+            world = loadgen.run_in_process(cpu.build, target, SHOPS, AGENTS, OPEN_BUYERS)
+            for kind in kinds:
+                counts[kind] = asyncio.run(
+                    drive(proc.pid, target, kind, args.calls, args.concurrency)
+                )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
+            log.close()
+        dumps = {}
+        for path in out.glob("callgrind.out.*"):
+            found = re.search(r"^desc: Trigger: dump (\S+)", path.read_text(errors="replace"), re.M)
+            if found:
+                dumps[found.group(1)] = exclusive(path)
+    per_call = {k: round(sum(dumps[k].values()) / counts[k]) for k in kinds if k in dumps}
+    record: dict[str, Any] = {
+        "calls": args.calls, "concurrency": args.concurrency, "world": world,
+        "loadavg": round(os.getloadavg()[0], 2), "instructions_per_call": per_call,
+    }  # fmt: skip
+    record["top"] = {
+        kind: {f[:80]: round(v / counts[kind]) for f, v in dumps[kind].most_common(args.top)}
+        for kind in kinds
+        if kind in dumps and kind != "idle"
+    }
+    if "echo" in dumps:
+        echo = dumps["echo"]
+        for kind in ("route_new", "route_open"):
+            if kind not in dumps:
+                continue
+            record[f"{kind}_over_echo"] = round(per_call[kind] / per_call["echo"], 3)
+            grew = {f: dumps[kind][f] / counts[kind] - echo[f] / counts["echo"]
+                    for f in set(dumps[kind]) | set(echo)}  # fmt: skip
+            top = sorted(grew.items(), key=lambda item: -item[1])[: args.top]
+            record[f"{kind}_grew_most"] = {f[:80]: round(v) for f, v in top}
+    print(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()
