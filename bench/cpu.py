@@ -51,13 +51,7 @@ SPREAD = 0.10
 BUDGET_ATTEMPTS = 3
 """A kind that ran out of pre-built requests is measured again (with twice the rate it
 reached) up to this many times in all; if it still runs out, the run's warnings say so."""
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of every thread of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+cpu_seconds = loadgen.process_cpu_s
 
 
 # -- the world: shops with room for every new buyer, and buyers with open sessions --------

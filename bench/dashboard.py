@@ -43,6 +43,7 @@ from typing import Any
 from fenliu.client import AsyncClient, Status
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import process_cpu_s  # noqa: E402
 from watch import SHOP, drive  # noqa: E402 - the same Route + end load as the watcher bench
 
 BIN = Path(sys.executable).parent
@@ -225,10 +226,7 @@ async def delays(target: str, port: int, samples: int, pace: float) -> list[floa
     return [(got[b] - sent[b]) * 1000 for b in sent if b in got]
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+cpu_s = process_cpu_s
 
 
 def percentile(values: list[float], p: float) -> float:

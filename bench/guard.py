@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import re
 import socket
 import subprocess
@@ -28,6 +27,9 @@ from pathlib import Path
 import grpc.aio
 
 from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import process_cpu_s  # noqa: E402
 
 TOKEN = "bench-token-123"
 MODES = {
@@ -63,10 +65,7 @@ def start(config: str, directory: Path) -> tuple[subprocess.Popen[str], int]:
     raise RuntimeError("the server did not start")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+cpu_seconds = process_cpu_s
 
 
 async def drive(

@@ -35,6 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import grpc  # noqa: E402
+from loadgen import process_cpu_s  # noqa: E402
 from run import ServerProcess  # noqa: E402
 
 from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc  # noqa: E402
@@ -44,9 +45,7 @@ AGENTS = 5
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def server_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+server_cpu_s = process_cpu_s
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:
