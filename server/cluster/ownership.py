@@ -245,6 +245,24 @@ class Ownership:
             timeout=5.0,
         )
 
+    async def changes(self) -> AsyncIterator[None]:
+        """Yields each time a key of the cluster changes (a shard taken or freed, a node
+        joining or leaving): one etcd watch on the cluster's prefix. Ends or raises when
+        the watch does (the caller opens it again)."""
+        assert self.client.watch is not None
+        prefix = f"{self.prefix}/"
+        async for reply in self.client.watch.watch(prefix, prefix_range_end(prefix)):
+            if reply.events:
+                yield None
+
+    async def withdraw(self) -> None:
+        """Remove this node from the live nodes (it is leaving): the others count one
+        node fewer at once, so each takes its larger share of the shards it frees."""
+        if not self.address:
+            return
+        assert self.client.kv is not None
+        await self.client.kv.delete(f"{self.prefix}/nodes/{self.node_id}", timeout=2.0)
+
     async def owners(self) -> dict[int, Owner]:
         """Every owned shard and its owner, in one range read."""
         assert self.client.kv is not None
