@@ -45,8 +45,10 @@ class Member:
         shards: int = 256,
         replicas: int = 3,
         ttl_s: int = DEFAULT_TTL_S,
+        announce: bool = True,
     ) -> Member:
-        ownership = Ownership(etcd_endpoints, cluster, node_id, ttl_s=ttl_s, address=address)
+        ownership = Ownership(etcd_endpoints, cluster, node_id, ttl_s=ttl_s, address=address,
+                              announce=announce)  # fmt: skip
         await ownership.start()
         try:
             storage = await JetStreamStorage.connect(

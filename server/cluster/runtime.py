@@ -82,7 +82,7 @@ class ClusterRuntime:
             [u.strip() for u in c.cluster_nats.split(",") if u.strip()],
             [e.strip() for e in c.cluster_etcd.split(",") if e.strip()],
             cluster=c.cluster_name, node_id=self.node_id, address=self.address,
-            shards=self.shards, replicas=c.replicas, ttl_s=c.lease_ttl_s,
+            shards=self.shards, replicas=c.replicas, ttl_s=c.lease_ttl_s, announce=False,
         )  # fmt: skip
         self.member.lost = self._lost
         if self.metrics is not None:
@@ -92,6 +92,9 @@ class ClusterRuntime:
             self.node.refuse(index, self._not_owner(index))
         self._watch_task = asyncio.create_task(self._watch(), name="fenliu-cluster-watch")
         await self._round()
+        # live only now, its free shards taken and about to serve: the others hand it its
+        # share once it can claim at once (before, a joiner's start-up held moved shards)
+        await self.member.ownership.announce()
         self._task = asyncio.create_task(self._forever(), name="fenliu-cluster")
         log.info("cluster %s: node %s at %s owns %d of %d shards", c.cluster_name,
                  self.node_id, self.address, len(self.owned), self.shards)  # fmt: skip
@@ -195,7 +198,7 @@ class ClusterRuntime:
                 # held, so the shard is still ours: read it back and serve it again
                 log.warning("shard %d: still owned after a lapse of the lease; restoring", index)
                 self._restore(index)
-        share = math.ceil(self.shards / max(1, len(self.nodes)))
+        share = math.ceil(self.shards / len({*self.nodes, self.node_id}))  # this node too
         free = [i for i in range(self.shards) if i not in self.owners]
         if own.valid():
             # claimed concurrently: a hand-off's shards (all freed at once) are served
