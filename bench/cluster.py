@@ -1,7 +1,7 @@
 """Cluster mode through the cluster-aware SDK (issue 11), each case against its baseline
 in the same run:
 
-    python bench/cluster.py                    # all three, 3 rounds
+    python bench/cluster.py                    # all four, 3 rounds
     python bench/cluster.py --only scale --rounds 3 --seconds 8
 
 - scale: decisions/s of new buyers with 1 node vs 2 nodes, the SDK splitting the load
@@ -14,6 +14,8 @@ in the same run:
 - handoff: 3 nodes under load, one stopped with SIGTERM (its shards handed over): the
   longest a call on a moved shard was held (target ≤ 1 s of unavailability), errors
   surfacing (none expected), p99 during against before.
+- join: 2 nodes under load, a third started (the others hand it its share): the same
+  figures for the shops of the shards that moved.
 
 Engines: a 3-node NATS JetStream cluster and one etcd (``server/cluster/local.py``), fresh
 fenliu nodes (lease TTL 2 s) per case and round, on loopback; everything, the load
@@ -281,13 +283,50 @@ def handoff_round(env: Env, args: argparse.Namespace) -> dict[str, Any]:
         del name
 
 
+def join_round(env: Env, args: argparse.Namespace) -> dict[str, Any]:
+    name, nodes = env.nodes(2)
+
+    async def main() -> dict[str, Any]:
+        addresses = [n.address for n in nodes]
+        await prepare(addresses)
+        async with AsyncClient(addresses, timeout=30, retry_budget=30) as fenliu:
+            before = await settle(fenliu, set(addresses))
+            traffic = Traffic(fenliu, SHOPS, args.callers)
+            await asyncio.sleep(5.0)
+            began = time.monotonic()
+            nodes.append(await asyncio.to_thread(env.add, name))  # serving: then it claims
+            after = await settle(fenliu, {*addresses, nodes[-1].address})
+            ended = time.monotonic()
+            await asyncio.sleep(5.0)
+            await traffic.stop()
+        moved = [
+            s for s in SHOPS if before[shard_index(s, SHARDS)] != after[shard_index(s, SHARDS)]
+        ]
+        window = [(b, e) for b, e, s, ok in traffic.calls
+                  if s in moved and e >= began and b <= ended + 5]  # fmt: skip
+        return {
+            "case": "join", "start_to_settled_s": round(ended - began, 2),
+            "moved_shards": sum(1 for i in range(SHARDS) if before[i] != after[i]),
+            "longest_held_call_s": round(max((e - b for b, e in window), default=0.0), 3),
+            "p99_before_ms": round(traffic.p99(began - 5, began) * 1e3, 1),
+            "p99_during_ms": round(traffic.p99(began, ended + 5) * 1e3, 1),
+            "errors": sum(1 for *_, ok in traffic.calls if not ok), "load": os.getloadavg()[0],
+        }  # fmt: skip
+
+    try:
+        return asyncio.run(main())
+    finally:
+        for node in nodes:
+            node.stop(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0, help="scale: each measurement")
     parser.add_argument("--procs", type=int, default=2, help="scale: load processes")
     parser.add_argument("--callers", type=int, default=32, help="calls in flight per process")
-    parser.add_argument("--only", choices=("scale", "failover", "handoff"), default=None)
+    parser.add_argument("--only", choices=("scale", "failover", "handoff", "join"), default=None)
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()}", flush=True)
     env = Env(Path(tempfile.mkdtemp(prefix="fenliu-bench-cluster-")))
@@ -304,6 +343,9 @@ def main() -> None:
             if args.only in (None, "handoff"):
                 rows.append(handoff_round(env, args))
                 print(json.dumps(rows[-1]), flush=True)
+            if args.only in (None, "join"):
+                rows.append(join_round(env, args))
+                print(json.dumps(rows[-1]), flush=True)
     finally:
         env.close()
     print(f"load average after: {os.getloadavg()}")
@@ -314,7 +356,8 @@ def main() -> None:
             cpu = statistics.median(r["server_cpu_us_per_decision"] for r in got)
             print(f"scale, {count} node(s): {rate:,.0f} decisions/s (median of {len(got)}), "
                   f"{cpu} us server CPU per decision")  # fmt: skip
-    for case, key in (("failover", "kill_to_served_s"), ("handoff", "longest_held_call_s")):
+    for case, key in (("failover", "kill_to_served_s"), ("handoff", "longest_held_call_s"),
+                      ("join", "longest_held_call_s")):  # fmt: skip
         got = [r[key] for r in rows if r["case"] == case]
         if got:
             print(f"{case}: {key} {got}")

@@ -77,9 +77,10 @@ DEFAULT_TIMEOUT = 5.0
 DEFAULT_RETRY_BUDGET = 5.0
 """Seconds an idempotent call keeps retrying on UNAVAILABLE (never past its deadline)."""
 MAX_BACKOFF = 0.5
-MOVE_BACKOFF = 0.2
-"""The longest pause between attempts while a shard has no owner to name (it is moving:
-a hand-off takes a few tenths of a second)."""
+MOVE_BACKOFF = 0.1
+"""The longest pause between attempts while a shard is moving (no owner to name yet, or
+the new owner still taking it over: a hand-off takes a few tenths of a second), so the
+call lands within about this long of the shard being served again."""
 KEEPALIVE_S = 30.0
 """Seconds between keepalive pings while a call (a watch stream) is open. The server
 accepts pings 20 s apart (``server/rpc/app.py``): a shorter interval there gets GOAWAY."""

@@ -16,6 +16,7 @@ shard lost with the lease stops being written at once (``on_lost``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from ..core.shard import Shard
@@ -44,8 +45,10 @@ class Member:
         shards: int = 256,
         replicas: int = 3,
         ttl_s: int = DEFAULT_TTL_S,
+        announce: bool = True,
     ) -> Member:
-        ownership = Ownership(etcd_endpoints, cluster, node_id, ttl_s=ttl_s, address=address)
+        ownership = Ownership(etcd_endpoints, cluster, node_id, ttl_s=ttl_s, address=address,
+                              announce=announce)  # fmt: skip
         await ownership.start()
         try:
             storage = await JetStreamStorage.connect(
@@ -66,14 +69,27 @@ class Member:
         if self.lost is not None:
             self.lost(indexes)
 
-    async def claim(self, index: int, events: list[Event] | None = None) -> Shard | None:
+    async def claim(
+        self,
+        index: int,
+        events: list[Event] | None = None,
+        taken: Callable[[int], None] | None = None,
+    ) -> Shard | None:
         """Take shard ``index`` if it is free: the shard rebuilt from its stream, or None
-        (the events replayed are added to ``events``)."""
+        (the events replayed are added to ``events``; ``taken(epoch)`` is called once the
+        key is ours, before the stream is taken over)."""
+        started = time.perf_counter()
         epoch = await self.ownership.acquire(index)
         if epoch is None:
             return None
+        acquired = time.perf_counter()
+        if taken is not None:
+            taken(epoch)
         try:
-            return await self.storage.take_over(index, epoch, events)
+            shard = await self.storage.take_over(index, epoch, events)
+            log.info("shard %d: key taken in %.3fs, stream taken over and rebuilt in %.3fs",
+                     index, acquired - started, time.perf_counter() - acquired)  # fmt: skip
+            return shard
         except BaseException:
             await self.ownership.release(index)
             raise

@@ -62,6 +62,7 @@ class Ownership:
         ttl_s: int = DEFAULT_TTL_S,
         margin_s: float = MARGIN_S,
         address: str = "",
+        announce: bool = True,
         on_lost: Callable[[list[int]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -73,6 +74,7 @@ class Ownership:
         self.prefix = f"/fenliu/{cluster}"
         self.node_id = node_id
         self.address = address
+        self.announced = announce  # the node key is put with the lease (else: announce())
         self.ttl_s = ttl_s
         self.margin_s = margin_s
         self.on_lost = on_lost
@@ -130,7 +132,7 @@ class Ownership:
         self.lease = granted.ID
         self.valid_until = sent + granted.TTL - self.margin_s
         self.leases += 1
-        if self.address:  # a serving node; tools and probes (no address) are not counted
+        if self.address and self.announced:  # a serving node (not a tool or probe)
             await self.client.kv.put(
                 f"{self.prefix}/nodes/{self.node_id}", self.address, lease=self.lease,
                 timeout=5.0,
@@ -244,6 +246,35 @@ class Ownership:
             success=[KVService.txn_op_delete(key)],
             timeout=5.0,
         )
+
+    async def changes(self) -> AsyncIterator[None]:
+        """Yields each time a key of the cluster changes (a shard taken or freed, a node
+        joining or leaving): one etcd watch on the cluster's prefix. Ends or raises when
+        the watch does (the caller opens it again)."""
+        assert self.client.watch is not None
+        prefix = f"{self.prefix}/"
+        async for reply in self.client.watch.watch(prefix, prefix_range_end(prefix)):
+            if reply.events:
+                yield None
+
+    async def announce(self) -> None:
+        """Put this node among the live nodes (once ready to serve): the others then hand
+        it its share of the shards."""
+        self.announced = True
+        if not self.address or not self.lease:
+            return
+        assert self.client.kv is not None
+        await self.client.kv.put(
+            f"{self.prefix}/nodes/{self.node_id}", self.address, lease=self.lease, timeout=5.0
+        )
+
+    async def withdraw(self) -> None:
+        """Remove this node from the live nodes (it is leaving): the others count one
+        node fewer at once, so each takes its larger share of the shards it frees."""
+        if not self.address:
+            return
+        assert self.client.kv is not None
+        await self.client.kv.delete(f"{self.prefix}/nodes/{self.node_id}", timeout=2.0)
 
     async def owners(self) -> dict[int, Owner]:
         """Every owned shard and its owner, in one range read."""

@@ -2,13 +2,16 @@
 others naming their owner, takes free shards up to its fair share and hands extra ones
 over, and snapshots what it owns.
 
-    every BALANCE_S: read the owners and the live nodes (two etcd range reads)
+    every BALANCE_S, and at once when a key of the cluster changes (an etcd watch: a
+    shard freed or taken, a node joining or leaving): read the owners and the live nodes
+    (two etcd range reads)
       - a shard owned elsewhere: refused with NOT_OWNER naming that owner (its address)
       - a free shard, while this node holds fewer than ceil(shards / nodes): claimed
         (its key, a takeover message on its stream, the shard rebuilt), then served
       - more than the fair share: a few handed over (refused here first, so nothing is in
         flight; the key freed, the next owner claims it at once)
-    at shutdown: every shard handed over, the lease revoked
+    at shutdown: every shard refused, the node withdrawn from the live nodes, every shard
+      handed over (concurrently), the lease revoked
 
 This is the first, simple assignment (each node takes free shards itself, no coordinator);
 docs/cluster.md has what comes next.
@@ -63,6 +66,8 @@ class ClusterRuntime:
         self.owners: dict[int, Owner] = {}
         self.nodes: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # a key changed: run a round now
         self._restoring: set[int] = set()
         self._snapshot_at = time.monotonic() + config.snapshot_interval_s
         self.epoch_changes = 0  # shards claimed here (metrics)
@@ -77,7 +82,7 @@ class ClusterRuntime:
             [u.strip() for u in c.cluster_nats.split(",") if u.strip()],
             [e.strip() for e in c.cluster_etcd.split(",") if e.strip()],
             cluster=c.cluster_name, node_id=self.node_id, address=self.address,
-            shards=self.shards, replicas=c.replicas, ttl_s=c.lease_ttl_s,
+            shards=self.shards, replicas=c.replicas, ttl_s=c.lease_ttl_s, announce=False,
         )  # fmt: skip
         self.member.lost = self._lost
         if self.metrics is not None:
@@ -85,22 +90,44 @@ class ClusterRuntime:
         self.node.attach(self.member.storage, self._restore)
         for index in range(self.shards):
             self.node.refuse(index, self._not_owner(index))
+        self._watch_task = asyncio.create_task(self._watch(), name="fenliu-cluster-watch")
         await self._round()
+        # live only now, its free shards taken and about to serve: the others hand it its
+        # share once it can claim at once (before, a joiner's start-up held moved shards)
+        await self.member.ownership.announce()
         self._task = asyncio.create_task(self._forever(), name="fenliu-cluster")
         log.info("cluster %s: node %s at %s owns %d of %d shards", c.cluster_name,
                  self.node_id, self.address, len(self.owned), self.shards)  # fmt: skip
 
     async def stop(self) -> None:
-        """Hand every shard over (a planned move) and leave the cluster."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Hand every shard over (a planned move) and leave the cluster.
+
+        Every shard is refused first (a call is told the shard is moving), then the node
+        leaves the live nodes, so that the others' fair share counts it out when they see
+        its shards freed; the shards are freed concurrently (each once its batch settled).
+        """
+        for task in (self._task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._watch_task = None
         if self.member is None:
             return
-        for index in list(self.owned):
-            await self._hand_over(index)
+        owned = list(self.owned)
+        for index in owned:
+            self.owners.pop(index, None)
+            self.node.refuse(index, self._not_owner(index))
+        try:
+            await self.member.ownership.withdraw()
+        except Exception as exc:  # noqa: BLE001 - the lease's revocation removes it anyway
+            log.warning("could not withdraw from the live nodes: %s", exc)
+        outcomes = await asyncio.gather(*(self._hand_over(i) for i in owned),
+                                        return_exceptions=True)  # fmt: skip
+        for index, outcome in zip(owned, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.error("shard %d: the hand-over failed (freed with the lease): %r",
+                          index, outcome)  # fmt: skip
         await self.member.leave()
         self.member = None
 
@@ -125,7 +152,9 @@ class ClusterRuntime:
 
     async def _forever(self) -> None:
         while True:
-            await asyncio.sleep(BALANCE_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), BALANCE_S)
+            self._wake.clear()
             try:
                 await self._round()
                 if time.monotonic() >= self._snapshot_at:
@@ -135,6 +164,20 @@ class ClusterRuntime:
                 raise
             except Exception:  # noqa: BLE001 - etcd or NATS away: the next round retries
                 log.exception("cluster round failed; retrying")
+
+    async def _watch(self) -> None:
+        """Wake the rounds whenever a key of the cluster changes: a shard another node
+        frees is claimed at once, not at the next round (the rounds every BALANCE_S go on
+        regardless: a broken watch only makes moves slower)."""
+        while self.member is not None:
+            try:
+                async for _ in self.member.ownership.changes():
+                    self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - etcd away: open it again shortly
+                log.warning("cluster watch broken (%s); reopening", exc)
+            await asyncio.sleep(1.0)
 
     async def _round(self) -> None:
         assert self.member is not None
@@ -146,6 +189,8 @@ class ClusterRuntime:
             if owner is not None and owner.node_id != self.node_id:
                 self.node.refuse(index, self._not_owner(index))
                 self._unserve(index)
+            elif owner is None and index not in self.owned:
+                self.node.refuse(index, self._not_owner(index))  # moving: not the old owner
         for index, owner in self.owners.items():
             if (owner.node_id == self.node_id and index in self.owned and own.valid()
                     and index not in self._served and index not in self._restoring):  # fmt: skip
@@ -153,7 +198,7 @@ class ClusterRuntime:
                 # held, so the shard is still ours: read it back and serve it again
                 log.warning("shard %d: still owned after a lapse of the lease; restoring", index)
                 self._restore(index)
-        share = math.ceil(self.shards / max(1, len(self.nodes)))
+        share = math.ceil(self.shards / len({*self.nodes, self.node_id}))  # this node too
         free = [i for i in range(self.shards) if i not in self.owners]
         if own.valid():
             # claimed concurrently: a hand-off's shards (all freed at once) are served
@@ -166,36 +211,59 @@ class ClusterRuntime:
                     log.error("shard %d: the claim failed (the next round retries): %r",
                               index, outcome)  # fmt: skip
         extra = len(self.owned) - share
-        for index in sorted(self.owned, reverse=True)[: max(0, min(extra, MOVES_PER_ROUND))]:
-            await self._hand_over(index)
+        moving = sorted(self.owned, reverse=True)[: max(0, min(extra, MOVES_PER_ROUND))]
+        outcomes = await asyncio.gather(*(self._hand_over(i) for i in moving),
+                                        return_exceptions=True)  # fmt: skip
+        for index, outcome in zip(moving, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.error("shard %d: the hand-over failed (the next round retries): %r",
+                          index, outcome)  # fmt: skip
 
     async def _claim(self, index: int) -> None:
         assert self.member is not None
         own = self.member.ownership
         started = time.perf_counter()
         replayed: list[t.Event] = []
-        shard = await self.member.claim(index, replayed)
+
+        def taking(epoch: int) -> None:  # the key is ours: calls wait here, not elsewhere
+            self.owners[index] = Owner(self.node_id, epoch, own.lease)
+            self.node.refuse(index, self._not_owner(index, taking=True))
+
+        try:
+            shard = await self.member.claim(index, replayed, taking)
+        except BaseException:
+            mine = self.owners.get(index)
+            if mine is not None and mine.node_id == self.node_id:
+                self.owners.pop(index, None)  # not ours after all: refused as free
+            self.node.refuse(index, self._not_owner(index))
+            raise
         if shard is None:
             return  # taken by another node meanwhile
+        rebuilt = time.perf_counter()
         self._serve(index, shard, replayed)
         self.owners[index] = Owner(self.node_id, own.epoch(index), own.lease)  # the map
         self.epoch_changes += 1
         if self.metrics is not None:
             self.metrics.replay.observe(time.perf_counter() - started)
-        log.info("shard %d: owned at epoch %d, rebuilt in %.3fs", index,
-                 own.epoch(index), time.perf_counter() - started)  # fmt: skip
+        log.info("shard %d: owned at epoch %d, rebuilt in %.3fs (%d events replayed), "
+                 "served %.3fs later", index, own.epoch(index), rebuilt - started,
+                 len(replayed), time.perf_counter() - rebuilt)  # fmt: skip
 
     async def _hand_over(self, index: int) -> None:
         assert self.member is not None
+        began = time.perf_counter()
+        self.owners.pop(index, None)  # refused as moving: the caller asks again shortly
         self.node.refuse(index, self._not_owner(index))  # nothing new joins its batch
         for _ in range(500):  # the batch in flight settles (bounded: 5 s)
             if self.node.idle(index):
                 break
             await asyncio.sleep(0.01)
+        settled = time.perf_counter()
         await self.member.hand_over(index)
         self.owners.pop(index, None)
         self._unserve(index)
-        log.info("shard %d: handed over", index)
+        log.info("shard %d: handed over (settled in %.3fs, key freed %.3fs later)", index,
+                 settled - began, time.perf_counter() - settled)  # fmt: skip
 
     async def _snapshot(self) -> None:
         assert self.member is not None
@@ -211,13 +279,14 @@ class ClusterRuntime:
 
     # ------------------------------------------------------------ failures
 
-    def _not_owner(self, index: int) -> NotOwner:
+    def _not_owner(self, index: int, taking: bool = False) -> NotOwner:
         owner = self.owners.get(index)
         if owner is None:
             return NotOwner(f"shard {index} has no owner right now; retry", shard=index)
-        address = self.nodes.get(owner.node_id, "")
+        address = self.address if taking else self.nodes.get(owner.node_id, "")
+        doing = "being taken over by" if taking else "served by"
         return NotOwner(
-            f"shard {index} is served by node {owner.node_id} at {address or '?'}",
+            f"shard {index} is {doing} node {owner.node_id} at {address or '?'}",
             shard=index, owner=owner.node_id, address=address, epoch=owner.epoch,
         )  # fmt: skip
 

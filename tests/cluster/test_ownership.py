@@ -5,6 +5,7 @@ healthy holder keeps its lease through an etcd member's death."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -186,3 +187,47 @@ def test_a_holder_keeps_its_lease_through_an_etcd_leader_kill(tmp_path: Path) ->
     assert after == before  # the same keys: no new epoch
     assert valid and leases == 1  # never lost: no second lease was needed
     print(f"etcd leader {killed} SIGKILLed and restarted: the lease held")
+
+
+def test_a_watcher_sees_a_shard_freed_and_a_node_withdrawn(etcd: EtcdCluster, name: str) -> None:
+    """``changes()`` (what wakes a node's round at once) yields when a shard's key is
+    freed and when a leaving node withdraws; after ``withdraw`` the node is no longer
+    live though its lease still is."""
+
+    async def main() -> None:
+        owner = Ownership(etcd.endpoints, name, "a", ttl_s=TTL, address="127.0.0.1:1")
+        watcher = Ownership(etcd.endpoints, name, "w", ttl_s=TTL)
+        await owner.start()
+        await watcher.start()
+        assert watcher.client.kv is not None
+        seen: asyncio.Queue[None] = asyncio.Queue()
+
+        async def watch() -> None:
+            async for _ in watcher.changes():
+                seen.put_nowait(None)
+
+        task = asyncio.create_task(watch())
+        try:
+            assert await owner.acquire(3) is not None
+            while seen.empty():  # the watch is open once it has seen a change
+                await watcher.client.kv.put(f"/fenliu/{name}/probe", "x", timeout=5.0)
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)
+            while not seen.empty():
+                seen.get_nowait()
+            await owner.release(3)
+            await asyncio.wait_for(seen.get(), timeout=30)
+            assert 3 not in await watcher.owners()
+            assert "a" in await watcher.nodes()
+            await owner.withdraw()
+            await asyncio.wait_for(seen.get(), timeout=30)
+            assert "a" not in await watcher.nodes()
+            assert owner.valid()  # withdrawn, not expired
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await owner.close()
+            await watcher.close()
+
+    asyncio.run(main())
