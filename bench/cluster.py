@@ -32,6 +32,7 @@ import json
 import multiprocessing as mp
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,16 +42,14 @@ from fenliu.client import AsyncClient
 from fenliu.server.cluster.local import EtcdCluster, FenliuNode, NatsCluster
 from fenliu.server.core.dispatcher import shard_index
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import process_cpu_s  # noqa: E402
+
 SHARDS = 16
 SHOPS = [f"bshop{i}" for i in range(64)]
 EXTRA = ["--lease-ttl", "2", "--tick-interval", "0.5"]
 _names = itertools.count(1)
 _ids = itertools.count(1)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -160,9 +159,9 @@ def scale_round(env: Env, count: int, args: argparse.Namespace) -> dict[str, Any
         for p in procs:
             p.start()
         time.sleep(max(0.0, start - time.time()))
-        cpu0 = sum(cpu_seconds(n.pid) for n in nodes)
+        cpu0 = sum(process_cpu_s(n.pid) for n in nodes)
         time.sleep(max(0.0, stop - time.time()))
-        cpu1 = sum(cpu_seconds(n.pid) for n in nodes)
+        cpu1 = sum(process_cpu_s(n.pid) for n in nodes)
         results = [out.get(timeout=120) for _ in procs]
         for p in procs:
             p.join(30)
