@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import itertools
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import grpc.aio
 from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import process_cpu_s  # noqa: E402
+from loadgen import free_port, process_cpu_s  # noqa: E402
 
 TOKEN = "bench-token-123"
 MODES = {
@@ -41,12 +40,6 @@ MODES = {
         f'[[auth.tokens]]\ntoken = "{TOKEN}"\nshops = ["bench"]\n'
     ),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(config: str, directory: Path) -> tuple[subprocess.Popen[str], int]:

@@ -10,9 +10,10 @@ from client processes, ``--inflight`` calls in flight in all. Each round measure
 in-flight count and mode, the order alternating from round to round, so all see the same
 machine noise. Reported per mode: decisions/s and the server's CPU per decision (user +
 system time of its process, from /proc; split into its main thread, the journal's
-writer thread and the rest: grpc's threads), their medians over the rounds, and the
-cost of the journal = 1 - fsync / off, per round and its median, with the rounds'
-spread (the noise) and the load average around each round.
+writer thread and the rest: grpc's threads), with fsync the calls per commit cycle
+(from the server's metrics: how many calls shared each fsync), their medians over the
+rounds, and the cost of the journal = 1 - fsync / off, per round and its median, with
+the rounds' spread (the noise) and the load average around each round.
 
     python bench/journal_grpc.py --inflight 64 1024 --seconds 4 --rounds 7
     python bench/journal_grpc.py --python /other/venv/bin/python ...   # another build too
@@ -35,11 +36,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import grpc  # noqa: E402
-from loadgen import process_cpu_s  # noqa: E402
+from loadgen import free_port, process_cpu_s, scrape  # noqa: E402
 from run import ServerProcess  # noqa: E402
 
 from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc  # noqa: E402
 
+CYCLES = "fenliu_journal_fsync_seconds_count"
+"""The server's count of commit cycles (each one write and one fsync)."""
 SHOPS = 200
 AGENTS = 5
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -141,6 +144,9 @@ def measure(
         server = ServerProcess(data_dir=tmp if mode != "off" else "", fsync=True)
         if python:  # another build's server (an A/B of two builds in one run)
             server.args[0] = python
+        metrics = free_port() if mode != "off" else 0
+        if metrics:  # to count its commit cycles
+            server.args += ["--metrics-port", str(metrics)]
         target = server.start()
         try:
             asyncio.run(_setup(target))
@@ -156,9 +162,11 @@ def measure(
                 time.sleep(max(0.0, start - time.time()))
                 cpu0 = server_cpu_s(server.proc.pid)
                 threads0 = thread_cpu_s(server.proc.pid)
+                cycles0 = scrape(metrics, CYCLES) if metrics else 0.0
                 time.sleep(max(0.0, stop - time.time()))
                 cpu1 = server_cpu_s(server.proc.pid)
                 threads1 = thread_cpu_s(server.proc.pid)
+                cycles1 = scrape(metrics, CYCLES) if metrics else 0.0
                 done = sum(job.get(timeout=seconds + 60) for job in jobs)
         finally:
             server.stop()
@@ -166,6 +174,8 @@ def measure(
     result = {"per_s": done / seconds, "cpu_us_per_call": (cpu1 - cpu0) / calls * 1e6}
     for kind, spent in threads1.items():
         result[f"{kind}_us_per_call"] = (spent - threads0.get(kind, 0.0)) / calls * 1e6
+    if metrics:  # ~ the calls of one round; how many shared each fsync
+        result["calls_per_cycle"] = calls / max(cycles1 - cycles0, 1.0)
     return result
 
 

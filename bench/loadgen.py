@@ -17,7 +17,9 @@ import itertools
 import math
 import os
 import random
+import socket
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -276,6 +278,24 @@ def process_cpu_s(pid: int) -> float:
     process's CPUCLOCK_SCHED), not /proc/<pid>/stat's 10 ms ticks, which read 0 for a
     short round of a cheap kind on a loaded machine."""
     return time.clock_gettime(((~pid) << 3) | 2)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (for a server's extra listener)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int, name: str) -> float:
+    """The value of metric ``name`` (a counter, or a histogram's ``_count``) on a server's
+    Prometheus endpoint; 0 when it has no sample yet."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    for line in text.splitlines():
+        if line.startswith((name + " ", name + "{")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def route_body_size(world_shops: int) -> int:

@@ -1,5 +1,6 @@
 """The journal's writer thread (fsync on): what queues up during a cycle is the next
-cycle, close answers everything, and the thread is named for whoever reads /proc."""
+cycle, a cycle is held only while several callers wait on each, close answers
+everything, and the thread is named for whoever reads /proc."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from fenliu.server.node import Node
 from fenliu.server.storage.codec import encode_command
-from fenliu.server.storage.files import FilesStorage
+from fenliu.server.storage.files import COMMIT_INTERVAL_S, FilesStorage, hold
 
 from .conftest import load, open_node
 from .test_group_commit import SHARDS, register, shops_per_shard, teams
@@ -49,6 +50,21 @@ def test_appends_queued_during_a_cycle_are_all_written_by_the_next_one(tmp_path:
     assert cycles == 2  # the held one, then the three queued meanwhile, together
     assert records == SHARDS
     assert teams(load(tmp_path, SHARDS)) == [[f"a{i}"] for i in range(SHARDS)]
+
+
+def test_a_cycle_is_held_only_while_several_callers_wait_on_each() -> None:
+    interval = COMMIT_INTERVAL_S
+    # a lone caller (the last cycle carried its one record) is written at once
+    assert hold(busy=False, gathered=1, since_last=0.0) == 0.0
+    assert hold(busy=False, gathered=0, since_last=0.0) == 0.0
+    # several records a cycle, or appends queued while the last was written: the rest
+    # of the interval since the last cycle began
+    assert abs(hold(busy=False, gathered=2, since_last=interval / 4) - interval * 3 / 4) < 1e-9
+    assert abs(hold(busy=True, gathered=1, since_last=interval / 2) - interval / 2) < 1e-9
+    assert abs(hold(busy=True, gathered=50, since_last=0.0) - interval) < 1e-9
+    # ...and nothing once the interval has passed
+    assert hold(busy=True, gathered=50, since_last=interval) == 0.0
+    assert hold(busy=False, gathered=50, since_last=interval * 3) == 0.0
 
 
 def test_an_append_after_close_fails_at_once_and_writes_nothing(tmp_path: Path) -> None:
