@@ -48,12 +48,30 @@ from loadgen import process_cpu_s  # noqa: E402
 
 SHARDS = 16
 SHOPS = [f"bshop{i}" for i in range(64)]
+
+
+def _even_shops(per_shard: int) -> list[str]:
+    """Shops of the scale mode: ``per_shard`` on every shard, so that a node's share of the
+    load is its share of the shards (SHOPS put 36 of 64 on one node's 8 shards of 16: the
+    other node then idles a quarter of the time in a closed loop, as shops are few)."""
+    got: dict[int, list[str]] = {i: [] for i in range(SHARDS)}
+    for i in itertools.count():
+        shop = f"sshop{i}"
+        bucket = got[shard_index(shop, SHARDS)]
+        if len(bucket) < per_shard:
+            bucket.append(shop)
+        if all(len(b) == per_shard for b in got.values()):
+            return [shop for bucket in got.values() for shop in bucket]
+    raise AssertionError("unreachable")
+
+
+SCALE_SHOPS = _even_shops(4)
 EXTRA = ["--lease-ttl", "2", "--tick-interval", "0.5"]
 _names = itertools.count(1)
 _ids = itertools.count(1)
 V1_CPU = Path("/sys/fs/cgroup/cpu")
 V2_ROOT = Path("/sys/fs/cgroup")
-REST_SHARES = 65_536  # the engines and load: 64 nice-0 processes' weight, no quota
+REST_SHARES = 262_144  # the engines and load: as high as a node, no quota
 
 
 def pct(values: list[float], q: float) -> float:
@@ -104,12 +122,23 @@ async def settle(fenliu: AsyncClient, addresses: set[str], timeout: float = 120)
         await asyncio.sleep(0.2)
 
 
-async def prepare(addresses: list[str]) -> None:
+async def prepare(addresses: list[str], shops: list[str] = SHOPS, even: bool = False
+                  ) -> dict[int, str]:  # fmt: skip
+    """Agents for ``shops`` once the shards are settled on ``addresses`` (``even``: and
+    spread evenly, at most one apart); the owners."""
     async with AsyncClient(addresses, timeout=60, retry_budget=60) as fenliu:
-        await settle(fenliu, set(addresses))
-        for shop in SHOPS:
+        owners = await settle(fenliu, set(addresses))
+        deadline = time.monotonic() + 60
+        while even and time.monotonic() < deadline:
+            counts = [sum(1 for a in owners.values() if a == x) for x in addresses]
+            if max(counts) - min(counts) <= 1:
+                break
+            await asyncio.sleep(0.2)
+            owners = await settle(fenliu, set(addresses))
+        for shop in shops:
             for agent in ("a1", "a2", "a3", "a4"):  # 40,000 sessions per shop, never full
                 await fenliu.register_agent(shop, agent, max_concurrent=10_000, status="online")
+    return owners
 
 
 # ---------------------------------------------------------------- a CPU budget per node
@@ -272,12 +301,12 @@ def _worker(addresses: list[str], callers: int, start: float, stop: float, tag: 
         cpu = [0.0, 0.0]
         async with AsyncClient(addresses, timeout=30, retry_budget=30) as fenliu:
             await fenliu.cluster_map()  # the map read before the clock starts
-            await fenliu.route(SHOPS[0], f"{tag}-warm")
+            await fenliu.route(SCALE_SHOPS[0], f"{tag}-warm")
 
             async def caller(k: int) -> None:
                 nonlocal errors
                 while time.time() < stop:
-                    shop = SHOPS[(k * 7919 + next(serial)) % len(SHOPS)]
+                    shop = SCALE_SHOPS[(k * 7919 + next(serial)) % len(SCALE_SHOPS)]
                     began = time.perf_counter()
                     try:
                         await fenliu.route(shop, f"{tag}-{k}-{next(serial)}")
@@ -337,7 +366,7 @@ def scale_round(env: Env, count: int, args: argparse.Namespace) -> dict[str, Any
         nodes, caps = env.nodes(count)[1], []
     try:
         addresses = [n.address for n in nodes]
-        asyncio.run(prepare(addresses))
+        owners = asyncio.run(prepare(addresses, SCALE_SHOPS, even=True))
         ctx = mp.get_context("spawn")
         out = ctx.Queue()
         start = time.time() + 4.0  # the processes import and connect first
@@ -385,6 +414,7 @@ def scale_round(env: Env, count: int, args: argparse.Namespace) -> dict[str, Any
         "mode": f"capped {args.node_cpu} cores/node ({caps[0].describe()})" if capped
         else "uncapped",
         "node_cpu_budget": args.node_cpu if capped else None,
+        "shards_per_node": [sum(1 for a in owners.values() if a == n.address) for n in nodes],
         "load_procs": nprocs, "in_flight": nprocs * args.callers,
         "decisions_per_s": round(done / args.seconds),
         "node_cpu_cores": [round(c / wall, 3) for c in node_cpu],
