@@ -2,12 +2,18 @@
 in the same run:
 
     python bench/cluster.py                    # all four, 3 rounds
-    python bench/cluster.py --only scale --rounds 3 --seconds 8
+    python bench/cluster.py --only scale --rounds 5 --seconds 8 --node-cpu 0.3
 
 - scale: decisions/s of new buyers with 1 node vs 2 nodes, the SDK splitting the load
-  (each call to its shop's owner); load processes (``--procs``, each an AsyncClient with
-  ``--callers`` unary Routes in flight) run the same load against both; also the nodes'
-  CPU per decision (utime + stime of the node processes, /proc) and p50/p99.
+  (each call to its shop's owner; 4 shops on each of the 16 shards); load processes
+  (``--procs``, each an AsyncClient with ``--callers`` unary Routes in flight). Uncapped
+  (``--node-cpu 0``, the default): the same load against both, every process sharing the
+  machine. ``--node-cpu 0.3``: each node in a cgroup of its own with a CPU quota of 0.3
+  cores and a high weight (a machine of its own), ``--procs`` load processes per node, and
+  NATS, etcd and the load in one uncapped high-weight cgroup, so that 1 vs 2 nodes differ
+  only in the node count; exits 2 where cgroups cannot be written. Per round: each node's
+  CPU (cores; µs per decision), cpu.stat's throttling, NATS/etcd/load CPU, the headroom,
+  p50/p99, warnings when a node did not reach its budget or the machine had no headroom.
 - failover: 2 nodes under load, the owner of a probed shop SIGKILLed: the time from the
   kill to the probe's first decision on the new owner (target ≤ 5 s), p99 of every call
   in the 10 s after the kill against the 5 s before (the SDK retries within the deadline).
