@@ -29,6 +29,7 @@ nats.py #985): each message is a request with a timeout, retried with the same
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import logging
@@ -70,6 +71,7 @@ H_EXPECTED = "Nats-Expected-Last-Sequence"
 H_MSG_ID = "Nats-Msg-Id"
 MAX_MESSAGE = 768 * 1024  # under nats-server's 1 MB max_payload: a bigger batch is split
 ATTEMPT_TIMEOUT_S = 2.0
+DIRECT_READ_MAX = 16  # a replay of at most this many messages reads each (no consumer)
 APPEND_DEADLINE_S = 20.0  # outlasts a stream leader election (4.6–6.9 s measured)
 _SNAP_HEAD = struct.Struct("<QII")  # position, crc32 of the image, epoch
 
@@ -130,6 +132,12 @@ def chunks(records: Sequence[bytes], limit: int = MAX_MESSAGE) -> list[list[byte
     return out
 
 
+def steps(marks: Sequence[tuple[str, float]]) -> str:
+    """``stream +0.001 fenced +0.120 ...``: each step's time since the one before."""
+    return " ".join(f"{name} +{at - marks[i][1]:.3f}" for i, (name, at) in
+                    enumerate(marks[1:]))  # fmt: skip
+
+
 class ShardLog:
     """One shard's stream, as its owner sees it."""
 
@@ -141,6 +149,9 @@ class ShardLog:
         self.start = 0  # the sequence before the first one kept (the stream was purged to)
         self.epoch = 0  # the owner's epoch, 0 while not owned
         self.stale = 0  # messages of an older epoch after a takeover (fencing: always 0)
+        # the position of the image in each snapshot slot (None: empty), as this node last
+        # read or wrote them: a save needs no read (a new owner reads both at its takeover)
+        self.slots: dict[str, int | None] = {}
 
     def __repr__(self) -> str:
         return f"ShardLog({self.index}, position={self.position}, epoch={self.epoch})"
@@ -178,6 +189,7 @@ class JetStreamStorage:
         self._nonce = f"{os.getpid():x}{time.time_ns():x}"
         self._streams: set[int] = set()
         self._snap: ObjectStore | None = None
+        self._cleanups: set[asyncio.Task[None]] = set()  # replay consumers being deleted
         self.retries = 0  # attempts after a first one timed out (metrics, tests)
         self.on_append: Callable[[float], None] | None = None  # seconds of each shard's
 
@@ -246,6 +258,20 @@ class JetStreamStorage:
             api.ObjectStoreConfig(replicas=self.replicas, storage=api.StorageType.FILE),
         )
 
+    async def _stream_info(self, index: int) -> api.StreamInfo:
+        """Shard ``index``'s stream as its leader knows it now, created if it is missing
+        (one round trip when it exists: no stream create through the meta leader)."""
+        log_ = self.logs[index]
+        if index not in self._streams:
+            try:
+                info = await self._retry(lambda: self.js.stream_info(log_.stream))
+            except nats.js.errors.NotFoundError:
+                await self._ensure_stream(index)
+            else:
+                self._streams.add(index)
+                return info
+        return await self._retry(lambda: self.js.stream_info(log_.stream))
+
     async def _ensure_stream(self, index: int) -> None:
         if index in self._streams:
             return
@@ -263,6 +289,8 @@ class JetStreamStorage:
         self._streams.add(index)
 
     async def close(self) -> None:
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=1.0)
         await self.nc.close()
 
     async def _retry(self, call: Callable[[], Awaitable[T]], deadline_s: float | None = None) -> T:
@@ -299,25 +327,47 @@ class JetStreamStorage:
             StorageError: the stream cannot be rebuilt (pruned past every snapshot,
                 damaged), or codec.FormatError.
         """
-        await self._ensure_stream(index)
+        marks = [("begun", time.perf_counter())]
         log_ = self.logs[index]
         log_.epoch = 0  # nothing appends while the takeover runs
-        while True:
-            info = await self._retry(lambda: self.js.stream_info(log_.stream))
-            assert isinstance(info, api.StreamInfo) and info.state is not None
-            last = info.state.last_seq
-            try:
-                seq = await self._publish(index, [], KIND_TAKEOVER, epoch, last)
-                break
-            except AppendRefused as exc:
-                if "wrong last sequence" not in str(exc):
-                    raise
-                continue  # an older owner's append landed meanwhile: fence after it too
+        # The newest snapshot is read while the stream is fenced (independent round trips):
+        # any image an older owner saves meanwhile is at a position before the takeover,
+        # and it purges only below the image already kept, so what is read stays replayable.
+        snapshot = asyncio.ensure_future(self._load_snapshot(index))
+        try:
+            while True:
+                info = await self._stream_info(index)
+                assert info.state is not None
+                if marks[-1][0] == "begun":
+                    marks.append(("stream", time.perf_counter()))
+                last = info.state.last_seq
+                try:
+                    seq = await self._publish(index, [], KIND_TAKEOVER, epoch, last)
+                    break
+                except AppendRefused as exc:
+                    if "wrong last sequence" not in str(exc):
+                        raise
+                    continue  # an older owner's append landed meanwhile: fence after it too
+            marks.append(("fenced", time.perf_counter()))
+            shard, position = await snapshot
+        except BaseException:
+            snapshot.cancel()
+            with contextlib.suppress(BaseException):
+                await snapshot
+            raise
+        marks.append(("snapshot", time.perf_counter()))
         log_.start = max(0, (info.state.first_seq or 1) - 1)
-        shard, position = await self._load_snapshot(index)
+        if position < log_.start:
+            raise StorageError(
+                f"shard {index}: no usable snapshot, and its stream starts after message "
+                f"{log_.start}: the shard cannot be rebuilt"
+            )
         stale = 0
         newest = 0
-        async for entry in self.read(index, position, seq):
+        messages = 0
+        # up to the message before the takeover (the takeover itself holds no records)
+        async for entry in self.read(index, position, seq - 1, marks):
+            messages += 1
             if entry.epoch < newest:
                 stale += 1  # written after a newer takeover: fencing failed; never applied
                 log.error("shard %d: message %d of epoch %d after epoch %d's takeover",
@@ -328,9 +378,12 @@ class JetStreamStorage:
                 continue
             for record in entry.records:
                 apply_record(shard, record, events)
+        marks.append(("replayed", time.perf_counter()))
         log_.stale = stale
         log_.position = seq
         log_.epoch = epoch
+        log.info("shard %d: takeover steps %s (%d messages between the snapshot at %d and "
+                 "the takeover at %d)", index, steps(marks), messages, position, seq)  # fmt: skip
         return shard
 
     def release(self, index: int) -> None:
@@ -432,11 +485,22 @@ class JetStreamStorage:
 
     # ------------------------------------------------------------ reading
 
-    async def read(self, index: int, after: int, upto: int) -> AsyncIterator[Entry]:
-        """Shard ``index``'s messages after sequence ``after`` up to ``upto``, in order."""
+    async def read(
+        self, index: int, after: int, upto: int, marks: list[tuple[str, float]] | None = None
+    ) -> AsyncIterator[Entry]:
+        """Shard ``index``'s messages after sequence ``after`` up to ``upto``, in order
+        (``marks``: when the consumer was created and the first fetch answered)."""
         if upto <= after:
             return
         log_ = self.logs[index]
+        if upto - after <= DIRECT_READ_MAX:  # a few: each read at once, no consumer
+            found = await asyncio.gather(*(self._message(log_, seq) for seq in
+                                           range(after + 1, upto + 1)))  # fmt: skip
+            if marks is not None:
+                marks.append(("fetched", time.perf_counter()))
+            for entry in found:
+                yield entry
+            return
         config = api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=after + 1,
@@ -449,6 +513,8 @@ class JetStreamStorage:
             lambda: self.js.pull_subscribe(log_.subject, stream=log_.stream, config=config)
         )
         assert isinstance(sub, JetStreamContext.PullSubscription)
+        if marks is not None:
+            marks.append(("consumer", time.perf_counter()))
         expected = after + 1
         give_up = time.monotonic() + 3 * self.deadline_s
         try:
@@ -459,6 +525,8 @@ class JetStreamStorage:
                     if time.monotonic() > give_up:
                         raise
                     continue
+                if marks is not None and marks[-1][0] == "consumer":
+                    marks.append(("fetched", time.perf_counter()))
                 for msg in msgs:
                     seq = msg.metadata.sequence.stream
                     if seq < expected:
@@ -474,11 +542,36 @@ class JetStreamStorage:
                         unpack(msg.data, f"{log_.stream} message {seq}"),
                     )
         finally:
-            try:
-                await sub.unsubscribe()
-                await self.js.delete_consumer(log_.stream, (await sub.consumer_info()).name)
-            except Exception:  # noqa: BLE001 - an ephemeral consumer expires on its own
-                pass
+            if marks is not None:
+                marks.append(("read", time.perf_counter()))
+            # deleted off the takeover's path (two more round trips nobody waits for)
+            task = asyncio.ensure_future(self._delete_consumer(log_, sub))
+            self._cleanups.add(task)
+            task.add_done_callback(self._cleanups.discard)
+
+    async def _delete_consumer(
+        self, log_: ShardLog, sub: JetStreamContext.PullSubscription
+    ) -> None:
+        try:
+            await sub.unsubscribe()
+            await self.js.delete_consumer(log_.stream, (await sub.consumer_info()).name)
+        except Exception:  # noqa: BLE001 - an ephemeral consumer expires on its own
+            pass
+
+    async def _message(self, log_: ShardLog, seq: int) -> Entry:
+        """Message ``seq`` of a shard's stream, from its leader."""
+        try:
+            msg = await self._retry(lambda: self.js.get_msg(log_.stream, seq))
+        except nats.js.errors.NotFoundError as exc:
+            raise StorageError(f"{log_.stream}: message {seq} is missing") from exc
+        assert isinstance(msg, api.RawStreamMsg)
+        headers = msg.headers or {}
+        return Entry(
+            seq,
+            headers.get(H_KIND, KIND_BATCH),
+            int(headers.get(H_EPOCH, "0")),
+            unpack(msg.data or b"", f"{log_.stream} message {seq}"),
+        )
 
     # ------------------------------------------------------------ snapshots
 
@@ -503,35 +596,43 @@ class JetStreamStorage:
         return body, position, epoch
 
     async def _load_snapshot(self, index: int) -> tuple[Shard, int]:
-        found = [s for s in [await self._get_snapshot(n) for n in self._slots(index)] if s]
+        """The newest image of shard ``index`` (both slots read at once) and its position
+        (an empty shard at 0 when there is none)."""
+        names = self._slots(index)
+        got = await asyncio.gather(*(self._get_snapshot(n) for n in names))
+        self.logs[index].slots = {n: g[1] if g else None for n, g in zip(names, got, strict=True)}
+        found = [g for g in got if g]
         if not found:
-            shard, position = Shard(index), 0
-        else:
-            body, position, _ = max(found, key=lambda s: s[1])
-            shard, image_position = image.decode(body)
-            if shard.index != index or image_position != position:
-                raise StorageError(f"shard {index}: its snapshot holds shard {shard.index}")
-        if position < self.logs[index].start:
-            raise StorageError(
-                f"shard {index}: no usable snapshot, and its stream starts after message "
-                f"{self.logs[index].start}: the shard cannot be rebuilt"
-            )
+            return Shard(index), 0
+        body, position, _ = max(found, key=lambda s: s[1])
+        shard, image_position = image.decode(body)
+        if shard.index != index or image_position != position:
+            raise StorageError(f"shard {index}: its snapshot holds shard {shard.index}")
         return shard, position
 
-    async def save_snapshot(self, index: int, shard: Shard, position: int) -> None:
+    async def save_snapshot(
+        self, index: int, shard: Shard, position: int, *, purge: bool = True
+    ) -> None:
         """Store ``shard`` as it is after message ``position`` (over the older of the two
-        kept images), then purge the stream up to the older kept one."""
+        kept images), then (``purge``) purge the stream up to the older kept one."""
         body = image.encode(shard, position)
         log_ = self.logs[index]
-        found = {n: await self._get_snapshot(n) for n in self._slots(index)}
-        older = min(found, key=lambda n: found[n][1] if found[n] else -1)  # type: ignore[index]
+        names = self._slots(index)
+        if set(log_.slots) != set(names):  # not read since this node took the shard over
+            got = await asyncio.gather(*(self._get_snapshot(n) for n in names))
+            log_.slots = {n: g[1] if g else None for n, g in zip(names, got, strict=True)}
+        found = dict(log_.slots)
+        older = min(found, key=lambda n: found[n] or -1)  # an empty slot first
         head = _SNAP_HEAD.pack(position, zlib.crc32(body), log_.epoch)
         assert self._snap is not None
         store = self._snap
+        log_.slots = {}  # unknown until the put answers (it may land, or not)
         await self._retry(lambda: store.put(older, head + body))
+        found[older] = position
+        log_.slots = found
         other = next(n for n in found if n != older)
         kept = found[other]
-        if kept is not None and kept[1] > log_.start:
-            keep_from = kept[1] + 1  # purge below: the older kept image covers them
+        if purge and kept is not None and kept > log_.start:
+            keep_from = kept + 1  # purge below: the older kept image covers them
             await self._retry(lambda: self.js.purge_stream(log_.stream, seq=keep_from))
-            log_.start = kept[1]
+            log_.start = kept
