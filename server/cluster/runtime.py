@@ -23,8 +23,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import random
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Protocol
 
 from ..config import Config
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 
 BALANCE_S = 0.5
 MOVES_PER_ROUND = 4
+QUIET_WAIT_S = 0.1  # a shard handed over waits this long at most for a moment with
+QUIET_POLL_S = 0.001  # nothing staged or in flight (then its image is its durable state)
+HANDOVER_SNAPSHOT_S = 2.0  # the hand-over snapshot is given up after this long
 
 
 class Watches(Protocol):
@@ -102,9 +106,10 @@ class ClusterRuntime:
     async def stop(self) -> None:
         """Hand every shard over (a planned move) and leave the cluster.
 
-        Every shard is refused first (a call is told the shard is moving), then the node
-        leaves the live nodes, so that the others' fair share counts it out when they see
-        its shards freed; the shards are freed concurrently (each once its batch settled).
+        The node leaves the live nodes first, so that the others' fair share counts it out
+        when they see its shards freed; meanwhile every shard is handed over concurrently
+        (refused at a moment with nothing in flight, its image saved at that position, its
+        key freed once the node is withdrawn).
         """
         for task in (self._task, self._watch_task):
             if task is not None:
@@ -117,13 +122,10 @@ class ClusterRuntime:
         owned = list(self.owned)
         for index in owned:
             self.owners.pop(index, None)
-            self.node.refuse(index, self._not_owner(index))
-        try:
-            await self.member.ownership.withdraw()
-        except Exception as exc:  # noqa: BLE001 - the lease's revocation removes it anyway
-            log.warning("could not withdraw from the live nodes: %s", exc)
-        outcomes = await asyncio.gather(*(self._hand_over(i) for i in owned),
+        withdrawn = asyncio.ensure_future(self._withdraw())
+        outcomes = await asyncio.gather(*(self._hand_over(i, withdrawn) for i in owned),
                                         return_exceptions=True)  # fmt: skip
+        await withdrawn
         for index, outcome in zip(owned, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 log.error("shard %d: the hand-over failed (freed with the lease): %r",
@@ -202,14 +204,12 @@ class ClusterRuntime:
         free = [i for i in range(self.shards) if i not in self.owners]
         if own.valid():
             # claimed concurrently: a hand-off's shards (all freed at once) are served
-            # again after one takeover's time, not one after the other
-            wanted = free[: max(0, share - len(self.owned))]
-            claims = await asyncio.gather(*(self._claim(i) for i in wanted),
-                                          return_exceptions=True)  # fmt: skip
-            for index, outcome in zip(wanted, claims, strict=True):
-                if isinstance(outcome, BaseException):
-                    log.error("shard %d: the claim failed (the next round retries): %r",
-                              index, outcome)  # fmt: skip
+            # again after one takeover's time, not one after the other; each claimer tries
+            # the free shards in its own order, and one that loses a shard to another node
+            # tries the next at once (not in the next round)
+            random.shuffle(free)
+            claimers = max(0, min(share - len(self.owned), len(free)))
+            await asyncio.gather(*(self._claim_one_of(free) for _ in range(claimers)))
         extra = len(self.owned) - share
         moving = sorted(self.owned, reverse=True)[: max(0, min(extra, MOVES_PER_ROUND))]
         outcomes = await asyncio.gather(*(self._hand_over(i) for i in moving),
@@ -219,7 +219,17 @@ class ClusterRuntime:
                 log.error("shard %d: the hand-over failed (the next round retries): %r",
                           index, outcome)  # fmt: skip
 
-    async def _claim(self, index: int) -> None:
+    async def _claim_one_of(self, free: list[int]) -> None:
+        """Claim one of ``free`` (shared by the claimers of a round: each takes the next)."""
+        while free:
+            index = free.pop()
+            try:
+                if await self._claim(index):
+                    return
+            except Exception as exc:  # noqa: BLE001 - the next round retries it
+                log.error("shard %d: the claim failed (the next round retries): %r", index, exc)
+
+    async def _claim(self, index: int) -> bool:
         assert self.member is not None
         own = self.member.ownership
         started = time.perf_counter()
@@ -238,7 +248,7 @@ class ClusterRuntime:
             self.node.refuse(index, self._not_owner(index))
             raise
         if shard is None:
-            return  # taken by another node meanwhile
+            return False  # taken by another node meanwhile
         rebuilt = time.perf_counter()
         self._serve(index, shard, replayed)
         self.owners[index] = Owner(self.node_id, own.epoch(index), own.lease)  # the map
@@ -248,22 +258,77 @@ class ClusterRuntime:
         log.info("shard %d: owned at epoch %d, rebuilt in %.3fs (%d events replayed), "
                  "served %.3fs later", index, own.epoch(index), rebuilt - started,
                  len(replayed), time.perf_counter() - rebuilt)  # fmt: skip
+        return True
 
-    async def _hand_over(self, index: int) -> None:
+    async def _withdraw(self) -> None:
+        assert self.member is not None
+        try:
+            await self.member.ownership.withdraw()
+        except Exception as exc:  # noqa: BLE001 - the lease's revocation removes it anyway
+            log.warning("could not withdraw from the live nodes: %s", exc)
+
+    async def _hand_over(self, index: int, before_freeing: Awaitable[None] | None = None) -> None:
+        """Hand shard ``index`` over: refused here (nothing new joins its batch), its
+        batch in flight settled, its image saved when it is the durable state (the next
+        owner replays nothing), its key freed (after ``before_freeing``)."""
         assert self.member is not None
         began = time.perf_counter()
         self.owners.pop(index, None)  # refused as moving: the caller asks again shortly
-        self.node.refuse(index, self._not_owner(index))  # nothing new joins its batch
+        quiet = await self._refuse_when_quiet(index)
         for _ in range(500):  # the batch in flight settles (bounded: 5 s)
             if self.node.idle(index):
                 break
             await asyncio.sleep(0.01)
         settled = time.perf_counter()
+        saved = await self._hand_over_snapshot(index) if quiet else "none (never quiet)"
+        snapshotted = time.perf_counter()
+        if before_freeing is not None:
+            await before_freeing
         await self.member.hand_over(index)
         self.owners.pop(index, None)
         self._unserve(index)
-        log.info("shard %d: handed over (settled in %.3fs, key freed %.3fs later)", index,
-                 settled - began, time.perf_counter() - settled)  # fmt: skip
+        log.info("shard %d: handed over (settled in %.3fs, snapshot %s in %.3fs, key freed "
+                 "%.3fs later)", index, settled - began, saved, snapshotted - settled,
+                 time.perf_counter() - snapshotted)  # fmt: skip
+
+    async def _refuse_when_quiet(self, index: int) -> bool:
+        """Refuse shard ``index`` at a moment nothing of it is staged or in flight (within
+        QUIET_WAIT_S; the calls go on being served meanwhile): True if so, its image then
+        being exactly its durable state; False: refused anyway, perhaps dropping what was
+        staged behind its batch in flight (undone in no image: none is saved then)."""
+        give_up = time.monotonic() + QUIET_WAIT_S
+        while True:
+            if self.node.idle(index) and not self.node.fenced(index):
+                self.node.refuse(index, self._not_owner(index))  # in the same step
+                return True
+            if self.node.fenced(index) or time.monotonic() >= give_up:
+                self.node.refuse(index, self._not_owner(index))
+                return False
+            await asyncio.sleep(QUIET_POLL_S)
+
+    async def _hand_over_snapshot(self, index: int) -> str:
+        """Save shard ``index``'s image at its last durable message, refused and quiet
+        (so its state in memory is exactly that): the next owner loads it and replays
+        only its own takeover. Without it the next owner replays from the last periodic
+        snapshot (a failure here only makes the hand-over slower)."""
+        assert self.member is not None
+        storage = self.member.storage
+        log_ = storage.logs[index]
+        position = log_.position
+        if not log_.epoch:
+            return "none (no longer written here)"
+        if position in log_.slots.values():
+            return f"unchanged at {position}"
+        shard = self.node.dispatcher.shards[index]
+        try:  # encoded before its first await; not purged (nobody waits for that)
+            await asyncio.wait_for(
+                storage.save_snapshot(index, shard, position, purge=False),
+                HANDOVER_SNAPSHOT_S,
+            )
+        except Exception as exc:  # noqa: BLE001 - the next owner replays more, that's all
+            log.warning("shard %d: no hand-over snapshot: %r", index, exc)
+            return "failed"
+        return f"at {position}"
 
     async def _snapshot(self) -> None:
         assert self.member is not None
