@@ -38,7 +38,7 @@ from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 import grpc
 import grpc.aio
 
-from ._cluster import Router, owner_hint
+from ._cluster import TAKEOVER_POLL_S, Router, owner_hint, taking_over
 from ._errors import FenliuError, Unavailable, from_rpc_error
 from ._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 from ._stream import ClusterRouteStream, RouteStream
@@ -334,8 +334,11 @@ class AsyncClient:
                 if loop.time() >= give_up:
                     raise error
                 continue  # at once, to the owner the refusal named
-            longest = MAX_BACKOFF if moved is None else MOVE_BACKOFF
-            pause = min(self.backoff * 2 ** (attempt - 1), longest) * (0.5 + random.random())
+            if moved is False and taking_over(error, target):
+                pause = TAKEOVER_POLL_S * (0.5 + random.random())  # served there shortly
+            else:
+                longest = MAX_BACKOFF if moved is None else MOVE_BACKOFF
+                pause = min(self.backoff * 2 ** (attempt - 1), longest) * (0.5 + random.random())
             if loop.time() + pause >= give_up:
                 raise error
             await asyncio.sleep(pause)
@@ -359,6 +362,8 @@ class AsyncClient:
 
         if elsewhere():
             return True
+        if taking_over(error, target):
+            return False  # the owner to be, about to serve it: no map to read
         await router.refresh(avoid=target)
         return elsewhere()
 
