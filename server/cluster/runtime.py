@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 BALANCE_S = 0.5
 MOVES_PER_ROUND = 4
 QUIET_WAIT_S = 0.1  # a shard handed over waits this long at most for a moment with
-QUIET_POLL_S = 0.001  # nothing staged or in flight (then its image is its durable state)
+QUIET_POLL_S = 0.001  # nothing staged behind its batch in flight (a refusal drops nothing)
 HANDOVER_SNAPSHOT_S = 2.0  # the hand-over snapshot is given up after this long
 
 
@@ -274,13 +274,19 @@ class ClusterRuntime:
         assert self.member is not None
         began = time.perf_counter()
         self.owners.pop(index, None)  # refused as moving: the caller asks again shortly
+        failures = self.member.storage.logs[index].failures
         quiet = await self._refuse_when_quiet(index)
         for _ in range(500):  # the batch in flight settles (bounded: 5 s)
             if self.node.idle(index):
                 break
             await asyncio.sleep(0.01)
         settled = time.perf_counter()
-        saved = await self._hand_over_snapshot(index) if quiet else "none (never quiet)"
+        if not quiet:
+            saved = "none (never quiet)"
+        elif not self.node.idle(index) or self.member.storage.logs[index].failures != failures:
+            saved = "none (its last batch failed)"  # what is here may not be durable
+        else:
+            saved = await self._hand_over_snapshot(index)
         snapshotted = time.perf_counter()
         if before_freeing is not None:
             await before_freeing
@@ -292,13 +298,13 @@ class ClusterRuntime:
                  time.perf_counter() - snapshotted)  # fmt: skip
 
     async def _refuse_when_quiet(self, index: int) -> bool:
-        """Refuse shard ``index`` at a moment nothing of it is staged or in flight (within
-        QUIET_WAIT_S; the calls go on being served meanwhile): True if so, its image then
-        being exactly its durable state; False: refused anyway, perhaps dropping what was
-        staged behind its batch in flight (undone in no image: none is saved then)."""
+        """Refuse shard ``index`` at a moment nothing of it is staged behind its batch in
+        flight (within QUIET_WAIT_S; the calls go on being served meanwhile): True if so,
+        its image being its durable state once that batch is; False: refused anyway,
+        dropping what was staged (applied in memory, never durable: no image is saved)."""
         give_up = time.monotonic() + QUIET_WAIT_S
         while True:
-            if self.node.idle(index) and not self.node.fenced(index):
+            if not self.node.staged(index) and not self.node.fenced(index):
                 self.node.refuse(index, self._not_owner(index))  # in the same step
                 return True
             if self.node.fenced(index) or time.monotonic() >= give_up:
@@ -307,8 +313,9 @@ class ClusterRuntime:
             await asyncio.sleep(QUIET_POLL_S)
 
     async def _hand_over_snapshot(self, index: int) -> str:
-        """Save shard ``index``'s image at its last durable message, refused and quiet
-        (so its state in memory is exactly that): the next owner loads it and replays
+        """Save shard ``index``'s image at its last durable message, refused, nothing
+        dropped and its last batch durable (so its state in memory is exactly that): the
+        next owner loads it and replays
         only its own takeover. Without it the next owner replays from the last periodic
         snapshot (a failure here only makes the hand-over slower)."""
         assert self.member is not None

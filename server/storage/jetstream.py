@@ -71,6 +71,7 @@ H_EXPECTED = "Nats-Expected-Last-Sequence"
 H_MSG_ID = "Nats-Msg-Id"
 MAX_MESSAGE = 768 * 1024  # under nats-server's 1 MB max_payload: a bigger batch is split
 ATTEMPT_TIMEOUT_S = 2.0
+SNAPSHOT_CHUNK = 512 * 1024  # an image's chunks (nats-py's default 128 KB: a round trip each)
 DIRECT_READ_MAX = 16  # a replay of at most this many messages reads each (no consumer)
 APPEND_DEADLINE_S = 20.0  # outlasts a stream leader election (4.6–6.9 s measured)
 _SNAP_HEAD = struct.Struct("<QII")  # position, crc32 of the image, epoch
@@ -149,6 +150,7 @@ class ShardLog:
         self.start = 0  # the sequence before the first one kept (the stream was purged to)
         self.epoch = 0  # the owner's epoch, 0 while not owned
         self.stale = 0  # messages of an older epoch after a takeover (fencing: always 0)
+        self.failures = 0  # appends that failed (refused, or of unknown outcome)
         # the position of the image in each snapshot slot (None: empty), as this node last
         # read or wrote them: a save needs no read (a new owner reads both at its takeover)
         self.slots: dict[str, int | None] = {}
@@ -418,10 +420,16 @@ class JetStreamStorage:
     async def _append_shard(self, index: int, records: Sequence[bytes]) -> None:
         log_ = self.logs[index]
         started = time.perf_counter()
-        for part in chunks(records):
-            if not log_.epoch:
-                raise AppendRefused(f"shard {index} is not owned by this node")
-            log_.position = await self._publish(index, part, KIND_BATCH, log_.epoch, log_.position)
+        try:
+            for part in chunks(records):
+                if not log_.epoch:
+                    raise AppendRefused(f"shard {index} is not owned by this node")
+                log_.position = await self._publish(
+                    index, part, KIND_BATCH, log_.epoch, log_.position
+                )
+        except BaseException:
+            log_.failures += 1
+            raise
         if self.on_append is not None:
             self.on_append(time.perf_counter() - started)
 
@@ -627,7 +635,10 @@ class JetStreamStorage:
         assert self._snap is not None
         store = self._snap
         log_.slots = {}  # unknown until the put answers (it may land, or not)
-        await self._retry(lambda: store.put(older, head + body))
+        meta = api.ObjectMeta(
+            name=older, options=api.ObjectMetaOptions(max_chunk_size=SNAPSHOT_CHUNK)
+        )
+        await self._retry(lambda: store.put(older, head + body, meta))
         found[older] = position
         log_.slots = found
         other = next(n for n in found if n != older)
