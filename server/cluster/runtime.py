@@ -313,29 +313,30 @@ class ClusterRuntime:
             await asyncio.sleep(QUIET_POLL_S)
 
     async def _hand_over_snapshot(self, index: int) -> str:
-        """Save shard ``index``'s image at its last durable message, refused, nothing
-        dropped and its last batch durable (so its state in memory is exactly that): the
-        next owner loads it and replays
-        only its own takeover. Without it the next owner replays from the last periodic
-        snapshot (a failure here only makes the hand-over slower)."""
+        """Append shard ``index``'s whole image as its last message (refused, nothing
+        dropped and its last batch durable, so its state in memory is exactly its durable
+        state): the next owner reads the message its takeover follows, finds the image and
+        replays nothing. An image too big for one message goes to the snapshot store
+        instead. A failure here only makes the hand-over slower (the next owner replays
+        from the last snapshot)."""
         assert self.member is not None
         storage = self.member.storage
         log_ = storage.logs[index]
-        position = log_.position
         if not log_.epoch:
             return "none (no longer written here)"
-        if position in log_.slots.values():
-            return f"unchanged at {position}"
         shard = self.node.dispatcher.shards[index]
-        try:  # encoded before its first await; not purged (nobody waits for that)
-            await asyncio.wait_for(
-                storage.save_snapshot(index, shard, position, purge=False),
-                HANDOVER_SNAPSHOT_S,
-            )
+        try:  # encoded before the first await
+            seq = await asyncio.wait_for(storage.hand_over_image(index, shard),
+                                         HANDOVER_SNAPSHOT_S)  # fmt: skip
+            if seq is not None:
+                return f"appended at {seq}"
+            position = log_.position
+            await asyncio.wait_for(storage.save_snapshot(index, shard, position, purge=False),
+                                   HANDOVER_SNAPSHOT_S)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - the next owner replays more, that's all
-            log.warning("shard %d: no hand-over snapshot: %r", index, exc)
+            log.warning("shard %d: no hand-over image: %r", index, exc)
             return "failed"
-        return f"at {position}"
+        return f"saved at {position}"
 
     async def _snapshot(self) -> None:
         assert self.member is not None

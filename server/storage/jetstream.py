@@ -65,6 +65,7 @@ NO_PLACEMENT = 10005  # "no suitable peers for placement": a member not yet seen
 DUPLICATE_IN_PROCESS = 10158
 KIND_BATCH = "batch"
 KIND_TAKEOVER = "takeover"
+KIND_IMAGE = "image"  # a leaving owner's last message: the shard's whole image after it
 H_KIND = "Fenliu-Kind"
 H_EPOCH = "Fenliu-Epoch"
 H_EXPECTED = "Nats-Expected-Last-Sequence"
@@ -101,6 +102,30 @@ class Entry:
     kind: str
     epoch: int
     records: list[bytes]
+    image: bytes = b""  # a KIND_IMAGE message's payload (its records are empty)
+
+
+def _entry(seq: int, headers: dict[str, str] | None, data: bytes | None, where: str) -> Entry:
+    headers = headers or {}
+    kind = headers.get(H_KIND, KIND_BATCH)
+    epoch = int(headers.get(H_EPOCH, "0"))
+    if kind == KIND_IMAGE:
+        return Entry(seq, kind, epoch, [], data or b"")
+    return Entry(seq, kind, epoch, unpack(data or b"", where))
+
+
+def decode_image(data: bytes, index: int, seq: int) -> Shard:
+    """The shard of a KIND_IMAGE message at ``seq`` (its image is at ``seq - 1``)."""
+    if len(data) < _SNAP_HEAD.size:
+        raise StorageError(f"shard {index}: the image at message {seq} is truncated")
+    position, crc, _ = _SNAP_HEAD.unpack_from(data)
+    body = data[_SNAP_HEAD.size :]
+    if zlib.crc32(body) != crc or position != seq - 1:
+        raise StorageError(f"shard {index}: the image at message {seq} is damaged")
+    shard, image_position = image.decode(body)
+    if shard.index != index or image_position != position:
+        raise StorageError(f"shard {index}: the image at message {seq} holds another shard")
+    return shard
 
 
 def pack(records: Sequence[bytes]) -> bytes:
@@ -336,6 +361,7 @@ class JetStreamStorage:
         # any image an older owner saves meanwhile is at a position before the takeover,
         # and it purges only below the image already kept, so what is read stays replayable.
         snapshot = asyncio.ensure_future(self._load_snapshot(index))
+        handed: asyncio.Future[Entry | None] | None = None
         try:
             while True:
                 info = await self._stream_info(index)
@@ -343,6 +369,10 @@ class JetStreamStorage:
                 if marks[-1][0] == "begun":
                     marks.append(("stream", time.perf_counter()))
                 last = info.state.last_seq
+                if handed is not None:
+                    handed.cancel()
+                # the message the takeover follows, read meanwhile: a hand-over image?
+                handed = asyncio.ensure_future(self._last_message(log_, last))
                 try:
                     seq = await self._publish(index, [], KIND_TAKEOVER, epoch, last)
                     break
@@ -351,11 +381,19 @@ class JetStreamStorage:
                         raise
                     continue  # an older owner's append landed meanwhile: fence after it too
             marks.append(("fenced", time.perf_counter()))
-            shard, position = await snapshot
+            previous = await handed
+            if previous is not None and previous.kind == KIND_IMAGE:
+                # the old owner's last word: the whole shard after it; nothing to replay
+                shard, position = decode_image(previous.image, index, previous.seq), previous.seq
+                snapshot.cancel()
+            else:
+                shard, position = await snapshot
         except BaseException:
-            snapshot.cancel()
-            with contextlib.suppress(BaseException):
-                await snapshot
+            for task in (snapshot, handed):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
             raise
         marks.append(("snapshot", time.perf_counter()))
         log_.start = max(0, (info.state.first_seq or 1) - 1)
@@ -378,6 +416,9 @@ class JetStreamStorage:
             if entry.kind == KIND_TAKEOVER:
                 newest = entry.epoch
                 continue
+            if entry.kind == KIND_IMAGE:  # a hand-over: the whole shard after it
+                shard = decode_image(entry.image, index, entry.seq)
+                continue
             for record in entry.records:
                 apply_record(shard, record, events)
         marks.append(("replayed", time.perf_counter()))
@@ -387,6 +428,25 @@ class JetStreamStorage:
         log.info("shard %d: takeover steps %s (%d messages between the snapshot at %d and "
                  "the takeover at %d)", index, steps(marks), messages, position, seq)  # fmt: skip
         return shard
+
+    async def hand_over_image(self, index: int, shard: Shard) -> int | None:
+        """As the owner's last message of shard ``index``: its whole image after its last
+        durable message (fenced as any append), so the next owner starts from it and
+        replays nothing. ``shard`` must be exactly the durable state (nothing staged or
+        in flight). Its sequence, or None when the image is too big for one message.
+
+        Raises:
+            AppendRefused, AppendFailed: as an append (then nothing is known of it).
+        """
+        log_ = self.logs[index]
+        if not log_.epoch:
+            raise AppendRefused(f"shard {index} is not owned by this node")
+        body = image.encode(shard, log_.position)
+        data = _SNAP_HEAD.pack(log_.position, zlib.crc32(body), log_.epoch) + body
+        if len(data) > MAX_MESSAGE:
+            return None
+        log_.position = await self._publish_raw(index, data, KIND_IMAGE, log_.epoch, log_.position)
+        return log_.position
 
     def release(self, index: int) -> None:
         """Stop writing shard ``index`` (handed over or lost)."""
@@ -437,6 +497,11 @@ class JetStreamStorage:
         self, index: int, records: Sequence[bytes], kind: str, epoch: int, expected: int
     ) -> int:
         """One message after sequence ``expected``; its sequence once durable."""
+        return await self._publish_raw(index, pack(records), kind, epoch, expected)
+
+    async def _publish_raw(
+        self, index: int, payload: bytes, kind: str, epoch: int, expected: int
+    ) -> int:
         log_ = self.logs[index]
         msg_id = f"{self._nonce}-{epoch}-{next(self._ids)}"
         headers = {
@@ -445,7 +510,6 @@ class JetStreamStorage:
             H_EXPECTED: str(expected),
             H_MSG_ID: msg_id,
         }
-        payload = pack(records)
         give_up = time.monotonic() + self.deadline_s
         attempt = 0
         while True:
@@ -542,13 +606,7 @@ class JetStreamStorage:
                     if seq > upto:
                         return
                     expected = seq + 1
-                    headers = msg.headers or {}
-                    yield Entry(
-                        seq,
-                        headers.get(H_KIND, KIND_BATCH),
-                        int(headers.get(H_EPOCH, "0")),
-                        unpack(msg.data, f"{log_.stream} message {seq}"),
-                    )
+                    yield _entry(seq, msg.headers, msg.data, f"{log_.stream} message {seq}")
         finally:
             if marks is not None:
                 marks.append(("read", time.perf_counter()))
@@ -573,13 +631,16 @@ class JetStreamStorage:
         except nats.js.errors.NotFoundError as exc:
             raise StorageError(f"{log_.stream}: message {seq} is missing") from exc
         assert isinstance(msg, api.RawStreamMsg)
-        headers = msg.headers or {}
-        return Entry(
-            seq,
-            headers.get(H_KIND, KIND_BATCH),
-            int(headers.get(H_EPOCH, "0")),
-            unpack(msg.data or b"", f"{log_.stream} message {seq}"),
-        )
+        return _entry(seq, msg.headers, msg.data, f"{log_.stream} message {seq}")
+
+    async def _last_message(self, log_: ShardLog, seq: int) -> Entry | None:
+        """Message ``seq`` if the stream still holds it (None: empty, or purged)."""
+        if seq <= 0:
+            return None
+        try:
+            return await self._message(log_, seq)
+        except StorageError:
+            return None
 
     # ------------------------------------------------------------ snapshots
 

@@ -1,6 +1,6 @@
-"""A planned hand-over saves each shard's image at its last durable message before freeing
-its key (``runtime.py``, ``_hand_over``): the next owner loads that image and replays
-nothing but its own takeover, with every acknowledged change in it. Real fenliu-server
+"""A planned hand-over appends each shard's whole image as its owner's last message before
+freeing its key (``runtime.py``, ``_hand_over``): the next owner finds it just before its
+takeover and replays nothing, with every acknowledged change in it. Real fenliu-server
 processes, NATS JetStream and etcd; the moves are a node joining (the first hands it half)
 and the first node's SIGTERM (it hands over the rest)."""
 
@@ -12,7 +12,12 @@ from pathlib import Path
 from fenliu.client import Client
 from fenliu.server.cluster.local import EtcdCluster, NatsCluster
 from fenliu.server.core.dispatcher import shard_index
-from fenliu.server.storage.jetstream import KIND_TAKEOVER, JetStreamStorage
+from fenliu.server.storage.jetstream import (
+    KIND_IMAGE,
+    KIND_TAKEOVER,
+    JetStreamStorage,
+    decode_image,
+)
 
 from .test_nodes import SHARDS, Node, nodes, owners, wait_until
 
@@ -21,11 +26,11 @@ __all__ = ["nodes"]  # the fixture, imported for the test below
 SHOPS = [f"handover-shop{i}" for i in range(8)]
 
 
-def streams(nats: NatsCluster, name: str) -> dict[int, tuple[int, int, set[str]]]:
-    """Per shard: the seq of its stream's last takeover message, the position of its
-    newest snapshot, and the shops in that image (read as a bystander: nothing written)."""
+def streams(nats: NatsCluster, name: str) -> dict[int, tuple[int, str, set[str]]]:
+    """Per shard: the seq of its stream's last takeover message, the kind of the message
+    before it, and the shops in the image it holds (read as a bystander: nothing written)."""
 
-    async def main() -> dict[int, tuple[int, int, set[str]]]:
+    async def main() -> dict[int, tuple[int, str, set[str]]]:
         storage = await JetStreamStorage.connect(nats.urls, cluster=name, shards=SHARDS)
         try:
             out = {}
@@ -34,8 +39,11 @@ def streams(nats: NatsCluster, name: str) -> dict[int, tuple[int, int, set[str]]
                 assert info.state is not None
                 entries = [e async for e in storage.read(index, 0, info.state.last_seq)]
                 takeover = max(e.seq for e in entries if e.kind == KIND_TAKEOVER)
-                shard, position = await storage._load_snapshot(index)
-                out[index] = (takeover, position, set(shard.shops))
+                [before] = [e for e in entries if e.seq == takeover - 1]
+                shops = set()
+                if before.kind == KIND_IMAGE:
+                    shops = set(decode_image(before.image, index, before.seq).shops)
+                out[index] = (takeover, before.kind, shops)
             return out
         finally:
             await storage.close()
@@ -66,12 +74,15 @@ def test_a_hand_over_saves_the_image_the_next_owner_starts_from(
         for shop, sessions in decisions.items():
             assert [fenliu.get_session(shop, s).agent_id for s in sessions] == ["a1"] * 5
     found = streams(nats_cluster, name)
-    # every shard moved once to b: its newest image is at the message just before b's
-    # takeover (saved by a at its last durable message), so b replayed nothing
-    assert {i: position for i, (_, position, _) in found.items()} == {
-        i: takeover - 1 for i, (takeover, _, _) in found.items()
-    }
+    # every shard moved once to b: the message just before b's takeover is a's image of
+    # the shard (appended at its last durable message), so b replayed nothing
+    assert {i: kind for i, (_, kind, _) in found.items()} == dict.fromkeys(found, KIND_IMAGE)
     for shop in SHOPS:
         assert shop in found[shard_index(shop, SHARDS)][2]
     log = b.text()
-    assert log.count("0 messages between the snapshot") >= SHARDS, log[-3000:]
+    for index, (takeover, _, _) in found.items():
+        assert f"shard {index}: takeover steps" in log
+        assert (
+            f"0 messages between the snapshot at {takeover - 1} and the takeover at "
+            f"{takeover})" in log
+        ), log[-3000:]
