@@ -310,7 +310,7 @@ class AsyncClient:
         safe = idempotent or _with_key(request)
         give_up = min(deadline, started + self.retry_budget)
         shop = _shop_of(request)
-        attempt = 0
+        attempt = hops = 0
         while True:
             target = address or router.address(shop)
             stub = getattr(router.stubs_at(target), method.service)
@@ -330,6 +330,11 @@ class AsyncClient:
                 # CancelledError): a stopping server cut the call off. As UNAVAILABLE.
                 if not safe or not (isinstance(error, Unavailable) or cancelled):
                     raise error
+                if router.clustered and shop and hops < 3:  # a node gone, or stopping
+                    await router.refresh(target, give_up - loop.time())  # (a hand-off's
+                    if router.address(shop) != target:  # old owner): the map may name
+                        hops += 1  # the new owner already; then it is asked at once
+                        continue
             elif moved and attempt <= 3:
                 if loop.time() >= give_up:
                     raise error

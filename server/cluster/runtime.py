@@ -209,7 +209,14 @@ class ClusterRuntime:
             # tries the next at once (not in the next round)
             random.shuffle(free)
             claimers = max(0, min(share - len(self.owned), len(free)))
+            if free:
+                log.info("round: %d shards free, %d owned here of a share of %d (%d live "
+                         "nodes): %d claimers", len(free), len(self.owned), share,
+                         len(self.nodes), claimers)  # fmt: skip
             await asyncio.gather(*(self._claim_one_of(free) for _ in range(claimers)))
+        elif free:
+            log.warning("round: %d shards free, none claimed: the lease is not valid now",
+                        len(free))  # fmt: skip
         extra = len(self.owned) - share
         moving = sorted(self.owned, reverse=True)[: max(0, min(extra, MOVES_PER_ROUND))]
         outcomes = await asyncio.gather(*(self._hand_over(i) for i in moving),
