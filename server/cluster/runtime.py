@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Iterable
 from typing import Protocol
 
@@ -45,10 +47,13 @@ MOVES_PER_ROUND = 4
 QUIET_WAIT_S = 0.1  # a shard handed over waits this long at most for a moment with
 QUIET_POLL_S = 0.001  # nothing staged behind its batch in flight (a refusal drops nothing)
 HANDOVER_SNAPSHOT_S = 2.0  # the hand-over snapshot is given up after this long
+HANDOVER_EVENTS = 128  # recent events per watched shop handed over with the image
 
 
 class Watches(Protocol):
     """The watch hub (``rpc/watch.py``), as cluster mode uses it."""
+
+    rings: dict[str, deque[t.Event]]  # each watched shop's recent events
 
     def replayed(self, events: list[t.Event]) -> None: ...
     def forget(self, shop_ids: Iterable[str]) -> None: ...
@@ -332,8 +337,14 @@ class ClusterRuntime:
         if not log_.epoch:
             return "none (no longer written here)"
         shard = self.node.dispatcher.shards[index]
+        events: list[t.Event] = []  # what watchers here may not have had: the next owner keeps
+        if self.watches is not None:
+            for shop, ring in self.watches.rings.items():
+                if shard_index(shop, self.shards) == index:
+                    events.extend(itertools.islice(ring, max(0, len(ring) - HANDOVER_EVENTS),
+                                                   None))  # fmt: skip
         try:  # encoded before the first await
-            seq = await asyncio.wait_for(storage.hand_over_image(index, shard),
+            seq = await asyncio.wait_for(storage.hand_over_image(index, shard, events),
                                          HANDOVER_SNAPSHOT_S)  # fmt: skip
             if seq is not None:
                 return f"appended at {seq}"

@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
@@ -76,6 +77,10 @@ SNAPSHOT_CHUNK = 512 * 1024  # an image's chunks (nats-py's default 128 KB: a ro
 DIRECT_READ_MAX = 16  # a replay of at most this many messages reads each (no consumer)
 APPEND_DEADLINE_S = 20.0  # outlasts a stream leader election (4.6–6.9 s measured)
 _SNAP_HEAD = struct.Struct("<QII")  # position, crc32 of the image, epoch
+# a hand-over image message: position, crc32 of the rest, epoch, the image's length; then
+# the image, then the shard's recent events (msgpack: watchers resume from them)
+_IMAGE_HEAD = struct.Struct("<QIII")
+_EVENTS = msgspec.msgpack.Decoder(list[Event])
 
 
 class AppendRefused(OSError):
@@ -114,18 +119,27 @@ def _entry(seq: int, headers: dict[str, str] | None, data: bytes | None, where: 
     return Entry(seq, kind, epoch, unpack(data or b"", where))
 
 
-def decode_image(data: bytes, index: int, seq: int) -> Shard:
-    """The shard of a KIND_IMAGE message at ``seq`` (its image is at ``seq - 1``)."""
-    if len(data) < _SNAP_HEAD.size:
+def encode_image(shard: Shard, position: int, epoch: int, events: Sequence[Event]) -> bytes:
+    """A hand-over image message: ``shard`` after message ``position``, and its recent
+    (published) events."""
+    body = image.encode(shard, position)
+    rest = body + msgspec.msgpack.encode(list(events))
+    return _IMAGE_HEAD.pack(position, zlib.crc32(rest), epoch, len(body)) + rest
+
+
+def decode_image(data: bytes, index: int, seq: int) -> tuple[Shard, list[Event]]:
+    """The shard of a KIND_IMAGE message at ``seq`` (its image is at ``seq - 1``) and the
+    recent events it carries."""
+    if len(data) < _IMAGE_HEAD.size:
         raise StorageError(f"shard {index}: the image at message {seq} is truncated")
-    position, crc, _ = _SNAP_HEAD.unpack_from(data)
-    body = data[_SNAP_HEAD.size :]
-    if zlib.crc32(body) != crc or position != seq - 1:
+    position, crc, _, size = _IMAGE_HEAD.unpack_from(data)
+    rest = data[_IMAGE_HEAD.size :]
+    if zlib.crc32(rest) != crc or position != seq - 1 or size > len(rest):
         raise StorageError(f"shard {index}: the image at message {seq} is damaged")
-    shard, image_position = image.decode(body)
+    shard, image_position = image.decode(rest[:size])
     if shard.index != index or image_position != position:
         raise StorageError(f"shard {index}: the image at message {seq} holds another shard")
-    return shard
+    return shard, _EVENTS.decode(rest[size:])
 
 
 def pack(records: Sequence[bytes]) -> bytes:
@@ -384,7 +398,10 @@ class JetStreamStorage:
             previous = await handed
             if previous is not None and previous.kind == KIND_IMAGE:
                 # the old owner's last word: the whole shard after it; nothing to replay
-                shard, position = decode_image(previous.image, index, previous.seq), previous.seq
+                shard, handed_events = decode_image(previous.image, index, previous.seq)
+                position = previous.seq
+                if events is not None:
+                    events.extend(handed_events)
                 snapshot.cancel()
             else:
                 shard, position = await snapshot
@@ -416,8 +433,8 @@ class JetStreamStorage:
             if entry.kind == KIND_TAKEOVER:
                 newest = entry.epoch
                 continue
-            if entry.kind == KIND_IMAGE:  # a hand-over: the whole shard after it
-                shard = decode_image(entry.image, index, entry.seq)
+            if entry.kind == KIND_IMAGE:  # a hand-over: the whole shard after it (its
+                shard, _ = decode_image(entry.image, index, entry.seq)  # events: replayed)
                 continue
             for record in entry.records:
                 apply_record(shard, record, events)
@@ -429,11 +446,15 @@ class JetStreamStorage:
                  "the takeover at %d)", index, steps(marks), messages, position, seq)  # fmt: skip
         return shard
 
-    async def hand_over_image(self, index: int, shard: Shard) -> int | None:
+    async def hand_over_image(
+        self, index: int, shard: Shard, events: Sequence[Event] = ()
+    ) -> int | None:
         """As the owner's last message of shard ``index``: its whole image after its last
         durable message (fenced as any append), so the next owner starts from it and
-        replays nothing. ``shard`` must be exactly the durable state (nothing staged or
-        in flight). Its sequence, or None when the image is too big for one message.
+        replays nothing, and the shard's recent ``events`` (published), which the next
+        owner keeps for the watchers that follow their shops there. ``shard`` must be
+        exactly the durable state (nothing staged or in flight). Its sequence, or None
+        when the image is too big for one message.
 
         Raises:
             AppendRefused, AppendFailed: as an append (then nothing is known of it).
@@ -441,8 +462,9 @@ class JetStreamStorage:
         log_ = self.logs[index]
         if not log_.epoch:
             raise AppendRefused(f"shard {index} is not owned by this node")
-        body = image.encode(shard, log_.position)
-        data = _SNAP_HEAD.pack(log_.position, zlib.crc32(body), log_.epoch) + body
+        data = encode_image(shard, log_.position, log_.epoch, events)
+        if len(data) > MAX_MESSAGE and events:
+            data = encode_image(shard, log_.position, log_.epoch, [])
         if len(data) > MAX_MESSAGE:
             return None
         log_.position = await self._publish_raw(index, data, KIND_IMAGE, log_.epoch, log_.position)

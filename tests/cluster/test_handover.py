@@ -42,7 +42,7 @@ def streams(nats: NatsCluster, name: str) -> dict[int, tuple[int, str, set[str]]
                 [before] = [e for e in entries if e.seq == takeover - 1]
                 shops = set()
                 if before.kind == KIND_IMAGE:
-                    shops = set(decode_image(before.image, index, before.seq).shops)
+                    shops = set(decode_image(before.image, index, before.seq)[0].shops)
                 out[index] = (takeover, before.kind, shops)
             return out
         finally:
