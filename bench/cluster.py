@@ -318,6 +318,9 @@ def handoff_round(env: Env, args: argparse.Namespace) -> dict[str, Any]:
         return {
             "case": "handoff", "sigterm_to_exit_s": round(ended - began, 2),
             "longest_held_call_s": round(max((e - b for b, e in window), default=0.0), 3),
+            "it_began_s": round(max(window, key=lambda w: w[1] - w[0], default=(began, 0))[0]
+                                - began, 3),  # fmt: skip
+            "calls_held_over_0.5_s": sum(1 for b, e in window if e - b > 0.5),
             "steps": step_log(nodes, offsets, wall),
             "p99_before_ms": round(traffic.p99(began - 5, began) * 1e3, 1),
             "p99_during_ms": round(traffic.p99(began, ended + 5) * 1e3, 1),

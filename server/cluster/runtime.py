@@ -47,6 +47,7 @@ MOVES_PER_ROUND = 4
 QUIET_WAIT_S = 0.1  # a shard handed over waits this long at most for a moment with
 QUIET_POLL_S = 0.001  # nothing staged behind its batch in flight (a refusal drops nothing)
 HANDOVER_SNAPSHOT_S = 2.0  # the hand-over snapshot is given up after this long
+FOLLOW_S = 1.0  # a leaving node learns its shards' new owners for this long at most
 HANDOVER_EVENTS = 128  # recent events per watched shop handed over with the image
 
 
@@ -135,6 +136,7 @@ class ClusterRuntime:
             if isinstance(outcome, BaseException):
                 log.error("shard %d: the hand-over failed (freed with the lease): %r",
                           index, outcome)  # fmt: skip
+        await self._name_new_owners(owned)
         await self.member.leave()
         self.member = None
 
@@ -271,6 +273,31 @@ class ClusterRuntime:
                  "served %.3fs later", index, own.epoch(index), rebuilt - started,
                  len(replayed), time.perf_counter() - rebuilt)  # fmt: skip
         return True
+
+    async def _name_new_owners(self, handed: list[int]) -> None:
+        """After handing ``handed`` over, and until it exits: refuse each naming its new
+        owner once one holds it (etcd read every 20 ms, for FOLLOW_S at most), so callers
+        go straight there rather than read the map from another node."""
+        assert self.member is not None
+        own = self.member.ownership
+        waiting = set(handed)
+        give_up = time.monotonic() + FOLLOW_S
+        while waiting and time.monotonic() < give_up:
+            try:
+                owners, self.nodes = await own.owners(), await own.nodes()
+            except Exception as exc:  # noqa: BLE001 - callers read the map elsewhere
+                log.warning("could not read the new owners: %s", exc)
+                return
+            for index in list(waiting):
+                owner = owners.get(index)
+                if owner is not None and owner.node_id != self.node_id:
+                    self.owners[index] = owner
+                    self.node.refuse(index, self._not_owner(index))
+                    waiting.discard(index)
+            if waiting:
+                await asyncio.sleep(0.02)
+        log.info("the new owners named for %d of %d shards handed over",
+                 len(handed) - len(waiting), len(handed))  # fmt: skip
 
     async def _withdraw(self) -> None:
         assert self.member is not None
