@@ -46,7 +46,7 @@ BALANCE_S = 0.5
 MOVES_PER_ROUND = 4
 QUIET_WAIT_S = 0.1  # a shard handed over waits this long at most for a moment with
 QUIET_POLL_S = 0.001  # nothing staged behind its batch in flight (a refusal drops nothing)
-HANDOVER_SNAPSHOT_S = 2.0  # the hand-over snapshot is given up after this long
+HANDOVER_SNAPSHOT_S = 5.0  # the hand-over image is given up after this long (its key freed)
 FOLLOW_S = 1.0  # a leaving node learns its shards' new owners for this long at most
 HANDOVER_EVENTS = 128  # recent events per watched shop handed over with the image
 
