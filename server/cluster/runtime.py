@@ -8,10 +8,12 @@ over, and snapshots what it owns.
       - a shard owned elsewhere: refused with NOT_OWNER naming that owner (its address)
       - a free shard, while this node holds fewer than ceil(shards / nodes): claimed
         (its key, a takeover message on its stream, the shard rebuilt), then served
-      - more than the fair share: a few handed over (refused here first, so nothing is in
-        flight; the key freed, the next owner claims it at once)
-    at shutdown: every shard refused, the node withdrawn from the live nodes, every shard
-      handed over (concurrently), the lease revoked
+      - more than the fair share: a few handed over (refused here at a moment nothing is
+        staged behind its batch in flight; once that batch is durable, the shard's image
+        appended to its stream; the key freed: the next owner claims it at once and starts
+        from the image, replaying nothing)
+    at shutdown: the node withdrawn from the live nodes while every shard is handed over
+      (concurrently), then each refused naming its new owner, the lease revoked
 
 This is the first, simple assignment (each node takes free shards itself, no coordinator);
 docs/cluster.md has what comes next.
@@ -114,8 +116,8 @@ class ClusterRuntime:
 
         The node leaves the live nodes first, so that the others' fair share counts it out
         when they see its shards freed; meanwhile every shard is handed over concurrently
-        (refused at a moment with nothing in flight, its image saved at that position, its
-        key freed once the node is withdrawn).
+        (``_hand_over``: its image appended to its stream, its key freed once the node is
+        withdrawn); then each is refused naming its new owner, until the lease is revoked.
         """
         for task in (self._task, self._watch_task):
             if task is not None:
