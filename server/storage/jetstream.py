@@ -39,7 +39,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import nats
@@ -230,7 +230,8 @@ class JetStreamStorage:
         self._nonce = f"{os.getpid():x}{time.time_ns():x}"
         self._streams: set[int] = set()
         self._snap: ObjectStore | None = None
-        self._cleanups: set[asyncio.Task[None]] = set()  # replay consumers being deleted
+        # replay consumers being deleted, snapshot reads no longer needed: let finish
+        self._cleanups: set[asyncio.Future[Any]] = set()
         self.retries = 0  # attempts after a first one timed out (metrics, tests)
         self.on_append: Callable[[float], None] | None = None  # seconds of each shard's
 
@@ -402,7 +403,8 @@ class JetStreamStorage:
                 position = previous.seq
                 if events is not None:
                     events.extend(handed_events)
-                snapshot.cancel()
+                self._background(snapshot)  # not needed: left to finish (not cancelled in
+                # the middle of an object read, which would leave its subscription behind)
             else:
                 shard, position = await snapshot
         except BaseException:
@@ -633,9 +635,18 @@ class JetStreamStorage:
             if marks is not None:
                 marks.append(("read", time.perf_counter()))
             # deleted off the takeover's path (two more round trips nobody waits for)
-            task = asyncio.ensure_future(self._delete_consumer(log_, sub))
-            self._cleanups.add(task)
-            task.add_done_callback(self._cleanups.discard)
+            self._background(asyncio.ensure_future(self._delete_consumer(log_, sub)))
+
+    def _background(self, task: asyncio.Future[Any]) -> None:
+        """Let ``task`` finish on its own (kept referenced; its outcome ignored)."""
+
+        def done(task: asyncio.Future[Any]) -> None:
+            self._cleanups.discard(task)
+            if not task.cancelled():
+                task.exception()  # retrieved: nobody waits for it
+
+        self._cleanups.add(task)
+        task.add_done_callback(done)
 
     async def _delete_consumer(
         self, log_: ShardLog, sub: JetStreamContext.PullSubscription
