@@ -38,10 +38,12 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import re
 import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -530,6 +532,51 @@ def failover_round(env: Env, args: argparse.Namespace) -> dict[str, Any]:
         del name
 
 
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+_STEP = re.compile(r"(\w+) \+(\d+\.\d+)")
+
+
+def log_offsets(nodes: list[FenliuNode]) -> dict[str, int]:
+    return {n.name: n.log_path.stat().st_size if n.log_path.exists() else 0 for n in nodes}
+
+
+def step_log(nodes: list[FenliuNode], offsets: dict[str, int], began: float) -> dict[str, Any]:
+    """What the nodes' step logs say about the hand-off that began at ``began`` (wall
+    clock): when the last key was freed and the last moved shard served (seconds after
+    ``began``), the longest claim, and the longest of each takeover step."""
+    freed: list[float] = []
+    served: list[float] = []
+    claims: list[float] = []
+    worst: dict[str, float] = {}
+    for node in nodes:
+        if not node.log_path.exists():
+            continue
+        with open(node.log_path, "rb") as f:
+            f.seek(offsets.get(node.name, 0))
+            text = f.read().decode(errors="replace")
+        for line in text.splitlines():
+            stamp = _STAMP.match(line)
+            if stamp is None:
+                continue
+            at = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - began
+            if "handed over (settled" in line:
+                freed.append(at)
+            elif "owned at epoch" in line:
+                served.append(at)
+                found = re.search(r"rebuilt in (\d+\.\d+)s", line)
+                if found:
+                    claims.append(float(found.group(1)))
+            elif "takeover steps" in line:
+                for name, value in _STEP.findall(line.split("takeover steps", 1)[1]):
+                    worst[name] = max(worst.get(name, 0.0), float(value))
+    return {
+        "last_freed_s": round(max(freed, default=float("nan")), 3),
+        "last_served_s": round(max(served, default=float("nan")), 3),
+        "longest_claim_s": round(max(claims, default=float("nan")), 3),
+        "longest_step_s": {k: round(v, 3) for k, v in worst.items()},
+    }
+
+
 def handoff_round(env: Env, args: argparse.Namespace) -> dict[str, Any]:
     name, nodes = env.nodes(3)
 
@@ -542,6 +589,8 @@ def handoff_round(env: Env, args: argparse.Namespace) -> dict[str, Any]:
             moved = [s for s in SHOPS if owners[shard_index(s, SHARDS)] == leaving.address]
             traffic = Traffic(fenliu, SHOPS, args.callers)
             await asyncio.sleep(5.0)
+            offsets = log_offsets(nodes)
+            wall = time.time()
             began = time.monotonic()
             await asyncio.to_thread(leaving.stop, 30)  # SIGTERM: a planned hand-off
             ended = time.monotonic()
@@ -552,6 +601,10 @@ def handoff_round(env: Env, args: argparse.Namespace) -> dict[str, Any]:
         return {
             "case": "handoff", "sigterm_to_exit_s": round(ended - began, 2),
             "longest_held_call_s": round(max((e - b for b, e in window), default=0.0), 3),
+            "it_began_s": round(max(window, key=lambda w: w[1] - w[0], default=(began, 0))[0]
+                                - began, 3),  # fmt: skip
+            "calls_held_over_0.5_s": sum(1 for b, e in window if e - b > 0.5),
+            "steps": step_log(nodes, offsets, wall),
             "p99_before_ms": round(traffic.p99(began - 5, began) * 1e3, 1),
             "p99_during_ms": round(traffic.p99(began, ended + 5) * 1e3, 1),
             "errors": sum(1 for *_, ok in traffic.calls if not ok), "load": os.getloadavg()[0],
@@ -575,6 +628,8 @@ def join_round(env: Env, args: argparse.Namespace) -> dict[str, Any]:
             before = await settle(fenliu, set(addresses))
             traffic = Traffic(fenliu, SHOPS, args.callers)
             await asyncio.sleep(5.0)
+            offsets = log_offsets(nodes)
+            wall = time.time()
             began = time.monotonic()
             nodes.append(await asyncio.to_thread(env.add, name))  # serving: then it claims
             after = await settle(fenliu, {*addresses, nodes[-1].address})
@@ -590,6 +645,7 @@ def join_round(env: Env, args: argparse.Namespace) -> dict[str, Any]:
             "case": "join", "start_to_settled_s": round(ended - began, 2),
             "moved_shards": sum(1 for i in range(SHARDS) if before[i] != after[i]),
             "longest_held_call_s": round(max((e - b for b, e in window), default=0.0), 3),
+            "steps": step_log(nodes, offsets, wall),
             "p99_before_ms": round(traffic.p99(began - 5, began) * 1e3, 1),
             "p99_during_ms": round(traffic.p99(began, ended + 5) * 1e3, 1),
             "errors": sum(1 for *_, ok in traffic.calls if not ok), "load": os.getloadavg()[0],

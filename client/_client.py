@@ -38,7 +38,7 @@ from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 import grpc
 import grpc.aio
 
-from ._cluster import Router, owner_hint
+from ._cluster import TAKEOVER_POLL_S, Router, owner_hint, taking_over
 from ._errors import FenliuError, Unavailable, from_rpc_error
 from ._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 from ._stream import ClusterRouteStream, RouteStream
@@ -310,7 +310,7 @@ class AsyncClient:
         safe = idempotent or _with_key(request)
         give_up = min(deadline, started + self.retry_budget)
         shop = _shop_of(request)
-        attempt = 0
+        attempt = hops = 0
         while True:
             target = address or router.address(shop)
             stub = getattr(router.stubs_at(target), method.service)
@@ -330,12 +330,20 @@ class AsyncClient:
                 # CancelledError): a stopping server cut the call off. As UNAVAILABLE.
                 if not safe or not (isinstance(error, Unavailable) or cancelled):
                     raise error
+                if router.clustered and shop and hops < 3:  # a node gone, or stopping
+                    await router.refresh(target, give_up - loop.time())  # (a hand-off's
+                    if router.address(shop) != target:  # old owner): the map may name
+                        hops += 1  # the new owner already; then it is asked at once
+                        continue
             elif moved and attempt <= 3:
                 if loop.time() >= give_up:
                     raise error
                 continue  # at once, to the owner the refusal named
-            longest = MAX_BACKOFF if moved is None else MOVE_BACKOFF
-            pause = min(self.backoff * 2 ** (attempt - 1), longest) * (0.5 + random.random())
+            if moved is False and taking_over(error, target):
+                pause = TAKEOVER_POLL_S * (0.5 + random.random())  # served there shortly
+            else:
+                longest = MAX_BACKOFF if moved is None else MOVE_BACKOFF
+                pause = min(self.backoff * 2 ** (attempt - 1), longest) * (0.5 + random.random())
             if loop.time() + pause >= give_up:
                 raise error
             await asyncio.sleep(pause)
@@ -359,6 +367,8 @@ class AsyncClient:
 
         if elsewhere():
             return True
+        if taking_over(error, target):
+            return False  # the owner to be, about to serve it: no map to read
         await router.refresh(avoid=target)
         return elsewhere()
 

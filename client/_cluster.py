@@ -42,6 +42,9 @@ _shard_index: Callable[[str, int], int] = shard_index
 
 NOT_OWNER = "NOT_OWNER"
 """The ErrorInfo reason of a node asked for a shard it does not own (UNAVAILABLE)."""
+TAKEOVER_POLL_S = 0.025
+"""The pause between attempts at a node that is taking the shard over (it names itself):
+about this long (±50%), so a call lands within ~this of the shard being served there."""
 REFRESH_EVERY_S = 0.2
 """The map is read at most this often (a failover's retries all ask for it)."""
 MAP_TIMEOUT_S = 1.0
@@ -60,6 +63,14 @@ def owner_hint(error: FenliuError) -> tuple[int, str] | None:
         if isinstance(detail, ed.ErrorInfo) and detail.reason == NOT_OWNER:
             return shard, detail.metadata.get("address", "")
     return shard, ""
+
+
+def taking_over(error: FenliuError, target: str) -> bool:
+    """A NOT_OWNER refusal from ``target`` naming ``target`` itself: that node holds the
+    shard's key and is taking its stream over (it serves the shard within moments; the map
+    can only say the same)."""
+    hint = owner_hint(error)
+    return hint is not None and bool(hint[1]) and hint[1] == target
 
 
 class Router:

@@ -240,6 +240,11 @@ class Node:
         staged = self._staged[index]
         return not staged.records and staged.in_flight is None
 
+    def staged(self, index: int) -> bool:
+        """Changes of shard ``index`` are applied but not yet sent to storage (behind its
+        batch in flight, or about to be flushed): a refusal now drops them."""
+        return bool(self._staged[index].records)
+
     def fenced(self, index: int) -> bool:
         """Shard ``index`` refuses every call until it is restored from storage."""
         return self._fenced[index]

@@ -8,10 +8,12 @@ over, and snapshots what it owns.
       - a shard owned elsewhere: refused with NOT_OWNER naming that owner (its address)
       - a free shard, while this node holds fewer than ceil(shards / nodes): claimed
         (its key, a takeover message on its stream, the shard rebuilt), then served
-      - more than the fair share: a few handed over (refused here first, so nothing is in
-        flight; the key freed, the next owner claims it at once)
-    at shutdown: every shard refused, the node withdrawn from the live nodes, every shard
-      handed over (concurrently), the lease revoked
+      - more than the fair share: a few handed over (refused here at a moment nothing is
+        staged behind its batch in flight; once that batch is durable, the shard's image
+        appended to its stream; the key freed: the next owner claims it at once and starts
+        from the image, replaying nothing)
+    at shutdown: the node withdrawn from the live nodes while every shard is handed over
+      (concurrently), then each refused naming its new owner, the lease revoked
 
 This is the first, simple assignment (each node takes free shards itself, no coordinator);
 docs/cluster.md has what comes next.
@@ -21,10 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
+import random
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Awaitable, Iterable
 from typing import Protocol
 
 from ..config import Config
@@ -41,10 +46,17 @@ log = logging.getLogger(__name__)
 
 BALANCE_S = 0.5
 MOVES_PER_ROUND = 4
+QUIET_WAIT_S = 0.1  # a shard handed over waits this long at most for a moment with
+QUIET_POLL_S = 0.001  # nothing staged behind its batch in flight (a refusal drops nothing)
+HANDOVER_SNAPSHOT_S = 5.0  # the hand-over image is given up after this long (its key freed)
+FOLLOW_S = 1.0  # a leaving node learns its shards' new owners for this long at most
+HANDOVER_EVENTS = 128  # recent events per watched shop handed over with the image
 
 
 class Watches(Protocol):
     """The watch hub (``rpc/watch.py``), as cluster mode uses it."""
+
+    rings: dict[str, deque[t.Event]]  # each watched shop's recent events
 
     def replayed(self, events: list[t.Event]) -> None: ...
     def forget(self, shop_ids: Iterable[str]) -> None: ...
@@ -102,9 +114,10 @@ class ClusterRuntime:
     async def stop(self) -> None:
         """Hand every shard over (a planned move) and leave the cluster.
 
-        Every shard is refused first (a call is told the shard is moving), then the node
-        leaves the live nodes, so that the others' fair share counts it out when they see
-        its shards freed; the shards are freed concurrently (each once its batch settled).
+        The node leaves the live nodes first, so that the others' fair share counts it out
+        when they see its shards freed; meanwhile every shard is handed over concurrently
+        (``_hand_over``: its image appended to its stream, its key freed once the node is
+        withdrawn); then each is refused naming its new owner, until the lease is revoked.
         """
         for task in (self._task, self._watch_task):
             if task is not None:
@@ -117,17 +130,15 @@ class ClusterRuntime:
         owned = list(self.owned)
         for index in owned:
             self.owners.pop(index, None)
-            self.node.refuse(index, self._not_owner(index))
-        try:
-            await self.member.ownership.withdraw()
-        except Exception as exc:  # noqa: BLE001 - the lease's revocation removes it anyway
-            log.warning("could not withdraw from the live nodes: %s", exc)
-        outcomes = await asyncio.gather(*(self._hand_over(i) for i in owned),
+        withdrawn = asyncio.ensure_future(self._withdraw())
+        outcomes = await asyncio.gather(*(self._hand_over(i, withdrawn) for i in owned),
                                         return_exceptions=True)  # fmt: skip
+        await withdrawn
         for index, outcome in zip(owned, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 log.error("shard %d: the hand-over failed (freed with the lease): %r",
                           index, outcome)  # fmt: skip
+        await self._name_new_owners(owned)
         await self.member.leave()
         self.member = None
 
@@ -202,14 +213,19 @@ class ClusterRuntime:
         free = [i for i in range(self.shards) if i not in self.owners]
         if own.valid():
             # claimed concurrently: a hand-off's shards (all freed at once) are served
-            # again after one takeover's time, not one after the other
-            wanted = free[: max(0, share - len(self.owned))]
-            claims = await asyncio.gather(*(self._claim(i) for i in wanted),
-                                          return_exceptions=True)  # fmt: skip
-            for index, outcome in zip(wanted, claims, strict=True):
-                if isinstance(outcome, BaseException):
-                    log.error("shard %d: the claim failed (the next round retries): %r",
-                              index, outcome)  # fmt: skip
+            # again after one takeover's time, not one after the other; each claimer tries
+            # the free shards in its own order, and one that loses a shard to another node
+            # tries the next at once (not in the next round)
+            random.shuffle(free)
+            claimers = max(0, min(share - len(self.owned), len(free)))
+            if free:
+                log.info("round: %d shards free, %d owned here of a share of %d (%d live "
+                         "nodes): %d claimers", len(free), len(self.owned), share,
+                         len(self.nodes), claimers)  # fmt: skip
+            await asyncio.gather(*(self._claim_one_of(free) for _ in range(claimers)))
+        elif free:
+            log.warning("round: %d shards free, none claimed: the lease is not valid now",
+                        len(free))  # fmt: skip
         extra = len(self.owned) - share
         moving = sorted(self.owned, reverse=True)[: max(0, min(extra, MOVES_PER_ROUND))]
         outcomes = await asyncio.gather(*(self._hand_over(i) for i in moving),
@@ -219,7 +235,17 @@ class ClusterRuntime:
                 log.error("shard %d: the hand-over failed (the next round retries): %r",
                           index, outcome)  # fmt: skip
 
-    async def _claim(self, index: int) -> None:
+    async def _claim_one_of(self, free: list[int]) -> None:
+        """Claim one of ``free`` (shared by the claimers of a round: each takes the next)."""
+        while free:
+            index = free.pop()
+            try:
+                if await self._claim(index):
+                    return
+            except Exception as exc:  # noqa: BLE001 - the next round retries it
+                log.error("shard %d: the claim failed (the next round retries): %r", index, exc)
+
+    async def _claim(self, index: int) -> bool:
         assert self.member is not None
         own = self.member.ownership
         started = time.perf_counter()
@@ -238,7 +264,7 @@ class ClusterRuntime:
             self.node.refuse(index, self._not_owner(index))
             raise
         if shard is None:
-            return  # taken by another node meanwhile
+            return False  # taken by another node meanwhile
         rebuilt = time.perf_counter()
         self._serve(index, shard, replayed)
         self.owners[index] = Owner(self.node_id, own.epoch(index), own.lease)  # the map
@@ -248,22 +274,116 @@ class ClusterRuntime:
         log.info("shard %d: owned at epoch %d, rebuilt in %.3fs (%d events replayed), "
                  "served %.3fs later", index, own.epoch(index), rebuilt - started,
                  len(replayed), time.perf_counter() - rebuilt)  # fmt: skip
+        return True
 
-    async def _hand_over(self, index: int) -> None:
+    async def _name_new_owners(self, handed: list[int]) -> None:
+        """After handing ``handed`` over, and until it exits: refuse each naming its new
+        owner once one holds it (etcd read every 20 ms, for FOLLOW_S at most), so callers
+        go straight there rather than read the map from another node."""
+        assert self.member is not None
+        own = self.member.ownership
+        waiting = set(handed)
+        give_up = time.monotonic() + FOLLOW_S
+        while waiting and time.monotonic() < give_up:
+            try:
+                owners, self.nodes = await own.owners(), await own.nodes()
+            except Exception as exc:  # noqa: BLE001 - callers read the map elsewhere
+                log.warning("could not read the new owners: %s", exc)
+                return
+            for index in list(waiting):
+                owner = owners.get(index)
+                if owner is not None and owner.node_id != self.node_id:
+                    self.owners[index] = owner
+                    self.node.refuse(index, self._not_owner(index))
+                    waiting.discard(index)
+            if waiting:
+                await asyncio.sleep(0.02)
+        log.info("the new owners named for %d of %d shards handed over",
+                 len(handed) - len(waiting), len(handed))  # fmt: skip
+
+    async def _withdraw(self) -> None:
+        assert self.member is not None
+        try:
+            await self.member.ownership.withdraw()
+        except Exception as exc:  # noqa: BLE001 - the lease's revocation removes it anyway
+            log.warning("could not withdraw from the live nodes: %s", exc)
+
+    async def _hand_over(self, index: int, before_freeing: Awaitable[None] | None = None) -> None:
+        """Hand shard ``index`` over: refused here (nothing new joins its batch), its
+        batch in flight settled, its image saved when it is the durable state (the next
+        owner replays nothing), its key freed (after ``before_freeing``)."""
         assert self.member is not None
         began = time.perf_counter()
         self.owners.pop(index, None)  # refused as moving: the caller asks again shortly
-        self.node.refuse(index, self._not_owner(index))  # nothing new joins its batch
+        failures = self.member.storage.logs[index].failures
+        quiet = await self._refuse_when_quiet(index)
         for _ in range(500):  # the batch in flight settles (bounded: 5 s)
             if self.node.idle(index):
                 break
             await asyncio.sleep(0.01)
         settled = time.perf_counter()
+        if not quiet:
+            saved = "none (never quiet)"
+        elif not self.node.idle(index) or self.member.storage.logs[index].failures != failures:
+            saved = "none (its last batch failed)"  # what is here may not be durable
+        else:
+            saved = await self._hand_over_snapshot(index)
+        snapshotted = time.perf_counter()
+        if before_freeing is not None:
+            await before_freeing
         await self.member.hand_over(index)
         self.owners.pop(index, None)
         self._unserve(index)
-        log.info("shard %d: handed over (settled in %.3fs, key freed %.3fs later)", index,
-                 settled - began, time.perf_counter() - settled)  # fmt: skip
+        log.info("shard %d: handed over (settled in %.3fs, snapshot %s in %.3fs, key freed "
+                 "%.3fs later)", index, settled - began, saved, snapshotted - settled,
+                 time.perf_counter() - snapshotted)  # fmt: skip
+
+    async def _refuse_when_quiet(self, index: int) -> bool:
+        """Refuse shard ``index`` at a moment nothing of it is staged behind its batch in
+        flight (within QUIET_WAIT_S; the calls go on being served meanwhile): True if so,
+        its image being its durable state once that batch is; False: refused anyway,
+        dropping what was staged (applied in memory, never durable: no image is saved)."""
+        give_up = time.monotonic() + QUIET_WAIT_S
+        while True:
+            if not self.node.staged(index) and not self.node.fenced(index):
+                self.node.refuse(index, self._not_owner(index))  # in the same step
+                return True
+            if self.node.fenced(index) or time.monotonic() >= give_up:
+                self.node.refuse(index, self._not_owner(index))
+                return False
+            await asyncio.sleep(QUIET_POLL_S)
+
+    async def _hand_over_snapshot(self, index: int) -> str:
+        """Append shard ``index``'s whole image as its last message (refused, nothing
+        dropped and its last batch durable, so its state in memory is exactly its durable
+        state): the next owner reads the message its takeover follows, finds the image and
+        replays nothing. An image too big for one message goes to the snapshot store
+        instead. A failure here only makes the hand-over slower (the next owner replays
+        from the last snapshot)."""
+        assert self.member is not None
+        storage = self.member.storage
+        log_ = storage.logs[index]
+        if not log_.epoch:
+            return "none (no longer written here)"
+        shard = self.node.dispatcher.shards[index]
+        events: list[t.Event] = []  # what watchers here may not have had: the next owner keeps
+        if self.watches is not None:
+            for shop, ring in self.watches.rings.items():
+                if shard_index(shop, self.shards) == index:
+                    events.extend(itertools.islice(ring, max(0, len(ring) - HANDOVER_EVENTS),
+                                                   None))  # fmt: skip
+        try:  # encoded before the first await
+            seq = await asyncio.wait_for(storage.hand_over_image(index, shard, events),
+                                         HANDOVER_SNAPSHOT_S)  # fmt: skip
+            if seq is not None:
+                return f"appended at {seq}"
+            position = log_.position
+            await asyncio.wait_for(storage.save_snapshot(index, shard, position, purge=False),
+                                   HANDOVER_SNAPSHOT_S)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - the next owner replays more, that's all
+            log.warning("shard %d: no hand-over image: %r", index, exc)
+            return "failed"
+        return f"saved at {position}"
 
     async def _snapshot(self) -> None:
         assert self.member is not None

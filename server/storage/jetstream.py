@@ -29,6 +29,7 @@ nats.py #985): each message is a request with a timeout, retried with the same
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import logging
@@ -38,8 +39,9 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
@@ -64,14 +66,21 @@ NO_PLACEMENT = 10005  # "no suitable peers for placement": a member not yet seen
 DUPLICATE_IN_PROCESS = 10158
 KIND_BATCH = "batch"
 KIND_TAKEOVER = "takeover"
+KIND_IMAGE = "image"  # a leaving owner's last message: the shard's whole image after it
 H_KIND = "Fenliu-Kind"
 H_EPOCH = "Fenliu-Epoch"
 H_EXPECTED = "Nats-Expected-Last-Sequence"
 H_MSG_ID = "Nats-Msg-Id"
 MAX_MESSAGE = 768 * 1024  # under nats-server's 1 MB max_payload: a bigger batch is split
 ATTEMPT_TIMEOUT_S = 2.0
+SNAPSHOT_CHUNK = 512 * 1024  # an image's chunks (nats-py's default 128 KB: a round trip each)
+DIRECT_READ_MAX = 16  # a replay of at most this many messages reads each (no consumer)
 APPEND_DEADLINE_S = 20.0  # outlasts a stream leader election (4.6–6.9 s measured)
 _SNAP_HEAD = struct.Struct("<QII")  # position, crc32 of the image, epoch
+# a hand-over image message: position, crc32 of the rest, epoch, the image's length; then
+# the image, then the shard's recent events (msgpack: watchers resume from them)
+_IMAGE_HEAD = struct.Struct("<QIII")
+_EVENTS = msgspec.msgpack.Decoder(list[Event])
 
 
 class AppendRefused(OSError):
@@ -98,6 +107,39 @@ class Entry:
     kind: str
     epoch: int
     records: list[bytes]
+    image: bytes = b""  # a KIND_IMAGE message's payload (its records are empty)
+
+
+def _entry(seq: int, headers: dict[str, str] | None, data: bytes | None, where: str) -> Entry:
+    headers = headers or {}
+    kind = headers.get(H_KIND, KIND_BATCH)
+    epoch = int(headers.get(H_EPOCH, "0"))
+    if kind == KIND_IMAGE:
+        return Entry(seq, kind, epoch, [], data or b"")
+    return Entry(seq, kind, epoch, unpack(data or b"", where))
+
+
+def encode_image(shard: Shard, position: int, epoch: int, events: Sequence[Event]) -> bytes:
+    """A hand-over image message: ``shard`` after message ``position``, and its recent
+    (published) events."""
+    body = image.encode(shard, position)
+    rest = body + msgspec.msgpack.encode(list(events))
+    return _IMAGE_HEAD.pack(position, zlib.crc32(rest), epoch, len(body)) + rest
+
+
+def decode_image(data: bytes, index: int, seq: int) -> tuple[Shard, list[Event]]:
+    """The shard of a KIND_IMAGE message at ``seq`` (its image is at ``seq - 1``) and the
+    recent events it carries."""
+    if len(data) < _IMAGE_HEAD.size:
+        raise StorageError(f"shard {index}: the image at message {seq} is truncated")
+    position, crc, _, size = _IMAGE_HEAD.unpack_from(data)
+    rest = data[_IMAGE_HEAD.size :]
+    if zlib.crc32(rest) != crc or position != seq - 1 or size > len(rest):
+        raise StorageError(f"shard {index}: the image at message {seq} is damaged")
+    shard, image_position = image.decode(rest[:size])
+    if shard.index != index or image_position != position:
+        raise StorageError(f"shard {index}: the image at message {seq} holds another shard")
+    return shard, _EVENTS.decode(rest[size:])
 
 
 def pack(records: Sequence[bytes]) -> bytes:
@@ -130,6 +172,12 @@ def chunks(records: Sequence[bytes], limit: int = MAX_MESSAGE) -> list[list[byte
     return out
 
 
+def steps(marks: Sequence[tuple[str, float]]) -> str:
+    """``stream +0.001 fenced +0.120 ...``: each step's time since the one before."""
+    return " ".join(f"{name} +{at - marks[i][1]:.3f}" for i, (name, at) in
+                    enumerate(marks[1:]))  # fmt: skip
+
+
 class ShardLog:
     """One shard's stream, as its owner sees it."""
 
@@ -141,6 +189,10 @@ class ShardLog:
         self.start = 0  # the sequence before the first one kept (the stream was purged to)
         self.epoch = 0  # the owner's epoch, 0 while not owned
         self.stale = 0  # messages of an older epoch after a takeover (fencing: always 0)
+        self.failures = 0  # appends that failed (refused, or of unknown outcome)
+        # the position of the image in each snapshot slot (None: empty), as this node last
+        # read or wrote them: a save needs no read (a new owner reads both at its takeover)
+        self.slots: dict[str, int | None] = {}
 
     def __repr__(self) -> str:
         return f"ShardLog({self.index}, position={self.position}, epoch={self.epoch})"
@@ -178,6 +230,8 @@ class JetStreamStorage:
         self._nonce = f"{os.getpid():x}{time.time_ns():x}"
         self._streams: set[int] = set()
         self._snap: ObjectStore | None = None
+        # replay consumers being deleted, snapshot reads no longer needed: let finish
+        self._cleanups: set[asyncio.Future[Any]] = set()
         self.retries = 0  # attempts after a first one timed out (metrics, tests)
         self.on_append: Callable[[float], None] | None = None  # seconds of each shard's
 
@@ -246,6 +300,20 @@ class JetStreamStorage:
             api.ObjectStoreConfig(replicas=self.replicas, storage=api.StorageType.FILE),
         )
 
+    async def _stream_info(self, index: int) -> api.StreamInfo:
+        """Shard ``index``'s stream as its leader knows it now, created if it is missing
+        (one round trip when it exists: no stream create through the meta leader)."""
+        log_ = self.logs[index]
+        if index not in self._streams:
+            try:
+                info = await self._retry(lambda: self.js.stream_info(log_.stream))
+            except nats.js.errors.NotFoundError:
+                await self._ensure_stream(index)
+            else:
+                self._streams.add(index)
+                return info
+        return await self._retry(lambda: self.js.stream_info(log_.stream))
+
     async def _ensure_stream(self, index: int) -> None:
         if index in self._streams:
             return
@@ -263,6 +331,8 @@ class JetStreamStorage:
         self._streams.add(index)
 
     async def close(self) -> None:
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=1.0)
         await self.nc.close()
 
     async def _retry(self, call: Callable[[], Awaitable[T]], deadline_s: float | None = None) -> T:
@@ -299,25 +369,64 @@ class JetStreamStorage:
             StorageError: the stream cannot be rebuilt (pruned past every snapshot,
                 damaged), or codec.FormatError.
         """
-        await self._ensure_stream(index)
+        marks = [("begun", time.perf_counter())]
         log_ = self.logs[index]
         log_.epoch = 0  # nothing appends while the takeover runs
-        while True:
-            info = await self._retry(lambda: self.js.stream_info(log_.stream))
-            assert isinstance(info, api.StreamInfo) and info.state is not None
-            last = info.state.last_seq
-            try:
-                seq = await self._publish(index, [], KIND_TAKEOVER, epoch, last)
-                break
-            except AppendRefused as exc:
-                if "wrong last sequence" not in str(exc):
-                    raise
-                continue  # an older owner's append landed meanwhile: fence after it too
+        # The newest snapshot is read while the stream is fenced (independent round trips):
+        # any image an older owner saves meanwhile is at a position before the takeover,
+        # and it purges only below the image already kept, so what is read stays replayable.
+        snapshot = asyncio.ensure_future(self._load_snapshot(index))
+        handed: asyncio.Future[Entry | None] | None = None
+        try:
+            while True:
+                info = await self._stream_info(index)
+                assert info.state is not None
+                if marks[-1][0] == "begun":
+                    marks.append(("stream", time.perf_counter()))
+                last = info.state.last_seq
+                if handed is not None:
+                    handed.cancel()
+                # the message the takeover follows, read meanwhile: a hand-over image?
+                handed = asyncio.ensure_future(self._last_message(log_, last))
+                try:
+                    seq = await self._publish(index, [], KIND_TAKEOVER, epoch, last)
+                    break
+                except AppendRefused as exc:
+                    if "wrong last sequence" not in str(exc):
+                        raise
+                    continue  # an older owner's append landed meanwhile: fence after it too
+            marks.append(("fenced", time.perf_counter()))
+            previous = await handed
+            if previous is not None and previous.kind == KIND_IMAGE:
+                # the old owner's last word: the whole shard after it; nothing to replay
+                shard, handed_events = decode_image(previous.image, index, previous.seq)
+                position = previous.seq
+                if events is not None:
+                    events.extend(handed_events)
+                self._background(snapshot)  # not needed: left to finish (not cancelled in
+                # the middle of an object read, which would leave its subscription behind)
+            else:
+                shard, position = await snapshot
+        except BaseException:
+            for task in (snapshot, handed):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+            raise
+        marks.append(("snapshot", time.perf_counter()))
         log_.start = max(0, (info.state.first_seq or 1) - 1)
-        shard, position = await self._load_snapshot(index)
+        if position < log_.start:
+            raise StorageError(
+                f"shard {index}: no usable snapshot, and its stream starts after message "
+                f"{log_.start}: the shard cannot be rebuilt"
+            )
         stale = 0
         newest = 0
-        async for entry in self.read(index, position, seq):
+        messages = 0
+        # up to the message before the takeover (the takeover itself holds no records)
+        async for entry in self.read(index, position, seq - 1, marks):
+            messages += 1
             if entry.epoch < newest:
                 stale += 1  # written after a newer takeover: fencing failed; never applied
                 log.error("shard %d: message %d of epoch %d after epoch %d's takeover",
@@ -326,12 +435,42 @@ class JetStreamStorage:
             if entry.kind == KIND_TAKEOVER:
                 newest = entry.epoch
                 continue
+            if entry.kind == KIND_IMAGE:  # a hand-over: the whole shard after it (its
+                shard, _ = decode_image(entry.image, index, entry.seq)  # events: replayed)
+                continue
             for record in entry.records:
                 apply_record(shard, record, events)
+        marks.append(("replayed", time.perf_counter()))
         log_.stale = stale
         log_.position = seq
         log_.epoch = epoch
+        log.info("shard %d: takeover steps %s (%d messages between the snapshot at %d and "
+                 "the takeover at %d)", index, steps(marks), messages, position, seq)  # fmt: skip
         return shard
+
+    async def hand_over_image(
+        self, index: int, shard: Shard, events: Sequence[Event] = ()
+    ) -> int | None:
+        """As the owner's last message of shard ``index``: its whole image after its last
+        durable message (fenced as any append), so the next owner starts from it and
+        replays nothing, and the shard's recent ``events`` (published), which the next
+        owner keeps for the watchers that follow their shops there. ``shard`` must be
+        exactly the durable state (nothing staged or in flight). Its sequence, or None
+        when the image is too big for one message.
+
+        Raises:
+            AppendRefused, AppendFailed: as an append (then nothing is known of it).
+        """
+        log_ = self.logs[index]
+        if not log_.epoch:
+            raise AppendRefused(f"shard {index} is not owned by this node")
+        data = encode_image(shard, log_.position, log_.epoch, events)
+        if len(data) > MAX_MESSAGE and events:
+            data = encode_image(shard, log_.position, log_.epoch, [])
+        if len(data) > MAX_MESSAGE:
+            return None
+        log_.position = await self._publish_raw(index, data, KIND_IMAGE, log_.epoch, log_.position)
+        return log_.position
 
     def release(self, index: int) -> None:
         """Stop writing shard ``index`` (handed over or lost)."""
@@ -365,10 +504,16 @@ class JetStreamStorage:
     async def _append_shard(self, index: int, records: Sequence[bytes]) -> None:
         log_ = self.logs[index]
         started = time.perf_counter()
-        for part in chunks(records):
-            if not log_.epoch:
-                raise AppendRefused(f"shard {index} is not owned by this node")
-            log_.position = await self._publish(index, part, KIND_BATCH, log_.epoch, log_.position)
+        try:
+            for part in chunks(records):
+                if not log_.epoch:
+                    raise AppendRefused(f"shard {index} is not owned by this node")
+                log_.position = await self._publish(
+                    index, part, KIND_BATCH, log_.epoch, log_.position
+                )
+        except BaseException:
+            log_.failures += 1
+            raise
         if self.on_append is not None:
             self.on_append(time.perf_counter() - started)
 
@@ -376,6 +521,11 @@ class JetStreamStorage:
         self, index: int, records: Sequence[bytes], kind: str, epoch: int, expected: int
     ) -> int:
         """One message after sequence ``expected``; its sequence once durable."""
+        return await self._publish_raw(index, pack(records), kind, epoch, expected)
+
+    async def _publish_raw(
+        self, index: int, payload: bytes, kind: str, epoch: int, expected: int
+    ) -> int:
         log_ = self.logs[index]
         msg_id = f"{self._nonce}-{epoch}-{next(self._ids)}"
         headers = {
@@ -384,7 +534,6 @@ class JetStreamStorage:
             H_EXPECTED: str(expected),
             H_MSG_ID: msg_id,
         }
-        payload = pack(records)
         give_up = time.monotonic() + self.deadline_s
         attempt = 0
         while True:
@@ -432,11 +581,22 @@ class JetStreamStorage:
 
     # ------------------------------------------------------------ reading
 
-    async def read(self, index: int, after: int, upto: int) -> AsyncIterator[Entry]:
-        """Shard ``index``'s messages after sequence ``after`` up to ``upto``, in order."""
+    async def read(
+        self, index: int, after: int, upto: int, marks: list[tuple[str, float]] | None = None
+    ) -> AsyncIterator[Entry]:
+        """Shard ``index``'s messages after sequence ``after`` up to ``upto``, in order
+        (``marks``: when the consumer was created and the first fetch answered)."""
         if upto <= after:
             return
         log_ = self.logs[index]
+        if upto - after <= DIRECT_READ_MAX:  # a few: each read at once, no consumer
+            found = await asyncio.gather(*(self._message(log_, seq) for seq in
+                                           range(after + 1, upto + 1)))  # fmt: skip
+            if marks is not None:
+                marks.append(("fetched", time.perf_counter()))
+            for entry in found:
+                yield entry
+            return
         config = api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=after + 1,
@@ -449,6 +609,8 @@ class JetStreamStorage:
             lambda: self.js.pull_subscribe(log_.subject, stream=log_.stream, config=config)
         )
         assert isinstance(sub, JetStreamContext.PullSubscription)
+        if marks is not None:
+            marks.append(("consumer", time.perf_counter()))
         expected = after + 1
         give_up = time.monotonic() + 3 * self.deadline_s
         try:
@@ -459,6 +621,8 @@ class JetStreamStorage:
                     if time.monotonic() > give_up:
                         raise
                     continue
+                if marks is not None and marks[-1][0] == "consumer":
+                    marks.append(("fetched", time.perf_counter()))
                 for msg in msgs:
                     seq = msg.metadata.sequence.stream
                     if seq < expected:
@@ -466,19 +630,50 @@ class JetStreamStorage:
                     if seq > upto:
                         return
                     expected = seq + 1
-                    headers = msg.headers or {}
-                    yield Entry(
-                        seq,
-                        headers.get(H_KIND, KIND_BATCH),
-                        int(headers.get(H_EPOCH, "0")),
-                        unpack(msg.data, f"{log_.stream} message {seq}"),
-                    )
+                    yield _entry(seq, msg.headers, msg.data, f"{log_.stream} message {seq}")
         finally:
-            try:
-                await sub.unsubscribe()
-                await self.js.delete_consumer(log_.stream, (await sub.consumer_info()).name)
-            except Exception:  # noqa: BLE001 - an ephemeral consumer expires on its own
-                pass
+            if marks is not None:
+                marks.append(("read", time.perf_counter()))
+            # deleted off the takeover's path (two more round trips nobody waits for)
+            self._background(asyncio.ensure_future(self._delete_consumer(log_, sub)))
+
+    def _background(self, task: asyncio.Future[Any]) -> None:
+        """Let ``task`` finish on its own (kept referenced; its outcome ignored)."""
+
+        def done(task: asyncio.Future[Any]) -> None:
+            self._cleanups.discard(task)
+            if not task.cancelled():
+                task.exception()  # retrieved: nobody waits for it
+
+        self._cleanups.add(task)
+        task.add_done_callback(done)
+
+    async def _delete_consumer(
+        self, log_: ShardLog, sub: JetStreamContext.PullSubscription
+    ) -> None:
+        try:
+            await sub.unsubscribe()
+            await self.js.delete_consumer(log_.stream, (await sub.consumer_info()).name)
+        except Exception:  # noqa: BLE001 - an ephemeral consumer expires on its own
+            pass
+
+    async def _message(self, log_: ShardLog, seq: int) -> Entry:
+        """Message ``seq`` of a shard's stream, from its leader."""
+        try:
+            msg = await self._retry(lambda: self.js.get_msg(log_.stream, seq))
+        except nats.js.errors.NotFoundError as exc:
+            raise StorageError(f"{log_.stream}: message {seq} is missing") from exc
+        assert isinstance(msg, api.RawStreamMsg)
+        return _entry(seq, msg.headers, msg.data, f"{log_.stream} message {seq}")
+
+    async def _last_message(self, log_: ShardLog, seq: int) -> Entry | None:
+        """Message ``seq`` if the stream still holds it (None: empty, or purged)."""
+        if seq <= 0:
+            return None
+        try:
+            return await self._message(log_, seq)
+        except StorageError:
+            return None
 
     # ------------------------------------------------------------ snapshots
 
@@ -503,35 +698,46 @@ class JetStreamStorage:
         return body, position, epoch
 
     async def _load_snapshot(self, index: int) -> tuple[Shard, int]:
-        found = [s for s in [await self._get_snapshot(n) for n in self._slots(index)] if s]
+        """The newest image of shard ``index`` (both slots read at once) and its position
+        (an empty shard at 0 when there is none)."""
+        names = self._slots(index)
+        got = await asyncio.gather(*(self._get_snapshot(n) for n in names))
+        self.logs[index].slots = {n: g[1] if g else None for n, g in zip(names, got, strict=True)}
+        found = [g for g in got if g]
         if not found:
-            shard, position = Shard(index), 0
-        else:
-            body, position, _ = max(found, key=lambda s: s[1])
-            shard, image_position = image.decode(body)
-            if shard.index != index or image_position != position:
-                raise StorageError(f"shard {index}: its snapshot holds shard {shard.index}")
-        if position < self.logs[index].start:
-            raise StorageError(
-                f"shard {index}: no usable snapshot, and its stream starts after message "
-                f"{self.logs[index].start}: the shard cannot be rebuilt"
-            )
+            return Shard(index), 0
+        body, position, _ = max(found, key=lambda s: s[1])
+        shard, image_position = image.decode(body)
+        if shard.index != index or image_position != position:
+            raise StorageError(f"shard {index}: its snapshot holds shard {shard.index}")
         return shard, position
 
-    async def save_snapshot(self, index: int, shard: Shard, position: int) -> None:
+    async def save_snapshot(
+        self, index: int, shard: Shard, position: int, *, purge: bool = True
+    ) -> None:
         """Store ``shard`` as it is after message ``position`` (over the older of the two
-        kept images), then purge the stream up to the older kept one."""
+        kept images), then (``purge``) purge the stream up to the older kept one."""
         body = image.encode(shard, position)
         log_ = self.logs[index]
-        found = {n: await self._get_snapshot(n) for n in self._slots(index)}
-        older = min(found, key=lambda n: found[n][1] if found[n] else -1)  # type: ignore[index]
+        names = self._slots(index)
+        if set(log_.slots) != set(names):  # not read since this node took the shard over
+            got = await asyncio.gather(*(self._get_snapshot(n) for n in names))
+            log_.slots = {n: g[1] if g else None for n, g in zip(names, got, strict=True)}
+        found = dict(log_.slots)
+        older = min(found, key=lambda n: found[n] or -1)  # an empty slot first
         head = _SNAP_HEAD.pack(position, zlib.crc32(body), log_.epoch)
         assert self._snap is not None
         store = self._snap
-        await self._retry(lambda: store.put(older, head + body))
+        log_.slots = {}  # unknown until the put answers (it may land, or not)
+        meta = api.ObjectMeta(
+            name=older, options=api.ObjectMetaOptions(max_chunk_size=SNAPSHOT_CHUNK)
+        )
+        await self._retry(lambda: store.put(older, head + body, meta))
+        found[older] = position
+        log_.slots = found
         other = next(n for n in found if n != older)
         kept = found[other]
-        if kept is not None and kept[1] > log_.start:
-            keep_from = kept[1] + 1  # purge below: the older kept image covers them
+        if purge and kept is not None and kept > log_.start:
+            keep_from = kept + 1  # purge below: the older kept image covers them
             await self._retry(lambda: self.js.purge_stream(log_.stream, seq=keep_from))
-            log_.start = kept[1]
+            log_.start = kept
