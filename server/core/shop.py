@@ -98,6 +98,28 @@ _NO_NOTICE: Final = PriorityNotice.NONE
 _LIFO: Final = QueueOrder.LIFO
 _PRIORITY_REASONS: Final = (Reason.PRIORITY_CROWD, Reason.PRIORITY_OVERFLOW)
 
+# Decision and Event are built positionally here (``decision``, ``emit``): their order.
+if Decision.__struct_fields__[:7] != (
+    "outcome",
+    "reason",
+    "buyer_id",
+    "agent_id",
+    "session_id",
+    "queue_position",
+    "state",
+) or Event.__struct_fields__ != (
+    "kind",
+    "shop_id",
+    "at",
+    "agent_id",
+    "session_id",
+    "buyer_id",
+    "reason",
+    "seq",
+    "status",
+):
+    raise ImportError("Decision's or Event's fields changed: see Shop.decision and Shop.emit")
+
 _OUTCOME_OF_STATE: Final = {
     State.QUEUED: Outcome.QUEUED,
     State.BACKLOG: Outcome.BACKLOG,
@@ -182,19 +204,19 @@ class Shop:
         counted = COUNTED_EVENTS.get(kind)
         if counted is not None:
             self.tally(counted)
-        self.shard.outbox.append(
-            _Event(
-                kind=kind,
-                shop_id=self.shop_id,
-                at=self.shard.now,
-                agent_id=agent_id,
-                session_id=session.session_id if session else "",
-                buyer_id=session.buyer_id if session else "",
-                reason=reason,
-                seq=self.event_seq,
-                status=status,
+        shard = self.shard
+        # positional, in Event's field order: kind, shop_id, at, agent_id, session_id,
+        # buyer_id, reason, seq, status
+        if session is not None:
+            event = _Event(
+                kind, self.shop_id, shard.now, agent_id, session.session_id, session.buyer_id,
+                reason, self.event_seq, status,
+            )  # fmt: skip
+        else:
+            event = _Event(
+                kind, self.shop_id, shard.now, agent_id, "", "", reason, self.event_seq, status
             )
-        )
+        shard.outbox.append(event)
 
     def tally(self, index: int) -> None:
         """Count one event of a stats field (``stats.py``) now."""
@@ -271,14 +293,17 @@ class Shop:
     ) -> Decision:
         agent = session.agent
         if notice is _NO_NOTICE:  # the hot path: the notice fields keep their defaults
+            state = session.state
+            # positional, in Decision's field order: outcome, reason, buyer_id, agent_id,
+            # session_id, queue_position, state
             return _Decision(
-                outcome=_OUTCOME_OF_STATE[session.state],
-                reason=reason,
-                buyer_id=session.buyer_id,
-                agent_id=agent.agent_id if agent is not None else session.left_for,
-                session_id=session.session_id,
-                queue_position=self.position(session),
-                state=session.state,
+                _OUTCOME_OF_STATE[state],
+                reason,
+                session.buyer_id,
+                agent.agent_id if agent is not None else session.left_for,
+                session.session_id,
+                self.position(session) if state is _QUEUED else 0,
+                state,
             )
         return _Decision(
             outcome=_OUTCOME_OF_STATE[session.state],

@@ -36,7 +36,13 @@ def check_id(value: str, field: str) -> None:
 
 
 def check_optional_id(value: str, field: str) -> None:
-    if value and _ID_MATCH(value) is None:
+    """An id that may be empty (a Route's group and channel): check_id's fast path first,
+    as the regex costs ~1,200 instructions a call compiled (a channel on every Route)."""
+    if (
+        value
+        and not (value.isalnum() and value.isascii() and len(value) <= MAX_ID)
+        and _ID_MATCH(value) is None
+    ):
         raise InvalidArgument(f"{field} {_ID_RULE} when set (got {_show(value)})", field)
 
 

@@ -308,12 +308,27 @@ def route_batch_reply(results: list[Any]) -> pb.RouteBatchReply:
     """One result per item, a decision or the error it got, built in place (no copies)."""
     reply = pb.RouteBatchReply()
     add = reply.results.add
-    set_decision = convert.set_decision
     for result in results:
         if isinstance(result, Exception):
             add(error=error_message(result))
-        else:
-            set_decision(add().decision, result)
+            continue
+        # convert.set_decision written out: one interpreted frame fewer a decision
+        target = add().decision
+        target.outcome = result.outcome
+        target.reason = result.reason
+        target.buyer_id = result.buyer_id
+        if agent_id := result.agent_id:
+            target.agent_id = agent_id
+        if session_id := result.session_id:
+            target.session_id = session_id
+        if queue_position := result.queue_position:
+            target.queue_position = queue_position
+        if state := result.state:  # None: no session (UNSPECIFIED)
+            target.state = state
+        if result.priority_notice:
+            target.priority_notice = True
+        if notice := result.notice:
+            target.notice = notice
     return reply
 
 

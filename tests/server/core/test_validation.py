@@ -476,3 +476,24 @@ def test_nothing_a_client_sends_crashes_the_core(cmds):
             w.d.execute(cmd)
         except FenliuError:
             assert w.snapshot() == before
+
+
+# ---------------------------------------------------------------- the ids' fast paths
+
+ID_RULE = __import__("re").compile(r"[A-Za-z0-9._:@-]{1,128}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.one_of(ANY_TEXT, st.text(alphabet="aZ09٣²ｱ-.", max_size=130)))
+def test_an_optional_id_is_checked_as_the_rule_says(value):
+    # check_optional_id's fast path (isalnum/isascii before the regex) accepts exactly what
+    # SPEC §6's rule accepts: "" or 1-128 of [A-Za-z0-9._:@-] (not a Unicode digit like ٣)
+    from fenliu.server.core import validate as v
+
+    ok = value == "" or ID_RULE.fullmatch(value) is not None
+    if ok:
+        v.check_optional_id(value, "channel")
+    else:
+        with pytest.raises(InvalidArgument) as caught:
+            v.check_optional_id(value, "channel")
+        assert caught.value.field == "channel"

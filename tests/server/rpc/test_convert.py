@@ -9,6 +9,7 @@ from fenliu.client._pb import fenliu_pb2 as pb
 from fenliu.server.core import types as t
 from fenliu.server.core.errors import InvalidArgument
 from fenliu.server.rpc import convert
+from fenliu.server.rpc.service import route_batch_reply
 
 AT = 1_700_000_000_000
 
@@ -154,6 +155,11 @@ def test_decision_every_field_and_every_default() -> None:
         batch = pb.RouteBatchReply()
         convert.set_decision(batch.results.add().decision, result)
         assert batch.results[0].decision == expected
+        # RouteBatch's reply writes the same fields out in its loop
+        reply = route_batch_reply([result, InvalidArgument("channel is bad", "channel")])
+        assert reply.results[0].decision == expected
+        assert reply.results[0].decision.SerializeToString() == expected.SerializeToString()
+        assert reply.results[1].error.field == "channel"
     assert convert.decision(full).queue_position == 7
     assert convert.decision(full).notice == pb.PRIORITY_NOTICE_SKIPPED_QUEUE
 
