@@ -188,7 +188,7 @@ async def readers(port: int, shop: str, n: int, limit: float) -> None:
             if kind == b"events":
                 now = time.time()
                 for e in parsed:
-                    if e["kind"] == "assigned" and e["buyer"].startswith("lat"):
+                    if e["kind"] == "assigned" and e.get("buyer", "").startswith("lat"):
                         arrived.setdefault(e["buyer"], []).append(now)
             elif kind == b"state":
                 ready[i].set()
@@ -249,7 +249,7 @@ async def delays(target: str, port: int, samples: int, pace: float) -> list[floa
             elif kind == "events":
                 now = time.perf_counter()
                 for e in json.loads(data):
-                    if e["kind"] == "assigned" and e["buyer"] in sent:
+                    if e["kind"] == "assigned" and e.get("buyer") in sent:
                         got.setdefault(e["buyer"], now)
 
     listener = asyncio.create_task(listen())
@@ -295,6 +295,93 @@ async def loaded(target: str, args: argparse.Namespace, ids: Any, sent: dict[str
         drive(target, args.seconds, args.workers, ids), probe(target, args.seconds, 0.05, sent)
     )
     return int(n)
+
+
+async def paced(target: str, seconds: float, rate: float, workers: int, ids: Any) -> int:
+    """Route + end pairs at ``rate`` a second (open loop, ``workers`` callers) for
+    ``seconds``: the same events whatever the dashboard, so its CPU compares."""
+    done = 0
+    tickets = itertools.count()
+    async with AsyncClient(target) as fenliu:
+        start = time.perf_counter()
+
+        async def worker() -> None:
+            nonlocal done
+            while (due := start + next(tickets) / rate) < start + seconds:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                decision = await fenliu.route(SHOP, f"p{next(ids)}")
+                await fenliu.end_sessions(SHOP, [decision.session_id])
+                done += 1
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+    return done
+
+
+def cost(args: argparse.Namespace) -> None:
+    """The dashboard's and the page readers' CPU per decision at a fixed rate (fenliu keeps
+    up: the same events in every round), for this build's dashboard and, with
+    ``--other MODULE`` (a copy of ``client/dashboard`` importable as MODULE from
+    ``--other-path``, e.g. an older commit's), that one, alternating."""
+    server = start_fenliu()
+    target = f"127.0.0.1:{server.port}"
+    builds = ["this"] + ([args.other] if args.other else [])
+
+    def board(build: str) -> Child:
+        if build == "this":
+            return start_dashboard(target)
+        cmd = [sys.executable, "-m", f"{build}._cli", "--fenliu", target, "--port", "0"]
+        env = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = args.other_path
+        try:
+            return Child(cmd + ["--linger", "0"], r"serving on http://127\.0\.0\.1:(\d+) ")
+        finally:
+            if env is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = env
+
+    async def setup() -> None:
+        async with AsyncClient(target) as fenliu:
+            for i in range(20):
+                await fenliu.register_agent(
+                    SHOP, f"agent{i:02d}", max_concurrent=10_000, status=Status.ONLINE
+                )
+
+    load_before = os.getloadavg()
+    got: dict[str, dict[str, list[float]]] = {b: {} for b in builds}
+    ids = itertools.count()
+    try:
+        asyncio.run(setup())
+        for _ in range(args.rounds):
+            for build in builds:
+                child = board(build)
+                try:
+                    opened = Pages(child.port, args.pages)
+                    pids = {"dashboard": child.proc.pid, "sse_readers": opened.proc.pid}
+                    before = {k: cpu_s(v) for k, v in pids.items()}
+                    n = asyncio.run(paced(target, args.seconds, args.rate, args.workers, ids))
+                    for k, v in pids.items():
+                        us = (cpu_s(v) - before[k]) / max(n, 1) * 1e6
+                        got[build].setdefault(k, []).append(round(us, 1))
+                    got[build].setdefault("decisions", []).append(n)
+                    read = opened.close()
+                    got[build].setdefault("sse_messages", []).append(read["messages"])
+                finally:
+                    child.stop()
+    finally:
+        server.stop()
+    record = {
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "pages": args.pages,
+        "cpu_us_per_decision": {
+            b: {k: statistics.median(v) for k, v in c.items()} for b, c in got.items()
+        },
+        "rounds": got,
+        "load_average_before": load_before,
+        "load_average": os.getloadavg(),
+    }
+    print(json.dumps(record, indent=2))
 
 
 DEPLOYMENTS = {
@@ -512,6 +599,10 @@ def main() -> None:
     shot = sub.add_parser("screenshot")
     shot.add_argument("path")
     shot.add_argument("--viewport", default="1440x900", help="WIDTHxHEIGHT")
+    paid = sub.add_parser("cost", help="the dashboard's CPU per decision at a fixed rate")
+    paid.add_argument("--rate", type=float, default=800)
+    paid.add_argument("--other", default="", help="another dashboard build's module name")
+    paid.add_argument("--other-path", default="", help="where that module is (PYTHONPATH)")
     read = sub.add_parser("readers")
     read.add_argument("--port", type=int, required=True)
     read.add_argument("--n", type=int, required=True)
@@ -536,6 +627,8 @@ def main() -> None:
     if args.command == "screenshot":
         width, height = (int(n) for n in args.viewport.split("x"))
         screenshot(args.path, width, height)
+    elif args.command == "cost":
+        cost(args)
     elif args.command == "readers":
         uvloop.run(readers(args.port, SHOP, args.n, args.limit))
     else:

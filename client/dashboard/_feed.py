@@ -91,17 +91,22 @@ _STATUSES[None] = _STATUSES[0] = None  # (the wire's 0: no status)
 
 
 def event_json(e: Event) -> dict[str, Any]:
-    kind, reason, status = e.kind, e.reason, e.status
-    return {
-        "seq": e.seq,
-        "kind": _KINDS.get(kind, kind),
-        "at": e.at_ms,
-        "agent": e.agent_id,
-        "session": e.session_id,
-        "buyer": e.buyer_id,
-        "reason": _REASONS.get(reason, reason),
-        "status": _STATUSES.get(status, status),
-    }
+    """What the page shows of an event; empty fields left out (the page reads a missing one
+    as empty: less for every page to parse, each event being parsed by every page)."""
+    out: dict[str, Any] = {"seq": e.seq, "kind": _KINDS.get(e.kind, e.kind), "at": e.at_ms}
+    if e.agent_id:
+        out["agent"] = e.agent_id
+    if e.session_id:
+        out["session"] = e.session_id
+    if e.buyer_id:
+        out["buyer"] = e.buyer_id
+    reason = e.reason
+    if reason:  # 0: UNSPECIFIED
+        out["reason"] = _REASONS.get(reason, reason)
+    status = e.status
+    if status:  # STATUS_CHANGED only (the wire's 0, the SDK's None)
+        out["status"] = _STATUSES.get(status, status)
+    return out
 
 
 def event_bytes(e: Event) -> bytes:
