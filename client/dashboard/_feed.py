@@ -109,19 +109,52 @@ def event_json(e: Event) -> dict[str, Any]:
     return out
 
 
-def event_bytes(e: Event) -> bytes:
-    """The event as the page gets it: its JSON, encoded once, kept in the ring as is (an
-    ``events`` message is these joined: no per-page and no per-flush encoding)."""
-    return _encode(event_json(e))
+# The JSON of an event's fixed part by kind, and of its reason and status: encoded once.
+_HEADS = {int(k): b'{"seq":%%d,"kind":%s,"at":%%d' % _encode(_name(k)) for k in EventKind}
+_REASON_JSON = {int(r): b',"reason":' + _encode(_name(r)) for r in Reason if r}
+_REASON_JSON[0] = b""
+_STATUS_JSON = {int(s): b',"status":' + _encode(_name(s)) for s in Status}
+_STATUS_JSON[0] = b""
+
+
+def event_bytes(e: Event | Any) -> bytes:
+    """The event as the page gets it: ``event_json``'s JSON, encoded once and kept in the
+    ring as is (an ``events`` message is these joined: no per-page, no per-flush encoding),
+    built from pre-encoded pieces (an int from a newer server: ``event_json``'s way)."""
+    head = _HEADS.get(e.kind)
+    reason = _REASON_JSON.get(e.reason)
+    status = _STATUS_JSON.get(e.status or 0)
+    if head is None or reason is None or status is None:
+        return _encode(event_json(e))
+    out = head % (e.seq, e.at_ms)
+    agent, session, buyer = e.agent_id, e.session_id, e.buyer_id
+    if agent:
+        out += b',"agent":' + _encode(agent)
+    if session:
+        out += b',"session":' + _encode(session)
+    if buyer:
+        out += b',"buyer":' + _encode(buyer)
+    return out + reason + status + b"}"
+
+
+class _Batch:
+    """A watch message's events as they came off the wire, as one item (``seq``: the last
+    one's, where the stream resumes): the feed reads the fields the page shows straight
+    from them, in one pass (an SDK ``Event`` with its enums built per event, and a pass of
+    the feed per event, were most of this process's Python time under a burst)."""
+
+    __slots__ = ("events", "seq")
+
+    def __init__(self, events: Any) -> None:
+        self.events = events
+        self.seq = events[-1].seq
 
 
 def _wire_items(m: Any) -> list[Any]:
-    """A watch message's items with its events left as they came off the wire: the feed
-    reads the eight fields the page shows straight from them (building an SDK ``Event``
-    with its enums per event cost this process a third of its CPU under a burst)."""
     which = m.WhichOneof("message")
     if which == "events":
-        return list(m.events.events)
+        events = m.events.events
+        return [_Batch(events)] if events else []
     if which == "event":
         return [m.event]
     return watch_items(m)
@@ -410,40 +443,13 @@ class ShopFeed:
             await asyncio.sleep(2.0)
 
     def _on_item(self, item: Started | Event | FellBehind | Any) -> None:
-        """One item of the watch: Started, FellBehind, or an event (the wire message itself,
-        see ``_wire_items``, or an SDK ``Event``: both have the fields the page shows)."""
-        if not isinstance(item, (Started, FellBehind)):
-            seq = item.seq
-            if seq <= self.last_seq:
-                return  # already had it
-            self.last_seq = seq
-            data = event_bytes(item)
-            seqs = self.ring_seqs
-            if len(seqs) >= RING:
-                self.floor = seqs.popleft()
-                self.ring_json.popleft()
-            seqs.append(seq)
-            self.ring_json.append(data)
-            status = item.status
-            if status:  # STATUS_CHANGED (the wire's 0 and the SDK's None: no status)
-                self._status[item.agent_id] = [_STATUSES.get(status, status), item.at_ms, True]
-            self._pending.append(data)
-            self._pending_seq = seq
-            # The first event after a quiet spell goes out at once (with whatever else this
-            # loop iteration brings); under a burst (fenliu's messages ~20 ms apart), one
-            # message per FLUSH_DELAY: each message costs a write per page open.
-            loop = asyncio.get_running_loop()
-            now = loop.time()
-            handle = self._flush_handle
-            if now - self._last_event >= QUIET:
-                if handle is not None:
-                    handle.cancel()
-                self._flush_handle = loop.call_later(0.0, self._flush)
-            elif handle is None:
-                wait = self._last_flush + FLUSH_DELAY - now
-                self._flush_handle = loop.call_later(max(0.0, wait), self._flush)
-            self._last_event = now
-            self._dirty.set()
+        """One item of the watch: Started, FellBehind, a batch of wire events (see
+        ``_wire_items``), or one event (wire or SDK ``Event``: both have what the page
+        shows)."""
+        if isinstance(item, _Batch):
+            self._on_events(item.events)
+        elif not isinstance(item, (Started, FellBehind)):
+            self._on_events((item,))
         elif isinstance(item, FellBehind):
             # Any cause (NOT_KEPT, OVERFLOW, or one a newer fenliu adds): what came before
             # is lost, so re-read; the stream goes on after item.seq.
@@ -464,6 +470,43 @@ class ShopFeed:
             if self.last_seq >= self._caught_up_at:
                 self._caught_up_at = None
                 self.ready.set()
+
+    def _on_events(self, events: Iterable[Any]) -> None:
+        last = first = self.last_seq
+        seqs, kept, pending = self.ring_seqs, self.ring_json, self._pending
+        for e in events:
+            seq = e.seq
+            if seq <= last:
+                continue  # already had it
+            last = seq
+            data = event_bytes(e)
+            if len(seqs) >= RING:
+                self.floor = seqs.popleft()
+                kept.popleft()
+            seqs.append(seq)
+            kept.append(data)
+            pending.append(data)
+            status = e.status
+            if status:  # STATUS_CHANGED (the wire's 0 and the SDK's None: no status)
+                self._status[e.agent_id] = [_STATUSES.get(status, status), e.at_ms, True]
+        if last == first:
+            return
+        self.last_seq = self._pending_seq = last
+        # The first event after a quiet spell goes out at once (with whatever else this
+        # loop iteration brings); under a burst (fenliu's messages ~20 ms apart), one
+        # message per FLUSH_DELAY: each message costs a write per page open.
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        handle = self._flush_handle
+        if now - self._last_event >= QUIET:
+            if handle is not None:
+                handle.cancel()
+            self._flush_handle = loop.call_later(0.0, self._flush)
+        elif handle is None:
+            wait = self._last_flush + FLUSH_DELAY - now
+            self._flush_handle = loop.call_later(max(0.0, wait), self._flush)
+        self._last_event = now
+        self._dirty.set()
 
     def _flush(self) -> None:
         """The events since the last flush as one ``events`` message, and a state re-read

@@ -184,3 +184,41 @@ def state_with_events() -> list[list[str]]:
 
 def test_a_state_re_read_goes_to_a_page_in_one_piece_with_the_events_of_its_flush() -> None:
     assert in_a_process("state_with_events") == [["events"], ["events", "state"]]
+
+
+def batch_and_one_by_one() -> list[Any]:
+    from fenliu.client._pb import fenliu_pb2 as pb
+    from fenliu.client._types import watch_items
+    from fenliu.client.dashboard import _feed
+
+    message = pb.WatchMessage()
+    for seq in range(1, 6):
+        message.events.events.add(
+            seq=seq, kind=1 + seq % 2, shop_id="shop1", at_ms=1_700_000_000_000 + seq,
+            agent_id="a1", session_id=f"s{seq}", buyer_id=f"b{seq}", reason=seq % 3,
+        )  # fmt: skip
+    wire = pb.WatchMessage.FromString(message.SerializeToString())
+
+    async def main() -> list[Any]:
+        fenliu = AsyncClient("127.0.0.1:1")  # never called: the feeds are fed by hand
+        try:
+            out = []
+            for items in (_feed._wire_items(wire), watch_items(wire)):
+                feed = _feed.ShopFeed(fenliu, "shop1")
+                sub = feed.subscribe(None)
+                sub.queue.get_nowait()  # hello
+                for item in items:
+                    feed._on_item(item)
+                await turns()
+                out.append([len(items), feed.last_seq, events_in(sub), list(feed.ring_seqs)])
+            return out
+        finally:
+            await fenliu.close()
+
+    return asyncio.run(main())
+
+
+def test_a_watch_message_read_as_one_batch_gives_the_pages_what_its_events_one_by_one_do() -> None:
+    (n_wire, *wire), (n_sdk, *sdk) = in_a_process("batch_and_one_by_one")
+    assert (n_wire, n_sdk) == (1, 5)  # one item for the batch, five SDK Events
+    assert wire == sdk == [5, [[1, 2, 3, 4, 5]], [1, 2, 3, 4, 5]]
