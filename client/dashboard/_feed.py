@@ -558,7 +558,8 @@ class ShopFeed:
         if full:
             reads.append(f.get_shop_policy(shop))
         got = await asyncio.gather(*reads)
-        stats, team = got[0], got[1]
+        stats: ShopStats = got[0]
+        team: tuple[Agent, ...] = got[1]
         rest = iter(got[2:])
         queue = next(rest) if queued else self._queue
         left = next(rest) if left_kept else self._left
