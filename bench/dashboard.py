@@ -1,24 +1,30 @@
 """Do open dashboards slow routing, and how soon does a Route reach a page? (issue 13)
 
-    python bench/dashboard.py                          # 3 rounds of 3 s per mode, 300 delays
-    python bench/dashboard.py --seconds 2 --rounds 1 --samples 100
+    python bench/dashboard.py --rounds 5               # both modes, 5 rounds of 3 s each
+    python bench/dashboard.py --mode deployed --seconds 2 --rounds 1 --samples 0
     python bench/dashboard.py screenshot docs/dashboard.png   # the README's picture
 
-Three processes, as deployed: ``fenliu-server`` (in memory: journal off, so routing is
-CPU-bound and any CPU the dashboard takes shows), ``fenliu-dashboard`` and, for the
-"20 dashboards" mode, a reader process holding 20 SSE connections to the shop's page
-stream (each parses every message, as a page would). This process drives routing over
-gRPC: workers route a new buyer and end its session, over and over, in the watched shop.
-Modes alternate within one run: 0 pages (the dashboard then watches nothing: ``--linger
-0``), 1 page and 20 pages (one watch stream either way: the difference is the fan-out).
-Each process's CPU per decision is reported too, and the ratio it implies (on 2 saturated
-cores the rate goes as 1 / the CPU every process spends per decision). Then the same
-modes under a paced load (``--rate`` decisions/s, open loop): the dashboard's and the
-pages' cores at the same events in every mode. Then, with the 20 pages open, Route ->
-page delay: routes paced every 50 ms, each timed
-from just before the Route call to the arrival of its ``assigned`` event at an SSE client
-in this process (an SSE client, not a browser: the browser's rendering is not in it).
-Prints one JSON record.
+Processes as deployed: ``fenliu-server`` (in memory: journal off, so routing is CPU-bound
+and any CPU the dashboard takes shows), ``fenliu-dashboard`` and, for the page modes, a
+reader process holding 1 or 20 SSE connections to the shop's page stream (each parses
+every message, as a page would). This process drives routing over gRPC: workers route a
+new buyer and end its session, over and over, in the watched shop (closed loop). Modes
+alternate within one run: 0 pages (the dashboard then watches nothing: ``--linger 0``),
+1 page and 20 pages, in two deployments (``--mode``), also interleaved:
+
+- ``same_priority``: the dashboard and the readers compete for fenliu's 2 cores at the
+  same priority as fenliu and the load generator (the worst case);
+- ``deployed``: they run at SCHED_IDLE (their threads too), so they use only CPU that
+  fenliu and its callers leave idle: the stand-in on one box for the dashboard and the
+  browsers on other machines.
+
+Each process's CPU per decision is reported. While each loaded round runs, a probe
+routes a buyer every 50 ms, and the readers note when each page got its ``assigned``
+event: Route -> page delay under the load (wall clock, from just before the Route call),
+with the pages that never got it, the ``behind``/``reset`` messages (a page told it
+missed events) and the streams the dashboard dropped (a page lagging too far). Then,
+with 20 pages open and no other load, the paced delay (``--samples``, an SSE client in
+this process). Prints one JSON record.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import uvloop
+
 from fenliu.client import AsyncClient, Status
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,11 +58,20 @@ from watch import SHOP, drive  # noqa: E402 - the same Route + end load as the w
 BIN = Path(sys.executable).parent
 
 
+def lowest_priority() -> None:
+    """In a child before it runs: SCHED_IDLE, so it gets only CPU that every normal process
+    leaves idle (its threads inherit it). The closest stand-in on this box for the
+    dashboard and the browsers running on other machines."""
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 class Child:
     """A child process; waits for the stderr line naming its port."""
 
-    def __init__(self, args: list[str], ready: str) -> None:
-        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    def __init__(self, args: list[str], ready: str, idle: bool = False) -> None:
+        self.proc = subprocess.Popen(
+            args, stderr=subprocess.PIPE, text=True, preexec_fn=lowest_priority if idle else None
+        )
         found = threading.Event()
         self.port = 0
         lines: list[str] = []
@@ -88,11 +106,11 @@ def start_fenliu(data_dir: str = "") -> Child:
     return Child(args, r"fenliu serving on 127\.0\.0\.1:(\d+)$")
 
 
-def start_dashboard(target: str, linger: float = 0.0, nice: int = 0) -> Child:
+def start_dashboard(target: str, linger: float = 0.0, nice: int = 0, idle: bool = False) -> Child:
     args = ["nice", "-n", str(nice)] if nice else []
     args += [str(BIN / "fenliu-dashboard"), "--fenliu", target, "--port", "0"]
     args += ["--linger", str(linger)]
-    return Child(args, r"serving on http://127\.0\.0\.1:(\d+) ")
+    return Child(args, r"serving on http://127\.0\.0\.1:(\d+) ", idle)
 
 
 # ---------------------------------------------------------------- SSE clients
@@ -112,6 +130,31 @@ async def open_sse(port: int, shop: str) -> asyncio.StreamReader:
     return reader
 
 
+async def sse_messages(reader: asyncio.StreamReader) -> Any:
+    """(event, data) of each SSE message, read in chunks as a browser reads a stream (one
+    ``read`` per arrival, not one per line); HTTP/1.0, so no chunked framing."""
+    buffer = b""
+    head = True
+    while True:
+        chunk = await reader.read(1 << 16)
+        if not chunk:
+            return
+        buffer += chunk
+        if head:  # the response's headers
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                continue
+            buffer, head = buffer[end + 4 :], False
+        *complete, buffer = buffer.split(b"\n\n")
+        for message in complete:
+            kind = b""
+            for line in message.split(b"\n"):
+                if line.startswith(b"event: "):
+                    kind = line[7:]
+                elif line.startswith(b"data: "):
+                    yield kind, line[6:]
+
+
 async def messages(reader: asyncio.StreamReader) -> Any:
     """(event, data) of each SSE message (chunked transfer framing skipped)."""
     kind = ""
@@ -128,16 +171,30 @@ async def messages(reader: asyncio.StreamReader) -> Any:
 
 async def readers(port: int, shop: str, n: int, limit: float) -> None:
     """The reader process: ``n`` SSE clients; prints "ready" once each has the state, and
-    a JSON line of what they read when stdin closes (or after ``limit`` seconds)."""
+    a JSON line of what they read when stdin closes (or after ``limit`` seconds): the
+    messages, the ``behind``/``reset`` ones (a page told it missed events and re-read),
+    the streams the dashboard ended (a page that lagged too far is dropped), and when
+    (wall clock) each page got the ``assigned`` event of each probe buyer (``lat...``)."""
     counts = [0] * n
+    missed = {"behind": 0, "reset": 0, "dropped": 0}
+    arrived: dict[str, list[float]] = {}
     ready = [asyncio.Event() for _ in range(n)]
+    decode = msgspec.json.decode  # a browser's JSON.parse is native code too
 
     async def one(i: int) -> None:
-        async for kind, data in messages(await open_sse(port, shop)):
-            json.loads(data)  # parsed, as a page does
+        async for kind, data in sse_messages(await open_sse(port, shop)):
+            parsed = decode(data)  # parsed, as a page does
             counts[i] += 1
-            if kind == "state":
+            if kind == b"events" and b'"buyer":"lat' in data:  # (a probe's: this bench's)
+                now = time.time()
+                for e in parsed:
+                    if e["kind"] == "assigned" and e.get("buyer", "").startswith("lat"):
+                        arrived.setdefault(e["buyer"], []).append(now)
+            elif kind == b"state":
                 ready[i].set()
+            elif kind in (b"behind", b"reset"):
+                missed[kind.decode()] += 1
+        missed["dropped"] += 1
 
     tasks = [asyncio.create_task(one(i)) for i in range(n)]
     await asyncio.gather(*(r.wait() for r in ready))
@@ -145,7 +202,8 @@ async def readers(port: int, shop: str, n: int, limit: float) -> None:
     loop = asyncio.get_running_loop()
     done = loop.run_in_executor(None, sys.stdin.read)
     await asyncio.wait([asyncio.ensure_future(done)], timeout=limit)
-    print(json.dumps({"messages": sum(counts)}), flush=True)
+    record = {"messages": sum(counts), "pages": n, **missed, "arrived": arrived}
+    print(json.dumps(record), flush=True)
     for task in tasks:
         task.cancel()
     os._exit(0)
@@ -154,9 +212,12 @@ async def readers(port: int, shop: str, n: int, limit: float) -> None:
 class Pages:
     """The reader process with ``n`` open pages, for one mode's rounds."""
 
-    def __init__(self, port: int, n: int) -> None:
+    def __init__(self, port: int, n: int, idle: bool = False) -> None:
         args = [sys.executable, __file__, "readers", "--port", str(port), "--n", str(n)]
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            preexec_fn=lowest_priority if idle else None,
+        )  # fmt: skip
         assert self.proc.stdout is not None
         if not select.select([self.proc.stdout], [], [], 30)[0]:
             self.proc.kill()
@@ -165,32 +226,13 @@ class Pages:
         if line.strip() != "ready":
             raise SystemExit(f"the SSE readers did not start: {line!r}")
 
-    def close(self) -> int:
-        out, _ = self.proc.communicate("", timeout=30)
-        return int(json.loads(out.strip().splitlines()[-1])["messages"])
+    def close(self) -> dict[str, Any]:
+        out, _ = self.proc.communicate("", timeout=60)
+        read: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return read
 
 
 # ---------------------------------------------------------------- routing
-
-
-async def paced(target: str, seconds: float, rate: float, workers: int, ids: Any) -> int:
-    """Route + end pairs at ``rate`` a second (open loop, ``workers`` callers) for
-    ``seconds``: the same events in every mode, so the dashboard's CPU compares."""
-    done = 0
-    tickets = itertools.count()
-    async with AsyncClient(target) as fenliu:
-        start = time.perf_counter()
-
-        async def worker() -> None:
-            nonlocal done
-            while (due := start + next(tickets) / rate) < start + seconds:
-                await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                decision = await fenliu.route(SHOP, f"p{next(ids)}")
-                await fenliu.end_sessions(SHOP, [decision.session_id])
-                done += 1
-
-        await asyncio.gather(*(worker() for _ in range(workers)))
-    return done
 
 
 async def delays(target: str, port: int, samples: int, pace: float) -> list[float]:
@@ -207,7 +249,7 @@ async def delays(target: str, port: int, samples: int, pace: float) -> list[floa
             elif kind == "events":
                 now = time.perf_counter()
                 for e in json.loads(data):
-                    if e["kind"] == "assigned" and e["buyer"] in sent:
+                    if e["kind"] == "assigned" and e.get("buyer") in sent:
                         got.setdefault(e["buyer"], now)
 
     listener = asyncio.create_task(listen())
@@ -234,11 +276,129 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
+async def probe(target: str, seconds: float, pace: float, sent: dict[str, float]) -> None:
+    """During a loaded round: a Route every ``pace`` s of a buyer ``lat...``, its send time
+    (wall clock: the page readers are another process) kept in ``sent``."""
+    async with AsyncClient(target) as fenliu:
+        stop = time.perf_counter() + seconds
+        while time.perf_counter() < stop:
+            buyer = f"lat{len(sent)}-{os.getpid()}-{time.monotonic_ns()}"
+            sent[buyer] = time.time()
+            decision = await fenliu.route(SHOP, buyer)
+            await fenliu.end_sessions(SHOP, [decision.session_id])
+            await asyncio.sleep(pace)
+
+
+async def loaded(target: str, args: argparse.Namespace, ids: Any, sent: dict[str, float]) -> int:
+    """A closed-loop round (``drive``) with the probe routes running alongside."""
+    n, _ = await asyncio.gather(
+        drive(target, args.seconds, args.workers, ids), probe(target, args.seconds, 0.05, sent)
+    )
+    return int(n)
+
+
+async def paced(target: str, seconds: float, rate: float, workers: int, ids: Any) -> int:
+    """Route + end pairs at ``rate`` a second (open loop, ``workers`` callers) for
+    ``seconds``: the same events whatever the dashboard, so its CPU compares."""
+    done = 0
+    tickets = itertools.count()
+    async with AsyncClient(target) as fenliu:
+        start = time.perf_counter()
+
+        async def worker() -> None:
+            nonlocal done
+            while (due := start + next(tickets) / rate) < start + seconds:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                decision = await fenliu.route(SHOP, f"p{next(ids)}")
+                await fenliu.end_sessions(SHOP, [decision.session_id])
+                done += 1
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+    return done
+
+
+def cost(args: argparse.Namespace) -> None:
+    """The dashboard's and the page readers' CPU per decision at a fixed rate (fenliu keeps
+    up: the same events in every round), for this build's dashboard and, with
+    ``--other MODULE`` (a copy of ``client/dashboard`` importable as MODULE from
+    ``--other-path``, e.g. an older commit's), that one, alternating."""
+    server = start_fenliu()
+    target = f"127.0.0.1:{server.port}"
+    builds = ["this"] + ([args.other] if args.other else [])
+
+    def board(build: str) -> Child:
+        if build == "this":
+            return start_dashboard(target)
+        cmd = [sys.executable, "-m", f"{build}._cli", "--fenliu", target, "--port", "0"]
+        env = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = args.other_path
+        try:
+            return Child(cmd + ["--linger", "0"], r"serving on http://127\.0\.0\.1:(\d+) ")
+        finally:
+            if env is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = env
+
+    async def setup() -> None:
+        async with AsyncClient(target) as fenliu:
+            for i in range(20):
+                await fenliu.register_agent(
+                    SHOP, f"agent{i:02d}", max_concurrent=10_000, status=Status.ONLINE
+                )
+
+    load_before = os.getloadavg()
+    got: dict[str, dict[str, list[float]]] = {b: {} for b in builds}
+    ids = itertools.count()
+    try:
+        asyncio.run(setup())
+        for _ in range(args.rounds):
+            for build in builds:
+                child = board(build)
+                try:
+                    opened = Pages(child.port, args.pages)
+                    pids = {"dashboard": child.proc.pid, "sse_readers": opened.proc.pid}
+                    before = {k: cpu_s(v) for k, v in pids.items()}
+                    n = asyncio.run(paced(target, args.seconds, args.rate, args.workers, ids))
+                    for k, v in pids.items():
+                        us = (cpu_s(v) - before[k]) / max(n, 1) * 1e6
+                        got[build].setdefault(k, []).append(round(us, 1))
+                    got[build].setdefault("decisions", []).append(n)
+                    read = opened.close()
+                    got[build].setdefault("sse_messages", []).append(read["messages"])
+                finally:
+                    child.stop()
+    finally:
+        server.stop()
+    record = {
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "pages": args.pages,
+        "cpu_us_per_decision": {
+            b: {k: statistics.median(v) for k, v in c.items()} for b, c in got.items()
+        },
+        "rounds": got,
+        "load_average_before": load_before,
+        "load_average": os.getloadavg(),
+    }
+    print(json.dumps(record, indent=2))
+
+
+DEPLOYMENTS = {
+    "same_priority": False,  # everything on fenliu's 2 cores at one priority: the worst case
+    "deployed": True,  # dashboard + page readers at SCHED_IDLE: as if on other machines
+}
+
+
 def bench(args: argparse.Namespace) -> None:
     load_before = os.getloadavg()
     server = start_fenliu()
     target = f"127.0.0.1:{server.port}"
-    board = start_dashboard(target, nice=args.dashboard_nice)
+    deployments = [d for d in DEPLOYMENTS if args.mode in (d, "both")]
+    boards = {
+        d: start_dashboard(target, nice=args.dashboard_nice, idle=DEPLOYMENTS[d])
+        for d in deployments
+    }
     try:
 
         async def setup() -> None:
@@ -251,105 +411,109 @@ def bench(args: argparse.Namespace) -> None:
         asyncio.run(setup())
         ids = itertools.count()
         modes = (0, 1, args.pages)
-        rates: dict[int, list[float]] = {m: [] for m in modes}
-        delivered = []
-        cpu: dict[str, dict[str, list[float]]] = {}
-        per_decision: dict[str, list[int]] = {}
-        every: dict[str, dict[str, list[int]]] = {}  # mode -> process -> CPU us per decision
+        out: dict[str, dict[str, Any]] = {}
+        for d in deployments:
+            out[d] = {"rates": {m: [] for m in modes}, "us": {}, "cores": {}, "pages": {}}
         for _ in range(args.rounds):
-            for pages in modes:  # interleaved, so drift hits every mode alike
-                opened = Pages(board.port, pages) if pages else None
-                procs = {"fenliu": server.proc.pid, "dashboard": board.proc.pid}
-                if opened is not None:
-                    procs["sse_readers"] = opened.proc.pid
-                procs["load_generator"] = os.getpid()
-                before = {k: cpu_s(v) for k, v in procs.items()}
-                n = asyncio.run(drive(target, args.seconds, args.workers, ids))
-                mode = f"{pages}_pages"
-                for k, v in procs.items():
-                    spent = cpu_s(v) - before[k]
-                    cores = round(spent / args.seconds, 2)
-                    cpu.setdefault(mode, {}).setdefault(k, []).append(cores)
-                    spent_us = round(spent / max(n, 1) * 1e6)
-                    every.setdefault(mode, {}).setdefault(k, []).append(spent_us)
-                    if k == "fenliu":
-                        per_decision.setdefault(mode, []).append(spent_us)
-                rates[pages].append(n / args.seconds)
-                if opened is not None:
-                    delivered.append(opened.close())
-                time.sleep(0.5)  # the feed retires (--linger 0) before the next 0-page round
-        # The same paced load in every mode: what the dashboard and the pages cost per
-        # second at a rate fenliu keeps up with (fenliu then has CPU to spare).
-        at_rate: dict[str, dict[str, list[float]]] = {}
-        for _ in range(args.rounds if args.rate else 0):
-            for pages in modes:
-                opened = Pages(board.port, pages) if pages else None
-                procs = {"fenliu": server.proc.pid, "dashboard": board.proc.pid}
-                if opened is not None:
-                    procs["sse_readers"] = opened.proc.pid
-                before = {k: cpu_s(v) for k, v in procs.items()}
-                n = asyncio.run(paced(target, args.seconds, args.rate, args.workers, ids))
-                mode = f"{pages}_pages"
-                for k, v in procs.items():
-                    cores = (cpu_s(v) - before[k]) / args.seconds
-                    at_rate.setdefault(mode, {}).setdefault(k, []).append(round(cores, 3))
-                at_rate[mode].setdefault("decisions_per_s", []).append(round(n / args.seconds))
-                if opened is not None:
-                    opened.close()
-                time.sleep(0.5)
-        opened = Pages(board.port, args.pages)
-        try:
-            measured = asyncio.run(delays(target, board.port, args.samples, args.pace))
-        finally:
-            opened.close()
+            for d in deployments:  # interleaved, so drift hits every mode alike
+                board, o = boards[d], out[d]
+                for pages in modes:
+                    opened = Pages(board.port, pages, DEPLOYMENTS[d]) if pages else None
+                    procs = {"fenliu": server.proc.pid, "dashboard": board.proc.pid}
+                    if opened is not None:
+                        procs["sse_readers"] = opened.proc.pid
+                    procs["load_generator"] = os.getpid()
+                    before = {k: cpu_s(v) for k, v in procs.items()}
+                    sent: dict[str, float] = {}
+                    n = asyncio.run(loaded(target, args, ids, sent))
+                    n += len(sent)
+                    mode = f"{pages}_pages"
+                    for k, v in procs.items():
+                        spent = cpu_s(v) - before[k]
+                        o["cores"].setdefault(mode, {}).setdefault(k, []).append(
+                            spent / args.seconds
+                        )
+                        o["us"].setdefault(mode, {}).setdefault(k, []).append(spent / n * 1e6)
+                    o["rates"][pages].append(n / args.seconds)
+                    if opened is not None:
+                        time.sleep(1.5)  # the last probes' events on their way (not counted)
+                        read = opened.close()
+                        got = o["pages"].setdefault(mode, {"delays": [], "missed": 0})
+                        for key in ("messages", "behind", "reset", "dropped"):
+                            got.setdefault(key, []).append(read[key])
+                        for buyer, at in sent.items():
+                            times = read["arrived"].get(buyer, [])
+                            got["delays"] += [(t - at) * 1000 for t in times]
+                            got["missed"] += pages - len(times)
+                    time.sleep(0.5)  # the feed retires (--linger 0) before the next 0-page round
+        # Route -> page with the pages open and no other load: routes paced every --pace s.
+        paced_delays: list[float] = []
+        if args.samples:
+            first = boards[deployments[0]]
+            opened = Pages(first.port, args.pages, DEPLOYMENTS[deployments[0]])
+            try:
+                paced_delays = asyncio.run(delays(target, first.port, args.samples, args.pace))
+            finally:
+                opened.close()
     finally:
-        board.stop()
+        for board in boards.values():
+            board.stop()
         server.stop()
-    medians = {k: statistics.median(v) for k, v in rates.items()}
-    # CPU per decision by process (medians of the rounds): steadier than the rates on a
-    # shared machine, and it says who pays. On 2 saturated cores the rate goes as 1 / the
-    # CPU of every process per decision; with the dashboard (and its pages) elsewhere, as
-    # 1 / fenliu's and the load generator's.
-    cpu_us = {mode: {k: statistics.median(v) for k, v in c.items()} for mode, c in every.items()}
-    base = cpu_us["0_pages"]
-    routing = ("fenliu", "load_generator")
-    modelled = {
-        mode: {
-            "same_2_cores": round(sum(base.values()) / sum(c.values()), 3),
-            "dashboard_elsewhere": round(
-                sum(base[k] for k in routing) / sum(c[k] for k in routing), 3
-            ),
-            "fenliu_alone": round(base["fenliu"] / c["fenliu"], 3),
-        }
-        for mode, c in cpu_us.items()
-    }
-    record = {
+    record: dict[str, Any] = {
         "seconds": args.seconds,
         "rounds": args.rounds,
         "workers": args.workers,
-        "decisions_per_s": {f"{k}_pages": round(v) for k, v in medians.items()},
-        "rounds_per_s": {f"{k}_pages": [round(r) for r in v] for k, v in rates.items()},
-        "ratio_to_0_pages": {f"{k}_pages": round(v / medians[0], 3) for k, v in medians.items()},
-        "sse_messages_read_per_round": delivered,
-        "cores_used_while_routing": cpu,
-        "fenliu_cpu_us_per_decision": per_decision,
-        "cpu_us_per_decision_by_process": cpu_us,
-        "cores_at_a_fixed_rate": {
-            "rate": args.rate,
-            **{m: {k: statistics.median(v) for k, v in c.items()} for m, c in at_rate.items()},
-        },
-        "ratio_by_cpu": modelled,
-        "route_to_page_ms": {
-            "via": "an SSE client in the bench process, with the pages open",
-            "samples": len(measured),
-            "p50": round(percentile(measured, 50), 1),
-            "p99": round(percentile(measured, 99), 1),
-            "max": round(max(measured), 1),
-        },
-        "dashboard_nice": args.dashboard_nice,
         "load_average_before": load_before,
-        "load_average": os.getloadavg(),
     }
+    for d in deployments:
+        o = out[d]
+        medians = {m: statistics.median(v) for m, v in o["rates"].items()}
+        cpu_us = {
+            mode: {k: round(statistics.median(v)) for k, v in c.items()}
+            for mode, c in o["us"].items()
+        }
+        seen = {}
+        for mode, got in o["pages"].items():
+            ms = got["delays"]
+            seen[mode] = {
+                "route_to_page_ms_under_load": {
+                    "samples": len(ms),
+                    "p50": round(percentile(ms, 50), 1) if ms else None,
+                    "p99": round(percentile(ms, 99), 1) if ms else None,
+                    "max": round(max(ms), 1) if ms else None,
+                    "not_seen": got["missed"],
+                },
+                "sse_messages_per_round": got["messages"],
+                "fell_behind_rereads": sum(got["behind"]) + sum(got["reset"]),
+                "pages_dropped": sum(got["dropped"]),
+            }
+        record[d] = {
+            "dashboard_and_readers": "SCHED_IDLE" if DEPLOYMENTS[d] else "same priority",
+            "decisions_per_s": {f"{k}_pages": round(v) for k, v in medians.items()},
+            "rounds_per_s": {f"{k}_pages": [round(r) for r in v] for k, v in o["rates"].items()},
+            "ratio_to_0_pages": {
+                f"{k}_pages": round(v / medians[0], 3) for k, v in medians.items()
+            },
+            "ratio_per_round": {
+                f"{k}_pages": [round(r / z, 3) for r, z in zip(v, o["rates"][0], strict=True)]
+                for k, v in o["rates"].items()
+            },
+            "cpu_us_per_decision_by_process": cpu_us,
+            "cores_used": {
+                mode: {k: round(statistics.median(v), 3) for k, v in c.items()}
+                for mode, c in o["cores"].items()
+            },
+            "pages": seen,
+        }
+    if paced_delays:
+        record["route_to_page_ms_paced"] = {
+            "via": "an SSE client in the bench process, 20 pages open, no other load",
+            "samples": len(paced_delays),
+            "p50": round(percentile(paced_delays, 50), 1),
+            "p99": round(percentile(paced_delays, 99), 1),
+        }
+    record["dashboard_nice"] = args.dashboard_nice
+    record["load_average"] = os.getloadavg()
     print(json.dumps(record, indent=2))
 
 
@@ -435,6 +599,10 @@ def main() -> None:
     shot = sub.add_parser("screenshot")
     shot.add_argument("path")
     shot.add_argument("--viewport", default="1440x900", help="WIDTHxHEIGHT")
+    paid = sub.add_parser("cost", help="the dashboard's CPU per decision at a fixed rate")
+    paid.add_argument("--rate", type=float, default=800)
+    paid.add_argument("--other", default="", help="another dashboard build's module name")
+    paid.add_argument("--other-path", default="", help="where that module is (PYTHONPATH)")
     read = sub.add_parser("readers")
     read.add_argument("--port", type=int, required=True)
     read.add_argument("--n", type=int, required=True)
@@ -443,10 +611,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--pages", type=int, default=20)
-    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--samples", type=int, default=200, help="paced delays (0: none)")
     parser.add_argument("--pace", type=float, default=0.05)
     parser.add_argument(
-        "--rate", type=float, default=1000, help="decisions/s of the paced rounds (0: none)"
+        "--mode",
+        choices=("same_priority", "deployed", "both"),
+        default="both",
+        help="same_priority: the dashboard and the page readers compete with fenliu at the "
+        "same priority (the worst case); deployed: they run at SCHED_IDLE, using only CPU "
+        "fenliu and its callers leave idle, as on other machines (default: both, interleaved)",
     )
     parser.add_argument("--dashboard-nice", type=int, default=0, help="run it under nice -n N")
     args = parser.parse_args()
@@ -454,8 +627,10 @@ def main() -> None:
     if args.command == "screenshot":
         width, height = (int(n) for n in args.viewport.split("x"))
         screenshot(args.path, width, height)
+    elif args.command == "cost":
+        cost(args)
     elif args.command == "readers":
-        asyncio.run(readers(args.port, SHOP, args.n, args.limit))
+        uvloop.run(readers(args.port, SHOP, args.n, args.limit))
     else:
         bench(args)
 

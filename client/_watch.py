@@ -30,7 +30,10 @@ class WatchStream:
     ``give_up_after`` seconds of failed attempts in a row it raises ``Unavailable``. Other
     errors (NotFound, ...) end it.
     Close it with ``aclose()`` or ``async with``. ``connected`` says whether a stream is
-    open now (between a ``Started`` and the end of that stream).
+    open now (between a ``Started`` and the end of that stream). ``decode`` turns one wire
+    message into the items yielded (``watch_items``); a reader that needs less than an
+    ``Event`` may set its own before iterating (each item must have ``seq``, or be a
+    ``Started``).
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class WatchStream:
         self.last_seq = after_seq
         self.reconnects = 0
         self.connected = False
+        self.decode: Callable[[Any], list[Any]] = watch_items
         self._open = open_stream
         self._backoff = backoff
         self._give_up_after = give_up_after
@@ -84,7 +88,7 @@ class WatchStream:
                 async for message in call:
                     failing_since, attempt = None, 0
                     self.connected = True
-                    for item in watch_items(message):  # (a batch holds several events)
+                    for item in self.decode(message):  # (a batch holds several events)
                         if not isinstance(item, Started):
                             self.last_seq = item.seq
                         elif self.last_seq is None:

@@ -124,6 +124,7 @@ class Dashboard:
         self.feeds: dict[str, ShopFeed] = {}
         self._starting: dict[str, asyncio.Future[ShopFeed]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._heartbeat: asyncio.TimerHandle | None = None
         self._files = {
             name: _static(name) for name in ("index.html", "dashboard.js", "dashboard.css")
         }
@@ -283,15 +284,12 @@ class Dashboard:
             retiring.cancel()
         try:
             await response.write(b"retry: 1000\n\n")
+            self._beat_soon()
             queue = sub.queue
             while True:
-                if queue.empty():
-                    try:
-                        message = await asyncio.wait_for(queue.get(), HEARTBEAT)
-                    except TimeoutError:
-                        message = b": keep-alive\n\n"
-                else:
-                    message = queue.get_nowait()
+                # A plain get (no wait_for: a task and a timer per message per page); the
+                # keep-alive comes from _beat, every HEARTBEAT seconds, to every page.
+                message = queue.get_nowait() if not queue.empty() else await queue.get()
                 if message is None:
                     break
                 if queue.empty():
@@ -311,6 +309,19 @@ class Dashboard:
                 self._retiring[shop] = loop.call_later(self.linger, self._retire, shop)
         return response
 
+    def _beat_soon(self) -> None:
+        if self._heartbeat is None:
+            loop = asyncio.get_running_loop()
+            self._heartbeat = loop.call_later(HEARTBEAT, self._beat)
+
+    def _beat(self) -> None:
+        """A comment line to every page with nothing queued (proxies keep the stream open)."""
+        self._heartbeat = None
+        for feed in self.feeds.values():
+            feed.heartbeat()
+        if any(feed.pages for feed in self.feeds.values()):
+            self._beat_soon()
+
     def _retire(self, shop: str) -> None:
         """Nobody watched the shop for ``linger`` seconds: stop its feed (and its watch)."""
         self._retiring.pop(shop, None)
@@ -322,6 +333,8 @@ class Dashboard:
             task.add_done_callback(self._closing.discard)
 
     async def _close_feeds(self, app: web.Application) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         for feed in list(self.feeds.values()):
             await feed.close()
 

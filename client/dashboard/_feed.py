@@ -15,41 +15,48 @@ re-read and tell the pages with a ``behind`` message.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import datetime
-import json
+import itertools
 import logging
 import math
 import time
 import zoneinfo
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
+
+import msgspec
 
 from fenliu.client import (
     Agent,
     AsyncClient,
     Event,
+    EventKind,
     FellBehind,
     FenliuError,
+    Policy,
     QueueEntry,
     QueueList,
+    Reason,
     ShopStats,
     Started,
     StatsCounts,
     Status,
     WatchStream,
 )
+from fenliu.client._types import watch_items
 
 log = logging.getLogger("fenliu.dashboard")
 
 RING = 4096  # events kept for pages that reconnect
 QUEUE_LIMIT = 500  # queue entries and left messages a page gets (the totals are exact)
-REFRESH_INTERVAL = 0.25  # at most four re-reads a second, however busy the shop
+REFRESH_INTERVAL = 0.5  # at most two re-reads a second, however busy the shop
 SAMPLE_INTERVAL = 2.0  # re-read at least this often: waits tick, charts fill, links fail
 BACKFILL_TIMEOUT = 3.0
 FENLIU_RING = 1000  # a little less than the events fenliu keeps of a watched shop (1,024)
-FLUSH_DELAY = 0.05  # under a burst, events go out as one SSE message per 50 ms
+FLUSH_DELAY = 0.1  # under a burst, events go out as one SSE message per 100 ms
 QUIET = 0.03  # an event after this long without one goes out at once
 CLIENT_BUFFER = 1024  # SSE messages a page may lag before it is dropped (it reconnects)
 HOUR_BUCKET_MS = 10_000
@@ -61,24 +68,100 @@ def _name(value: Any) -> Any:
     return value.name.lower() if hasattr(value, "name") else value
 
 
+_encode = msgspec.json.Encoder().encode  # compact UTF-8 JSON, in C
+
+
 def sse(kind: str, data: Any, event_id: int | None = None) -> bytes:
     """One server-sent event (compact JSON on one data line)."""
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return f"{head}event: {kind}\ndata: {body}\n\n".encode()
+    return sse_raw(kind, _encode(data), event_id)
+
+
+def sse_raw(kind: str, body: bytes, event_id: int | None = None) -> bytes:
+    """One server-sent event whose data (one line of JSON) is already encoded."""
+    head = b"id: %d\n" % event_id if event_id is not None else b""
+    return b"%sevent: %s\ndata: %s\n\n" % (head, kind.encode(), body)
+
+
+# An enum member -> its name on the page, looked up once (not per event); a raw int from a
+# newer server goes out as the int.
+_KINDS: dict[Any, Any] = {k: _name(k) for k in EventKind}
+_REASONS: dict[Any, Any] = {r: _name(r) for r in Reason}
+_STATUSES: dict[Any, Any] = {s: _name(s) for s in Status}
+_STATUSES[None] = _STATUSES[0] = None  # (the wire's 0: no status)
 
 
 def event_json(e: Event) -> dict[str, Any]:
-    return {
-        "seq": e.seq,
-        "kind": _name(e.kind),
-        "at": e.at_ms,
-        "agent": e.agent_id,
-        "session": e.session_id,
-        "buyer": e.buyer_id,
-        "reason": _name(e.reason),
-        "status": _name(e.status) if e.status is not None else None,
-    }
+    """What the page shows of an event; empty fields left out (the page reads a missing one
+    as empty: less for every page to parse, each event being parsed by every page)."""
+    out: dict[str, Any] = {"seq": e.seq, "kind": _KINDS.get(e.kind, e.kind), "at": e.at_ms}
+    if e.agent_id:
+        out["agent"] = e.agent_id
+    if e.session_id:
+        out["session"] = e.session_id
+    if e.buyer_id:
+        out["buyer"] = e.buyer_id
+    reason = e.reason
+    if reason:  # 0: UNSPECIFIED
+        out["reason"] = _REASONS.get(reason, reason)
+    status = e.status
+    if status:  # STATUS_CHANGED only (the wire's 0, the SDK's None)
+        out["status"] = _STATUSES.get(status, status)
+    return out
+
+
+# The JSON of an event's fixed part by kind, and of its reason and status: encoded once.
+_HEADS = {int(k): b'{"seq":%%d,"kind":%s,"at":%%d' % _encode(_name(k)) for k in EventKind}
+_REASON_JSON = {int(r): b',"reason":' + _encode(_name(r)) for r in Reason if r}
+_REASON_JSON[0] = b""
+_STATUS_JSON = {int(s): b',"status":' + _encode(_name(s)) for s in Status}
+_STATUS_JSON[0] = b""
+
+
+def event_bytes(e: Event | Any) -> bytes:
+    """The event as the page gets it: ``event_json``'s JSON, encoded once and kept in the
+    ring as is (an ``events`` message is these joined: no per-page, no per-flush encoding),
+    built from pre-encoded pieces (an int from a newer server: ``event_json``'s way)."""
+    head = _HEADS.get(e.kind)
+    reason = _REASON_JSON.get(e.reason)
+    status = _STATUS_JSON.get(e.status or 0)
+    if head is None or reason is None or status is None:
+        return _encode(event_json(e))
+    out = head % (e.seq, e.at_ms)
+    agent, session, buyer = e.agent_id, e.session_id, e.buyer_id
+    if agent:
+        out += b',"agent":' + _encode(agent)
+    if session:
+        out += b',"session":' + _encode(session)
+    if buyer:
+        out += b',"buyer":' + _encode(buyer)
+    return out + reason + status + b"}"
+
+
+class _Batch:
+    """A watch message's events as they came off the wire, as one item (``seq``: the last
+    one's, where the stream resumes): the feed reads the fields the page shows straight
+    from them, in one pass (an SDK ``Event`` with its enums built per event, and a pass of
+    the feed per event, were most of this process's Python time under a burst)."""
+
+    __slots__ = ("events", "seq")
+
+    def __init__(self, events: Any) -> None:
+        self.events = events
+        self.seq = events[-1].seq
+
+
+def _wire_items(m: Any) -> list[Any]:
+    which = m.WhichOneof("message")
+    if which == "events":
+        events = m.events.events
+        return [_Batch(events)] if events else []
+    if which == "event":
+        return [m.event]
+    return watch_items(m)
+
+
+def _joined(fragments: Iterable[bytes]) -> bytes:
+    return b"[" + b",".join(fragments) + b"]"
 
 
 def _entries(listing: QueueList) -> dict[str, Any]:
@@ -123,6 +206,9 @@ def error_json(error: FenliuError) -> dict[str, Any]:
         "subject": error.subject,
         "message": message,
     }
+
+
+_EMPTY = QueueList(entries=(), total=0)
 
 
 class History:
@@ -196,8 +282,12 @@ class ShopFeed:
         self.last_seq = 0  # the last event seq the feed has (from fenliu)
         self.floor = 0  # events after the floor, up to last_seq, are in the ring
         self.sent_seq = 0  # the last event broadcast to the pages (last_seq once flushed)
-        self.ring: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
+        # The ring: the seqs and, side by side, each event's JSON (no tuple or dict kept
+        # per event: nothing for the collector to scan).
+        self.ring_seqs: collections.deque[int] = collections.deque()
+        self.ring_json: collections.deque[bytes] = collections.deque()
         self.state: bytes | None = None
+        self._state_due = False  # a state re-read is waiting for the next flush
         self.link: dict[str, Any] = {"up": False, "error": None}
         self.history = History()
         self.time_zone = "Asia/Shanghai"
@@ -207,11 +297,16 @@ class ShopFeed:
         # event said so, else the time this process first saw that status
         self._status: dict[str, list[Any]] = {}
         self._subscribers: set[Subscriber] = set()
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[bytes] = []  # events' JSON for the next flush
+        self._pending_seq = 0  # the seq of the last of them
         self._flush_handle: asyncio.TimerHandle | None = None
         self._last_flush = 0.0
         self._last_event = -math.inf  # when the last event came (loop time)
         self._dirty = asyncio.Event()
+        self._full = True  # the next re-read reads the policy too (see _refresh)
+        self._policy: Policy | None = None
+        self._queue = _EMPTY
+        self._left = _EMPTY
         self._tasks: list[asyncio.Task[None]] = []
         self._caught_up_at: int | None = None
         self._backfill_lock = asyncio.Lock()
@@ -271,7 +366,9 @@ class ShopFeed:
                 return
             if floor != self.floor or [e.seq for e in got] != list(range(after + 1, floor + 1)):
                 return  # the ring was reset meanwhile, or fenliu skipped some
-            self.ring.extendleft((e.seq, event_json(e)) for e in reversed(got))
+            for e in reversed(got):
+                self.ring_seqs.appendleft(e.seq)
+                self.ring_json.appendleft(event_bytes(e))
             self.floor = after
 
     def subscribe(self, last_event_id: int | None) -> Subscriber:
@@ -283,9 +380,13 @@ class ShopFeed:
         sub = Subscriber()
         if last_event_id is not None:
             if self.floor <= last_event_id <= sent:
-                missed = [e for seq, e in self.ring if last_event_id < seq <= sent]
-                if missed:
-                    sub.put(sse("events", missed, missed[-1]["seq"]))
+                # The ring holds floor+1 .. last_seq, one seq after the other.
+                seqs, kept = self.ring_seqs, self.ring_json
+                start = bisect.bisect_right(seqs, last_event_id)
+                end = bisect.bisect_right(seqs, sent)
+                if end > start:
+                    missed = itertools.islice(kept, start, end)
+                    sub.put(sse_raw("events", _joined(missed), seqs[end - 1]))
             else:
                 sub.put(sse("reset", {"seq": sent, "asked": last_event_id}, sent))
         else:
@@ -304,8 +405,14 @@ class ShopFeed:
         return len(self._subscribers)
 
     def touch(self) -> None:
-        """Something changed (an action from a page): re-read soon."""
+        """Something changed (an action from a page): re-read soon, all of it."""
+        self._full = True
         self._dirty.set()
+
+    def heartbeat(self) -> None:
+        for sub in list(self._subscribers):
+            if sub.queue.empty():
+                sub.put(b": keep-alive\n\n")
 
     def _broadcast(self, message: bytes) -> None:
         for sub in list(self._subscribers):
@@ -322,6 +429,7 @@ class ShopFeed:
                 stream = self._stream = self.fenliu.watch_shop(
                     self.shop_id, after_seq=after, give_up_after=math.inf
                 )
+                stream.decode = _wire_items
                 async with stream:
                     async for item in stream:
                         self._on_item(item)
@@ -334,44 +442,27 @@ class ShopFeed:
             after = self.last_seq
             await asyncio.sleep(2.0)
 
-    def _on_item(self, item: Started | Event | FellBehind) -> None:
-        if isinstance(item, Event):
-            if item.seq <= self.last_seq:
-                return  # already had it
-            self.last_seq = item.seq
-            data = event_json(item)
-            self.ring.append((item.seq, data))
-            while len(self.ring) > RING:
-                self.floor = self.ring.popleft()[0]
-            if item.status is not None:
-                self._status[item.agent_id] = [_name(item.status), item.at_ms, True]
-            self._pending.append(data)
-            # The first event after a quiet spell goes out at once (with whatever else this
-            # loop iteration brings); under a burst (fenliu's messages ~20 ms apart), one
-            # message per FLUSH_DELAY: each message costs a write per page open.
-            loop = asyncio.get_running_loop()
-            now = loop.time()
-            handle = self._flush_handle
-            if now - self._last_event >= QUIET:
-                if handle is not None:
-                    handle.cancel()
-                self._flush_handle = loop.call_later(0.0, self._flush)
-            elif handle is None:
-                wait = self._last_flush + FLUSH_DELAY - now
-                self._flush_handle = loop.call_later(max(0.0, wait), self._flush)
-            self._last_event = now
-            self._dirty.set()
+    def _on_item(self, item: Started | Event | FellBehind | Any) -> None:
+        """One item of the watch: Started, FellBehind, a batch of wire events (see
+        ``_wire_items``), or one event (wire or SDK ``Event``: both have what the page
+        shows)."""
+        if isinstance(item, _Batch):
+            self._on_events(item.events)
+        elif not isinstance(item, (Started, FellBehind)):
+            self._on_events((item,))
         elif isinstance(item, FellBehind):
             # Any cause (NOT_KEPT, OVERFLOW, or one a newer fenliu adds): what came before
             # is lost, so re-read; the stream goes on after item.seq.
             self._flush()
-            self.ring.clear()
+            self.ring_seqs.clear()
+            self.ring_json.clear()
             self.last_seq = self.floor = self.sent_seq = item.seq
             cause = _name(item.cause)
             self._broadcast(sse("behind", {"seq": item.seq, "cause": cause}, item.seq))
             self._dirty.set()
-        else:  # (re)connected: fenliu may have restarted; re-read
+        else:  # (re)connected: fenliu may have restarted; re-read all
             self._set_link(True, None)  # live: events flow again
+            self._full = True
             self._dirty.set()
         if self._caught_up_at is not None:
             if isinstance(item, Started):  # fenliu's head may be behind what stats said
@@ -380,13 +471,58 @@ class ShopFeed:
                 self._caught_up_at = None
                 self.ready.set()
 
+    def _on_events(self, events: Iterable[Any]) -> None:
+        last = first = self.last_seq
+        seqs, kept, pending = self.ring_seqs, self.ring_json, self._pending
+        for e in events:
+            seq = e.seq
+            if seq <= last:
+                continue  # already had it
+            last = seq
+            data = event_bytes(e)
+            if len(seqs) >= RING:
+                self.floor = seqs.popleft()
+                kept.popleft()
+            seqs.append(seq)
+            kept.append(data)
+            pending.append(data)
+            status = e.status
+            if status:  # STATUS_CHANGED (the wire's 0 and the SDK's None: no status)
+                self._status[e.agent_id] = [_STATUSES.get(status, status), e.at_ms, True]
+        if last == first:
+            return
+        self.last_seq = self._pending_seq = last
+        # The first event after a quiet spell goes out at once (with whatever else this
+        # loop iteration brings); under a burst (fenliu's messages ~20 ms apart), one
+        # message per FLUSH_DELAY: each message costs a write per page open.
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        handle = self._flush_handle
+        if now - self._last_event >= QUIET:
+            if handle is not None:
+                handle.cancel()
+            self._flush_handle = loop.call_later(0.0, self._flush)
+        elif handle is None:
+            wait = self._last_flush + FLUSH_DELAY - now
+            self._flush_handle = loop.call_later(max(0.0, wait), self._flush)
+        self._last_event = now
+        self._dirty.set()
+
     def _flush(self) -> None:
+        """The events since the last flush as one ``events`` message, and a state re-read
+        meanwhile after them, in one piece: one put (and one write) per page."""
         self._flush_handle = None
         self._last_flush = asyncio.get_running_loop().time()
+        message = b""
         if self._pending:
             batch, self._pending = self._pending, []
-            self.sent_seq = batch[-1]["seq"]
-            self._broadcast(sse("events", batch, self.sent_seq))
+            self.sent_seq = self._pending_seq
+            message = sse_raw("events", _joined(batch), self.sent_seq)
+        if self._state_due and self.state is not None:
+            message += self.state
+        self._state_due = False
+        if message:
+            self._broadcast(message)
 
     # ------------------------------------------------------------ state
 
@@ -403,17 +539,44 @@ class ShopFeed:
     async def _sampler(self) -> None:
         while True:
             await asyncio.sleep(SAMPLE_INTERVAL)
+            self._full = True
             self._dirty.set()
 
     async def _refresh(self) -> ShopStats:
+        """Re-read the shop. Under a burst (up to four times a second) that is the stats and
+        the team; the queue and the left messages only while there are some (or were: the
+        stats' counts say when a listing is empty without reading it); the policy, which no
+        event changes, on the periodic sample, after a (re)connect and after an action."""
         f, shop = self.fenliu, self.shop_id
-        stats, team, queue, left, policy = await asyncio.gather(
-            f.get_shop_stats(shop, window_minutes=60),
-            f.list_team(shop),
-            f.list_queue(shop, limit=QUEUE_LIMIT),
-            f.list_left_messages(shop, limit=QUEUE_LIMIT),
-            f.get_shop_policy(shop),
-        )
+        full, self._full = self._full or self._policy is None, False
+        reads: list[Awaitable[Any]] = [f.get_shop_stats(shop, window_minutes=60), f.list_team(shop)]
+        queued, left_kept = full or self._queue.total > 0, full or self._left.total > 0
+        if queued:
+            reads.append(f.list_queue(shop, limit=QUEUE_LIMIT))
+        if left_kept:
+            reads.append(f.list_left_messages(shop, limit=QUEUE_LIMIT))
+        if full:
+            reads.append(f.get_shop_policy(shop))
+        got = await asyncio.gather(*reads)
+        stats: ShopStats = got[0]
+        team: tuple[Agent, ...] = got[1]
+        rest = iter(got[2:])
+        queue = next(rest) if queued else self._queue
+        left = next(rest) if left_kept else self._left
+        policy = next(rest) if full else self._policy
+        more: list[Awaitable[Any]] = []
+        if not queued and stats.queue_length > 0:  # queued meanwhile: read it after all
+            more.append(f.list_queue(shop, limit=QUEUE_LIMIT))
+        if not left_kept and stats.left_messages > 0:
+            more.append(f.list_left_messages(shop, limit=QUEUE_LIMIT))
+        if more:
+            late = iter(await asyncio.gather(*more))
+            if not queued and stats.queue_length > 0:
+                queue = next(late)
+            if not left_kept and stats.left_messages > 0:
+                left = next(late)
+        assert policy is not None
+        self._policy, self._queue, self._left = policy, queue, left
         self.time_zone = policy.time_zone
         self.history.add(stats, policy.time_zone)
         state = {
@@ -445,7 +608,10 @@ class ShopFeed:
         # Live means events flow, not only that reads answer: until the watch stream is
         # back (a Started), the page keeps saying it is not.
         self._set_link(self._stream is not None and self._stream.connected, None)
-        self._broadcast(self.state)
+        # With the next flush (events due within FLUSH_DELAY take it along), else now.
+        self._state_due = True
+        if self._flush_handle is None:
+            self._flush()
         return stats
 
     def _team(self, team: Iterable[Agent], now_ms: int) -> list[dict[str, Any]]:

@@ -118,3 +118,107 @@ def test_a_page_writer_takes_everything_queued_in_one_write() -> None:
     chunks, end, last, closed = in_a_process("drained")
     assert (chunks, end) == (["a", "b", "c"], False)
     assert (last, closed) == (["d", "e"], True)
+
+
+def wire_and_sdk() -> list[Any]:
+    from fenliu.client._pb import fenliu_pb2 as pb
+    from fenliu.client._types import Event as SdkEvent
+    from fenliu.client.dashboard._feed import event_bytes, event_json
+
+    out = []
+    for status in (0, 3):  # no status (the wire's 0), then SUSPENDED
+        wire = pb.Event(
+            seq=7, kind=6 if status else 1, shop_id="shop1", at_ms=1_700_000_000_007,
+            agent_id="a1", session_id="s7", buyer_id="买家7", reason=5, status=status,
+        )  # fmt: skip
+        sdk = SdkEvent.from_pb(wire)
+        out.append([json.loads(event_bytes(wire)), json.loads(event_bytes(sdk)), event_json(sdk)])
+    return out
+
+
+def test_an_event_read_off_the_wire_gives_the_page_what_an_sdk_event_gives() -> None:
+    for wire, sdk, reference in in_a_process("wire_and_sdk"):
+        assert wire == sdk == reference
+    (plain, *_), (changed, *_) = in_a_process("wire_and_sdk")
+    assert plain["kind"] == "assigned" and "status" not in plain
+    assert plain["reason"] == "addressed" and plain["buyer"] == "买家7"
+    assert changed["kind"] == "status_changed" and changed["status"] == "suspended"
+
+
+def state_with_events() -> list[list[str]]:
+    from fenliu.client.dashboard import _feed
+
+    _feed.FLUSH_DELAY = 60.0
+    _feed.QUIET = 30.0
+
+    def kinds(sub: Subscriber) -> list[list[str]]:
+        found = []  # per queued message (one put), the SSE kinds it carries
+        while not sub.queue.empty():
+            message = sub.queue.get_nowait()
+            assert message is not None
+            found.append([ln[7:] for ln in message.decode().split("\n") if ln[:7] == "event: "])
+        return found
+
+    async def main() -> list[list[str]]:
+        fenliu = AsyncClient("127.0.0.1:1")  # never called: the feed is fed by hand
+        try:
+            feed = _feed.ShopFeed(fenliu, "shop1")
+            sub = feed.subscribe(None)
+            kinds(sub)
+            feed._on_item(event(1))  # at once
+            await turns()
+            feed._on_item(event(2))  # held for the flush
+            await turns()
+            # A re-read while events wait for their flush: it goes with them, after them.
+            feed.state = _feed.sse("state", {"seq": 2})
+            feed._state_due = True
+            assert feed._flush_handle is not None
+            feed._flush_handle.cancel()
+            feed._flush()
+            return kinds(sub)
+        finally:
+            await fenliu.close()
+
+    return asyncio.run(main())
+
+
+def test_a_state_re_read_goes_to_a_page_in_one_piece_with_the_events_of_its_flush() -> None:
+    assert in_a_process("state_with_events") == [["events"], ["events", "state"]]
+
+
+def batch_and_one_by_one() -> list[Any]:
+    from fenliu.client._pb import fenliu_pb2 as pb
+    from fenliu.client._types import watch_items
+    from fenliu.client.dashboard import _feed
+
+    message = pb.WatchMessage()
+    for seq in range(1, 6):
+        message.events.events.add(
+            seq=seq, kind=1 + seq % 2, shop_id="shop1", at_ms=1_700_000_000_000 + seq,
+            agent_id="a1", session_id=f"s{seq}", buyer_id=f"b{seq}", reason=seq % 3,
+        )  # fmt: skip
+    wire = pb.WatchMessage.FromString(message.SerializeToString())
+
+    async def main() -> list[Any]:
+        fenliu = AsyncClient("127.0.0.1:1")  # never called: the feeds are fed by hand
+        try:
+            out = []
+            for items in (_feed._wire_items(wire), watch_items(wire)):
+                feed = _feed.ShopFeed(fenliu, "shop1")
+                sub = feed.subscribe(None)
+                sub.queue.get_nowait()  # hello
+                for item in items:
+                    feed._on_item(item)
+                await turns()
+                out.append([len(items), feed.last_seq, events_in(sub), list(feed.ring_seqs)])
+            return out
+        finally:
+            await fenliu.close()
+
+    return asyncio.run(main())
+
+
+def test_a_watch_message_read_as_one_batch_gives_the_pages_what_its_events_one_by_one_do() -> None:
+    (n_wire, *wire), (n_sdk, *sdk) = in_a_process("batch_and_one_by_one")
+    assert (n_wire, n_sdk) == (1, 5)  # one item for the batch, five SDK Events
+    assert wire == sdk == [5, [[1, 2, 3, 4, 5]], [1, 2, 3, 4, 5]]
