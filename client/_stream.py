@@ -96,6 +96,8 @@ class RouteStream:
         self.timeout = timeout
         self._live: _Call | None = None
         self._closed = False
+        self.messages_sent = 0  # messages written, and the requests in them (tests, bench)
+        self.requests_sent = 0
 
     async def __aenter__(self) -> RouteStream:
         return self
@@ -215,6 +217,8 @@ class RouteStream:
                 del outbox[:count]
                 live.wake(1)
                 await call.write(message)
+                self.messages_sent += 1
+                self.requests_sent += count
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             pass  # the stream broke: its reader fails every pending future with its status
 
