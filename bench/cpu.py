@@ -10,8 +10,12 @@ ever answered from the idempotency cache; a sample's decision reason is checked)
     route_new    unary Route, a new buyer each (rule 6, the shop's strategy)
     route_open   unary Route, a message on an open session (rule 2)
     batch_new    RouteBatch of 1,000 new buyers; batch_open the same with open sessions
-    stream_new   RouteStream, new buyers (``--window`` in flight per stream);
+    stream_new   RouteStream, new buyers (``--window`` in flight per stream), coalescing
+                 as the SDK does (each write carries every request queued at the time,
+                 each reply every answer ready at the time);
     stream_open  the same with open sessions
+    stream_new_single  RouteStream of new buyers one request a message, not coalescing
+                 (the caller of before: what coalescing gains, in the same run)
 
 Every kind runs once per round, rounds interleaved, so each ratio is taken within one
 round (the same minute of a shared machine) and then the median; a warning is printed
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import itertools
 import json
 import math
@@ -44,7 +49,8 @@ import loadgen  # noqa: E402
 
 from fenliu.client._pb import fenliu_pb2 as pb  # noqa: E402
 
-KINDS = ("echo", "route_new", "route_open", "batch_new", "batch_open", "stream_new", "stream_open")
+KINDS = ("echo", "route_new", "route_open", "batch_new", "batch_open", "stream_new", "stream_open",
+         "stream_new_single")  # fmt: skip
 EXPECTED = {"new": pb.REASON_STRATEGY, "open": pb.REASON_OPEN_SESSION}
 ROUTE_STREAM = "/fenliu.v1.Routing/RouteStream"
 SPREAD = 0.10
@@ -104,7 +110,7 @@ def requests(job: dict[str, Any], count: int) -> list[pb.RouteRequest]:
     tag = f"{job['tag']}p{job['proc']}"
     out = []
     for i in range(count):
-        if job["kind"].endswith("new"):
+        if case_of(job["kind"]) == "new":
             j = i * 7919 % len(ids)
             out.append(pb.RouteRequest(shop_id=ids[j], buyer_id=f"n{tag}x{i}",
                                        request_id=f"{tag}x{i}", channel="im"))  # fmt: skip
@@ -185,16 +191,26 @@ async def drive(job: dict[str, Any]) -> dict[str, Any]:
 
             await asyncio.gather(*(batcher() for _ in range(job["concurrency"])))
         else:
-            items = iter(pb.RouteStreamRequest(request=r).SerializeToString() for r in reqs)
+            single = kind.endswith("_single")
+            if single:
+                items = iter(pb.RouteStreamRequest(request=r).SerializeToString() for r in reqs)
+            else:
+                items = iter(framed(r) for r in reqs)
             rate = job.get("rate", 0.0) / max(1, job["streams"])
             ran_out = any(await asyncio.gather(*(
-                stream(ch, items, job["window"], deadline, rate, hist, note, errors)
+                stream(ch, items, job["window"], deadline, rate, hist, note, errors, not single)
                 for _ in range(job["streams"])
             )))  # fmt: skip
             done = hist.total - sum(errors.values())
         elapsed = time.perf_counter() - start
     return {"done": done, "seconds": elapsed, "reasons": dict(reasons), "errors": dict(errors),
             "latency": hist.to_wire(), "exhausted": ran_out, "budget": budget}  # fmt: skip
+
+
+def case_of(kind: str) -> str:
+    """``new`` or ``open`` (``echo``: "")."""
+    parts = kind.split("_")
+    return parts[1] if len(parts) > 1 else ""
 
 
 def request_budget(job: dict[str, Any]) -> int:
@@ -217,41 +233,107 @@ def request_budget(job: dict[str, Any]) -> int:
 
 async def stream(
     ch: grpc.aio.Channel, items: Any, window: int, deadline: float, rate: float,
-    hist: loadgen.Histogram, note: Any, errors: Counter[str],
+    hist: loadgen.Histogram, note: Any, errors: Counter[str], coalesce: bool = True,
 ) -> bool:  # fmt: skip
     """One RouteStream: at most ``window`` unanswered; paced at ``rate``/s when given
     (latency then from each item's scheduled time). Whether it ran out of ``items``
-    before the deadline."""
+    before the deadline.
+
+    Coalescing (the SDK's way, ``coalesce``): ``items`` are RouteRequests framed as
+    RouteStreamRequest's ``more`` (``framed``); each write sends, in one message, every
+    request queued at that moment: in the closed loop the ones whose callers' answers came
+    back (the window's room), paced every one whose time has come (a lone one at once).
+    Otherwise (``stream_new_single``: the one-per-message caller of before) ``items`` are
+    whole RouteStreamRequests, one a message."""
     call = ch.stream_stream(ROUTE_STREAM, response_deserializer=pb.RouteStreamReply.FromString)()
-    sent: asyncio.Queue[float] = asyncio.Queue(window)
+    loop = asyncio.get_running_loop()
+    sent: collections.deque[float] = collections.deque()  # send (or due) times, unanswered
+    room: list[asyncio.Future[None] | None] = [None]  # the writer's, while the window is full
     ran_out = False
+    step = 1.0 / rate if rate else 0.0
 
     async def write() -> None:
         nonlocal ran_out
         t = time.perf_counter()
         while True:
             if rate:
-                t += 1.0 / rate
+                t += step
                 await loadgen.sleep_until(t)
             if time.perf_counter() >= deadline:
                 break
-            data = next(items, None)
-            if data is None:
-                ran_out = True
+            while len(sent) >= window:
+                waiter = room[0] = loop.create_future()
+                await waiter
+            if not coalesce:
+                data = next(items, None)
+                if data is None:
+                    ran_out = True
+                    break
+                sent.append(t if rate else time.perf_counter())
+                await call.write(data)
+                continue
+            parts: list[bytes] = []
+            if rate:  # every request due by now (the first is), within the window
+                due, now = [t], time.perf_counter()
+                while t + step <= now and len(sent) + len(due) < window:
+                    t += step
+                    due.append(t)
+            else:
+                due = [time.perf_counter()] * (window - len(sent))
+            for stamp in due:
+                data = next(items, None)
+                if data is None:
+                    ran_out = True
+                    break
+                parts.append(data)
+                sent.append(stamp)
+            if parts:
+                await call.write(coalesced(parts))
+            if ran_out:
                 break
-            await sent.put(t if rate else time.perf_counter())
-            await call.write(data)
         await call.done_writing()
 
     writer = asyncio.ensure_future(write())
+    answered = 0
     async for reply in call:
-        hist.record(time.perf_counter() - sent.get_nowait())
-        if reply.result.HasField("error"):
-            errors[str(reply.result.error.code)] += 1
-        else:
-            note(reply.result.decision)
+        now = time.perf_counter()
+        for result in (reply.result, *reply.more) if coalesce else (reply.result,):
+            hist.record(now - sent.popleft())
+            if result.HasField("error"):
+                errors[str(result.error.code)] += 1
+            elif answered % 97 == 0:  # a sample's decision reason, as the other kinds
+                note(result.decision)
+            answered += 1
+        waiter = room[0]
+        if waiter is not None and len(sent) < window:
+            room[0] = None
+            waiter.set_result(None)
     await writer
     return ran_out
+
+
+COALESCE_FLAG = b"\x18\x01"  # RouteStreamRequest.coalesce = true
+
+
+def framed(request: pb.RouteRequest) -> bytes:
+    """``request`` as RouteStreamRequest's field 2 (``more``): tag, length, bytes."""
+    body = request.SerializeToString()
+    return b"\x12" + varint(len(body)) + body
+
+
+def coalesced(parts: list[bytes]) -> bytes:
+    """One RouteStreamRequest of ``framed`` requests: the first as ``request`` (field 1:
+    the same framing, tag 0x0a), the rest as ``more``, and ``coalesce`` set."""
+    return b"\x0a" + parts[0][1:] + b"".join(parts[1:]) + COALESCE_FLAG
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def _worker(job: dict[str, Any]) -> dict[str, Any]:
@@ -375,7 +457,7 @@ def measure(server: Any, pool: Any, job: dict[str, Any], procs: int) -> dict[str
         reasons.update(p["reasons"])
         errors.update(p["errors"])
     kind = job["kind"]
-    expected = EXPECTED.get(kind.split("_")[-1])
+    expected = EXPECTED.get(case_of(kind))
     real = None
     if expected is not None:
         sampled = sum(reasons.values())
@@ -415,6 +497,10 @@ def summarize(rounds: list[dict[str, dict[str, Any]]], paced: dict[str, Any] | N
             "cpu_us_per_call"], f"route_{case}_vs_echo_by_cpu")  # fmt: skip
         per_round(lambda r, c=case: r[f"route_{c}"]["cpu_us_per_call"] / r[f"stream_{c}"][
             "cpu_us_per_call"], f"stream_{case}_vs_route_by_cpu")  # fmt: skip
+    per_round(lambda r: r["route_new"]["cpu_us_per_call"] / r["stream_new_single"][
+        "cpu_us_per_call"], "stream_new_single_vs_route_by_cpu")  # fmt: skip
+    per_round(lambda r: r["stream_new_single"]["cpu_us_per_call"] / r["stream_new"][
+        "cpu_us_per_call"], "stream_new_vs_single_by_cpu")  # fmt: skip
     if "h2load_echo" in rounds[0]:
         for kind in ("echo", "route_new", "route_open"):
             per_round(
@@ -453,7 +539,7 @@ def summarize(rounds: list[dict[str, dict[str, Any]]], paced: dict[str, Any] | N
 def markdown(record: dict[str, Any]) -> str:
     s, p = record["summary"], record["parameters"]
     last = record["rounds"][-1]
-    met = {True: "met", False: "NOT met"}
+    met = {True: "met", False: "NOT met", None: "—"}
     lines = [
         f"Run {record['started']} on {os.cpu_count()} cores, load average "
         f"{record['loadavg_start']:.1f} at start / {record['loadavg_end']:.1f} at end, "
@@ -492,6 +578,10 @@ def markdown(record: dict[str, Any]) -> str:
          s["stream_new_vs_route_by_cpu"], "≥ 3", s["stream_new_vs_route_by_cpu"] >= 3),
         ("RouteStream/Route decisions per server CPU-second, open sessions",
          s["stream_open_vs_route_by_cpu"], "≥ 3", s["stream_open_vs_route_by_cpu"] >= 3),
+        ("RouteStream one request a message (not coalescing)/Route, new buyers",
+         s["stream_new_single_vs_route_by_cpu"], "(before)", None),
+        ("RouteStream coalescing/one a message, new buyers", s["stream_new_vs_single_by_cpu"],
+         "(the gain)", None),
         ("RouteBatch of new buyers, decisions/s", f"{s['batch_new_per_s']:,.0f}",
          "≥ 150,000", s["batch_new_per_s"] >= 150_000),
     ]  # fmt: skip
@@ -504,7 +594,11 @@ def markdown(record: dict[str, Any]) -> str:
             rows.append((f"h2load Route/Echo by throughput, {name}", value, "≥ 0.90",
                          value >= 0.90))  # fmt: skip
     if paced:
-        rows.append((f"RouteStream p99 at half its max rate ({paced['rate']:,.0f}/s)",
+        at = "a set rate" if p.get("paced_rate") else "half its max rate"
+        if p.get("paced_kind", "stream_new") != "stream_new":
+            at += f", {p['paced_kind']}"
+        rows.append((f"RouteStream p99 at {at} ({paced['rate']:,.0f}/s, "
+                     f"{paced['per_s']:,.0f}/s made)",
                      f"{paced['latency_ms']['p99_ms']:.2f} ms", "≤ 5 ms",
                      paced["latency_ms"]["p99_ms"] <= 5.0))  # fmt: skip
     lines += ["", "| target | measured (median of rounds) | target | |", "|---|---|---|---|"]
@@ -591,8 +685,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                  f"{f['loadavg']}, {f.get('sample_reasons', '')}")  # fmt: skip
             paced = None
             if args.paced:
-                rate = statistics.median(r["stream_new"]["per_s"] for r in record["rounds"]) / 2
-                job = {**base, "kind": "stream_new", "tag": "paced", "rate": rate / args.procs}
+                rate = (
+                    args.paced_rate
+                    or statistics.median(r["stream_new"]["per_s"] for r in record["rounds"]) / 2
+                )
+                job = {**base, "kind": args.paced_kind, "tag": "paced", "rate": rate / args.procs}
                 paced = {**measure(server, pool, job, args.procs), "rate": rate}
                 progress(f"RouteStream paced at {rate:,.0f}/s: p99 "
                          f"{paced['latency_ms']['p99_ms']} ms")  # fmt: skip
@@ -619,8 +716,14 @@ def add_arguments(p: argparse.ArgumentParser, quick: bool = False) -> None:
     p.add_argument("--open-buyers", type=int, default=5000)
     p.add_argument("--max-rate", type=float, default=60_000,
                    help="requests pre-built per s (4x for batches)")  # fmt: skip
+    p.add_argument("--paced-kind", default="stream_new",
+                   choices=("stream_new", "stream_new_single"),
+                   help="the paced stream: coalescing (the SDK's) or one a message")  # fmt: skip
     p.add_argument("--no-paced", dest="paced", action="store_false",
                    help="skip RouteStream at half its max rate")  # fmt: skip
+    p.add_argument("--paced-rate", type=float, default=0.0,
+                   help="pace the stream at this rate/s instead (0: half the median "
+                        "stream_new rate)")  # fmt: skip
     p.add_argument("--data-dir", action="store_true", help="journal on (a temporary dir)")
     p.add_argument("--no-fsync", action="store_true")
     p.add_argument("--out", default="", help="write cpu.json and cpu.md here")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import random
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -42,22 +41,63 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+MAX_PER_MESSAGE = 1000
+"""Requests in one coalesced message (the server's limit, as RouteBatch's)."""
+MAX_UNSENT = 1000
+"""Requests queued but not written: with this many ``send`` waits (the server holds the
+stream back, or the connection is slow), so a caller cannot grow the queue unbounded."""
+COALESCE_KEY = "fenliu-coalesce"
+"""A server that coalesces says so in RouteStream's initial metadata."""
+
+
+class _Call:
+    """One RouteStream call: its requests not written yet (``outbox``), the futures of
+    every request not answered yet, in order (``pending``: the unwritten ones last), and
+    its writer and reader tasks."""
+
+    __slots__ = ("call", "pending", "outbox", "coalesce", "ended", "writer", "reader", "wakes")
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self.pending: collections.deque[asyncio.Future[RouteResult]] = collections.deque()
+        self.outbox: list[pb.RouteRequest] = []
+        self.coalesce = False  # the server said it coalesces: write several a message
+        self.ended = False  # the reader is done: nothing more is written or answered
+        self.writer: asyncio.Task[None] | None = None
+        self.reader: asyncio.Task[None] | None = None
+        # wakes[0]: the writer's future while the outbox is empty; wakes[1]: the future
+        # senders wait on while the outbox is full.
+        self.wakes: list[asyncio.Future[None] | None] = [None, None]
+
+    def wake(self, which: int) -> None:
+        waiter = self.wakes[which]
+        if waiter is not None:
+            self.wakes[which] = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+
 class RouteStream:
     """One RouteStream call, opened at the first request; ``async with`` it, or ``close``.
 
-    ``send(item)`` writes one request and returns the future of its ``RouteResult``;
+    ``send(item)`` queues one request and returns the future of its ``RouteResult``;
     ``route(...)`` (``AsyncClient.route``'s parameters) sends one and returns its
     ``Decision``, raising its error. Use it from one event loop (the client's).
+
+    Coalescing: one writer task writes, in one message, every request queued at the moment
+    it writes (a lone request goes at once: it never waits to fill a message), and the
+    server answers, in one reply, every answer ready at once; with a server that does not
+    say it coalesces (``COALESCE_KEY``), one request a message. Server CPU per decision
+    then falls with the requests in flight (bench/README.md).
     """
 
     def __init__(self, open_call: Callable[[], Any], timeout: float) -> None:
         self._open_call = open_call
         self.timeout = timeout
-        self._call: Any = None
-        self._pending: collections.deque[asyncio.Future[RouteResult]] = collections.deque()
-        self._reader: asyncio.Task[None] | None = None
-        self._writing = asyncio.Lock()
+        self._live: _Call | None = None
         self._closed = False
+        self.messages_sent = 0  # messages written, and the requests in them (tests, bench)
+        self.requests_sent = 0
 
     async def __aenter__(self) -> RouteStream:
         return self
@@ -71,49 +111,39 @@ class RouteStream:
         await self.close()
 
     async def send(self, item: RouteItem | pb.RouteRequest) -> asyncio.Future[RouteResult]:
-        """Write one request (waiting while the server holds the stream back); the future
-        of its result. Items without a request id get one.
+        """Queue one request (waiting while ``MAX_UNSENT`` are queued unwritten: the server
+        holds the stream back); the future of its result. Items without a request id get
+        one. If the stream breaks, the futures of its unanswered requests fail with the
+        stream's error (``Unavailable``, say), and the next ``send`` opens a new stream.
 
         Raises:
-            RuntimeError: the stream is closed. Unavailable: the stream broke.
+            RuntimeError: the stream is closed.
         """
-        request = pb.RouteStreamRequest()
         if isinstance(item, RouteItem):
-            request.request.CopyFrom(item.to_pb())
+            request = item.to_pb()
         elif isinstance(item, pb.RouteRequest):
-            request.request.CopyFrom(item)
+            request = pb.RouteRequest()
+            request.CopyFrom(item)
         else:
             raise TypeError(f"item must be a RouteItem (got {type(item).__name__})")
-        if not request.request.request_id:
-            request.request.request_id = new_id()
-        async with self._writing:
+        if not request.request_id:
+            request.request_id = new_id()
+        loop = asyncio.get_running_loop()
+        while True:
             if self._closed:
                 raise RuntimeError("this RouteStream is closed")
-            call = self._call if self._call is not None else self._start()
-            future: asyncio.Future[RouteResult] = asyncio.get_running_loop().create_future()
-            self._pending.append(future)
-            try:
-                await call.write(request)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-                raise await self._write_failed(future, exc) from None
+            live = self._live if self._live is not None else self._start()
+            if len(live.outbox) < MAX_UNSENT:
+                break
+            waiter = live.wakes[1]
+            if waiter is None:
+                waiter = live.wakes[1] = loop.create_future()
+            await asyncio.shield(waiter)  # one future for every sender waiting
+        future: asyncio.Future[RouteResult] = loop.create_future()
+        live.pending.append(future)
+        live.outbox.append(request)
+        live.wake(0)
         return future
-
-    async def _write_failed(
-        self, future: asyncio.Future[RouteResult], exc: BaseException
-    ) -> FenliuError:
-        """Why a write failed: the stream's own status, as its reader gets it (a write on
-        a call that just failed may say INTERNAL "Internal error from Core" instead)."""
-        reader = self._reader
-        if reader is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(reader), self.timeout)
-        if future.done() and not future.cancelled():
-            error = future.exception()
-            if isinstance(error, FenliuError):
-                return error
-        if isinstance(exc, grpc.aio.AioRpcError):
-            return from_rpc_error(exc)
-        return Unavailable(grpc.StatusCode.UNAVAILABLE, "the stream ended")
 
     async def route(
         self,
@@ -148,44 +178,79 @@ class RouteStream:
         return result.decision
 
     async def close(self) -> None:
-        """Stop sending, wait for the answers still due, end the stream."""
-        async with self._writing:
-            self._closed = True
-            call, reader = self._call, self._reader
-            if call is not None:
-                try:
-                    await call.done_writing()
-                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                    pass
-        if reader is not None:
-            await reader
+        """Stop sending, write what is queued, wait for the answers still due, end the
+        stream."""
+        self._closed = True
+        live = self._live
+        if live is not None:
+            live.wake(0)  # the writer sees the stream closed once its outbox is empty
+            live.wake(1)
+            for task in (live.writer, live.reader):
+                if task is not None:
+                    await task
 
-    def _start(self) -> Any:
-        call = self._call = self._open_call()
-        self._reader = asyncio.get_running_loop().create_task(self._read(call))
-        return call
+    def _start(self) -> _Call:
+        live = self._live = _Call(self._open_call())
+        loop = asyncio.get_running_loop()
+        live.reader = loop.create_task(self._read(live))
+        live.writer = loop.create_task(self._write(live))
+        return live
 
-    async def _read(self, call: Any) -> None:
-        pending = self._pending
+    async def _write(self, live: _Call) -> None:
+        """Write what ``send`` queued, as it comes: everything queued at once in one
+        message (once the server said it coalesces), until the stream is closed."""
+        call, outbox, wakes = live.call, live.outbox, live.wakes
+        loop = asyncio.get_running_loop()
+        try:
+            while not live.ended:
+                if not outbox:
+                    if self._closed:
+                        await call.done_writing()
+                        return
+                    waiter = wakes[0] = loop.create_future()
+                    await waiter
+                    continue
+                count = min(len(outbox), MAX_PER_MESSAGE) if live.coalesce else 1
+                message = pb.RouteStreamRequest(request=outbox[0], coalesce=True)
+                if count > 1:
+                    message.more.extend(outbox[1:count])
+                del outbox[:count]
+                live.wake(1)
+                await call.write(message)
+                self.messages_sent += 1
+                self.requests_sent += count
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass  # the stream broke: its reader fails every pending future with its status
+
+    async def _read(self, live: _Call) -> None:
+        call, pending = live.call, live.pending
         error: FenliuError = Unavailable(
             grpc.StatusCode.UNAVAILABLE, "the stream ended before answering"
         )
+        from_pb = RouteResult.from_pb
         try:
+            metadata = await call.initial_metadata()
+            live.coalesce = any(key == COALESCE_KEY for key, _ in metadata or ())
             while True:
                 reply = await call.read()
                 if reply is grpc.aio.EOF:  # type: ignore[attr-defined]
                     break
-                future = pending.popleft()
-                if not future.done():
-                    future.set_result(RouteResult.from_pb(reply.result))
+                for result in (reply.result, *reply.more) if reply.more else (reply.result,):
+                    future = pending.popleft()
+                    if not future.done():
+                        future.set_result(from_pb(result))
         except grpc.aio.AioRpcError as exc:
             error = from_rpc_error(exc)
         except asyncio.CancelledError:
             error = Unavailable(grpc.StatusCode.CANCELLED, "the stream was cancelled")
             raise
         finally:
-            if self._call is call:
-                self._call = None  # the next send opens a new stream
+            live.ended = True
+            if self._live is live:
+                self._live = None  # the next send opens a new stream
+            live.outbox.clear()
+            live.wake(0)
+            live.wake(1)
             while pending:
                 future = pending.popleft()
                 if not future.done():

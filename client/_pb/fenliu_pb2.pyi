@@ -1252,21 +1252,41 @@ Global___RouteBatchReply: _TypeAlias = RouteBatchReply  # noqa: Y015
 
 @_typing.final
 class RouteStreamRequest(_message.Message):
-    """RouteStream: one RouteStreamReply per RouteStreamRequest, in the order they were sent."""
+    """RouteStream: every request answered, in the order sent, by its decision or its error
+    (the stream goes on either way), once the decision is durable, as Route's.
+
+    One request per message, one answer per reply: as it always was. Coalescing (opt-in,
+    for callers that pipeline): a message may carry several requests, `request` then
+    `more` in order (at most 1000 in all: each request of a message with more than 1000 is
+    answered INVALID_ARGUMENT naming `more`, none applied, and the stream goes on), and
+    a caller that set `coalesce` on a message gets, from then on, replies that may carry
+    several answers, `result` then `more` in order (each answer as soon as it is durable:
+    the server never holds one back to fill a reply).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    COALESCE_FIELD_NUMBER: _builtins.int
+    coalesce: _builtins.bool
+    """the caller reads replies with `more`: the server may coalesce answers"""
     @_builtins.property
     def request(self) -> Global___RouteRequest: ...
+    @_builtins.property
+    def more(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteRequest]:
+        """the requests after `request`, in order"""
+
     def __init__(
         self,
         *,
         request: Global___RouteRequest | None = ...,
+        more: _abc.Iterable[Global___RouteRequest] | None = ...,
+        coalesce: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coalesce", b"coalesce", "more", b"more", "request", b"request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1274,23 +1294,27 @@ Global___RouteStreamRequest: _TypeAlias = RouteStreamRequest  # noqa: Y015
 
 @_typing.final
 class RouteStreamReply(_message.Message):
-    """The answer to the stream's n-th request: its decision, or the error it got (the stream
-    goes on either way). Sent only once the decision is durable, as Route's.
+    """The answer to the stream's next request (`result`), and, only for a caller that set
+    `coalesce`, the answers to the requests after it (`more`), in order.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULT_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def result(self) -> Global___RouteResult: ...
+    @_builtins.property
+    def more(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteResult]: ...
     def __init__(
         self,
         *,
         result: Global___RouteResult | None = ...,
+        more: _abc.Iterable[Global___RouteResult] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["more", b"more", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

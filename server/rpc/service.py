@@ -16,8 +16,9 @@ import grpc.aio
 
 from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 
+from ..core.errors import InvalidArgument
 from ..core.types import Refused
-from ..core.validate import check_batch
+from ..core.validate import MAX_BATCH, check_batch
 from ..node import Node
 from . import convert
 from .decode import Malformed
@@ -28,11 +29,16 @@ log = logging.getLogger(__name__)
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 STREAM_WINDOW = 128
-"""RouteStream: requests read ahead of the answers sent. With this many answers unsent
-(their changes not durable yet, or the caller not reading them) the stream stops reading
-until one is sent, so what a stream holds in the server is bounded (grpc's own flow
-control then holds the caller's writes back)."""
+"""RouteStream: requests (not messages) read ahead of the answers sent. With this many
+answers unsent (their changes not durable yet, or the caller not reading them) the stream
+stops reading until one is sent, so what a stream holds in the server is bounded: at most
+``STREAM_WINDOW - 1 + MAX_BATCH`` answers (a coalesced message's requests are read
+together), and grpc's own flow control then holds the caller's writes back."""
 _END = object()
+COALESCE_KEY = "fenliu-coalesce"
+"""RouteStream's initial metadata: this server answers every request of a coalesced
+message and coalesces answers for a caller that asks (``coalesce``)."""
+COALESCES = ((COALESCE_KEY, "1"),)
 
 
 async def _change(node: Node, command: Any) -> Any:
@@ -143,18 +149,28 @@ class RoutingService(pb_grpc.RoutingServicer):
         """Each request routed as it is read, answered in order once durable (see
         ``STREAM_WINDOW``); an item's error is its answer, the stream goes on.
 
+        Coalescing (the proto's RouteStreamRequest): a message's requests (``request``,
+        then ``more``) are routed in order with one arrival time, each answered as if sent
+        alone; a caller that set ``coalesce`` gets every answer ready at once in one reply
+        (``result``, then ``more``), never one held back to fill it. The server says it
+        coalesces in its initial metadata (``COALESCE_KEY``), so an SDK coalesces only
+        with a server that answers every request of a message.
+
         Two tasks, the reader (this call's ``read``) and the writer (this coroutine), share
-        a deque of answers; a future is made only when one of them has to wait (the writer
-        for an answer, the reader for room in the window), not per item. (Reading with
-        ``context.read()`` and writing with ``context.write()`` instead of the request
-        iterator and ``yield`` made a server stopping under a stream end it INTERNAL now
-        and then, not UNAVAILABLE: tests/client/test_route_stream.py, 3 in 15 under load.)"""
+        a deque of answers, one per request; a future is made only when one of them has to
+        wait (the writer for an answer, the reader for room in the window), not per item.
+        (Reading with ``context.read()`` and writing with ``context.write()`` instead of
+        the request iterator and ``yield`` made a server stopping under a stream end it
+        INTERNAL now and then, not UNAVAILABLE: tests/client/test_route_stream.py, 3 in 15
+        under load.)"""
         node = self._node
         loop = asyncio.get_running_loop()
-        answers: deque[Any] = deque()  # (result, durable) or _END; at most STREAM_WINDOW
+        answers: deque[Any] = deque()  # (result, durable) or _END; see STREAM_WINDOW
         # wakes[0]: the writer's future while it waits for an answer; wakes[1]: the reader's
         # while the window is full. Whoever makes the other's wait over sets it.
         wakes: list[asyncio.Future[None] | None] = [None, None]
+        coalesce = [False]  # the caller reads replies with ``more``
+        await context.send_initial_metadata(COALESCES)
 
         def wake(which: int) -> None:
             waiter = wakes[which]
@@ -164,15 +180,22 @@ class RoutingService(pb_grpc.RoutingServicer):
                     waiter.set_result(None)
 
         async def read() -> None:
+            route, submit, append = convert.route, node.submit, answers.append
             try:
                 async for item in requests:  # a RouteStreamRequest, or Malformed
-                    try:
-                        if item.__class__ is Malformed:
-                            raise item.error()
-                        answer = node.submit(convert.route(item.request, node.now()))
-                    except Exception as exc:  # noqa: BLE001 - the item's answer
-                        answer = (exc, None)
-                    answers.append(answer)
+                    if item.__class__ is Malformed:
+                        append((item.error(), None))
+                    else:
+                        if item.coalesce:
+                            coalesce[0] = True
+                        more = item.more
+                        if not more:
+                            try:
+                                append(submit(route(item.request, node.now())))
+                            except Exception as exc:  # noqa: BLE001 - the item's answer
+                                append((exc, None))
+                        else:
+                            route_each(item.request, more, route, submit, append, node.now())
                     wake(0)
                     if len(answers) >= STREAM_WINDOW:  # full: read on once one is sent
                         waiter = wakes[1] = loop.create_future()
@@ -197,7 +220,10 @@ class RoutingService(pb_grpc.RoutingServicer):
                         await durable
                     except Exception as exc:  # noqa: BLE001 - not durable: the item's error
                         result = exc
-                yield stream_reply(result)
+                if coalesce[0]:
+                    yield coalesced_reply(result, answers)
+                else:
+                    yield stream_reply(result)
                 if wakes[1] is not None and len(answers) < STREAM_WINDOW:
                     wake(1)
             await reader  # a failed read (the call cancelled, say) ends the stream with it
@@ -330,6 +356,63 @@ def route_batch_reply(results: list[Any]) -> pb.RouteBatchReply:
         if notice := result.notice:
             target.notice = notice
     return reply
+
+
+def route_each(
+    first: pb.RouteRequest, more: Any, route: Any, submit: Any, append: Any, at: int
+) -> None:
+    """A coalesced message's requests, routed in order (one arrival time), each answer
+    appended; over ``MAX_BATCH`` requests, every one answered INVALID_ARGUMENT naming
+    ``more``, none routed (so the answers still match the requests one to one)."""
+    count = 1 + len(more)
+    if count > MAX_BATCH:
+        error = InvalidArgument(
+            f"a RouteStreamRequest carries at most {MAX_BATCH} requests (request and more); "
+            f"this one carries {count}",
+            "more",
+        )
+        for _ in range(count):
+            append((error, None))
+        return
+    for request in (first, *more):
+        try:
+            append(submit(route(request, at)))
+        except Exception as exc:  # noqa: BLE001 - the item's answer
+            append((exc, None))
+
+
+def coalesced_reply(result: Any, answers: deque[Any]) -> pb.RouteStreamReply:
+    """The answer ``result`` and, after it, every answer at the head of ``answers`` that
+    is ready (durable, or failed), taken off it, up to ``MAX_BATCH`` in the reply: what a
+    coalescing caller gets in one message. An answer still on its way to the log ends the
+    reply (it comes in the next, never waited for here)."""
+    reply = pb.RouteStreamReply()
+    set_result(reply.result, result)
+    add = reply.more.add
+    room = MAX_BATCH - 1
+    while answers and room:
+        head = answers[0]
+        if head is _END:
+            break
+        result, durable = head
+        if durable is not None:
+            if not durable.done() or durable.cancelled():
+                break  # a cancelled one: the writer's own await of it, as for any head
+            failed = durable.exception()
+            if failed is not None:  # not durable: the item's error
+                result = failed
+        answers.popleft()
+        set_result(add(), result)
+        room -= 1
+    return reply
+
+
+def set_result(message: pb.RouteResult, result: Any) -> None:
+    """``message`` (a RouteResult) set to the decision, or the error the request got."""
+    if isinstance(result, Exception):
+        message.error.CopyFrom(error_message(result))
+    else:
+        convert.set_decision(message.decision, result)
 
 
 def stream_reply(result: Any) -> pb.RouteStreamReply:

@@ -16,7 +16,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-KINDS = ("echo", "route_new", "route_open", "batch_new", "batch_open", "stream_new", "stream_open")
+KINDS = ("echo", "route_new", "route_open", "batch_new", "batch_open", "stream_new", "stream_open",
+         "stream_new_single")  # fmt: skip
 
 
 def _install(tool: str, package: str) -> None:

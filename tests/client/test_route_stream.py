@@ -1,12 +1,18 @@
 """The SDK's RouteStream, async and blocking, against a real server: pipelined routes
 answered to the right caller, per-item errors that leave the stream usable, a broken
-stream that fails its callers instead of hanging them."""
+stream that fails its callers instead of hanging them; requests queued together sent in
+one message (coalescing), and one a message to a server that does not coalesce."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+import grpc
+import grpc.aio
 import pytest
 
 from fenliu.client import (
@@ -14,10 +20,13 @@ from fenliu.client import (
     Client,
     InvalidArgument,
     Outcome,
+    RouteStream,
     Status,
     Unavailable,
     route_request,
 )
+from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
+from fenliu.client._stream import MAX_PER_MESSAGE, MAX_UNSENT
 from fenliu.server.config import Config
 from fenliu.server.rpc.app import ServerThread
 
@@ -95,3 +104,102 @@ def test_a_stream_whose_server_stops_fails_its_callers_and_reopens() -> None:
         asyncio.run(scenario(server))
     finally:
         server.stop()
+
+
+def test_routes_queued_together_go_in_one_message_and_each_gets_its_own_decision(
+    target: str,
+) -> None:
+    """Once the server has said it coalesces (its initial metadata, before the first
+    answer), every request queued while the writer waits goes in one message; the
+    coalesced answers come back each to its own caller, in order."""
+    shop = f"stream-shop{next(_shops)}"
+
+    async def scenario() -> tuple[int, int, list[str]]:
+        async with AsyncClient(target) as fenliu:
+            await fenliu.register_agent(shop, "a1", max_concurrent=1000, status=Status.ONLINE)
+            async with fenliu.route_stream() as stream:
+                assert isinstance(stream, RouteStream)
+                first = await stream.route(shop, "first")
+                decisions = await asyncio.gather(*(stream.route(shop, f"b{i}") for i in range(500)))
+            assert first.agent_id == "a1"
+            return stream.messages_sent, stream.requests_sent, [d.buyer_id for d in decisions]
+
+    messages, requests, buyers = asyncio.run(scenario())
+    assert buyers == [f"b{i}" for i in range(500)]
+    assert (messages, requests) == (2, 501)
+
+
+def test_senders_past_the_unsent_limit_wait_and_are_all_answered_in_order(target: str) -> None:
+    """More requests at once than ``MAX_UNSENT``: the senders past it wait for the writer,
+    at most ``MAX_PER_MESSAGE`` go in a message, and every one is answered to its caller."""
+    shop = f"stream-shop{next(_shops)}"
+    count = MAX_UNSENT * 2 + 500
+
+    async def scenario() -> tuple[int, int, list[str]]:
+        async with AsyncClient(target, timeout=60) as fenliu:
+            await fenliu.set_shop_policy(shop, queue_limit=count)
+            await fenliu.register_agent(shop, "a1", max_concurrent=count, status=Status.ONLINE)
+            async with fenliu.route_stream() as stream:
+                assert isinstance(stream, RouteStream)
+                await stream.route(shop, "first")
+                decisions = await asyncio.gather(
+                    *(stream.route(shop, f"b{i}") for i in range(count))
+                )
+            return stream.messages_sent, stream.requests_sent, [d.buyer_id for d in decisions]
+
+    messages, requests, buyers = asyncio.run(scenario())
+    assert buyers == [f"b{i}" for i in range(count)]
+    assert requests == count + 1
+    assert 1 + count / MAX_PER_MESSAGE <= messages < count
+
+
+def test_the_blocking_client_coalesces_from_many_threads(fenliu: Client) -> None:
+    shop = f"stream-shop{next(_shops)}"
+    fenliu.register_agent(shop, "a1", max_concurrent=1000, status=Status.ONLINE)
+    with fenliu.route_stream() as stream:
+        with ThreadPoolExecutor(8) as pool:
+            decided = list(pool.map(lambda i: stream.route(shop, f"b{i}").buyer_id, range(400)))
+        futures = [stream.send(route_request(shop, f"c{i}")) for i in range(300)]
+        results = [f.result(timeout=30) for f in futures]
+    assert decided == [f"b{i}" for i in range(400)]
+    assert [r.decision.buyer_id for r in results if r.decision] == [f"c{i}" for i in range(300)]
+    assert fenliu.list_team(shop)[0].load == 700
+
+
+class _OldRouting(pb_grpc.RoutingServicer):
+    """A RouteStream server from before coalescing: one answer per message, ``more``
+    unknown to it (and no ``fenliu-coalesce`` in its metadata)."""
+
+    def __init__(self) -> None:
+        self.messages: list[int] = []  # requests per message received
+
+    async def RouteStream(self, requests: Any, context: Any) -> AsyncIterator[Any]:
+        async for message in requests:
+            self.messages.append(1 + len(message.more))
+            decision = pb.Decision(
+                buyer_id=message.request.buyer_id, agent_id="a1", outcome=pb.OUTCOME_ASSIGNED
+            )
+            yield pb.RouteStreamReply(result=pb.RouteResult(decision=decision))
+
+
+def test_with_a_server_that_does_not_coalesce_the_sdk_sends_one_request_a_message() -> None:
+    async def scenario() -> tuple[list[int], list[str]]:
+        old = _OldRouting()
+        server = grpc.aio.server()
+        pb_grpc.add_RoutingServicer_to_server(old, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with AsyncClient(f"127.0.0.1:{port}", timeout=30) as fenliu:
+                async with fenliu.route_stream() as stream:
+                    await stream.route("s1", "first")
+                    decisions = await asyncio.gather(
+                        *(stream.route("s1", f"b{i}") for i in range(200))
+                    )
+        finally:
+            await server.stop(None)
+        return old.messages, [d.buyer_id for d in decisions]
+
+    messages, buyers = asyncio.run(scenario())
+    assert buyers == [f"b{i}" for i in range(200)]
+    assert messages == [1] * 201
