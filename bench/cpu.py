@@ -711,7 +711,9 @@ def add_arguments(p: argparse.ArgumentParser, quick: bool = False) -> None:
     p.add_argument("--batch-concurrency", type=int, default=2, help="per process")
     p.add_argument("--streams", type=int, default=2, help="RouteStreams per process")
     p.add_argument("--window", type=int, default=64, help="unanswered per stream")
-    p.add_argument("--shops", type=int, default=100)
+    # 400 shops x 4 agents x 10,000: room for ~16M new buyers; a run of 5 rounds makes
+    # ~1M a round since RouteStream coalesces (100 shops filled up by round 4: QUEUE_FULL)
+    p.add_argument("--shops", type=int, default=400)
     p.add_argument("--agents", type=int, default=4, help="per shop")
     p.add_argument("--open-buyers", type=int, default=5000)
     p.add_argument("--max-rate", type=float, default=60_000,
