@@ -332,24 +332,9 @@ def team(views: tuple[t.AgentView, ...]) -> pb.ListTeamReply:
 
 
 def decision(result: t.Decision) -> pb.Decision:
-    """A core decision; its state None (no session) becomes UNSPECIFIED. ``set_decision``
-    written out (every unary Route answers with this: one interpreted frame fewer)."""
+    """A core decision; its state None (no session) becomes UNSPECIFIED."""
     target = _DECISION()
-    target.outcome = result.outcome  # type: ignore[assignment]  # an IntEnum: the same ints
-    target.reason = result.reason  # type: ignore[assignment]
-    target.buyer_id = result.buyer_id
-    if agent_id := result.agent_id:
-        target.agent_id = agent_id
-    if session_id := result.session_id:
-        target.session_id = session_id
-    if queue_position := result.queue_position:
-        target.queue_position = queue_position
-    if state := result.state:  # None: no session (UNSPECIFIED)
-        target.state = state  # type: ignore[assignment]
-    if result.priority_notice:
-        target.priority_notice = True
-    if notice := result.notice:
-        target.notice = notice  # type: ignore[assignment]
+    set_decision(target, result)
     return target
 
 
