@@ -364,8 +364,8 @@ def _parser() -> argparse.ArgumentParser:
         required=True, metavar="ACTION"
     )
     command(
-        cluster, "status", lambda c, a: c.cluster_map(),
-        "the nodes, and every shard's owner and epoch",
+        cluster, "status", lambda c, a: c.cluster_map(with_lag=True),
+        "the nodes, and every shard's owner, epoch and lag (messages not yet applied)",
     )  # fmt: skip
     stats = command(top, "stats", _stats, "queue, today's and recent counts, agents", "shop")
     stats.add_argument("--window", type=int, default=0, help="sliding window, 1-60 minutes")
@@ -514,6 +514,8 @@ def _flat(row: Any, prefix: str = "") -> dict[str, str]:
 
 
 def _cell(value: Any) -> str:
+    if value is None:
+        return "-"  # unknown (a shard's lag its owner did not tell)
     if isinstance(value, list):
         if not value:
             return "-"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import threading
 import uuid
@@ -895,15 +896,47 @@ class AsyncClient:
 
     # ------------------------------------------------------------ monitor
 
-    async def cluster_map(self, *, timeout: float | None = None) -> ClusterMap:
+    async def cluster_map(
+        self, *, with_lag: bool = False, timeout: float | None = None
+    ) -> ClusterMap:
         """Who serves each virtual shard, as the node called last read it (cluster mode;
-        outside it the map names no cluster and no owners)."""
+        outside it the map names no cluster and no owners).
+
+        ``with_lag``: also each owned shard's ``lag``, asked of every live node of the map
+        at once (each tells its own shards'; a node that does not answer leaves its
+        shards' lag None): a monitoring call, one stream read per shard."""
         reply = await self._call(
-            self._cluster.GetClusterMap, pb.GetClusterMapRequest(), idempotent=True,
-            timeout=timeout,
+            self._cluster.GetClusterMap, pb.GetClusterMapRequest(with_lag=with_lag),
+            idempotent=True, timeout=timeout,
         )  # fmt: skip
         self._open().apply(reply)
-        return ClusterMap.from_pb(reply)
+        cmap = ClusterMap.from_pb(reply)
+        if not with_lag:
+            return cmap
+        others = [n for n in cmap.nodes if n.node_id != cmap.node_id and n.address]
+
+        async def lag_at(address: str) -> ClusterMap | None:
+            try:
+                reply = await self._call(
+                    self._cluster.GetClusterMap, pb.GetClusterMapRequest(with_lag=True),
+                    idempotent=True, timeout=timeout, address=address,
+                )  # fmt: skip
+            except FenliuError:
+                return None  # that node away or stopping: its shards' lag unknown
+            return ClusterMap.from_pb(reply)
+
+        told = await asyncio.gather(*(lag_at(n.address) for n in others))
+        # (shard, owner) -> lag, as each owner tells it: a shard that owner no longer
+        # holds in the map shown stays unknown
+        lag = {(o.shard, o.node_id): o.lag for o in cmap.owners if o.node_id == cmap.node_id}
+        for node, seen in zip(others, told, strict=True):
+            if seen is not None:
+                lag.update(((o.shard, o.node_id), o.lag) for o in seen.owners
+                           if o.node_id == node.node_id)  # fmt: skip
+        owners = tuple(
+            dataclasses.replace(o, lag=lag.get((o.shard, o.node_id))) for o in cmap.owners
+        )
+        return dataclasses.replace(cmap, owners=owners)
 
     async def get_shop_stats(
         self, shop_id: str, *, window_minutes: int = 0, timeout: float | None = None

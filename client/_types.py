@@ -657,6 +657,14 @@ class ShardOwner:
     node_id: str
     address: str
     epoch: int  # the owner's fencing token: grows with every change of owner
+    # messages of the shard's stream its owner has not applied yet (normally 0, or the
+    # batch in flight; large while a new owner replays): only with cluster_map(with_lag=
+    # True); None: unknown (not asked, nobody owns it, its owner or stream did not answer)
+    lag: int | None = None
+
+
+def _lag(m: pb.ShardOwner) -> int | None:
+    return m.lag if m.HasField("lag") else None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -683,7 +691,9 @@ class ClusterMap:
             shards=m.shards,
             node_id=m.node_id,
             nodes=tuple(ClusterNode(n.node_id, n.address) for n in m.nodes),
-            owners=tuple(ShardOwner(o.shard, o.node_id, o.address, o.epoch) for o in m.owners),
+            owners=tuple(
+                ShardOwner(o.shard, o.node_id, o.address, o.epoch, _lag(o)) for o in m.owners
+            ),
         )
 
 

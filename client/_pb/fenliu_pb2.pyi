@@ -2406,12 +2406,20 @@ class GetClusterMapRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    WITH_LAG_FIELD_NUMBER: _builtins.int
+    with_lag: _builtins.bool
+    """Also each shard's lag (ShardOwner.lag), for the shards the answering node owns: one
+    stream-info call per owned shard to its stream's leader. Off by default, so that the
+    SDK's map refresh (after a NOT_OWNER) stays one cheap read of the node's memory.
+    """
     def __init__(
         self,
+        *,
+        with_lag: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["with_lag", b"with_lag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2472,6 +2480,7 @@ class ShardOwner(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    LAG_FIELD_NUMBER: _builtins.int
     shard: _builtins.int
     node_id: _builtins.str
     """"" while nobody owns it (it is moving)"""
@@ -2479,6 +2488,14 @@ class ShardOwner(_message.Message):
     """host:port to call it at"""
     epoch: _builtins.int
     """the owner's fencing token: grows with every change of owner"""
+    lag: _builtins.int
+    """Only with GetClusterMapRequest.with_lag, and only for a shard the answering node owns:
+    the stream's last sequence (as its leader reports it now) minus the owner's position
+    (the last message it has applied and had acknowledged). Normally 0, or the batch in
+    flight; large while a new owner replays the stream or when an owner is behind. Unset:
+    unknown (not asked for, another node's shard, nobody owns it, or the stream's leader
+    did not answer in time).
+    """
     def __init__(
         self,
         *,
@@ -2486,12 +2503,15 @@ class ShardOwner(_message.Message):
         node_id: _builtins.str = ...,
         address: _builtins.str = ...,
         epoch: _builtins.int = ...,
+        lag: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lag", b"_lag", "lag", b"lag"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "epoch", b"epoch", "node_id", b"node_id", "shard", b"shard"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lag", b"_lag", "address", b"address", "epoch", b"epoch", "lag", b"lag", "node_id", b"node_id", "shard", b"shard"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__lag: _TypeAlias = _typing.Literal["lag"]  # noqa: Y015
+    _WhichOneofArgType__lag: _TypeAlias = _typing.Literal["_lag", b"_lag"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lag) -> _WhichOneofReturnType__lag | None: ...
 
 Global___ShardOwner: _TypeAlias = ShardOwner  # noqa: Y015
 

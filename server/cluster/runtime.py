@@ -159,6 +159,13 @@ class ClusterRuntime:
                             owner.epoch))  # fmt: skip
         return out
 
+    async def lag(self) -> dict[int, int]:
+        """Each shard owned here: its stream's messages not yet applied here (see
+        ``JetStreamStorage.lag``); a shard left out: unknown."""
+        if self.member is None:
+            return {}
+        return await self.member.storage.lag(sorted(self.owned))
+
     # ------------------------------------------------------------ rounds
 
     async def _forever(self) -> None:

@@ -30,11 +30,20 @@ class ClusterService(pb_grpc.ClusterServicer):
         runtime = self._runtime()
         if runtime is None:
             return pb.ClusterMap(shards=self._config.shards)
+        # with_lag: the lag of the shards this node owns (the others' are theirs to tell)
+        lag = await runtime.lag() if request.with_lag else {}
+        me = runtime.node_id
         return pb.ClusterMap(
             cluster=self._config.cluster_name,
             shards=runtime.shards,
             owners=[
-                pb.ShardOwner(shard=shard, node_id=node, address=address, epoch=epoch)
+                pb.ShardOwner(
+                    shard=shard,
+                    node_id=node,
+                    address=address,
+                    epoch=epoch,
+                    lag=lag.get(shard) if node == me else None,
+                )
                 for shard, node, address, epoch in runtime.cluster_map()
             ],
             nodes=[pb.ClusterNode(node_id=n, address=a) for n, a in sorted(runtime.nodes.items())],

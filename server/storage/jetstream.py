@@ -75,6 +75,7 @@ MAX_MESSAGE = 768 * 1024  # under nats-server's 1 MB max_payload: a bigger batch
 ATTEMPT_TIMEOUT_S = 2.0
 SNAPSHOT_CHUNK = 512 * 1024  # an image's chunks (nats-py's default 128 KB: a round trip each)
 DIRECT_READ_MAX = 16  # a replay of at most this many messages reads each (no consumer)
+LAG_TIMEOUT_S = 1.0  # a shard's lag is unknown if its stream's leader does not answer by then
 APPEND_DEADLINE_S = 20.0  # outlasts a stream leader election (4.6–6.9 s measured)
 _SNAP_HEAD = struct.Struct("<QII")  # position, crc32 of the image, epoch
 # a hand-over image message: position, crc32 of the rest, epoch, the image's length; then
@@ -313,6 +314,27 @@ class JetStreamStorage:
                 self._streams.add(index)
                 return info
         return await self._retry(lambda: self.js.stream_info(log_.stream))
+
+    async def lag(self, indexes: Sequence[int], timeout_s: float = LAG_TIMEOUT_S) -> dict[int, int]:
+        """How many messages of each shard's stream its owner here has not applied: the
+        stream's last sequence (its leader asked now, once per shard, concurrently) minus
+        ``position``. A shard whose leader does not answer within ``timeout_s`` (an election,
+        NATS away) is left out: its lag is unknown. Never raises for one shard's failure."""
+
+        async def one(index: int) -> int | None:
+            log_ = self.logs[index]
+            try:
+                info = await asyncio.wait_for(self.js.stream_info(log_.stream), timeout_s)
+            except (TimeoutError, nats.errors.Error, OSError) as exc:
+                log.debug("shard %d: no stream info for its lag (%r)", index, exc)
+                return None
+            last = int(info.state.last_seq or 0)
+            # read after the answer: an append acknowledged meanwhile may put the position
+            # past the last sequence the leader reported: nothing is missing then (0)
+            return max(0, last - log_.position)
+
+        found = await asyncio.gather(*(one(i) for i in indexes))
+        return {i: lag for i, lag in zip(indexes, found, strict=True) if lag is not None}
 
     async def _ensure_stream(self, index: int) -> None:
         if index in self._streams:

@@ -112,8 +112,51 @@ def test_outside_cluster_mode_the_map_names_no_cluster() -> None:
         cmap = cluster_map(server.target)
         with Client(server.target) as fenliu:
             seen = fenliu.cluster_map()
+            with_lag = fenliu.cluster_map(with_lag=True)  # no owners, no node to ask
     assert (cmap.cluster, cmap.shards, list(cmap.owners)) == ("", 4, [])
     assert (seen.cluster, seen.shards, seen.owners, seen.nodes) == ("", 4, (), ())
+    assert with_lag == seen
+
+
+def check_lag(a: Node, b: Node, spread: dict[int, str]) -> None:
+    """After acknowledged writes every shard's lag is known and at most a batch in flight
+    (the ticks may append one): through the RPC (a node tells only its own shards', and
+    nothing without with_lag), the SDK (every node asked) and ``fenliu cluster status``."""
+    plain = cluster_map(a.address)
+    assert not any(o.HasField("lag") for o in plain.owners)  # not asked: one cheap read
+    with grpc.insecure_channel(a.address) as channel:
+        told = pb_grpc.ClusterStub(channel).GetClusterMap(
+            pb.GetClusterMapRequest(with_lag=True), timeout=30
+        )
+    assert all(not o.HasField("lag") for o in told.owners if o.node_id != "a")  # b's own
+
+    def all_known() -> object:  # a stream leader slow to answer (a loaded machine): again
+        with Client(b.address, timeout=30) as fenliu:
+            seen = fenliu.cluster_map(with_lag=True)
+        if [o.node_id for o in seen.owners] != [spread[i] for i in range(SHARDS)]:
+            return None
+        return seen if all(o.lag is not None for o in seen.owners) else None
+
+    seen = wait_until(all_known, 60, "every shard's lag told by its owner")
+    assert all(o.lag is not None and o.lag <= 2 for o in seen.owners), seen.owners
+
+    def printed() -> str | None:
+        status = subprocess.run(
+            [str(Path(sys.executable).parent / "fenliu"), "--target", b.address, "--timeout",
+             "30", "cluster", "status"],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        rows = {}  # shard -> (owner, lag) from the owners' table
+        table = status.split("owners:\n", 1)[1].splitlines()
+        header = table[0].split()
+        assert header == ["shard", "node_id", "address", "epoch", "lag"], status
+        for line in table[1:]:
+            shard, node, _, _, lag = line.split()
+            rows[int(shard)] = (node, lag)
+        assert [rows[i][0] for i in range(SHARDS)] == [spread[i] for i in range(SHARDS)]
+        return status if all(lag.isdigit() and int(lag) <= 2 for _, lag in rows.values()) else None
+
+    print(wait_until(printed, 60, "fenliu cluster status: every shard's lag"))
 
 
 @pytest.fixture
@@ -181,6 +224,7 @@ def test_two_nodes_share_refuse_naming_the_owner_and_survive_a_kill(
     assert refused.value.reason == "NOT_OWNER"
     assert info.metadata["owner"] == owner.node_id
     assert info.metadata["address"] == owner.address
+    check_lag(a, b, spread)
 
     owner.kill()  # SIGKILL: its shards move to the other node, with what was acknowledged
     killed = time.monotonic()
