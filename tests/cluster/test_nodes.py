@@ -18,7 +18,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2 as ed
 
-from fenliu.client import Client, DeadlineExceeded, Unavailable
+from fenliu.client import AsyncClient, Client, ClusterMap, DeadlineExceeded, Unavailable
 from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 from fenliu.server.cluster.local import EtcdCluster, NatsCluster, free_ports
 from fenliu.server.cluster.ownership import Ownership
@@ -130,15 +130,22 @@ def check_lag(a: Node, b: Node, spread: dict[int, str]) -> None:
         )
     assert all(not o.HasField("lag") for o in told.owners if o.node_id != "a")  # b's own
 
+    async def async_map() -> ClusterMap:
+        async with AsyncClient(a.address, timeout=30) as fenliu:
+            return await fenliu.cluster_map(with_lag=True)
+
     def all_known() -> object:  # a stream leader slow to answer (a loaded machine): again
         with Client(b.address, timeout=30) as fenliu:
-            seen = fenliu.cluster_map(with_lag=True)
-        if [o.node_id for o in seen.owners] != [spread[i] for i in range(SHARDS)]:
-            return None
-        return seen if all(o.lag is not None for o in seen.owners) else None
+            seen = [fenliu.cluster_map(with_lag=True), asyncio.run(async_map())]
+        for cmap in seen:
+            if [o.node_id for o in cmap.owners] != [spread[i] for i in range(SHARDS)]:
+                return None
+            if any(o.lag is None for o in cmap.owners):
+                return None
+        return seen
 
-    seen = wait_until(all_known, 60, "every shard's lag told by its owner")
-    assert all(o.lag is not None and o.lag <= 2 for o in seen.owners), seen.owners
+    for seen in wait_until(all_known, 60, "every shard's lag told by its owner (sync, async)"):
+        assert all(o.lag is not None and o.lag <= 2 for o in seen.owners), seen.owners
 
     def printed() -> str | None:
         status = subprocess.run(
