@@ -369,6 +369,23 @@ class Traffic:
     def p99(self, since: float, until: float) -> float:
         return pct([e - b for b, e, _, ok in self.calls if since <= b < until and ok], 0.99)
 
+    def held(self, moved: list[str], began: float, ended: float) -> dict[str, Any]:
+        """A hand-off's figures (SIGTERM or a node joining from ``began`` to ``ended``):
+        the longest a call on a ``moved`` shop was held and when it began, the calls held
+        over 0.5 s, p99 of every call in the 5 s before against the hand-off and 5 s after,
+        the errors that surfaced."""
+        window = [(b, e) for b, e, s, ok in self.calls
+                  if s in moved and e >= began and b <= ended + 5]  # fmt: skip
+        longest = max(window, key=lambda w: w[1] - w[0], default=(began, began))
+        return {
+            "longest_held_call_s": round(longest[1] - longest[0], 3),
+            "it_began_s": round(longest[0] - began, 3),
+            "calls_held_over_0.5_s": sum(1 for b, e in window if e - b > 0.5),
+            "p99_before_ms": round(self.p99(began - 5, began) * 1e3, 1),
+            "p99_during_ms": round(self.p99(began, ended + 5) * 1e3, 1),
+            "errors": sum(1 for *_, ok in self.calls if not ok), "load": os.getloadavg()[0],
+        }  # fmt: skip
+
 
 def failover_round(env: Env, args: argparse.Namespace) -> dict[str, Any]:
     name, nodes = env.nodes(2)
@@ -468,19 +485,12 @@ def handoff_round(env: Env, args: argparse.Namespace) -> dict[str, Any]:
             ended = time.monotonic()
             await asyncio.sleep(5.0)
             await traffic.stop()
-        window = [(b, e) for b, e, s, ok in traffic.calls
-                  if s in moved and e >= began and b <= ended + 5]  # fmt: skip
         return {
-            "case": "handoff", "sigterm_to_exit_s": round(ended - began, 2),
-            "longest_held_call_s": round(max((e - b for b, e in window), default=0.0), 3),
-            "it_began_s": round(max(window, key=lambda w: w[1] - w[0], default=(began, 0))[0]
-                                - began, 3),  # fmt: skip
-            "calls_held_over_0.5_s": sum(1 for b, e in window if e - b > 0.5),
+            "case": "handoff",
+            "sigterm_to_exit_s": round(ended - began, 2),
+            **traffic.held(moved, began, ended),
             "steps": step_log(nodes, offsets, wall),
-            "p99_before_ms": round(traffic.p99(began - 5, began) * 1e3, 1),
-            "p99_during_ms": round(traffic.p99(began, ended + 5) * 1e3, 1),
-            "errors": sum(1 for *_, ok in traffic.calls if not ok), "load": os.getloadavg()[0],
-        }  # fmt: skip
+        }
 
     try:
         return asyncio.run(main())
@@ -511,17 +521,13 @@ def join_round(env: Env, args: argparse.Namespace) -> dict[str, Any]:
         moved = [
             s for s in SHOPS if before[shard_index(s, SHARDS)] != after[shard_index(s, SHARDS)]
         ]
-        window = [(b, e) for b, e, s, ok in traffic.calls
-                  if s in moved and e >= began and b <= ended + 5]  # fmt: skip
         return {
-            "case": "join", "start_to_settled_s": round(ended - began, 2),
+            "case": "join",
+            "start_to_settled_s": round(ended - began, 2),
             "moved_shards": sum(1 for i in range(SHARDS) if before[i] != after[i]),
-            "longest_held_call_s": round(max((e - b for b, e in window), default=0.0), 3),
+            **traffic.held(moved, began, ended),
             "steps": step_log(nodes, offsets, wall),
-            "p99_before_ms": round(traffic.p99(began - 5, began) * 1e3, 1),
-            "p99_during_ms": round(traffic.p99(began, ended + 5) * 1e3, 1),
-            "errors": sum(1 for *_, ok in traffic.calls if not ok), "load": os.getloadavg()[0],
-        }  # fmt: skip
+        }
 
     try:
         return asyncio.run(main())
