@@ -844,6 +844,25 @@ def capped_record(
         key[m]: {"median": round(med(v), 1), "per_round": [round(x, 1) for x in v]}
         for m, v in extra.items()
     }
+
+    # throughput at a fixed budget is the budget over fenliu's CPU per decision: the rate
+    # ratio of a round where fenliu did not use its budget (the load or the machine was the
+    # bottleneck) measures nothing; this one still says what fenliu spent
+    def by_cpu(m: int) -> dict[str, Any]:
+        pairs = zip(by[0], by[m], strict=True)
+        per = [round(z["us"]["fenliu"] / max(r["us"]["fenliu"], 1e-9), 3) for z, r in pairs]
+        return {"median": round(med(per), 3), "per_round": per}
+
+    out["ratio_by_fenliu_cpu_per_decision"] = {key[m]: by_cpu(m) for m in modes[1:]}
+    full = [
+        i for i in range(len(by[0]))
+        if all(by[m][i]["cores"]["fenliu"] >= 0.9 * args.server_cpu for m in modes)
+    ]  # fmt: skip
+    out["rounds_with_fenliu_at_budget"] = full
+    at_budget = {m: med(rates[m][i] for i in full) for m in modes} if full else {}
+    out["ratio_to_0_pages_at_budget"] = {
+        key[m]: round(v / at_budget[0], 3) for m, v in at_budget.items()
+    }
     seen = {}
     for m in modes[1:]:
         ms = [d for r in by[m] for d in r["delays"]]
@@ -860,20 +879,25 @@ def capped_record(
             "pages_dropped": sum(r["read"]["dropped"] for r in by[m]),
         }
     out["pages"] = seen
-    ratio = out["ratio_to_0_pages"][key[args.pages]]
+    ratio = out["ratio_to_0_pages_at_budget"].get(key[args.pages])
     lag = seen[key[args.pages]]["route_to_page_ms_under_load"]
     complete = lag["not_seen"] == 0 and seen[key[args.pages]]["fell_behind_rereads"] == 0
-    met = ratio >= 0.95 and lag["p99"] is not None and lag["p99"] <= 1000 and complete
+    fast = lag["p99"] is not None and lag["p99"] <= 1000 and complete
+    met = ratio is not None and ratio >= 0.95 and fast
     out["met"] = met
     out["warnings"] = warnings
+    verdict = "met" if met else "NOT met"
+    if ratio is None:
+        verdict = "NOT measured (no round had fenliu at its budget in every mode)"
     out["target"] = (
         f"dashboard target (capped: fenliu {args.server_cpu} cores, dashboard "
         f"{args.dashboard_cpu}, readers {args.readers_cpu}): {args.pages} pages / 0 = {ratio} "
-        f"(medians of {args.rounds}; >= 0.95), Route -> page p99 under the load "
-        f"{lag['p99']} ms (<= 1000), {lag['not_seen']} not seen, "
-        f"{seen[key[args.pages]]['fell_behind_rereads']} fell-behind re-reads: "
-        f"{'met' if met else 'NOT met'}"
-        + (f" ({len(warnings)} warning(s): read those rounds with care)" if warnings else "")
+        f"(medians of the {len(full)} of {args.rounds} rounds with fenliu at its budget in "
+        f"every mode; >= 0.95; all rounds {out['ratio_to_0_pages'][key[args.pages]]}, by "
+        f"fenliu's CPU per decision "
+        f"{out['ratio_by_fenliu_cpu_per_decision'][key[args.pages]]['median']}), Route -> "
+        f"page p99 under the load {lag['p99']} ms (<= 1000), {lag['not_seen']} not seen, "
+        f"{seen[key[args.pages]]['fell_behind_rereads']} fell-behind re-reads: {verdict}"
     )
     return out
 

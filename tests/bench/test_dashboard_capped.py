@@ -112,8 +112,14 @@ def test_a_capped_round_reports_every_figure(run: tuple[dict[str, Any], str, int
     assert isinstance(record["warnings"], list)
     assert record["target"].startswith("dashboard target (capped: fenliu 0.3 cores")
     assert "2 pages / 0 = " in record["target"] and record["target"] in err
-    verdict = ": met" if record["met"] else ": NOT met"
+    verdict = ": met" if record["met"] else ": NOT "  # NOT met, or NOT measured
     assert isinstance(record["met"], bool) and verdict in record["target"]
+    assert set(record["ratio_by_fenliu_cpu_per_decision"]) == {"1_pages", "2_pages"}
+    assert all(v["median"] > 0 for v in record["ratio_by_fenliu_cpu_per_decision"].values())
+    full = record["rounds_with_fenliu_at_budget"]
+    assert full in ([], [0]) and set(record["ratio_to_0_pages_at_budget"]) == (
+        MODES if full else set()
+    )
     assert record["route_to_page_ms_paced"]["samples"] == 3
     assert len(record["load_average_before"]) == 3 and len(record["load_average"]) == 3
 
