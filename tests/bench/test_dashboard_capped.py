@@ -1,0 +1,147 @@
+"""Smoke test of ``bench/dashboard.py --mode capped`` (issue 13): one short round of 0 / 1 /
+2 pages with fenliu, the dashboard and the page readers each in a cgroup with a CPU quota,
+the load generator in a high-weight one. Asserts that every figure is there, that each
+quota was a ceiling and that the cgroups are gone afterwards, never a rate or the ratio
+(this machine is shared). Also: where cgroups cannot be written, the mode says so and exits
+non-zero before it starts anything."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+CGROUPS = (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup"))
+ROLES = {"fenliu", "dashboard", "sse_readers", "load_generator"}
+CAPPED = {"fenliu": 0.3, "dashboard": 0.2, "sse_readers": 0.2}
+MODES = {"0_pages", "1_pages", "2_pages"}
+
+
+def _left(pid: int) -> list[Path]:
+    return [p for root in CGROUPS for p in root.glob(f"fenliu-bench-{pid}-*") if p.is_dir()]
+
+
+def _clean(pid: int) -> None:
+    """After a bench that did not finish: stop what it left in its cgroups, remove them."""
+    for group in _left(pid):
+        for line in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(line), signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            group.rmdir()
+
+
+@pytest.fixture(scope="module")
+def run() -> tuple[dict[str, Any], str, int]:
+    cmd = [
+        sys.executable, str(ROOT / "bench" / "dashboard.py"), "--mode", "capped",
+        "--rounds", "1", "--seconds", "1", "--pages", "2", "--samples", "3", "--workers", "8",
+        "--load-procs", "1", "--server-cpu", "0.3", "--dashboard-cpu", "0.2",
+        "--readers-cpu", "0.2",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        _clean(proc.pid)
+        raise AssertionError(f"bench/dashboard.py did not finish in 240 s:\n{err}") from None
+    assert proc.returncode == 0, err
+    return json.loads(out), err, proc.pid
+
+
+@pytest.mark.timeout(300)
+def test_a_capped_round_reports_every_figure(run: tuple[dict[str, Any], str, int]) -> None:
+    record, err, _ = run
+    assert record["mode"] == "capped"
+    assert record["answers_the_target"].startswith("capped answers the target")
+    budgets = record["budgets"]
+    assert set(budgets) == ROLES
+    for role, cores in CAPPED.items():
+        assert budgets[role]["cores"] == cores
+        assert f"{round(cores * 100_000)} " in budgets[role]["cgroup"]  # the quota, in µs
+    assert budgets["load_generator"]["cores"] is None
+    assert record["load_procs"] == 1 and record["workers_per_load_proc"] == 8
+    assert set(record["decisions_per_s"]) == MODES
+    assert all(rate > 0 for rate in record["decisions_per_s"].values())
+    for key in (
+        "rounds_per_s",
+        "ratio_to_0_pages",
+        "ratio_per_round",
+        "fenliu_at_budget_per_round",
+    ):
+        assert set(record[key]) == MODES, key
+    assert all(len(v) == 1 for v in record["ratio_per_round"].values())
+    assert all(isinstance(v[0], bool) for v in record["fenliu_at_budget_per_round"].values())
+    for mode in MODES:
+        us = record["cpu_us_per_decision_by_process"][mode]
+        assert set(us) == ROLES and us["fenliu"] > 0 and us["load_generator"] > 0
+        cores = record["cores_used"][mode]
+        assert set(cores) == ROLES and cores["fenliu"] > 0
+        # a quota is a ceiling: no capped role used much more than its budget
+        assert all(cores[role] < budget * 1.5 for role, budget in CAPPED.items()), cores
+        assert set(record["nr_throttled"][mode]) == set(CAPPED)
+        assert all(n[0] >= 0 for n in record["nr_throttled"][mode].values())
+        assert all(ms[0] >= 0 for ms in record["throttled_ms"][mode].values())
+    two = record["cpu_us_per_decision_by_process"]["2_pages"]
+    assert two["dashboard"] > 0 and two["sse_readers"] > 0
+    stream = record["fenliu_watch_stream_us_per_decision"]
+    assert set(stream) == {"1_pages", "2_pages"}
+    assert all(len(v["per_round"]) == 1 and "median" in v for v in stream.values())
+    for mode, pages in (("1_pages", 1), ("2_pages", 2)):
+        seen = record["pages"][mode]
+        delays = seen["route_to_page_ms_under_load"]
+        # every probe route is counted for every page, as seen (a delay) or not
+        counted = delays["samples"] + delays["not_seen"]
+        assert counted >= pages and counted % pages == 0, delays
+        assert delays["samples"] >= 1 and delays["max"] >= delays["p99"] >= delays["p50"] > 0
+        assert seen["sse_messages_per_round"][0] > 0
+        assert seen["fell_behind_rereads"] >= 0 and seen["pages_dropped"] >= 0
+    assert isinstance(record["warnings"], list)
+    assert record["target"].startswith("dashboard target (capped: fenliu 0.3 cores")
+    assert "2 pages / 0 = " in record["target"] and record["target"] in err
+    verdict = ": met" if record["met"] else ": NOT "  # NOT met, or NOT measured
+    assert isinstance(record["met"], bool) and verdict in record["target"]
+    assert set(record["ratio_by_fenliu_cpu_per_decision"]) == {"1_pages", "2_pages"}
+    assert all(v["median"] > 0 for v in record["ratio_by_fenliu_cpu_per_decision"].values())
+    full = record["rounds_with_fenliu_at_budget"]
+    assert full in ([], [0]) and set(record["ratio_to_0_pages_at_budget"]) == (
+        MODES if full else set()
+    )
+    assert record["route_to_page_ms_paced"]["samples"] == 3
+    assert len(record["load_average_before"]) == 3 and len(record["load_average"]) == 3
+
+
+@pytest.mark.timeout(300)
+def test_a_capped_run_removes_its_cgroups(run: tuple[dict[str, Any], str, int]) -> None:
+    record, _, pid = run
+    assert record["cgroups"]["left"] == []
+    removed = record["cgroups"]["removed"]
+    assert sorted(Path(p).name for p in removed) == sorted(
+        f"fenliu-bench-{pid}-{role}" for role in ("fenliu", "dashboard", "sse_readers", "load")
+    )
+    assert _left(pid) == []
+
+
+def test_without_writable_cgroups_it_says_so_and_exits_non_zero() -> None:
+    readonly = Path("/proc/sys/fenliu-no-cgroup")  # mkdir under /proc/sys fails, even as root
+    cmd = [
+        sys.executable, str(ROOT / "bench" / "dashboard.py"), "--mode", "capped",
+        "--rounds", "1", "--cgroup-root", str(readonly),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "cannot make cgroup" in proc.stderr and "never runs uncapped" in proc.stderr
+    assert proc.stdout == ""  # no server, no round ran
