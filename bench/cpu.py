@@ -572,19 +572,24 @@ def measure(server: Any, pool: Any, job: dict[str, Any], procs: int) -> dict[str
     }  # fmt: skip
 
 
-def weighted(server: Any, pool: Any) -> Any:
-    """The server and the load processes moved into a cgroup of a high CPU weight and no
-    quota (``bench/cgroups.py``): on shared cores, other work then waits for them rather
-    than they for it (``--cgroup``; the latency of a paced stream is mostly that wait)."""
+def weighted(server: Any, pool: Any) -> list[Any]:
+    """The server and each load process moved into a cgroup of its own of a high CPU
+    weight and no quota (``bench/cgroups.py``; one each, as ``bench/cluster.py`` gives each
+    node one: cgroup v1 shares are a group's, not each process's): on shared cores, other
+    work then waits for them rather than they for it (``--cgroup``; a paced stream's
+    latency is mostly that wait)."""
     from cgroups import CpuCap, cgroup_root
 
-    cap = CpuCap(cgroup_root(None), f"fenliu-bench-cpu-{os.getpid()}", 0)
+    root, caps = cgroup_root(None), []
     try:
-        cap.move([server.proc.pid, *(worker.pid for worker in pool._pool)])
+        for i, pid in enumerate([server.proc.pid, *(worker.pid for worker in pool._pool)]):
+            caps.append(CpuCap(root, f"fenliu-bench-cpu-{os.getpid()}-{i}", 0))
+            caps[-1].move([pid])
     except OSError:
-        cap.remove()
+        for cap in caps:
+            cap.remove()
         raise
-    return cap
+    return caps
 
 
 def measure_paced(
@@ -798,12 +803,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         data = os.path.join(tmp, "data") if args.data_dir else ""
         server = ServerProcess(data_dir=data, fsync=not args.no_fsync)
         pool = multiprocessing.get_context("spawn").Pool(args.procs)
-        cap = None
+        caps: list[Any] = []
         try:
             target = server.start()
             if args.cgroup:
-                cap = weighted(server, pool)
-                record["cgroup"] = cap.describe()
+                caps = weighted(server, pool)
+                record["cgroup"] = f"{len(caps)} x {caps[0].describe()}"
             record["world"] = loadgen.run_in_process(
                 build, target, args.shops, args.agents, args.open_buyers
             )
@@ -869,7 +874,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             pool.close()
             pool.join()
             server.stop()
-            if cap is not None:
+            for cap in caps:
                 cap.remove()
     record["loadavg_end"] = os.getloadavg()[0]
     record["summary"] = summarize(record["rounds"], paced, record["paced_rates"])
