@@ -17,6 +17,12 @@ ever answered from the idempotency cache; a sample's decision reason is checked)
     stream_new_single  RouteStream of new buyers one request a message, not coalescing
                  (the caller of before: what coalescing gains, in the same run)
 
+Then the paced stream (``paced_stream``): RouteStream at half the median ``stream_new``
+rate of the run (or ``--paced-rate``), and at each of ``--paced-rates``, each of
+``--procs`` load processes pacing its share on its own stream as the SDK writes (one
+message under way while another is answered), latency from each request's scheduled time,
+with each load process's CPU and how late it queued requests.
+
 Every kind runs once per round, rounds interleaved, so each ratio is taken within one
 round (the same minute of a shared machine) and then the median; a warning is printed
 when rounds disagree by more than ``SPREAD`` of the median. Each figure carries the load
