@@ -17,6 +17,12 @@ ever answered from the idempotency cache; a sample's decision reason is checked)
     stream_new_single  RouteStream of new buyers one request a message, not coalescing
                  (the caller of before: what coalescing gains, in the same run)
 
+Then the paced stream (``paced_stream``): RouteStream at half the median ``stream_new``
+rate of the run (or ``--paced-rate``), and at each of ``--paced-rates``, each of
+``--procs`` load processes pacing its share on its own stream as the SDK writes (one
+message under way while another is answered), latency from each request's scheduled time,
+with each load process's CPU and how late it queued requests.
+
 Every kind runs once per round, rounds interleaved, so each ratio is taken within one
 round (the same minute of a shared machine) and then the median; a warning is printed
 when rounds disagree by more than ``SPREAD`` of the median. Each figure carries the load
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import gc
 import itertools
 import json
 import math
@@ -48,6 +55,7 @@ import grpc.aio  # noqa: E402
 import loadgen  # noqa: E402
 
 from fenliu.client._pb import fenliu_pb2 as pb  # noqa: E402
+from fenliu.client._stream import MAX_PER_MESSAGE, MESSAGES_IN_FLIGHT  # noqa: E402
 
 KINDS = ("echo", "route_new", "route_open", "batch_new", "batch_open", "stream_new", "stream_open",
          "stream_new_single")  # fmt: skip
@@ -58,6 +66,9 @@ BUDGET_ATTEMPTS = 3
 """A kind that ran out of pre-built requests is measured again (with twice the rate it
 reached) up to this many times in all; if it still runs out, the run's warnings say so."""
 cpu_seconds = loadgen.process_cpu_s
+LOAD_CPU_WARN = 0.8
+"""A paced load process using more of a core than this is warned about: its own delays
+(the loop busy, the process waiting for a core) are then in the latency it records."""
 
 
 # -- the world: shops with room for every new buyer, and buyers with open sessions --------
@@ -133,6 +144,9 @@ async def drive(job: dict[str, Any]) -> dict[str, Any]:
     reasons: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     hist = loadgen.Histogram()
+    late = loadgen.Histogram()  # paced: how long after its time each request was queued
+    gc.collect()
+    gc.freeze()  # the pre-built requests: never scanned again by a collection mid-run
 
     def note(decision: pb.Decision | None, error: pb.Error | None = None) -> None:
         if error is not None and error.code:
@@ -142,7 +156,7 @@ async def drive(job: dict[str, Any]) -> dict[str, Any]:
 
     async with grpc.aio.insecure_channel(job["target"], options=loadgen.CHANNEL_OPTIONS) as ch:
         await ch.channel_ready()
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         deadline = start + seconds
         if family in ("echo", "route"):
             body = pb.EchoMessage(payload=b"x" * route_bytes).SerializeToString()
@@ -198,13 +212,16 @@ async def drive(job: dict[str, Any]) -> dict[str, Any]:
                 items = iter(framed(r) for r in reqs)
             rate = job.get("rate", 0.0) / max(1, job["streams"])
             ran_out = any(await asyncio.gather(*(
-                stream(ch, items, job["window"], deadline, rate, hist, note, errors, not single)
+                stream(ch, items, job["window"], deadline, rate, hist, note, errors, not single,
+                       late)
                 for _ in range(job["streams"])
             )))  # fmt: skip
             done = hist.total - sum(errors.values())
         elapsed = time.perf_counter() - start
+        cpu_s = time.process_time() - cpu0
     return {"done": done, "seconds": elapsed, "reasons": dict(reasons), "errors": dict(errors),
-            "latency": hist.to_wire(), "exhausted": ran_out, "budget": budget}  # fmt: skip
+            "latency": hist.to_wire(), "exhausted": ran_out, "budget": budget,
+            "late": late.to_wire(), "load_cpu": round(cpu_s / elapsed, 3)}  # fmt: skip
 
 
 def case_of(kind: str) -> str:
@@ -234,33 +251,29 @@ def request_budget(job: dict[str, Any]) -> int:
 async def stream(
     ch: grpc.aio.Channel, items: Any, window: int, deadline: float, rate: float,
     hist: loadgen.Histogram, note: Any, errors: Counter[str], coalesce: bool = True,
+    late: loadgen.Histogram | None = None,
 ) -> bool:  # fmt: skip
     """One RouteStream: at most ``window`` unanswered; paced at ``rate``/s when given
-    (latency then from each item's scheduled time). Whether it ran out of ``items``
-    before the deadline.
+    (``paced``: latency then from each item's scheduled time). Whether it ran out of
+    ``items`` before the deadline.
 
     Coalescing (the SDK's way, ``coalesce``): ``items`` are RouteRequests framed as
     RouteStreamRequest's ``more`` (``framed``); each write sends, in one message, every
     request queued at that moment: in the closed loop the ones whose callers' answers came
-    back (the window's room), paced every one whose time has come (a lone one at once).
-    Otherwise (``stream_new_single``: the one-per-message caller of before) ``items`` are
-    whole RouteStreamRequests, one a message."""
+    back (the window's room). Otherwise (``stream_new_single``: the one-per-message caller
+    of before) ``items`` are whole RouteStreamRequests, one a message."""
     call = ch.stream_stream(ROUTE_STREAM, response_deserializer=pb.RouteStreamReply.FromString)()
+    if rate:
+        return await paced_stream(call, items, window, deadline, rate, hist, note, errors, coalesce,
+                           late)  # fmt: skip
     loop = asyncio.get_running_loop()
-    sent: collections.deque[float] = collections.deque()  # send (or due) times, unanswered
+    sent: collections.deque[float] = collections.deque()  # send times, unanswered
     room: list[asyncio.Future[None] | None] = [None]  # the writer's, while the window is full
     ran_out = False
-    step = 1.0 / rate if rate else 0.0
 
     async def write() -> None:
         nonlocal ran_out
-        t = time.perf_counter()
-        while True:
-            if rate:
-                t += step
-                await loadgen.sleep_until(t)
-            if time.perf_counter() >= deadline:
-                break
+        while time.perf_counter() < deadline:
             while len(sent) >= window:
                 waiter = room[0] = loop.create_future()
                 await waiter
@@ -269,47 +282,136 @@ async def stream(
                 if data is None:
                     ran_out = True
                     break
-                sent.append(t if rate else time.perf_counter())
+                sent.append(time.perf_counter())
                 await call.write(data)
                 continue
             parts: list[bytes] = []
-            if rate:  # every request due by now (the first is), within the window
-                due, now = [t], time.perf_counter()
-                while t + step <= now and len(sent) + len(due) < window:
-                    t += step
-                    due.append(t)
-            else:
-                due = [time.perf_counter()] * (window - len(sent))
-            for stamp in due:
+            now = time.perf_counter()
+            for _ in range(window - len(sent)):
                 data = next(items, None)
                 if data is None:
                     ran_out = True
                     break
                 parts.append(data)
-                sent.append(stamp)
+                sent.append(now)
             if parts:
                 await call.write(coalesced(parts))
             if ran_out:
                 break
         await call.done_writing()
 
+    def answered(count: int) -> None:
+        waiter = room[0]
+        if waiter is not None and len(sent) < window:
+            room[0] = None
+            waiter.set_result(None)
+
     writer = asyncio.ensure_future(write())
-    answered = 0
+    await read_replies(call, sent, hist, note, errors, coalesce, answered)
+    await writer
+    return ran_out
+
+
+async def read_replies(
+    call: Any, sent: collections.deque[float], hist: loadgen.Histogram, note: Any,
+    errors: Counter[str], coalesce: bool, answered: Any,
+) -> None:  # fmt: skip
+    """Every reply of ``call``: each answer's latency from its time in ``sent`` (in order),
+    its error counted, a sample's decision noted; ``answered(count)`` after each reply."""
+    count = 0
     async for reply in call:
         now = time.perf_counter()
         for result in (reply.result, *reply.more) if coalesce else (reply.result,):
             hist.record(now - sent.popleft())
             if result.HasField("error"):
                 errors[str(result.error.code)] += 1
-            elif answered % 97 == 0:  # a sample's decision reason, as the other kinds
+            elif count % 97 == 0:  # a sample's decision reason, as the other kinds
                 note(result.decision)
-            answered += 1
-        waiter = room[0]
-        if waiter is not None and len(sent) < window:
-            room[0] = None
+            count += 1
+        answered(count)
+
+
+async def paced_stream(
+    call: Any, items: Any, window: int, deadline: float, rate: float,
+    hist: loadgen.Histogram, note: Any, errors: Counter[str], coalesce: bool,
+    late: loadgen.Histogram | None,
+) -> bool:  # fmt: skip
+    """A stream paced at ``rate``/s, as a gateway's messages arrive: every
+    ``loadgen.TICK_S`` (a ``Ticker``: no spinning, so the load process's CPU is its
+    requests', not its clock's) each request whose time has come joins the outbox
+    (``late``: how long after its time), never one before it. Coalescing, the writer
+    sends the outbox in one message once fewer than the SDK's ``MESSAGES_IN_FLIGHT`` are
+    unanswered (``client/_stream.py``: what a message waits for under load, instead of
+    a message per request the server must read one by one); one a message otherwise.
+    At most ``window`` requests unanswered: past it the due ones wait (and count it).
+    Latency from each request's scheduled time."""
+    loop = asyncio.get_running_loop()
+    step = 1.0 / rate
+    sent: collections.deque[float] = collections.deque()  # due times, written, unanswered
+    outbox: list[tuple[float, bytes]] = []  # due, not written
+    ends: collections.deque[int] = collections.deque()  # each unanswered message's last
+    state = {"written": 0, "paced": False, "ran_out": False}
+    wake: list[asyncio.Future[None] | None] = [None]
+    cap = MESSAGES_IN_FLIGHT if coalesce else window
+
+    def poke() -> None:
+        waiter = wake[0]
+        if waiter is not None and not waiter.done():
+            wake[0] = None
             waiter.set_result(None)
+
+    async def pace() -> None:
+        ticker = loadgen.Ticker(min(step, loadgen.TICK_S))
+        t = time.perf_counter()
+        try:
+            while (now := await ticker.wait()) < deadline:
+                before = len(outbox)
+                while t + step <= now:
+                    t += step
+                    data = next(items, None)
+                    if data is None:
+                        state["ran_out"] = True
+                        return
+                    outbox.append((t, data))
+                    if late is not None:
+                        late.record(now - t)
+                if len(outbox) > before:
+                    poke()
+        finally:
+            ticker.close()
+            state["paced"] = True
+            poke()
+
+    async def write() -> None:
+        while True:
+            room = min(window - len(sent), MAX_PER_MESSAGE if coalesce else 1)
+            if not outbox or len(ends) >= cap or room <= 0:
+                if state["paced"] and not outbox:
+                    break
+                waiter = wake[0] = loop.create_future()
+                await waiter
+                continue
+            batch = outbox[:room]
+            del outbox[:room]
+            sent.extend(due for due, _ in batch)
+            state["written"] += len(batch)
+            ends.append(state["written"])
+            if coalesce:
+                await call.write(coalesced([data for _, data in batch]))
+            else:
+                await call.write(batch[0][1])
+        await call.done_writing()
+
+    def answered(count: int) -> None:
+        while ends and ends[0] <= count:
+            ends.popleft()
+        poke()
+
+    pacer, writer = asyncio.ensure_future(pace()), asyncio.ensure_future(write())
+    await read_replies(call, sent, hist, note, errors, coalesce, answered)
+    await pacer
     await writer
-    return ran_out
+    return state["ran_out"]
 
 
 COALESCE_FLAG = b"\x18\x01"  # RouteStreamRequest.coalesce = true
@@ -449,11 +551,12 @@ def measure(server: Any, pool: Any, job: dict[str, Any], procs: int) -> dict[str
     cpu = cpu_seconds(server.proc.pid) - cpu0
     done = sum(p["done"] for p in parts)
     seconds = max(p["seconds"] for p in parts)
-    hist = loadgen.Histogram()
+    hist, late = loadgen.Histogram(), loadgen.Histogram()
     reasons: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     for p in parts:
         hist.merge(loadgen.Histogram.from_wire(p["latency"]))
+        late.merge(loadgen.Histogram.from_wire(p["late"]))
         reasons.update(p["reasons"])
         errors.update(p["errors"])
     kind = job["kind"]
@@ -470,7 +573,59 @@ def measure(server: Any, pool: Any, job: dict[str, Any], procs: int) -> dict[str
         "real_decisions": real, "errors": dict(errors), "loadavg": round(load, 2),
         "exhausted": any(p["exhausted"] for p in parts),
         "budget": sum(p["budget"] for p in parts),
+        "load_cpu": [p["load_cpu"] for p in parts], "loadavg_end": round(os.getloadavg()[0], 2),
+        **({"late_ms": late.summary()} if late.total else {}),
     }  # fmt: skip
+
+
+def weighted(server: Any, pool: Any) -> list[Any]:
+    """The server and each load process moved into a cgroup of its own of a high CPU
+    weight and no quota (``bench/cgroups.py``; one each, as ``bench/cluster.py`` gives each
+    node one: cgroup v1 shares are a group's, not each process's): on shared cores, other
+    work then waits for them rather than they for it (``--cgroup``; a paced stream's
+    latency is mostly that wait)."""
+    from cgroups import CpuCap, cgroup_root
+
+    root, caps = cgroup_root(None), []
+    try:
+        for i, pid in enumerate([server.proc.pid, *(worker.pid for worker in pool._pool)]):
+            caps.append(CpuCap(root, f"fenliu-bench-cpu-{os.getpid()}-{i}", 0))
+            caps[-1].move([pid])
+    except OSError:
+        for cap in caps:
+            cap.remove()
+        raise
+    return caps
+
+
+def measure_paced(
+    server: Any, pool: Any, base: dict[str, Any], args: argparse.Namespace, rate: float, tag: str
+) -> dict[str, Any]:
+    """The paced stream at ``rate``/s in all, each load process pacing its share on its
+    own streams, the latency of all merged; ``warnings`` when a load process could not
+    keep its pace (made under 97% of it) or used more than ``LOAD_CPU_WARN`` of a core."""
+    from run import progress
+
+    job = {**base, "kind": args.paced_kind, "tag": tag, "rate": rate / args.procs,
+           "streams": args.paced_streams, "window": args.paced_window}  # fmt: skip
+    f = {**measure(server, pool, job, args.procs), "rate": rate, "warnings": []}
+    if f["per_s"] < 0.97 * rate:
+        f["warnings"].append(f"paced at {rate:,.0f}/s the load processes made {f['per_s']:,.0f}/s:"
+                             f" they could not keep the pace (more --procs?)")  # fmt: skip
+    busy = [c for c in f["load_cpu"] if c > LOAD_CPU_WARN]
+    if busy:
+        f["warnings"].append(f"paced at {rate:,.0f}/s a load process used {max(busy):.0%} of a "
+                             f"core (over {LOAD_CPU_WARN:.0%}): its own delays are in the "
+                             f"latency (more --procs?)")  # fmt: skip
+    late = f.get("late_ms", {}).get("p99_ms", 0.0)
+    progress(f"RouteStream paced at {rate:,.0f}/s ({args.procs} load processes): made "
+             f"{f['per_s']:,.0f}/s, p50 {f['latency_ms']['p50_ms']} ms, p99 "
+             f"{f['latency_ms']['p99_ms']} ms (queued late p99 {late} ms), server "
+             f"{f['cpu_us_per_call']} µs CPU/decision, load CPU {f['load_cpu']}, load "
+             f"{f['loadavg']}-{f['loadavg_end']}")  # fmt: skip
+    for warning in f["warnings"]:
+        progress(f"WARNING: {warning}")
+    return f
 
 
 def spread(values: list[float]) -> float:
@@ -478,7 +633,11 @@ def spread(values: list[float]) -> float:
     return (max(values) - min(values)) / mid if mid else 0.0
 
 
-def summarize(rounds: list[dict[str, dict[str, Any]]], paced: dict[str, Any] | None) -> dict:
+def summarize(
+    rounds: list[dict[str, dict[str, Any]]],
+    paced: dict[str, Any] | None,
+    paced_rates: list[dict[str, Any]] | None = None,
+) -> dict:
     s: dict[str, Any] = {"warnings": []}
 
     def per_round(f: Any, name: str) -> float:
@@ -533,6 +692,9 @@ def summarize(rounds: list[dict[str, dict[str, Any]]], paced: dict[str, Any] | N
     if any(r[k]["errors"] for r in rounds for k in KINDS):
         s["warnings"].append("some calls failed: see errors")
     s["paced_stream"] = paced
+    s["paced_rates"] = paced_rates or []
+    for f in ([paced] if paced else []) + s["paced_rates"]:
+        s["warnings"] += f.get("warnings", [])
     return s
 
 
@@ -603,6 +765,22 @@ def markdown(record: dict[str, Any]) -> str:
                      paced["latency_ms"]["p99_ms"] <= 5.0))  # fmt: skip
     lines += ["", "| target | measured (median of rounds) | target | |", "|---|---|---|---|"]
     lines += [f"| {name} | {value} | {target} | {met[ok]} |" for name, value, target, ok in rows]
+    every = ([paced] if paced else []) + s.get("paced_rates", [])
+    if every:
+        head = f"| paced ({p['procs']} load processes, {p['paced_streams']} streams each)"
+        lines += ["", head + " | asked | made | server CPU µs/decision | p50 ms | p99 ms "
+                  "| queued late p99 ms | load CPU (each) | load avg |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for i, f in enumerate(every):
+            name = ("half its max rate" if not p.get("paced_rate") else "set rate") if (
+                paced and i == 0) else "set rate"  # fmt: skip
+            lines.append(
+                f"| {name} | {f['rate']:,.0f}/s | {f['per_s']:,.0f}/s | {f['cpu_us_per_call']} "
+                f"| {f['latency_ms']['p50_ms']:.2f} | {f['latency_ms']['p99_ms']:.2f} "
+                f"| {f.get('late_ms', {}).get('p99_ms', 0.0):.2f} "
+                f"| {', '.join(f'{c:.2f}' for c in f['load_cpu'])} "
+                f"| {f['loadavg']}–{f['loadavg_end']} |"
+            )
     for rerun in s.get("reruns", []):
         lines.append(
             f"\nRound {rerun['round']}'s {rerun['kind']} ran out of its "
@@ -631,8 +809,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         data = os.path.join(tmp, "data") if args.data_dir else ""
         server = ServerProcess(data_dir=data, fsync=not args.no_fsync)
         pool = multiprocessing.get_context("spawn").Pool(args.procs)
+        caps: list[Any] = []
         try:
             target = server.start()
+            if args.cgroup:
+                caps = weighted(server, pool)
+                record["cgroup"] = f"{len(caps)} x {caps[0].describe()}"
             record["world"] = loadgen.run_in_process(
                 build, target, args.shops, args.agents, args.open_buyers
             )
@@ -684,21 +866,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                  f"{f['cpu_us_per_call']} µs server CPU/call, load "
                                  f"{f['loadavg']}, {f.get('sample_reasons', '')}")  # fmt: skip
             paced = None
+            record["paced_rates"] = []
             if args.paced:
                 rate = (
                     args.paced_rate
                     or statistics.median(r["stream_new"]["per_s"] for r in record["rounds"]) / 2
                 )
-                job = {**base, "kind": args.paced_kind, "tag": "paced", "rate": rate / args.procs}
-                paced = {**measure(server, pool, job, args.procs), "rate": rate}
-                progress(f"RouteStream paced at {rate:,.0f}/s: p99 "
-                         f"{paced['latency_ms']['p99_ms']} ms")  # fmt: skip
+                paced = measure_paced(server, pool, base, args, rate, "paced")
+                for i, rate in enumerate(args.paced_rates):
+                    f = measure_paced(server, pool, base, args, rate, f"paced{i}")
+                    record["paced_rates"].append(f)
         finally:
             pool.close()
             pool.join()
             server.stop()
+            for cap in caps:
+                cap.remove()
     record["loadavg_end"] = os.getloadavg()[0]
-    record["summary"] = summarize(record["rounds"], paced)
+    record["summary"] = summarize(record["rounds"], paced, record["paced_rates"])
     return record
 
 
@@ -726,6 +911,16 @@ def add_arguments(p: argparse.ArgumentParser, quick: bool = False) -> None:
     p.add_argument("--paced-rate", type=float, default=0.0,
                    help="pace the stream at this rate/s instead (0: half the median "
                         "stream_new rate)")  # fmt: skip
+    p.add_argument("--paced-streams", type=int, default=1,
+                   help="paced RouteStreams per load process (a gateway has one)")  # fmt: skip
+    p.add_argument("--paced-window", type=int, default=2000,
+                   help="paced: unanswered requests a stream may have (the SDK's bound is "
+                        "the server's flow control)")  # fmt: skip
+    p.add_argument("--paced-rates", type=lambda s: [float(x) for x in s.split(",") if x],
+                   default=[], help="then pace at each of these rates/s too")  # fmt: skip
+    p.add_argument("--cgroup", action="store_true",
+                   help="the server and load processes in a cgroup of high CPU weight, "
+                        "no quota (bench/cgroups.py; root): others' work waits")  # fmt: skip
     p.add_argument("--data-dir", action="store_true", help="journal on (a temporary dir)")
     p.add_argument("--no-fsync", action="store_true")
     p.add_argument("--out", default="", help="write cpu.json and cpu.md here")

@@ -46,6 +46,15 @@ MAX_PER_MESSAGE = 1000
 MAX_UNSENT = 1000
 """Requests queued but not written: with this many ``send`` waits (the server holds the
 stream back, or the connection is slow), so a caller cannot grow the queue unbounded."""
+MESSAGES_IN_FLIGHT = 2
+"""Coalescing, messages written and not wholly answered: with this many the writer waits
+for an answer before it writes again, and what is queued meanwhile goes in one message.
+The server reads and answers a message at a time (~80 µs of its CPU a message, ~10 a
+request), so writing each request as it comes, one a message at 30,000/s, queued
+messages behind its reads for hundreds of ms (bench/README.md, "RouteStream p99");
+waiting for an answer lets a message carry what came during a round trip. Two, not one:
+the server reads the next message while its answer to the last is on its way. A lone
+request on an idle stream still goes at once."""
 COALESCE_KEY = "fenliu-coalesce"
 """A server that coalesces says so in RouteStream's initial metadata."""
 
@@ -55,7 +64,8 @@ class _Call:
     every request not answered yet, in order (``pending``: the unwritten ones last), and
     its writer and reader tasks."""
 
-    __slots__ = ("call", "pending", "outbox", "coalesce", "ended", "writer", "reader", "wakes")
+    __slots__ = ("call", "pending", "outbox", "coalesce", "ended", "writer", "reader", "wakes",
+                 "ends", "written")  # fmt: skip
 
     def __init__(self, call: Any) -> None:
         self.call = call
@@ -68,6 +78,10 @@ class _Call:
         # wakes[0]: the writer's future while the outbox is empty; wakes[1]: the future
         # senders wait on while the outbox is full.
         self.wakes: list[asyncio.Future[None] | None] = [None, None]
+        # how many requests were written, and that count at the end of each message not
+        # wholly answered yet (coalescing, at most MESSAGES_IN_FLIGHT)
+        self.written = 0
+        self.ends: collections.deque[int] = collections.deque()
 
     def wake(self, which: int) -> None:
         waiter = self.wakes[which]
@@ -86,9 +100,11 @@ class RouteStream:
 
     Coalescing: one writer task writes, in one message, every request queued at the moment
     it writes (a lone request goes at once: it never waits to fill a message), and the
-    server answers, in one reply, every answer ready at once; with a server that does not
-    say it coalesces (``COALESCE_KEY``), one request a message. Server CPU per decision
-    then falls with the requests in flight (bench/README.md).
+    server answers, in one reply, every answer ready at once; with ``MESSAGES_IN_FLIGHT``
+    messages unanswered the writer waits for an answer, so under load a message carries
+    what came during a round trip rather than the server reading one a request. With a
+    server that does not say it coalesces (``COALESCE_KEY``), one request a message. Server
+    CPU per decision then falls with the requests in flight (bench/README.md).
     """
 
     def __init__(self, open_call: Callable[[], Any], timeout: float) -> None:
@@ -142,7 +158,8 @@ class RouteStream:
         future: asyncio.Future[RouteResult] = loop.create_future()
         live.pending.append(future)
         live.outbox.append(request)
-        live.wake(0)
+        if not (live.coalesce and len(live.ends) >= MESSAGES_IN_FLIGHT):
+            live.wake(0)  # else the writer waits for an answer, not for this request
         return future
 
     async def route(
@@ -199,22 +216,24 @@ class RouteStream:
     async def _write(self, live: _Call) -> None:
         """Write what ``send`` queued, as it comes: everything queued at once in one
         message (once the server said it coalesces), until the stream is closed."""
-        call, outbox, wakes = live.call, live.outbox, live.wakes
+        call, outbox, wakes, ends = live.call, live.outbox, live.wakes, live.ends
         loop = asyncio.get_running_loop()
         try:
             while not live.ended:
-                if not outbox:
-                    if self._closed:
+                if not outbox or (live.coalesce and len(ends) >= MESSAGES_IN_FLIGHT):
+                    if self._closed and not outbox:
                         await call.done_writing()
                         return
                     waiter = wakes[0] = loop.create_future()
-                    await waiter
+                    await waiter  # a request queued, or (coalescing) a message answered
                     continue
                 count = min(len(outbox), MAX_PER_MESSAGE) if live.coalesce else 1
                 message = pb.RouteStreamRequest(request=outbox[0], coalesce=True)
                 if count > 1:
                     message.more.extend(outbox[1:count])
                 del outbox[:count]
+                live.written += count  # every message, so the answers' count matches
+                ends.append(live.written)
                 live.wake(1)
                 await call.write(message)
                 self.messages_sent += 1
@@ -231,6 +250,7 @@ class RouteStream:
         try:
             metadata = await call.initial_metadata()
             live.coalesce = any(key == COALESCE_KEY for key, _ in metadata or ())
+            ends, answered = live.ends, 0
             while True:
                 reply = await call.read()
                 if reply is grpc.aio.EOF:  # type: ignore[attr-defined]
@@ -239,6 +259,12 @@ class RouteStream:
                     future = pending.popleft()
                     if not future.done():
                         future.set_result(from_pb(result))
+                answered += 1 + len(reply.more)
+                if ends and ends[0] <= answered:
+                    while ends and ends[0] <= answered:
+                        ends.popleft()
+                    if live.coalesce:
+                        live.wake(0)  # room for a message: the writer writes what is queued
         except grpc.aio.AioRpcError as exc:
             error = from_rpc_error(exc)
         except asyncio.CancelledError:

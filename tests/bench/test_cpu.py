@@ -112,3 +112,32 @@ def test_a_paced_streams_budget_covers_every_send_its_rate_allows() -> None:
         job = {"kind": "stream_new", "rate": rate, "seconds": seconds, "streams": streams}
         # each writer sends at most one request per 1/rate s before the deadline, plus one
         assert cpu.request_budget(job) >= rate * seconds + streams
+
+
+def test_the_paced_stream_is_paced_by_every_load_process_and_at_each_set_rate(
+    tmp_path: Path,
+) -> None:
+    """``--procs 2``: each load process paces its share on its own stream, the latency of
+    both merged; each process's CPU share and how late it queued requests are reported,
+    for the half-max rate and each of ``--paced-rates``, in the JSON and the table."""
+    cmd = [
+        sys.executable, str(ROOT / "bench" / "run.py"), "quick", "--rounds", "1",
+        "--seconds", "0.5", "--shops", "20", "--open-buyers", "1000", "--no-h2load",
+        "--batch-size", "100", "--procs", "2", "--paced-rates", "400,1000", "--out",
+        str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "cpu.json").read_text())["summary"]
+    every = [summary["paced_stream"], *summary["paced_rates"]]
+    assert [f["rate"] for f in every[1:]] == [400.0, 1000.0]
+    for figure in every:
+        assert len(figure["load_cpu"]) == 2 and all(c > 0 for c in figure["load_cpu"]), figure
+        assert figure["latency_ms"]["count"] == figure["done"] > 0, figure
+        assert figure["errors"] == {} and figure["exhausted"] is False, figure
+        assert figure["late_ms"]["count"] >= figure["done"], figure
+        # latency counts from each request's scheduled time: queued on time or after it
+        assert figure["latency_ms"]["p50_ms"] > 0, figure
+    table = (tmp_path / "cpu.md").read_text()
+    assert "| paced (2 load processes, 1 streams each)" in table
+    assert sum(1 for line in table.splitlines() if line.startswith("| set rate |")) == 2

@@ -26,7 +26,7 @@ from fenliu.client import (
     route_request,
 )
 from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
-from fenliu.client._stream import MAX_PER_MESSAGE, MAX_UNSENT
+from fenliu.client._stream import COALESCE_KEY, MAX_PER_MESSAGE, MAX_UNSENT, MESSAGES_IN_FLIGHT
 from fenliu.server.config import Config
 from fenliu.server.rpc.app import ServerThread
 
@@ -203,3 +203,87 @@ def test_with_a_server_that_does_not_coalesce_the_sdk_sends_one_request_a_messag
     messages, buyers = asyncio.run(scenario())
     assert buyers == [f"b{i}" for i in range(200)]
     assert messages == [1] * 201
+
+
+class _HeldRouting(pb_grpc.RoutingServicer):
+    """A coalescing RouteStream server that answers a message only once the test lets it
+    (``gate``): what the SDK writes while its messages are unanswered."""
+
+    def __init__(self) -> None:
+        self.messages: list[list[str]] = []  # the buyers of each message received
+        self.gate = asyncio.Semaphore(0)
+
+    async def RouteStream(self, requests: Any, context: Any) -> AsyncIterator[Any]:
+        await context.send_initial_metadata(((COALESCE_KEY, "1"),))
+        received: asyncio.Queue[list[str]] = asyncio.Queue()
+
+        async def read() -> None:  # every message as it comes, answered or not
+            async for message in requests:
+                buyers = [r.buyer_id for r in (message.request, *message.more)]
+                self.messages.append(buyers)
+                received.put_nowait(buyers)
+
+        reader = asyncio.ensure_future(read())
+        while not (reader.done() and received.empty()):
+            getting = asyncio.ensure_future(received.get())
+            await asyncio.wait({getting, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if not getting.done():
+                getting.cancel()
+                continue
+            buyers = getting.result()
+            await self.gate.acquire()
+            results = [
+                pb.RouteResult(decision=pb.Decision(buyer_id=b, outcome=pb.OUTCOME_ASSIGNED))
+                for b in buyers
+            ]
+            yield pb.RouteStreamReply(result=results[0], more=results[1:])
+
+
+async def _until(condition: Any, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def test_with_its_messages_unanswered_the_sdk_waits_and_sends_what_came_in_one() -> None:
+    """Coalescing, at most ``MESSAGES_IN_FLIGHT`` messages go unanswered: requests sent
+    meanwhile wait (none written, however long), and the first answer lets them all go in
+    one message; every one answered to its caller, in order."""
+    assert MESSAGES_IN_FLIGHT == 2  # the scenario below holds two
+
+    async def scenario() -> tuple[list[list[str]], list[str], list[int]]:
+        held = _HeldRouting()
+        server = grpc.aio.server()
+        pb_grpc.add_RoutingServicer_to_server(held, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        written = []
+        try:
+            async with AsyncClient(f"127.0.0.1:{port}", timeout=60) as fenliu:
+                async with fenliu.route_stream() as stream:
+                    assert isinstance(stream, RouteStream)
+                    held.gate.release()
+                    await stream.route("s1", "first")  # the server's metadata is in
+                    futures = [await stream.send(route_request("s1", "a1"))]
+                    await _until(lambda: len(held.messages) == 2)
+                    futures.append(await stream.send(route_request("s1", "a2")))
+                    await _until(lambda: len(held.messages) == 3)
+                    futures += [await stream.send(route_request("s1", f"c{i}")) for i in range(10)]
+                    for _ in range(20):  # the writer has every chance to write: it must not
+                        await asyncio.sleep(0.01)
+                    written.append(stream.messages_sent)
+                    held.gate.release()  # a1's answer: room for one message
+                    await _until(lambda: len(held.messages) == 4)
+                    written.append(stream.messages_sent)
+                    for _ in range(2):
+                        held.gate.release()
+                    results = [await f for f in futures]
+        finally:
+            await server.stop(None)
+        return held.messages, [r.decision.buyer_id for r in results if r.decision], written
+
+    messages, buyers, written = asyncio.run(scenario())
+    assert messages == [["first"], ["a1"], ["a2"], [f"c{i}" for i in range(10)]]
+    assert buyers == ["a1", "a2", *(f"c{i}" for i in range(10))]
+    assert written == [3, 4]
