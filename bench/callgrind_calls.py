@@ -157,7 +157,7 @@ def main() -> None:
         proc, target, log = start_server(out)
         counts: dict[str, int] = {}
         try:
-            world = loadgen.run_in_process(cpu.build, target, SHOPS, AGENTS, OPEN_BUYERS)
+            world = loadgen.run_in_process(cpu.build_world, target, SHOPS, AGENTS, OPEN_BUYERS)
             for kind in kinds:
                 counts[kind] = asyncio.run(
                     drive(proc.pid, target, kind, args.calls, args.concurrency)
