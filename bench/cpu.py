@@ -771,6 +771,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                          f"{rate:,.0f}/s")  # fmt: skip
                                 job = {**job, "tag": f"t{next(tags)}", "budget_rate": rate}
                             f["rss_mib"] = round(server.rss_kib() / 1024, 1)
+                            f["server_pid"] = server.proc.pid
                         progress(f"round {i + 1}/{args.rounds} {kind} ({build}): "
                                  f"{f['per_s']:,.0f}/s, {f['cpu_us_per_call']} µs server "
                                  f"CPU/call, load {f['loadavg']}, RSS {f['rss_mib']} MiB"
