@@ -47,7 +47,7 @@ SHOPS, AGENTS, OPEN_BUYERS = 10, 4, 200
 
 
 def start_server(
-    out: Path, python: str = sys.executable
+    out: Path, python: str = sys.executable, freeze: float | None = None
 ) -> tuple[subprocess.Popen[bytes], str, Any]:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is missing: apt-get install -y valgrind")
@@ -55,6 +55,8 @@ def start_server(
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/callgrind.out",
            python, "-m", "fenliu.server", "--host", "127.0.0.1", "--port", "0",
            "--data-dir", "", "--grace", "0.2"]  # fmt: skip
+    if freeze is not None:
+        cmd += ["--gc-freeze-interval", str(freeze)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -158,13 +160,17 @@ def main() -> None:
     parser.add_argument("--python", default=sys.executable,
                         help="the server's interpreter (another build's, for an A/B)")  # fmt: skip
     parser.add_argument("--shops", type=int, default=SHOPS)
+    parser.add_argument("--gc-freeze-interval", type=float, default=None,
+                        help="the server's (1 s by default): under valgrind ~50x slower, "
+                             "so 50 s makes as many decisions between freezes as 1 s at "
+                             "full speed")  # fmt: skip
     parser.add_argument("--batch-items", type=int, default=3000,
                         help="RouteBatch decisions (in batches of 1,000)")  # fmt: skip
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     with tempfile.TemporaryDirectory(prefix="fenliu-cg-") as tmp:
         out = Path(tmp)
-        proc, target, log = start_server(out, args.python)
+        proc, target, log = start_server(out, args.python, args.gc_freeze_interval)
         counts: dict[str, int] = {}
         try:
             world = loadgen.run_in_process(cpu.build_world, target, args.shops, AGENTS, OPEN_BUYERS)
@@ -192,7 +198,7 @@ def main() -> None:
     per_call = {k: round(sum(dumps[k].values()) / counts[k]) for k in kinds if k in dumps}
     record: dict[str, Any] = {
         "calls": args.calls, "concurrency": args.concurrency, "world": world,
-        "python": args.python,
+        "python": args.python, "gc_freeze_interval": args.gc_freeze_interval,
         "loadavg": round(os.getloadavg()[0], 2), "instructions_per_call": per_call,
     }  # fmt: skip
     record["top"] = {

@@ -623,7 +623,7 @@ def markdown(record: dict[str, Any]) -> str:
             f"{rerun['budget']:,} pre-built requests and was measured again with more."
         )
     if "ab" in s:
-        lines += ["", f"A/B, the same rounds: this build ({sys.executable}) against "
+        lines += ["", f"A/B, the same rounds: this build ({record['builds']['this']}) against "
                   f"{record['ab']['python']}, each kind on one then the other",
                   "", "| kind | this µs/call | base µs/call | this/base (median of rounds) "
                   "| by round |", "|---|---|---|---|---|"]  # fmt: skip
@@ -715,7 +715,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from run import progress
 
     kinds = selected(args)
-    builds = {"this": sys.executable}
+    builds = {"this": args.server_python or sys.executable}
     if args.ab_python:
         builds["base"] = args.ab_python
     record: dict[str, Any] = {
@@ -872,6 +872,8 @@ def add_arguments(p: argparse.ArgumentParser, quick: bool = False) -> None:
                         "(the world holds the build and that kind's new sessions only); "
                         "shared: one server for the run, its world growing by every new "
                         "buyer of every kind")  # fmt: skip
+    p.add_argument("--server-python", default="",
+                   help="the server's interpreter (default: this one's)")  # fmt: skip
     p.add_argument("--ab-python", default="",
                    help="also run every kind on a server of this Python (another build, "
                         "e.g. /work/venvs/base/bin/python), interleaved: an A/B table")  # fmt: skip
