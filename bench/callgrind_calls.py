@@ -46,13 +46,17 @@ KINDS = ("idle", "echo", "route_new", "route_open", "stream_new", "batch_new")
 SHOPS, AGENTS, OPEN_BUYERS = 10, 4, 200
 
 
-def start_server(out: Path) -> tuple[subprocess.Popen[bytes], str, Any]:
+def start_server(
+    out: Path, python: str = sys.executable, freeze: float | None = None
+) -> tuple[subprocess.Popen[bytes], str, Any]:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is missing: apt-get install -y valgrind")
     log = tempfile.NamedTemporaryFile(prefix="fenliu-callgrind-", suffix=".log")
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/callgrind.out",
-           sys.executable, "-m", "fenliu.server", "--host", "127.0.0.1", "--port", "0",
+           python, "-m", "fenliu.server", "--host", "127.0.0.1", "--port", "0",
            "--data-dir", "", "--grace", "0.2"]  # fmt: skip
+    if freeze is not None:
+        cmd += ["--gc-freeze-interval", str(freeze)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -72,11 +76,14 @@ def control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
 
 
-async def drive(pid: int, target: str, kind: str, calls: int, concurrency: int) -> int:
+async def drive(
+    pid: int, target: str, kind: str, calls: int, concurrency: int, shops: int = SHOPS,
+    batch_items: int = 3000,
+) -> int:  # fmt: skip
     """Send ``kind`` between a zero and a dump; returns how many decisions (or calls)."""
-    job = {"kind": kind, "shops": SHOPS, "tag": kind[:3], "proc": 0, "procs": 1,
+    job = {"kind": kind, "shops": shops, "tag": kind[:3], "proc": 0, "procs": 1,
            "open_buyers": OPEN_BUYERS}  # fmt: skip
-    count = 3000 if kind.startswith("batch") else calls
+    count = batch_items if kind.startswith("batch") else calls
     reqs = [] if kind in ("idle", "echo") else cpu.requests(job, count)
     async with grpc.aio.insecure_channel(target) as ch:
         echo = ch.unary_unary(loadgen.ECHO)
@@ -150,17 +157,34 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--python", default=sys.executable,
+                        help="the server's interpreter (another build's, for an A/B)")  # fmt: skip
+    parser.add_argument("--shops", type=int, default=SHOPS)
+    parser.add_argument("--gc-freeze-interval", type=float, default=None,
+                        help="the server's (1 s by default): under valgrind ~50x slower, "
+                             "so 50 s makes as many decisions between freezes as 1 s at "
+                             "full speed")  # fmt: skip
+    parser.add_argument("--batch-items", type=int, default=3000,
+                        help="RouteBatch decisions (in batches of 1,000)")  # fmt: skip
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     with tempfile.TemporaryDirectory(prefix="fenliu-cg-") as tmp:
         out = Path(tmp)
-        proc, target, log = start_server(out)
+        proc, target, log = start_server(out, args.python, args.gc_freeze_interval)
         counts: dict[str, int] = {}
         try:
-            world = loadgen.run_in_process(cpu.build, target, SHOPS, AGENTS, OPEN_BUYERS)
+            world = loadgen.run_in_process(cpu.build_world, target, args.shops, AGENTS, OPEN_BUYERS)
             for kind in kinds:
                 counts[kind] = asyncio.run(
-                    drive(proc.pid, target, kind, args.calls, args.concurrency)
+                    drive(
+                        proc.pid,
+                        target,
+                        kind,
+                        args.calls,
+                        args.concurrency,
+                        args.shops,
+                        args.batch_items,
+                    )
                 )
         finally:
             proc.terminate()
@@ -174,6 +198,7 @@ def main() -> None:
     per_call = {k: round(sum(dumps[k].values()) / counts[k]) for k in kinds if k in dumps}
     record: dict[str, Any] = {
         "calls": args.calls, "concurrency": args.concurrency, "world": world,
+        "python": args.python, "gc_freeze_interval": args.gc_freeze_interval,
         "loadavg": round(os.getloadavg()[0], 2), "instructions_per_call": per_call,
     }  # fmt: skip
     record["top"] = {

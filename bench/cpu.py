@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import gc
 import itertools
 import json
@@ -78,7 +79,7 @@ def shop_ids(shops: int) -> list[str]:
     return [f"c{i:03d}" for i in range(shops)]  # fixed width: h2load's template patches it
 
 
-async def build(target: str, shops: int, agents: int, open_buyers: int) -> dict[str, Any]:
+async def build_world(target: str, shops: int, agents: int, open_buyers: int) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(target) as channel:
         presence = channel.unary_unary(
             loadgen.REGISTER, request_serializer=pb.RegisterAgentRequest.SerializeToString
@@ -578,19 +579,21 @@ def measure(server: Any, pool: Any, job: dict[str, Any], procs: int) -> dict[str
     }  # fmt: skip
 
 
-def weighted(server: Any, pool: Any) -> list[Any]:
-    """The server and each load process moved into a cgroup of its own of a high CPU
-    weight and no quota (``bench/cgroups.py``; one each, as ``bench/cluster.py`` gives each
-    node one: cgroup v1 shares are a group's, not each process's): on shared cores, other
-    work then waits for them rather than they for it (``--cgroup``; a paced stream's
-    latency is mostly that wait)."""
+def weighted(pool: Any) -> list[Any]:
+    """A cgroup of a high CPU weight and no quota (``bench/cgroups.py``) for the servers
+    (the first: ``Worlds`` moves each server it starts into it) and one for each load
+    process, moved in now (one each, as ``bench/cluster.py`` gives each node one: cgroup
+    v1 shares are a group's, not each process's): on shared cores, other work then waits
+    for them rather than they for it (``--cgroup``; a paced stream's latency is mostly that
+    wait)."""
     from cgroups import CpuCap, cgroup_root
 
     root, caps = cgroup_root(None), []
     try:
-        for i, pid in enumerate([server.proc.pid, *(worker.pid for worker in pool._pool)]):
+        caps.append(CpuCap(root, f"fenliu-bench-cpu-{os.getpid()}-server", 0))
+        for i, worker in enumerate(pool._pool):
             caps.append(CpuCap(root, f"fenliu-bench-cpu-{os.getpid()}-{i}", 0))
-            caps[-1].move([pid])
+            caps[-1].move([worker.pid])
     except OSError:
         for cap in caps:
             cap.remove()
@@ -637,18 +640,22 @@ def summarize(
     rounds: list[dict[str, dict[str, Any]]],
     paced: dict[str, Any] | None,
     paced_rates: list[dict[str, Any]] | None = None,
+    kinds: tuple[str, ...] = KINDS,
 ) -> dict:
     s: dict[str, Any] = {"warnings": []}
 
-    def per_round(f: Any, name: str) -> float:
-        values = [f(r) for r in rounds]
+    def per_round(f: Any, name: str) -> float | None:
+        try:
+            values = [f(r) for r in rounds]
+        except KeyError:  # a kind of the ratio was not run (--kinds)
+            return None
         s[f"{name}_by_round"] = [round(v, 3) for v in values]
         if len(values) > 1 and spread(values) > SPREAD:
             s["warnings"].append(f"{name}: rounds disagree by {spread(values):.0%}: {values}")
         s[name] = round(statistics.median(values), 3)
         return s[name]
 
-    for kind in KINDS:
+    for kind in kinds:
         per_round(lambda r, k=kind: r[k]["cpu_us_per_call"], f"{kind}_cpu_us")
         per_round(lambda r, k=kind: r[k]["per_s"], f"{kind}_per_s")
     for case in ("new", "open"):
@@ -679,17 +686,17 @@ def summarize(
             r[f"h2load_route_{c}"]["real_decisions"] for r in rounds for c in ("new", "open")
         ):
             s["warnings"].append("an h2load sample was not the expected decision")
-    s["real_decisions"] = all(r[k]["real_decisions"] for r in rounds for k in KINDS if k != "echo")
+    s["real_decisions"] = all(r[k]["real_decisions"] for r in rounds for k in kinds if k != "echo")
     if not s["real_decisions"]:
         s["warnings"].append("a sample's decision reason was not the expected one")
-    short = sorted({k for r in rounds for k in KINDS if r[k]["exhausted"]})
+    short = sorted({k for r in rounds for k in kinds if r[k]["exhausted"]})
     if paced is not None and paced["exhausted"]:
         short.append("the paced stream")
     if short:
         s["warnings"].append(f"ran out of pre-built requests (even with a larger budget): "
                              f"{', '.join(short)}; raise --max-rate")  # fmt: skip
     s["reruns"] = [r for rnd in rounds for r in rnd.get("reruns", [])]
-    if any(r[k]["errors"] for r in rounds for k in KINDS):
+    if any(r[k]["errors"] for r in rounds for k in kinds):
         s["warnings"].append("some calls failed: see errors")
     s["paced_stream"] = paced
     s["paced_rates"] = paced_rates or []
@@ -701,19 +708,20 @@ def summarize(
 def markdown(record: dict[str, Any]) -> str:
     s, p = record["summary"], record["parameters"]
     last = record["rounds"][-1]
+    kinds = tuple(record.get("kinds", KINDS))
     met = {True: "met", False: "NOT met", None: "—"}
     lines = [
         f"Run {record['started']} on {os.cpu_count()} cores, load average "
         f"{record['loadavg_start']:.1f} at start / {record['loadavg_end']:.1f} at end, "
         f"commit {record['commit']}; medians of {p['rounds']} interleaved rounds of "
         f"{p['seconds']} s, {p['procs']} load processes; journal "
-        f"{'on' if p['data_dir'] else 'off'}.",
+        f"{'on' if p['data_dir'] else 'off'}. World: {record.get('world_bound', '')}.",
         "",
         "| kind | decisions/s | server CPU µs/call | by round | load avg (last round) "
         "| p99 ms (last) | real decisions |",
         "|---|---|---|---|---|---|---|",
     ]
-    for kind in KINDS:
+    for kind in kinds:
         lines.append(
             f"| {kind} | {s[f'{kind}_per_s']:,.0f} | {s[f'{kind}_cpu_us']:.1f} "
             f"| {', '.join(f'{v:.1f}' for v in s[f'{kind}_cpu_us_by_round'])} "
@@ -731,22 +739,28 @@ def markdown(record: dict[str, Any]) -> str:
                 f"| {last[f'h2load_{kind}'].get('real_decisions', '—')} |"
             )
     paced = s.get("paced_stream") or {}
-    rows = [
-        ("Route/Echo by server CPU per call, new buyers", s["route_new_vs_echo_by_cpu"],
-         "≥ 0.90", s["route_new_vs_echo_by_cpu"] >= 0.90),
-        ("Route/Echo by server CPU per call, open-session messages",
-         s["route_open_vs_echo_by_cpu"], "≥ 0.90", s["route_open_vs_echo_by_cpu"] >= 0.90),
-        ("RouteStream/Route decisions per server CPU-second, new buyers",
-         s["stream_new_vs_route_by_cpu"], "≥ 3", s["stream_new_vs_route_by_cpu"] >= 3),
-        ("RouteStream/Route decisions per server CPU-second, open sessions",
-         s["stream_open_vs_route_by_cpu"], "≥ 3", s["stream_open_vs_route_by_cpu"] >= 3),
-        ("RouteStream one request a message (not coalescing)/Route, new buyers",
-         s["stream_new_single_vs_route_by_cpu"], "(before)", None),
-        ("RouteStream coalescing/one a message, new buyers", s["stream_new_vs_single_by_cpu"],
-         "(the gain)", None),
-        ("RouteBatch of new buyers, decisions/s", f"{s['batch_new_per_s']:,.0f}",
-         "≥ 150,000", s["batch_new_per_s"] >= 150_000),
-    ]  # fmt: skip
+    rows: list[tuple[str, Any, str, bool | None]] = []
+
+    def row(name: str, key: str, target: str, bound: float | None, text: str = "") -> None:
+        value = s.get(key)
+        if value is not None:  # None: a kind of it was not run (--kinds)
+            rows.append((name, text.format(value) if text else value, target,
+                         None if bound is None else value >= bound))  # fmt: skip
+
+    row("Route/Echo by server CPU per call, new buyers", "route_new_vs_echo_by_cpu", "≥ 0.90",
+        0.90)  # fmt: skip
+    row("Route/Echo by server CPU per call, open-session messages",
+        "route_open_vs_echo_by_cpu", "≥ 0.90", 0.90)  # fmt: skip
+    row("RouteStream/Route decisions per server CPU-second, new buyers",
+        "stream_new_vs_route_by_cpu", "≥ 3", 3)  # fmt: skip
+    row("RouteStream/Route decisions per server CPU-second, open sessions",
+        "stream_open_vs_route_by_cpu", "≥ 3", 3)  # fmt: skip
+    row("RouteStream one request a message (not coalescing)/Route, new buyers",
+        "stream_new_single_vs_route_by_cpu", "(before)", None)  # fmt: skip
+    row("RouteStream coalescing/one a message, new buyers", "stream_new_vs_single_by_cpu",
+        "(the gain)", None)  # fmt: skip
+    row("RouteBatch of new buyers, decisions/s", "batch_new_per_s", "≥ 150,000", 150_000,
+        "{:,.0f}")  # fmt: skip
     if h2:
         for case, name in (("new", "new buyers"), ("open", "open-session messages")):
             value = s[f"h2load_route_{case}_vs_echo_by_cpu"]
@@ -786,41 +800,126 @@ def markdown(record: dict[str, Any]) -> str:
             f"\nRound {rerun['round']}'s {rerun['kind']} ran out of its "
             f"{rerun['budget']:,} pre-built requests and was measured again with more."
         )
+    if "ab" in s:
+        lines += ["", f"A/B, the same rounds: this build ({record['builds']['this']}) against "
+                  f"{record['ab']['python']}, each kind on one then the other",
+                  "", "| kind | this µs/call | base µs/call | this/base (median of rounds) "
+                  "| by round |", "|---|---|---|---|---|"]  # fmt: skip
+        for kind, f in s["ab"].items():
+            lines.append(
+                f"| {kind} | {f['this_cpu_us']:.2f} | {f['base_cpu_us']:.2f} "
+                f"| {f['ratio']:.3f} | {', '.join(map(str, f['ratio_by_round']))} |"
+            )
     if s["warnings"]:
         lines += ["", *(f"WARNING: {w}" for w in s["warnings"])]
     return "\n".join(lines) + "\n"
+
+
+class Worlds:
+    """Where each kind runs: a fresh server per kind (``--world per-kind``: the world is the
+    build plus that kind's own sessions, never earlier kinds'), or one server per build
+    for the whole run (``shared``: the world grows by every new buyer of every kind).
+    ``builds`` maps a build's name to its Python (``this``: the running one; ``--ab-python``
+    adds ``base``), each server started with that interpreter."""
+
+    def __init__(self, args: argparse.Namespace, builds: dict[str, str], tmp: str) -> None:
+        self.args, self.builds, self.tmp = args, builds, tmp
+        self.shared: dict[str, tuple[Any, str]] = {}
+        self.world: dict[str, Any] = {}
+        self.starts = itertools.count()
+        self.cap: Any = None  # --cgroup: the servers' cgroup (``weighted``)
+
+    def _start(self, build: str) -> tuple[Any, str]:
+        from run import ServerProcess, progress
+
+        args = self.args
+        data = os.path.join(self.tmp, f"data{next(self.starts)}") if args.data_dir else ""
+        server = ServerProcess(data_dir=data, fsync=not args.no_fsync)
+        server.args[0] = self.builds[build]
+        try:
+            target = server.start()
+            if self.cap is not None:
+                self.cap.move([server.proc.pid])
+            self.world = loadgen.run_in_process(
+                build_world, target, args.shops, args.agents, args.open_buyers
+            )
+        except BaseException:
+            server.stop()
+            raise
+        if not self.shared or args.world == "per-kind" and build == "this":
+            progress(f"cpu: world {self.world} on {target} ({build}, {args.world})")
+        return server, target
+
+    def start_shared(self) -> None:
+        if self.args.world == "shared":
+            for build in self.builds:
+                self.shared[build] = self._start(build)
+
+    @contextlib.contextmanager
+    def serving(self, build: str) -> Any:
+        if build in self.shared:
+            yield self.shared[build]
+            return
+        server, target = self._start(build)
+        try:
+            yield server, target
+        finally:
+            server.stop()
+
+    def stop(self) -> None:
+        for server, _ in self.shared.values():
+            server.stop()
+
+
+def world_bound(args: argparse.Namespace, world: dict[str, Any], rounds: list[Any]) -> str:
+    """What the world held while a kind was measured, in words: the largest number of open
+    sessions (the build's plus every new buyer decided before and during the kind)."""
+    opened = world.get("open_sessions", 0)
+    if args.world == "per-kind":
+        most = max((opened + r[k]["done"] for r in rounds for k in r if k.endswith(("_new",
+                    "_new_single")) and isinstance(r[k], dict)), default=opened)  # fmt: skip
+        return (f"a fresh server per kind: {world.get('shops')} shops, "
+                f"{world.get('agents')} agents, {opened:,} open sessions, plus the kind's own "
+                f"new sessions (at most {most:,} in all)")  # fmt: skip
+    made = sum(r[k]["done"] for r in rounds for k in r if k.endswith(("_new", "_new_single"))
+               and isinstance(r[k], dict))  # fmt: skip
+    return (
+        f"one server for the run: {world.get('shops')} shops, {world.get('agents')} "
+        f"agents, {opened:,} open sessions growing to ~{opened + made:,} by the end"
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import multiprocessing
     import subprocess
 
-    from run import ServerProcess, progress
+    from run import progress
 
+    kinds = selected(args)
+    builds = {"this": args.server_python or sys.executable}
+    if args.ab_python:
+        builds["base"] = args.ab_python
     record: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "loadavg_start": os.getloadavg()[0],
         "parameters": {k: v for k, v in vars(args).items() if k != "func"},
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                  text=True, cwd=Path(__file__).parent).stdout.strip(),
-        "rounds": [],
+        "kinds": list(kinds), "builds": builds, "rounds": [],
     }  # fmt: skip
+    by_build: dict[str, list[dict[str, Any]]] = {b: [] for b in builds}
     with tempfile.TemporaryDirectory(prefix="fenliu-cpu-") as tmp:
-        data = os.path.join(tmp, "data") if args.data_dir else ""
-        server = ServerProcess(data_dir=data, fsync=not args.no_fsync)
+        worlds = Worlds(args, builds, tmp)
         pool = multiprocessing.get_context("spawn").Pool(args.procs)
         caps: list[Any] = []
         try:
-            target = server.start()
             if args.cgroup:
-                caps = weighted(server, pool)
+                caps = weighted(pool)
+                worlds.cap = caps[0]
                 record["cgroup"] = f"{len(caps)} x {caps[0].describe()}"
-            record["world"] = loadgen.run_in_process(
-                build, target, args.shops, args.agents, args.open_buyers
-            )
-            progress(f"cpu: world {record['world']} on {target}")
+            worlds.start_shared()
             base = {
-                "target": target, "shops": args.shops, "open_buyers": args.open_buyers,
+                "shops": args.shops, "open_buyers": args.open_buyers,
                 "seconds": args.seconds, "concurrency": args.concurrency,
                 "batch": args.batch_size, "streams": args.streams, "window": args.window,
                 "max_rate": args.max_rate,
@@ -828,63 +927,109 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             tags = itertools.count()
             budget_rates: dict[str, float] = {}  # per load process: never below --max-rate
             for i in range(args.rounds):
-                rnd: dict[str, Any] = {}
-                for kind in KINDS:
-                    job = {**base, "kind": kind, "tag": f"t{next(tags)}"}
-                    if kind.startswith("batch"):
-                        job["concurrency"] = args.batch_concurrency
-                    job["budget_rate"] = budget_rates.get(kind)
-                    for attempt in range(BUDGET_ATTEMPTS):
-                        rnd[kind] = f = measure(server, pool, job, args.procs)
-                        # the next rounds pre-build for twice the fastest rate seen
-                        rate = max(
-                            budget_rates.get(kind) or 0.0,
-                            2 * f["per_s"] / args.procs,
-                            args.max_rate * (4 if kind.startswith("batch") else 1),
-                        )
-                        budget_rates[kind] = rate
-                        if not f["exhausted"] or attempt == BUDGET_ATTEMPTS - 1:
-                            break
-                        rnd.setdefault("reruns", []).append(
-                            {"kind": kind, "round": i + 1, "budget": f["budget"]}
-                        )
-                        progress(f"round {i + 1}/{args.rounds} {kind}: ran out of its "
-                                 f"{f['budget']:,} pre-built requests at {f['per_s']:,.0f}/s; "
-                                 f"measuring it again with {rate:,.0f}/s")  # fmt: skip
-                        job = {**job, "tag": f"t{next(tags)}", "budget_rate": rate}
-                    progress(f"round {i + 1}/{args.rounds} {kind}: {f['per_s']:,.0f}/s, "
-                             f"{f['cpu_us_per_call']} µs server CPU/call, load {f['loadavg']}"
-                             + (f", errors {f['errors']}" if f["errors"] else ""))  # fmt: skip
-                record["rounds"].append(rnd)
+                rnds: dict[str, dict[str, Any]] = {b: {} for b in builds}
+                for kind in kinds:
+                    for build in builds:  # interleaved: each kind on every build in turn
+                        rnd = rnds[build]
+                        with worlds.serving(build) as (server, target):
+                            job = {**base, "target": target, "kind": kind,
+                                   "tag": f"t{next(tags)}"}  # fmt: skip
+                            if kind.startswith("batch"):
+                                job["concurrency"] = args.batch_concurrency
+                            job["budget_rate"] = budget_rates.get(kind)
+                            for attempt in range(BUDGET_ATTEMPTS):
+                                rnd[kind] = f = measure(server, pool, job, args.procs)
+                                # the next rounds pre-build for twice the fastest rate seen
+                                rate = max(
+                                    budget_rates.get(kind) or 0.0,
+                                    2 * f["per_s"] / args.procs,
+                                    args.max_rate * (4 if kind.startswith("batch") else 1),
+                                )
+                                budget_rates[kind] = rate
+                                if not f["exhausted"] or attempt == BUDGET_ATTEMPTS - 1:
+                                    break
+                                rnd.setdefault("reruns", []).append(
+                                    {"kind": kind, "round": i + 1, "budget": f["budget"]}
+                                )
+                                progress(f"round {i + 1}/{args.rounds} {kind}: ran out of its "
+                                         f"{f['budget']:,} pre-built requests at "
+                                         f"{f['per_s']:,.0f}/s; measuring it again with "
+                                         f"{rate:,.0f}/s")  # fmt: skip
+                                job = {**job, "tag": f"t{next(tags)}", "budget_rate": rate}
+                            f["rss_mib"] = round(server.rss_kib() / 1024, 1)
+                            f["server_pid"] = server.proc.pid
+                        progress(f"round {i + 1}/{args.rounds} {kind} ({build}): "
+                                 f"{f['per_s']:,.0f}/s, {f['cpu_us_per_call']} µs server "
+                                 f"CPU/call, load {f['loadavg']}, RSS {f['rss_mib']} MiB"
+                                 + (f", errors {f['errors']}" if f["errors"] else ""))  # fmt: skip
+                for build in builds:
+                    by_build[build].append(rnds[build])
+            record["rounds"] = by_build["this"]
             if args.h2load:
                 shim = build_shim(Path(tmp))
                 for i in range(args.rounds):
                     for kind in ("echo", "route_new", "route_open"):
-                        f = h2load_kind(server, target, kind, args, f"{i}{next(tags)}", shim)
+                        with worlds.serving("this") as (server, target):
+                            f = h2load_kind(server, target, kind, args, f"{i}{next(tags)}", shim)
                         record["rounds"][i][f"h2load_{kind}"] = f
                         progress(f"h2load round {i + 1} {kind}: {f['per_s']:,.0f}/s, "
                                  f"{f['cpu_us_per_call']} µs server CPU/call, load "
                                  f"{f['loadavg']}, {f.get('sample_reasons', '')}")  # fmt: skip
             paced = None
             record["paced_rates"] = []
-            if args.paced:
+            if args.paced and "stream_new" in kinds:
                 rate = (
                     args.paced_rate
                     or statistics.median(r["stream_new"]["per_s"] for r in record["rounds"]) / 2
                 )
-                paced = measure_paced(server, pool, base, args, rate, "paced")
-                for i, rate in enumerate(args.paced_rates):
-                    f = measure_paced(server, pool, base, args, rate, f"paced{i}")
+                with worlds.serving("this") as (server, target):
+                    paced = measure_paced(server, pool, {**base, "target": target}, args, rate,
+                                          "paced")  # fmt: skip
+                for k, rate in enumerate(args.paced_rates):
+                    with worlds.serving("this") as (server, target):
+                        f = measure_paced(server, pool, {**base, "target": target}, args, rate,
+                                          f"paced{k}")  # fmt: skip
                     record["paced_rates"].append(f)
         finally:
             pool.close()
             pool.join()
-            server.stop()
+            worlds.stop()
             for cap in caps:
                 cap.remove()
+    record["world"] = worlds.world
+    record["world_bound"] = world_bound(args, worlds.world, record["rounds"])
     record["loadavg_end"] = os.getloadavg()[0]
-    record["summary"] = summarize(record["rounds"], paced, record["paced_rates"])
+    record["summary"] = summarize(record["rounds"], paced, record["paced_rates"], kinds)
+    if "base" in builds:
+        record["ab"] = {"python": builds["base"], "rounds": by_build["base"],
+                        "summary": summarize(by_build["base"], None, None, kinds)}  # fmt: skip
+        record["summary"]["ab"] = ab_summary(record["rounds"], by_build["base"], kinds)
     return record
+
+
+def selected(args: argparse.Namespace) -> tuple[str, ...]:
+    kinds = tuple(k for k in args.kinds.split(",") if k) if args.kinds else KINDS
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise SystemExit(f"--kinds: unknown {unknown}; one of {', '.join(KINDS)}")
+    return tuple(k for k in KINDS if k in kinds)  # the usual order
+
+
+def ab_summary(
+    this: list[dict[str, Any]], other: list[dict[str, Any]], kinds: tuple[str, ...]
+) -> dict[str, Any]:
+    """Per kind: both builds' median server CPU a call and the median of the rounds'
+    ratios (this build's CPU over the other's, each round's pair measured back to back)."""
+    out: dict[str, Any] = {}
+    for kind in kinds:
+        mine = [r[kind]["cpu_us_per_call"] for r in this]
+        theirs = [r[kind]["cpu_us_per_call"] for r in other]
+        ratios = [a / b for a, b in zip(mine, theirs, strict=True)]
+        out[kind] = {"this_cpu_us": round(statistics.median(mine), 2),
+                     "base_cpu_us": round(statistics.median(theirs), 2),
+                     "ratio": round(statistics.median(ratios), 3),
+                     "ratio_by_round": [round(r, 3) for r in ratios]}  # fmt: skip
+    return out
 
 
 def add_arguments(p: argparse.ArgumentParser, quick: bool = False) -> None:
@@ -921,6 +1066,18 @@ def add_arguments(p: argparse.ArgumentParser, quick: bool = False) -> None:
     p.add_argument("--cgroup", action="store_true",
                    help="the server and load processes in a cgroup of high CPU weight, "
                         "no quota (bench/cgroups.py; root): others' work waits")  # fmt: skip
+    p.add_argument("--kinds", default="", help=f"comma-separated, of {','.join(KINDS)} (all)")
+    p.add_argument("--world", choices=("per-kind", "shared"),
+                   default="shared" if quick else "per-kind",
+                   help="per-kind: a fresh server and world for every kind of every round "
+                        "(the world holds the build and that kind's new sessions only); "
+                        "shared: one server for the run, its world growing by every new "
+                        "buyer of every kind")  # fmt: skip
+    p.add_argument("--server-python", default="",
+                   help="the server's interpreter (default: this one's)")  # fmt: skip
+    p.add_argument("--ab-python", default="",
+                   help="also run every kind on a server of this Python (another build, "
+                        "e.g. /work/venvs/base/bin/python), interleaved: an A/B table")  # fmt: skip
     p.add_argument("--data-dir", action="store_true", help="journal on (a temporary dir)")
     p.add_argument("--no-fsync", action="store_true")
     p.add_argument("--out", default="", help="write cpu.json and cpu.md here")

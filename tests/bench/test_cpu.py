@@ -141,3 +141,41 @@ def test_the_paced_stream_is_paced_by_every_load_process_and_at_each_set_rate(
     table = (tmp_path / "cpu.md").read_text()
     assert "| paced (2 load processes, 1 streams each)" in table
     assert sum(1 for line in table.splitlines() if line.startswith("| set rate |")) == 2
+
+
+def test_each_kind_runs_on_a_fresh_server_of_each_build_interleaved(tmp_path: Path) -> None:
+    """``--world per-kind`` (the ``cpu`` preset's default): every kind of every round on a
+    server of its own, so no kind's world holds an earlier kind's sessions; with
+    ``--ab-python`` each kind also runs on a server of that interpreter, and the table
+    has both builds' CPU a call and their ratio by round."""
+    cmd = [
+        sys.executable, str(ROOT / "bench" / "run.py"), "cpu", "--rounds", "2",
+        "--seconds", "0.3", "--shops", "20", "--open-buyers", "500", "--no-h2load",
+        "--no-paced", "--batch-size", "100", "--kinds", "echo,route_new,batch_new",
+        "--ab-python", sys.executable, "--out", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "cpu.json").read_text())
+    table = (tmp_path / "cpu.md").read_text()
+    kinds = ("echo", "route_new", "batch_new")
+    assert data["kinds"] == list(kinds)
+    pids = []
+    for rounds in (data["rounds"], data["ab"]["rounds"]):
+        assert len(rounds) == 2
+        for rnd in rounds:
+            assert set(k for k in rnd if k != "reruns") == set(kinds)
+            for kind in kinds:
+                figure = rnd[kind]
+                assert figure["done"] > 0 and figure["errors"] == {}, (kind, figure)
+                assert kind == "echo" or figure["real_decisions"] is True, figure
+                pids.append(figure["server_pid"])
+    assert len(set(pids)) == len(pids) == 12  # a server per kind, round and build
+    assert data["world_bound"].startswith("a fresh server per kind")
+    assert "World: a fresh server per kind" in table
+    ab = data["summary"]["ab"]
+    for kind in kinds:
+        assert ab[kind]["this_cpu_us"] > 0 and ab[kind]["base_cpu_us"] > 0
+        assert len(ab[kind]["ratio_by_round"]) == 2
+        assert f"| {kind} | {ab[kind]['this_cpu_us']:.2f} |" in table
+    assert "A/B, the same rounds" in table

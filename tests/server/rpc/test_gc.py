@@ -132,3 +132,35 @@ def test_only_a_full_freeze_reclaims_cyclic_garbage_that_was_frozen() -> None:
         assert gc.get_freeze_count() > 0  # and the survivors are frozen again
     finally:
         gc.enable()
+
+
+def test_while_freezing_no_automatic_full_collection_runs_and_the_thresholds_come_back() -> None:
+    """Between two freezes CPython's own full collections would walk the survivors since
+    the last freeze again and again (a growing world); the next freeze freezes them anyway.
+    So while a server freezes, generation 2 never starts by itself: with 300,000 tracked
+    survivors made between freezes (CPython's defaults start a full collection after
+    ~70,000), the only generation-2 collection is the server's own full freeze at start.
+    Stopped, the process's thresholds are as they were."""
+    before = gc.get_threshold()
+    full: list[int] = []
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full.append(1)
+
+    async def scenario() -> None:
+        async with Server(Config(port=0, shards=1, gc_freeze_interval_s=3600)):
+            assert gc.get_threshold()[:2] == before[:2]
+            gc.callbacks.append(watch)
+            try:
+                kept = []
+                for _ in range(30):
+                    kept.append([[i] for i in range(10_000)])  # tracked, surviving
+                    await asyncio.sleep(0)
+            finally:
+                gc.callbacks.remove(watch)
+            assert len(kept) == 30
+        assert gc.get_threshold() == before
+
+    asyncio.run(scenario())
+    assert full == []
