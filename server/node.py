@@ -23,7 +23,8 @@ commit_delay / commit_siblings adapted): under load a commit cycle (one fsync) c
 same whatever it carries, so when several calls are staged (``SIBLINGS`` or more, now or
 in the last append) the next append waits, while calls keep arriving, up to
 ``commit_delay`` since the last append began; it goes at once when ``ENOUGH`` records are
-staged, or when no call arrived for a quarter of the delay (``hold`` and ``_check_hold``).
+staged, or when the loop sat idle for a quarter of the delay and no call arrived (``hold``
+and ``_check_hold``).
 A lone caller's change (one record staged, one in the last append) is appended at once.
 Nothing is answered or published before its fsync: the hold only delays the append.
 """
@@ -119,6 +120,7 @@ class Node:
         self.commit_quiet = commit_delay / 4  # a hold ends once no call came for this long
         self._holding: asyncio.TimerHandle | None = None  # the hold's next check
         self._hold_until = 0.0  # loop time the hold ends at, at the latest
+        self._check_at = 0.0  # loop time its next check is due
         self._held = 0  # records staged while holding (the last check's count)
         self._seen = 0  # ...at the last check
         self._appended_at = float("-inf")  # loop time of the last append
@@ -388,19 +390,27 @@ class Node:
         self._hold_until = now + wait
         self._held = self._seen = ready
         self._flushing = True
-        self._holding = loop.call_later(min(wait, self.commit_quiet), self._check_hold)
+        self._check_after(loop, min(wait, self.commit_quiet))
         return True
 
+    def _check_after(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        self._check_at = loop.time() + delay
+        self._holding = loop.call_later(delay, self._check_hold)
+
     def _check_hold(self) -> None:
-        """The hold's check: append now if its time is up or no call arrived since the
-        last check (nothing more is coming: the callers about all wait on this batch),
-        else check again ``commit_quiet`` (a quarter of the delay) later."""
+        """The hold's check: append now if its time is up, or if the loop was idle since
+        the last check (this check ran on time) and no call arrived meanwhile: nothing more
+        is coming (the callers about all wait on this batch). Else check again
+        ``commit_quiet`` (a quarter of the delay) later. A check that ran late found a
+        busy loop (or a process off the CPU: calls may be waiting to be read), not quiet."""
         self._holding = None
         loop = asyncio.get_running_loop()
-        left = self._hold_until - loop.time()
-        if left > 1e-4 and self._held > self._seen:
+        now = loop.time()
+        left = self._hold_until - now
+        late = now - self._check_at > self.commit_quiet / 2
+        if left > 1e-4 and (self._held > self._seen or late):
             self._seen = self._held
-            self._holding = loop.call_later(min(left, self.commit_quiet), self._check_hold)
+            self._check_after(loop, min(left, self.commit_quiet))
             return
         self._flush(may_hold=False)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import threading
+import time
 from pathlib import Path
 
 from fenliu.server.core.dispatcher import Dispatcher
@@ -170,6 +171,35 @@ def test_a_held_append_goes_once_the_calls_stop_coming(tmp_path: Path) -> None:
     assert holds == 1
     assert cycles == 2  # the burst and the whole trickle in one held cycle
     assert records == 2 + 3 + 10
+
+
+def test_a_check_that_ran_late_finds_a_busy_loop_not_quiet(tmp_path: Path) -> None:
+    """A hold's check that runs late (the loop was busy, or the process off the CPU: calls
+    may be waiting to be read) keeps holding; the next one that runs on time ends it."""
+
+    async def main() -> tuple[int, bool, int, int]:
+        node, storage = held_node(tmp_path, quiet=0.5)
+        shops = shops_per_shard(node.dispatcher)
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(node.execute(register(shops[i], f"x{i}")) for i in range(2))),
+                60,
+            )
+            calls = [node.submit(register(shops[0], f"a{k}"))[1] for k in range(3)]
+            await asyncio.sleep(0)  # the flush runs: held, its first check due in 0.5 s
+            assert node.holds == 1
+            time.sleep(1.0)  # the loop is busy: the check runs 0.5 s late
+            for _ in range(5):
+                await asyncio.sleep(0.01)
+            cycles_after_late_check, held = storage.cycles, node.staged(0)
+            await asyncio.wait_for(asyncio.gather(*calls), 60)  # a check on time ends it
+            return cycles_after_late_check, held, storage.cycles, node.holds
+        finally:
+            storage.close()
+
+    late, held, cycles, holds = asyncio.run(main())
+    assert (late, held) == (1, True)  # still held after the late check
+    assert (cycles, holds) == (2, 1)
 
 
 def test_an_append_after_close_fails_at_once_and_writes_nothing(tmp_path: Path) -> None:
