@@ -60,7 +60,7 @@ class Config:
     fsync: bool = True  # off only for benchmarks: an acknowledged change may then be lost
     # under load, how long an append may wait for more calls to share its fsync (node.py's
     # commit hold): latency under load for CPU per call; 0 appends at once
-    commit_delay_s: float = 0.002
+    commit_delay_s: float = 0.004
     snapshot_interval_s: float = 300.0  # how often each shard is snapshotted
     # start on a journal damaged in the middle by dropping it from the damage on (logged)
     truncate_corrupt_journal: bool = False

@@ -47,7 +47,7 @@ from .storage.base import Storage, recover, recover_all
 
 log = logging.getLogger(__name__)
 
-COMMIT_DELAY_S = 0.002
+COMMIT_DELAY_S = 0.004
 """The default ``commit_delay``: how long, at most, an append waits for more calls under
 load (bench/README.md, "the commit hold", has the figures it was picked from)."""
 SIBLINGS = 2
