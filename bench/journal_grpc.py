@@ -17,6 +17,17 @@ the rounds' spread (the noise) and the load average around each round.
 
     python bench/journal_grpc.py --inflight 64 1024 --seconds 4 --rounds 7
     python bench/journal_grpc.py --python /other/venv/bin/python ...   # another build too
+    python bench/journal_grpc.py --delays 0.5 1 2 4 ...     # this build at other --commit-delay
+    python bench/journal_grpc.py --server-cpu 0.5 ...       # every server on a CPU budget
+
+Also per mode: the callers' p50/p99 latency (the commit hold's price) and the server's
+CPU in cores. ``--delays`` adds a mode per value (ms): this build's fsync server started
+with ``--commit-delay`` at that value. ``--server-cpu CORES`` starts every server (journal
+off and on alike) inside a cgroup of its own with that CPU quota and a high weight
+(``bench/cgroups.py``), and the load processes in one of high weight without a quota, so
+that the throughput is the server's, not what the neighbours left it; each round checks
+the server used its budget (≥ 90%: else a warning), and every cgroup is removed at the
+end. Where cgroups cannot be written it exits 2 (it never runs uncapped instead).
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import grpc  # noqa: E402
+from cgroups import CapError, CpuCap, cgroup_root, probe_caps  # noqa: E402
 from loadgen import free_port, process_cpu_s, scrape  # noqa: E402
 from run import ServerProcess  # noqa: E402
 
@@ -89,9 +101,13 @@ async def _setup(target: str) -> None:
         )
 
 
-async def _drive(target: str, proc: int, inflight: int, start: float, stop: float) -> int:
-    """Closed-loop new-buyer Routes between ``start`` and ``stop`` (wall clock)."""
+async def _drive(
+    target: str, proc: int, inflight: int, start: float, stop: float
+) -> tuple[int, list[float]]:
+    """Closed-loop new-buyer Routes between ``start`` and ``stop`` (wall clock): how many
+    were decided in that window, and each one's latency (s)."""
     done = cancelled = 0
+    latencies: list[float] = []
     # One connection per 64 callers: past ~100 concurrent streams on one HTTP/2
     # connection the calls queue in the client (and some end CANCELLED).
     own = [("grpc.use_local_subchannel_pool", 1)]  # else channels share one connection
@@ -111,6 +127,7 @@ async def _drive(target: str, proc: int, inflight: int, start: float, stop: floa
                     buyer_id=f"p{proc}c{c}n{n}",
                     request_id=f"p{proc}c{c}n{n}",
                 )
+                sent = time.perf_counter()
                 try:
                     decision = await route(request)
                 except grpc.aio.AioRpcError as exc:  # counted, not fatal: a loaded machine
@@ -119,6 +136,7 @@ async def _drive(target: str, proc: int, inflight: int, start: float, stop: floa
                     cancelled += 1  # the client's queue of streams cut it off; not a decision
                     continue
                 if time.time() >= start:
+                    latencies.append(time.perf_counter() - sent)
                     assert decision.reason == pb.REASON_STRATEGY, decision  # a real decision
                     done += 1
 
@@ -130,52 +148,115 @@ async def _drive(target: str, proc: int, inflight: int, start: float, stop: floa
     finally:
         for channel in channels:
             await channel.close()
-    return done
+    return done, latencies
 
 
-def _client(target: str, proc: int, inflight: int, start: float, stop: float) -> int:
+def _client(
+    target: str, proc: int, inflight: int, start: float, stop: float, cgroup: str
+) -> tuple[int, list[float]]:
+    if cgroup:  # the load's cgroup (high weight, no quota): before any work
+        Path(cgroup).write_text(str(os.getpid()))
     return asyncio.run(_drive(target, proc, inflight, start, stop))
 
 
+def _ready(_: int) -> None:
+    time.sleep(0.2)  # (so that each worker takes one)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+class _Cap(CpuCap):
+    """A quota per 10 ms, not 100: a server of 0.5 cores then runs 5 ms of every 10, not 50
+    ms of every 100 (a 50 ms stall would batch the calls that queue meanwhile into one
+    fsync, whatever the commit hold, and that is what this bench measures)."""
+
+    PERIOD_US = 10_000
+
+
+class Budget:
+    """``--server-cpu``: each server inside a cgroup with a quota of ``cores`` (made per
+    server, removed when it stops), the load processes in one of high weight only."""
+
+    def __init__(self, root: Path, cores: float) -> None:
+        self.root, self.cores = root, cores
+        self.load = _Cap(root, f"fenliu-bench-{os.getpid()}-load", 0)
+
+    def server(self, name: str) -> CpuCap:
+        return _Cap(self.root, f"fenliu-bench-{os.getpid()}-{name}", self.cores)
+
+
 def measure(
-    mode: str, inflight: int, seconds: float, procs: int, python: str = ""
+    mode: str,
+    inflight: int,
+    seconds: float,
+    procs: int,
+    python: str = "",
+    delay_ms: float | None = None,
+    budget: Budget | None = None,
 ) -> dict[str, float]:
+    cap: CpuCap | None = None
     with tempfile.TemporaryDirectory(prefix="fenliu-bench-") as tmp:
         server = ServerProcess(data_dir=tmp if mode != "off" else "", fsync=True)
         if python:  # another build's server (an A/B of two builds in one run)
             server.args[0] = python
+        if delay_ms is not None:  # this build at another commit hold
+            server.args += ["--commit-delay", str(delay_ms / 1e3)]
         metrics = free_port() if mode != "off" else 0
         if metrics:  # to count its commit cycles
             server.args += ["--metrics-port", str(metrics)]
-        target = server.start()
+        if budget is not None:
+            cap = budget.server(f"server-{mode}")
+            server.args = cap.wrap(server.args)
         try:
+            target = server.start()
+            # (with a data directory its snapshotter process is in there too, on the budget)
+            if cap is not None and (server.proc is None or server.proc.pid not in cap.pids()):
+                raise CapError(f"cgroup {cap.path} holds {cap.pids()}, not the server")
             asyncio.run(_setup(target))
             assert server.proc is not None
-            warm = 1.0
-            start = time.time() + warm
-            stop = start + seconds
+            load = str(budget.load.path / "cgroup.procs") if budget is not None else ""
             with multiprocessing.get_context("spawn").Pool(procs) as pool:
+                # the load processes are up (spawned, grpc imported) before the clock
+                # starts: on a busy machine that alone can take seconds
+                pool.map(_ready, range(procs), chunksize=1)
+                warm = 1.0
+                start = time.time() + warm
+                stop = start + seconds
                 jobs = [
-                    pool.apply_async(_client, (target, p, inflight // procs, start, stop))
+                    pool.apply_async(_client, (target, p, inflight // procs, start, stop, load))
                     for p in range(procs)
                 ]
                 time.sleep(max(0.0, start - time.time()))
                 cpu0 = server_cpu_s(server.proc.pid)
                 threads0 = thread_cpu_s(server.proc.pid)
                 cycles0 = scrape(metrics, CYCLES) if metrics else 0.0
+                throttled0 = cap.throttled() if cap is not None else (0, 0.0)
                 time.sleep(max(0.0, stop - time.time()))
                 cpu1 = server_cpu_s(server.proc.pid)
                 threads1 = thread_cpu_s(server.proc.pid)
                 cycles1 = scrape(metrics, CYCLES) if metrics else 0.0
-                done = sum(job.get(timeout=seconds + 60) for job in jobs)
+                throttled1 = cap.throttled() if cap is not None else (0, 0.0)
+                got = [job.get(timeout=seconds + 60) for job in jobs]
         finally:
             server.stop()
+            if cap is not None:
+                cap.remove()
+    done = sum(n for n, _ in got)
+    latencies = [x for _, sample in got for x in sample]
     calls = max(done, 1)
     result = {"per_s": done / seconds, "cpu_us_per_call": (cpu1 - cpu0) / calls * 1e6}
     for kind, spent in threads1.items():
         result[f"{kind}_us_per_call"] = (spent - threads0.get(kind, 0.0)) / calls * 1e6
     if metrics:  # ~ the calls of one round; how many shared each fsync
         result["calls_per_cycle"] = calls / max(cycles1 - cycles0, 1.0)
+    result["p50_ms"] = _pct(latencies, 0.5) * 1e3
+    result["p99_ms"] = _pct(latencies, 0.99) * 1e3
+    result["server_cores"] = (cpu1 - cpu0) / seconds
+    if cap is not None:
+        result["throttled_ms"] = throttled1[1] - throttled0[1]
     return result
 
 
@@ -188,28 +269,87 @@ def main() -> None:
     parser.add_argument(
         "--python", default="", help="also measure fsync with this interpreter's fenliu (A/B)"
     )
+    parser.add_argument(
+        "--delays", type=float, nargs="*", default=[],
+        help="also this build's fsync server at each --commit-delay (ms)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--server-cpu", type=float, default=0.0,
+        help="each server's CPU budget in cores, a cgroup quota (0: uncapped)",
+    )  # fmt: skip
+    parser.add_argument("--cgroup-root", type=Path, default=None,
+                        help="where the cgroups go (default: /sys/fs/cgroup/cpu, else the "
+                        "cgroup v2 root)")  # fmt: skip
     args = parser.parse_args()
-    record: dict[str, Any] = {"load_average": os.getloadavg(), "seconds": args.seconds}
-    modes = ["off", "fsync"] + (["fsync_other"] if args.python else [])
-    runs = {n: {mode: [] for mode in modes} for n in args.inflight}
+    if args.server_cpu < 0:
+        parser.error("--server-cpu must be >= 0")
+    budget: Budget | None = None
+    mode_line = "uncapped (every process shares the machine's cores)"
+    if args.server_cpu > 0:
+        try:
+            args.cgroup_root = cgroup_root(args.cgroup_root)
+            probe_caps(args.cgroup_root, args.server_cpu)
+            budget = Budget(args.cgroup_root, args.server_cpu)
+            probe = budget.server("probe")
+            mode_line = f"capped: each server {args.server_cpu} cores ({probe.describe()})"
+            probe.remove()
+        except CapError as exc:
+            CpuCap.remove_all()
+            print(f"--server-cpu {args.server_cpu}: {exc}. The capped mode needs a writable "
+                  "cgroup CPU controller (root); it never runs uncapped instead (that is "
+                  "--server-cpu 0).", file=sys.stderr)  # fmt: skip
+            sys.exit(2)
+    print(f"mode: {mode_line}", file=sys.stderr, flush=True)
+    record: dict[str, Any] = {
+        "load_average": os.getloadavg(), "seconds": args.seconds, "mode": mode_line,
+        "server_cpu_budget": args.server_cpu or None,
+    }  # fmt: skip
+    delays = {f"fsync_{d:g}ms": d for d in args.delays}
+    modes = ["off", "fsync", *delays] + (["fsync_other"] if args.python else [])
+    runs: dict[int, dict[str, list[dict[str, float]]]] = {
+        n: {mode: [] for mode in modes} for n in args.inflight
+    }
     loads: list[float] = []
-    for r in range(args.rounds):
-        loads.append(os.getloadavg()[0])
-        order = modes if r % 2 == 0 else modes[::-1]
-        for inflight in args.inflight if r % 2 == 0 else args.inflight[::-1]:
-            for mode in order:
-                python = args.python if mode == "fsync_other" else ""
-                result = measure(mode, inflight, args.seconds, args.procs, python)
-                runs[inflight][mode].append(result)
-                print(f"{inflight} in flight, round {r + 1}, {mode}: "
-                      + ", ".join(f"{k} {v:.1f}" for k, v in result.items()),
-                      file=sys.stderr, flush=True)  # fmt: skip
+    warnings: list[str] = []
+    try:
+        for r in range(args.rounds):
+            loads.append(os.getloadavg()[0])
+            order = modes if r % 2 == 0 else modes[::-1]
+            for inflight in args.inflight if r % 2 == 0 else args.inflight[::-1]:
+                for mode in order:
+                    python = args.python if mode == "fsync_other" else ""
+                    result = measure(mode, inflight, args.seconds, args.procs, python,
+                                     delays.get(mode), budget)  # fmt: skip
+                    runs[inflight][mode].append(result)
+                    print(f"{inflight} in flight, round {r + 1}, {mode}: "
+                          + ", ".join(f"{k} {v:.{3 if k == 'server_cores' else 1}f}"
+                                    for k, v in result.items()),
+                          file=sys.stderr, flush=True)  # fmt: skip
+                    if budget is not None and result["server_cores"] < 0.9 * budget.cores:
+                        warning = (
+                            f"{inflight} in flight, round {r + 1}, {mode}: the server used "
+                            f"{result['server_cores']:.2f} of its {budget.cores} cores (not "
+                            "saturated: too little load, or no CPU left)"
+                        )
+                        warnings.append(warning)
+                        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+    finally:
+        if budget is not None:
+            budget.load.release()
+            removed = CpuCap.remove_all()
+            print(f"cgroups left: {removed} removed now, {[str(c.path) for c in CpuCap.made]} "
+                  "not", file=sys.stderr, flush=True)  # fmt: skip
+            record["cgroups_left"] = [str(c.path) for c in CpuCap.made]
     loads.append(os.getloadavg()[0])
     record["load_average_by_round"] = [round(x, 1) for x in loads]
+    record["warnings"] = warnings
     for inflight in args.inflight:
         rs = runs[inflight]
         med = {
-            mode: {k: round(statistics.median(run[k] for run in rr), 1) for k in rr[0]}
+            mode: {
+                k: round(statistics.median(run[k] for run in rr), 3 if k == "server_cores" else 1)
+                for k in rr[0]
+            }
             for mode, rr in rs.items()
         }
         entry: dict[str, Any] = {**med}

@@ -10,6 +10,7 @@ import math
 
 MAX_PORT = 65_535
 MAX_SHARDS = 4096
+MAX_COMMIT_DELAY_S = 0.1  # every caller under load may wait this long
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ALL_SHOPS = "*"
@@ -57,6 +58,9 @@ class Config:
     grace_s: float = 5.0  # how long a graceful shutdown lets running calls finish
     data_dir: str = ""  # the journal and snapshots; "" keeps state in memory only
     fsync: bool = True  # off only for benchmarks: an acknowledged change may then be lost
+    # under load, how long an append may wait for more calls to share its fsync (node.py's
+    # commit hold): latency under load for CPU per call; 0 appends at once
+    commit_delay_s: float = 0.004
     snapshot_interval_s: float = 300.0  # how often each shard is snapshotted
     # start on a journal damaged in the middle by dropping it from the damage on (logged)
     truncate_corrupt_journal: bool = False
@@ -91,6 +95,10 @@ class Config:
         _check_seconds(self.grace_s, "grace_s", positive=False)
         _check_seconds(self.snapshot_interval_s, "snapshot_interval_s", positive=True)
         _check_seconds(self.gc_freeze_interval_s, "gc_freeze_interval_s", positive=False)
+        _check_seconds(self.commit_delay_s, "commit_delay_s", positive=False)
+        if self.commit_delay_s > MAX_COMMIT_DELAY_S:
+            raise ValueError(f"commit_delay_s must be at most {MAX_COMMIT_DELAY_S} "
+                             f"(got {self.commit_delay_s!r})")  # fmt: skip
         for name in ("data_dir", "tls_cert", "tls_key", "tls_client_ca"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a path (got {getattr(self, name)!r})")

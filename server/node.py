@@ -17,6 +17,16 @@ being restored its commands and reads answer UNAVAILABLE.
 
 Without storage (no data directory) a change is answered at once; a bug then leaves the
 shard fenced (every call on it UNAVAILABLE) with nothing to restore it from.
+
+The commit hold (``commit_delay``, the server's ``--commit-delay``; PostgreSQL's
+commit_delay / commit_siblings adapted): under load a commit cycle (one fsync) costs the
+same whatever it carries, so when several calls are staged (``SIBLINGS`` or more, now or
+in the last append) the next append waits, while calls keep arriving, up to
+``commit_delay`` since the last append began; it goes at once when ``ENOUGH`` records are
+staged, or when the loop sat idle for a quarter of the delay and no call arrived (``hold``
+and ``_check_hold``).
+A lone caller's change (one record staged, one in the last append) is appended at once.
+Nothing is answered or published before its fsync: the hold only delays the append.
 """
 
 from __future__ import annotations
@@ -36,6 +46,14 @@ from .storage import codec
 from .storage.base import Storage, recover, recover_all
 
 log = logging.getLogger(__name__)
+
+COMMIT_DELAY_S = 0.004
+"""The default ``commit_delay``: how long, at most, an append waits for more calls under
+load (bench/README.md, "the commit hold", has the figures it was picked from)."""
+SIBLINGS = 2
+"""A hold needs this many records staged now, or in the last append: several callers."""
+ENOUGH = 64
+"""A hold ends once this many records are staged: one fsync carries enough of them."""
 
 Clock: TypeAlias = Callable[[], int]
 """Milliseconds since the epoch."""
@@ -79,6 +97,7 @@ class Node:
         now_ms: Clock,
         events: EventSink = discard,
         undo: UndoSink | None = None,
+        commit_delay: float = COMMIT_DELAY_S,
     ) -> None:
         self.dispatcher = dispatcher
         self.now = now_ms
@@ -95,7 +114,18 @@ class Node:
         self._append_each: AppendEach | None = None
         self.refused = 0  # calls answered with a refusal (metrics)
         self._dirty: dict[int, None] = {}  # shards with staged records, in order
-        self._flushing = False  # a flush is scheduled
+        self._flushing = False  # a flush is scheduled (at once, or the hold's check)
+        # The commit hold (see the module's docstring); cluster mode's appends are not held.
+        self.commit_delay = commit_delay
+        self.commit_quiet = commit_delay / 4  # a hold ends once no call came for this long
+        self._holding: asyncio.TimerHandle | None = None  # the hold's next check
+        self._hold_until = 0.0  # loop time the hold ends at, at the latest
+        self._check_at = 0.0  # loop time its next check is due
+        self._held = 0  # records staged while holding (the last check's count)
+        self._seen = 0  # ...at the last check
+        self._appended_at = float("-inf")  # loop time of the last append
+        self._last_records = 0  # records the last append carried
+        self.holds = 0  # appends that were held (metrics, tests)
 
     # ------------------------------------------------------------ start-up
 
@@ -301,12 +331,24 @@ class Node:
         if not self._flushing:
             self._flushing = True
             loop.call_soon(self._flush)  # the calls ready now join this batch
+        elif self._holding is not None:
+            self._held += 1
+            if self._held >= ENOUGH:  # enough for one fsync: no need to wait for more
+                self._holding.cancel()
+                self._holding = None
+                loop.call_soon(self._flush)
         return waiter
 
-    def _flush(self) -> None:
-        """Every shard's staged batch that has none in flight, in one append of them all."""
+    def _flush(self, may_hold: bool = True) -> None:
+        """Every shard's staged batch that has none in flight, in one append of them all
+        (unless the commit hold says to wait for more calls first)."""
         self._flushing = False
+        if self._holding is not None:  # a settled batch flushes before the hold's check
+            self._holding.cancel()
+            self._holding = None
         assert self.storage is not None
+        if may_hold and self.commit_delay > 0 and self._append_each is None and self._hold():
+            return
         batches: list[tuple[int, list[bytes]]] = []
         for index in list(self._dirty):
             staged = self._staged[index]
@@ -320,6 +362,8 @@ class Node:
             staged.records, staged.events, staged.waiters = [], [], []
         if not batches:
             return
+        self._appended_at = asyncio.get_running_loop().time()
+        self._last_records = sum(len(records) for _, records in batches)
         if self._append_each is not None:  # cluster mode: each shard settles on its own
             self._flush_each(batches)
             return
@@ -330,6 +374,45 @@ class Node:
             appended.set_exception(exc)
         indexes = [index for index, _ in batches]
         appended.add_done_callback(lambda done: self._settled(indexes, done))
+
+    def _hold(self) -> bool:
+        """Whether the append waits (a check is then scheduled): see ``hold``."""
+        staged = self._staged
+        ready = sum(len(staged[i].records) for i in self._dirty if staged[i].in_flight is None)
+        if not ready:  # every dirty shard has a batch in flight: its settling flushes
+            return False
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        wait = hold(now - self._appended_at, ready, self._last_records, self.commit_delay)
+        if wait <= 0:
+            return False
+        self.holds += 1
+        self._hold_until = now + wait
+        self._held = self._seen = ready
+        self._flushing = True
+        self._check_after(loop, min(wait, self.commit_quiet))
+        return True
+
+    def _check_after(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        self._check_at = loop.time() + delay
+        self._holding = loop.call_later(delay, self._check_hold)
+
+    def _check_hold(self) -> None:
+        """The hold's check: append now if its time is up, or if the loop was idle since
+        the last check (this check ran on time) and no call arrived meanwhile: nothing more
+        is coming (the callers about all wait on this batch). Else check again
+        ``commit_quiet`` (a quarter of the delay) later. A check that ran late found a
+        busy loop (or a process off the CPU: calls may be waiting to be read), not quiet."""
+        self._holding = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        left = self._hold_until - now
+        late = now - self._check_at > self.commit_quiet / 2
+        if left > 1e-4 and (self._held > self._seen or late):
+            self._seen = self._held
+            self._check_after(loop, min(left, self.commit_quiet))
+            return
+        self._flush(may_hold=False)
 
     def _flush_each(self, batches: list[tuple[int, list[bytes]]]) -> None:
         """One future per shard's batch (a stream per shard: one stream's leader election
@@ -410,3 +493,14 @@ class Node:
             for shop_id in old.shops:
                 shop = shard.shops.get(shop_id)
                 self._undo.undone(shop_id, shop.event_seq if shop is not None else 0)
+
+
+def hold(since_append: float, staged: int, last_append: int, delay: float) -> float:
+    """How long an append of ``staged`` records waits for more calls, at most (0: go now):
+    the rest of ``delay`` since the last append began (``since_append`` s ago), if several
+    callers are about (``SIBLINGS`` or more records staged now, or carried by the last
+    append, ``last_append``) and fewer than ``ENOUGH`` records are staged. A lone caller's
+    change (one record now, at most one in the last append) never waits."""
+    if delay <= 0 or staged >= ENOUGH or max(staged, last_append) < SIBLINGS:
+        return 0.0
+    return max(0.0, delay - since_append)

@@ -49,6 +49,12 @@ KEYS: tuple[Key, ...] = (
     Key("grace_s", float, "--grace", "seconds running calls get on shutdown"),
     Key("data_dir", str, "--data-dir", "journal and snapshots; '' keeps state in memory"),
     Key("fsync", bool, "--fsync", "fsync before acknowledging; off: benchmarks only"),
+    Key(
+        "commit_delay_s",
+        float,
+        "--commit-delay",
+        "under load, s an append waits for more calls to share its fsync; 0: none",
+    ),
     Key("snapshot_interval_s", float, "--snapshot-interval", "seconds between snapshots"),
     Key(
         "truncate_corrupt_journal",

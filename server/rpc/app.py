@@ -154,7 +154,8 @@ class Server:
         self.storage: FilesStorage | None = None  # opened, the state recovered, by start()
         self.snapshotter: Snapshotter | None = None
         self.hub = Hub()  # watch streams; ``events`` gets every durable event too
-        self.node = Node(self.dispatcher, now_ms, self.hub.tee(events), undo=self.hub)
+        self.node = Node(self.dispatcher, now_ms, self.hub.tee(events), undo=self.hub,
+                         commit_delay=self.config.commit_delay_s)  # fmt: skip
         self._snapshots: asyncio.Task[None] | None = None
         self.cluster: ClusterRuntime | None = None  # cluster mode: started by start()
         self._freezer: asyncio.Task[None] | None = None

@@ -47,15 +47,6 @@ log = logging.getLogger(__name__)
 
 _SNAPSHOT = "snapshot-{:016d}.snap"
 KEEP_SNAPSHOTS = 2
-COMMIT_INTERVAL_S = 0.001
-"""When several callers wait on each commit cycle, the writer starts one at most this
-often, so that each fsync carries ~1 ms of changes instead of the few that came during
-the last one. A cycle costs ~70-100 us of CPU whatever it carries (the fsync's kernel
-time, the thread's wake-ups, the loop's); at ~5,000 calls/s and back-to-back cycles that
-was ~2.5 calls a cycle and ~30 us a call. A lone caller is never held (see ``hold``)."""
-GATHER_RECORDS = 2
-"""A cycle that carried at least this many records says several callers are waiting on
-each cycle: the next one waits for the rest of ``COMMIT_INTERVAL_S``."""
 MANIFEST = "MANIFEST"
 LOCK = "LOCK"
 
@@ -143,9 +134,10 @@ class FilesStorage:
     Group commit: one writer thread runs commit cycles while appends are queued. A cycle
     takes every append queued since the last one (each: every dirty shard's batch; the
     node keeps one in flight per shard) and writes them all to the log with one ``write``
-    and one ``fsync``, at most one cycle per ``COMMIT_INTERVAL_S`` while several callers
-    wait on each (``hold``); then, on the loop, every append's future is resolved with
-    the same outcome. With fsync off the cycle runs on the loop (no thread hop).
+    and one ``fsync``; then, on the loop, every append's future is resolved with the same
+    outcome. It never waits for more: under load the node holds its appends instead, so
+    that what arrives meanwhile joins the batch (``node.hold``, ``--commit-delay``). With
+    fsync off the cycle runs on the loop (no thread hop).
 
     Raises (on construction):
         StorageError: another process holds the directory, or it was made with another
@@ -221,20 +213,10 @@ class FilesStorage:
         of close."""
         _name_thread(b"fenliu-journal")  # so that /proc (and the bench) can tell it apart
         take, take_now = self._queue.get, self._queue.get_nowait
-        started = 0.0
-        gathered = 0  # records the last cycle carried
         while True:
-            try:  # queued while the last cycle was written: the writer is the bottleneck
-                first = take_now()
-                busy = True
-            except queue.Empty:  # it waits for the callers: write the next one at once
-                first = take()
-                busy = False
+            first = take()
             if first is None:
                 return
-            if (wait := hold(busy, gathered, time.monotonic() - started)) > 0:
-                time.sleep(wait)  # the last cycle began just now: let this one gather more
-            started = time.monotonic()
             queued = [first]
             stop = False
             with contextlib.suppress(queue.Empty):
@@ -245,7 +227,6 @@ class FilesStorage:
                         break
                     queued.append(cycle)
             batches = [batch for appended, _ in queued for batch in appended]
-            gathered = sum(len(records) for _, records in batches)
             outcome = _write(self.wal, batches)
             by_loop: dict[asyncio.AbstractEventLoop, list[_Cycle]] = {}
             for cycle in queued:  # (one loop, unless the storage outlived one)
@@ -288,16 +269,6 @@ class FilesStorage:
 
 _Cycle: TypeAlias = tuple[Sequence[tuple[int, Sequence[bytes]]], asyncio.Future[None]]
 """One append: every dirty shard's batch, and the future its node waits on."""
-
-
-def hold(busy: bool, gathered: int, since_last: float) -> float:
-    """How long the writer waits before its next commit cycle: the rest of
-    ``COMMIT_INTERVAL_S`` since the last cycle began when it is the bottleneck (appends
-    queued up while it wrote: ``busy``) or when the last cycle carried ``GATHER_RECORDS``
-    or more records; otherwise none (a lone caller's change is written at once)."""
-    if not busy and gathered < GATHER_RECORDS:
-        return 0.0
-    return max(0.0, COMMIT_INTERVAL_S - since_last)
 
 
 def _name_thread(name: bytes) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -37,11 +38,31 @@ def test_is_frozen() -> None:
         pytest.param({"tick_interval_s": float("nan")}, "tick_interval_s", id="tick-nan"),
         pytest.param({"grace_s": -0.5}, "grace_s", id="grace-negative"),
         pytest.param({"grace_s": float("inf")}, "grace_s", id="grace-inf"),
+        pytest.param({"commit_delay_s": -0.001}, "commit_delay_s", id="commit-delay-negative"),
+        pytest.param({"commit_delay_s": 0.5}, "commit_delay_s", id="commit-delay-too-long"),
+        pytest.param({"commit_delay_s": "2ms"}, "commit_delay_s", id="commit-delay-str"),
     ],
 )
 def test_bad_field_is_named(fields: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=rf"^{field} must be"):
         Config(**fields)
+
+
+def test_the_commit_delay_reaches_the_node() -> None:
+    """--commit-delay (node.py's commit hold): 0 turns it off; the default is the node's."""
+    from fenliu.server.node import COMMIT_DELAY_S
+    from fenliu.server.rpc.app import Server
+
+    assert Config().commit_delay_s == COMMIT_DELAY_S
+    assert parse_config(["--commit-delay", "0.004"]).commit_delay_s == 0.004
+    assert Config(commit_delay_s=0).commit_delay_s == 0
+
+    async def main() -> tuple[float, float]:
+        server = Server(Config(port=0, commit_delay_s=0.004))
+        off = Server(Config(port=0, commit_delay_s=0))
+        return server.node.commit_delay, off.node.commit_delay
+
+    assert asyncio.run(main()) == (0.004, 0.0)
 
 
 def test_edges_are_allowed() -> None:

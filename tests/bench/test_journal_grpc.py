@@ -1,0 +1,116 @@
+"""Smoke test of ``bench/journal_grpc.py`` (issue 10): one short round of every mode (the
+journal off, fsync at this build's default commit hold, fsync at another ``--delays``
+value), uncapped and with each server on a cgroup CPU budget (``--server-cpu``). Asserts
+that every figure is there and that the cgroups are gone afterwards, never a rate or the
+journal's cost (this machine is shared). Also: where cgroups cannot be written, the
+capped mode says so and exits 2."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+CGROUPS = (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup"))
+MODES = ("off", "fsync", "fsync_1ms")
+
+
+def _left(pid: int) -> list[Path]:
+    return [p for root in CGROUPS for p in root.glob(f"fenliu-bench-{pid}-*") if p.is_dir()]
+
+
+def _clean(pid: int) -> None:
+    """After a bench that did not finish: stop what it left in its cgroups, remove them."""
+    for group in _left(pid):
+        for line in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(line), signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            group.rmdir()
+
+
+def _run(*extra: str) -> tuple[dict[str, Any], str, int]:
+    cmd = [
+        sys.executable, str(ROOT / "bench" / "journal_grpc.py"), "--inflight", "8",
+        "--seconds", "1", "--rounds", "1", "--procs", "1", "--delays", "1", *extra,
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        _clean(proc.pid)
+        raise AssertionError(f"bench/journal_grpc.py did not finish in 400 s:\n{err}") from None
+    assert proc.returncode == 0, out + err
+    return json.loads(out), err, proc.pid
+
+
+@pytest.fixture(scope="module", params=["uncapped", "capped"])
+def run(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any], str, int]:
+    extra = ("--server-cpu", "0.3") if request.param == "capped" else ()
+    return (request.param, *_run(*extra))
+
+
+@pytest.mark.timeout(600)
+def test_every_mode_has_every_figure(run: tuple[str, dict[str, Any], str, int]) -> None:
+    kind, record, err, _ = run
+    entry = record["8"]
+    for mode in MODES:
+        row = entry[mode]
+        assert row["per_s"] > 0 and row["cpu_us_per_call"] > 0, (mode, row)
+        for thread in ("main", "journal", "other"):
+            assert row[f"{thread}_us_per_call"] >= 0, (mode, row)
+        assert 0 < row["p50_ms"] <= row["p99_ms"], (mode, row)
+        assert row["server_cores"] > 0, (mode, row)
+        if mode != "off":  # how many calls shared each fsync
+            assert row["calls_per_cycle"] > 0, (mode, row)
+            cost = entry[f"cost_{mode}"]
+            assert set(cost) >= {"median", "by_round", "quartiles", "cpu_per_call"}, cost
+            assert len(cost["by_round"]) == 1
+        if kind == "capped":
+            assert row["throttled_ms"] >= 0
+            # the quota is a ceiling: a server never used much more than its budget
+            assert row["server_cores"] < 0.3 * 1.5, (mode, row)
+        else:
+            assert "throttled_ms" not in row
+    assert len(record["load_average_by_round"]) == 2
+    assert isinstance(record["warnings"], list)
+    if kind == "capped":
+        assert record["mode"].startswith("capped: each server 0.3 cores"), record["mode"]
+        assert record["server_cpu_budget"] == 0.3
+    else:
+        assert record["mode"].startswith("uncapped") and record["server_cpu_budget"] is None
+    assert f"mode: {record['mode']}" in err
+
+
+@pytest.mark.timeout(600)
+def test_the_capped_mode_removes_its_cgroups(run: tuple[str, dict[str, Any], str, int]) -> None:
+    kind, record, err, pid = run
+    if kind == "capped":
+        assert "cgroups left: [" in err and "] removed now, [] not" in err, err
+        assert record["cgroups_left"] == []
+    assert _left(pid) == []
+
+
+def test_without_writable_cgroups_it_says_so_and_exits_2() -> None:
+    readonly = Path("/proc/sys/fenliu-no-cgroup")  # mkdir under /proc/sys fails, even as root
+    cmd = [
+        sys.executable, str(ROOT / "bench" / "journal_grpc.py"), "--rounds", "1",
+        "--server-cpu", "0.3", "--cgroup-root", str(readonly),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "cannot make cgroup" in proc.stderr and "never runs uncapped" in proc.stderr
+    assert "round 1" not in proc.stderr and proc.stdout == ""  # no server, no round ran
