@@ -6,10 +6,7 @@ Also: where cgroups cannot be written, the mode says so and exits non-zero."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,24 +14,11 @@ from typing import Any
 
 import pytest
 
+from ._cgroups import clean, left
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-CGROUPS = (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup"))
-
-
-def _left(pid: int) -> list[Path]:
-    return [p for root in CGROUPS for p in root.glob(f"fenliu-bench-{pid}-*") if p.is_dir()]
-
-
-def _clean(pid: int) -> None:
-    """After a bench that did not finish: stop what it left in its cgroups, remove them."""
-    for group in _left(pid):
-        for line in (group / "cgroup.procs").read_text().split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(line), signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            group.rmdir()
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +34,7 @@ def scale() -> tuple[list[dict[str, Any]], str, int]:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
-        _clean(proc.pid)
+        clean(proc.pid)
         raise AssertionError(f"bench/cluster.py did not finish in 480 s:\n{out}") from None
     assert proc.returncode == 0, out
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
@@ -88,7 +72,7 @@ def test_capped_scale_round_has_every_figure(scale: tuple[list[dict[str, Any]], 
 def test_capped_scale_removes_its_cgroups(scale: tuple[list[dict[str, Any]], str, int]) -> None:
     _, out, pid = scale
     assert "cgroups left: [] removed now, [] not" in out, out
-    assert _left(pid) == []
+    assert left(pid) == []
 
 
 def test_without_writable_cgroups_it_says_so_and_exits_non_zero(tmp_path: Path) -> None:

@@ -7,10 +7,7 @@ non-zero before it starts anything."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,27 +15,14 @@ from typing import Any
 
 import pytest
 
+from ._cgroups import clean, left
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-CGROUPS = (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup"))
 ROLES = {"fenliu", "dashboard", "sse_readers", "load_generator"}
 CAPPED = {"fenliu": 0.3, "dashboard": 0.2, "sse_readers": 0.2}
 MODES = {"0_pages", "1_pages", "2_pages"}
-
-
-def _left(pid: int) -> list[Path]:
-    return [p for root in CGROUPS for p in root.glob(f"fenliu-bench-{pid}-*") if p.is_dir()]
-
-
-def _clean(pid: int) -> None:
-    """After a bench that did not finish: stop what it left in its cgroups, remove them."""
-    for group in _left(pid):
-        for line in (group / "cgroup.procs").read_text().split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(line), signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            group.rmdir()
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +40,7 @@ def run() -> tuple[dict[str, Any], str, int]:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        _clean(proc.pid)
+        clean(proc.pid)
         raise AssertionError(f"bench/dashboard.py did not finish in 240 s:\n{err}") from None
     assert proc.returncode == 0, err
     return json.loads(out), err, proc.pid
@@ -132,7 +116,7 @@ def test_a_capped_run_removes_its_cgroups(run: tuple[dict[str, Any], str, int]) 
     assert sorted(Path(p).name for p in removed) == sorted(
         f"fenliu-bench-{pid}-{role}" for role in ("fenliu", "dashboard", "sse_readers", "load")
     )
-    assert _left(pid) == []
+    assert left(pid) == []
 
 
 def test_without_writable_cgroups_it_says_so_and_exits_non_zero() -> None:

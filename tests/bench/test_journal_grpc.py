@@ -7,10 +7,7 @@ capped mode says so and exits 2."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,25 +15,12 @@ from typing import Any
 
 import pytest
 
+from ._cgroups import clean, left
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-CGROUPS = (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup"))
 MODES = ("off", "fsync", "fsync_1ms")
-
-
-def _left(pid: int) -> list[Path]:
-    return [p for root in CGROUPS for p in root.glob(f"fenliu-bench-{pid}-*") if p.is_dir()]
-
-
-def _clean(pid: int) -> None:
-    """After a bench that did not finish: stop what it left in its cgroups, remove them."""
-    for group in _left(pid):
-        for line in (group / "cgroup.procs").read_text().split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(line), signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            group.rmdir()
 
 
 def _run(*extra: str) -> tuple[dict[str, Any], str, int]:
@@ -51,7 +35,7 @@ def _run(*extra: str) -> tuple[dict[str, Any], str, int]:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        _clean(proc.pid)
+        clean(proc.pid)
         raise AssertionError(f"bench/journal_grpc.py did not finish in 400 s:\n{err}") from None
     assert proc.returncode == 0, out + err
     return json.loads(out), err, proc.pid
@@ -101,7 +85,7 @@ def test_the_capped_mode_removes_its_cgroups(run: tuple[str, dict[str, Any], str
     if kind == "capped":
         assert "cgroups left: [" in err and "] removed now, [] not" in err, err
         assert record["cgroups_left"] == []
-    assert _left(pid) == []
+    assert left(pid) == []
 
 
 def test_without_writable_cgroups_it_says_so_and_exits_2() -> None:
