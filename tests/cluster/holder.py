@@ -1,10 +1,11 @@
 """A real process that owns shards (``python holder.py ...``): the cluster tests SIGKILL
 and SIGSTOP it. It takes its shards, prints ``owned <index> <epoch>`` for each, and with
 ``--nats`` takes over their streams and appends one record every ``--every`` seconds,
-printing ``acked <index> <seq> <n>`` once each is durable and ``refused <index> <why>``
-when an append is not. ``--no-lease-check`` leaves only the stream's fencing to stop it:
-no lease check before an append, and shards lost with the lease not fenced here (the
-write path would never do that: it shows the second layer holds on its own)."""
+printing ``trying <index> <n>`` as each begins, ``acked <index> <seq> <n>`` once it is
+durable and ``refused <index> <why>`` when it is not (then it stops).
+``--no-lease-check`` leaves only the stream's fencing to stop it: no lease check before an
+append, and shards lost with the lease not fenced here (the write path would never do
+that: it shows the second layer holds on its own)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ async def main(args: argparse.Namespace) -> None:
     while True:
         for index in indexes:
             record = codec.encode_command(t.Tick(at=T0 + n, shard=index))
+            say("trying", index, n)  # an append in flight until its acked / refused
             try:
                 await storage.append([(index, [record])])
                 say("acked", index, storage.logs[index].position, n)

@@ -49,6 +49,15 @@ class Holder:
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
+    def stopped(self, timeout: float = 10.0) -> None:
+        """Wait until the kernel has stopped it (SIGSTOP taken): its output is final then."""
+        deadline = time.monotonic() + timeout
+        stat = Path(f"/proc/{self.proc.pid}/stat")
+        while stat.read_text().rsplit(")", 1)[1].split()[0] != "T":
+            if time.monotonic() > deadline:
+                raise AssertionError(f"holder {self.proc.pid} never stopped")
+            time.sleep(0.005)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -118,7 +127,13 @@ def test_a_frozen_holder_never_appends_after_the_takeover(
 ) -> None:
     """SIGSTOP past the lease, a new owner takes over, SIGCONT: every append the frozen
     holder had acknowledged precedes the takeover, none is accepted after it (its own lease
-    check stops it, and without that the stream's fencing refuses it)."""
+    check stops it, and without that the stream's fencing refuses it).
+
+    An append already past its lease check when the SIGSTOP lands (its message still in
+    the NATS client's buffer, sent after SIGCONT) can only be refused by the fencing: so
+    the lease check must be the one that refuses unless an append was in flight at the
+    freeze. (The test once required the lease check's refusal always, and failed on that
+    interleaving: a wrong assumption, not a lapse of either layer.)"""
     import signal
 
     args = ["--etcd", ",".join(etcd.endpoints), "--nats", ",".join(nats_cluster.urls),
@@ -127,8 +142,10 @@ def test_a_frozen_holder_never_appends_after_the_takeover(
     holders.append(holder)
     holder.wait_for("acked", 20)
 
-    async def main() -> tuple[int, int, list[tuple[int, str, int]]]:
+    async def main() -> tuple[int, int, list[tuple[int, str, int]], bool]:
         holder.signal(signal.SIGSTOP)
+        holder.stopped()
+        in_flight = holder.lines()[-1][0] == "trying"  # an append begun, not yet answered
         epoch, _ = await contend(etcd, name, 0, limit_s=6 * TTL)
         storage = await JetStreamStorage.connect(nats_cluster.urls, cluster=name, shards=4)
         await storage.take_over(0, epoch)
@@ -142,15 +159,18 @@ def test_a_frozen_holder_never_appends_after_the_takeover(
             async for e in storage.read(0, takeover - 1, info.state.last_seq)
         ]
         await storage.close()
-        return epoch, takeover, after
+        return epoch, takeover, after, in_flight
 
-    epoch, takeover, after = asyncio.run(main())
+    epoch, takeover, after, in_flight = asyncio.run(main())
     acked = [int(line[2]) for line in holder.lines() if line[0] == "acked"]
     refused = [" ".join(line[2:]) for line in holder.lines() if line[0] == "refused"]
     assert acked and max(acked) < takeover, "the frozen holder was acknowledged after the takeover"
     assert after == [(takeover, "takeover", epoch)], "a message after the takeover"
-    expected = "not valid now" if lease_check else "wrong last sequence"
-    assert expected in refused[0]
+    if lease_check and in_flight:  # either layer may have refused that one
+        assert "not valid now" in refused[0] or "wrong last sequence" in refused[0], refused
+    else:
+        expected = "not valid now" if lease_check else "wrong last sequence"
+        assert expected in refused[0], (refused, in_flight)
 
 
 def test_a_holder_keeps_its_lease_through_an_etcd_leader_kill(tmp_path: Path) -> None:
