@@ -4,16 +4,18 @@
     python bench/journal_grpc.py --inflight 64 --seconds 5 --rounds 5
 
 Each round starts a fresh ``fenliu-server`` per mode (no data directory; a data directory
-with fsync on), registers the same team, and drives closed-loop Routes of buyers never
-seen before (every one a real rule-6 decision: ASSIGNED by the strategy, never a retry)
-from client processes, ``--inflight`` calls in flight in all. Each round measures every
-in-flight count and mode, the order alternating from round to round, so all see the same
-machine noise. Reported per mode: decisions/s and the server's CPU per decision (user +
-system time of its process, from /proc; split into its main thread, the journal's
-writer thread and the rest: grpc's threads), with fsync the calls per commit cycle
-(from the server's metrics: how many calls shared each fsync), their medians over the
-rounds, and the cost of the journal = 1 - fsync / off, per round and its median, with
-the rounds' spread (the noise) and the load average around each round.
+with fsync on), every one serving metrics (``--metrics-port``: the same call guard on
+every call in every mode; until 2026-12-01 23:35 only the fsync ones did, and their cost
+counted the guard's as the journal's), registers the same team, and drives closed-loop
+Routes of buyers never seen before (every one a real rule-6 decision: ASSIGNED by the
+strategy, never a retry) from client processes, ``--inflight`` calls in flight in all.
+Each round measures every in-flight count and mode, the order alternating from round to
+round, so all see the same machine noise. Reported per mode: decisions/s and the server's
+CPU per decision (user + system time of its process, from /proc; split into its main
+thread, the journal's writer thread and the rest: grpc's threads), with fsync the calls
+per commit cycle (from the server's metrics: how many calls shared each fsync), their
+medians over the rounds, and the cost of the journal = 1 - fsync / off, per round and its
+median, with the rounds' spread (the noise) and the load average around each round.
 
     python bench/journal_grpc.py --inflight 64 1024 --seconds 4 --rounds 7
     python bench/journal_grpc.py --python /other/venv/bin/python ...   # another build too
@@ -196,7 +198,10 @@ def measure(
     python: str = "",
     delay_ms: float | None = None,
     budget: Budget | None = None,
+    flags: dict[str, list[str]] | None = None,
 ) -> dict[str, float]:
+    """One mode's round; ``flags`` gets the mode's server flags (the modes must differ only
+    in what they compare: the storage, the commit hold)."""
     cap: CpuCap | None = None
     with tempfile.TemporaryDirectory(prefix="fenliu-bench-") as tmp:
         server = ServerProcess(data_dir=tmp if mode != "off" else "", fsync=True)
@@ -204,9 +209,14 @@ def measure(
             server.args[0] = python
         if delay_ms is not None:  # this build at another commit hold
             server.args += ["--commit-delay", str(delay_ms / 1e3)]
-        metrics = free_port() if mode != "off" else 0
-        if metrics:  # to count its commit cycles
-            server.args += ["--metrics-port", str(metrics)]
+        # Every mode's server serves metrics (the fsync ones' count their commit cycles):
+        # metrics install the call guard, an interceptor on every call, and a baseline
+        # without it would count the guard's cost as the journal's.
+        metrics = free_port()
+        server.args += ["--metrics-port", str(metrics)]
+        journal = mode != "off"
+        if flags is not None:
+            flags[mode] = sorted(a for a in server.args if a.startswith("--"))
         if budget is not None:
             cap = budget.server(f"server-{mode}")
             server.args = cap.wrap(server.args)
@@ -232,12 +242,12 @@ def measure(
                 time.sleep(max(0.0, start - time.time()))
                 cpu0 = server_cpu_s(server.proc.pid)
                 threads0 = thread_cpu_s(server.proc.pid)
-                cycles0 = scrape(metrics, CYCLES) if metrics else 0.0
+                cycles0 = scrape(metrics, CYCLES) if journal else 0.0
                 throttled0 = cap.throttled() if cap is not None else (0, 0.0)
                 time.sleep(max(0.0, stop - time.time()))
                 cpu1 = server_cpu_s(server.proc.pid)
                 threads1 = thread_cpu_s(server.proc.pid)
-                cycles1 = scrape(metrics, CYCLES) if metrics else 0.0
+                cycles1 = scrape(metrics, CYCLES) if journal else 0.0
                 throttled1 = cap.throttled() if cap is not None else (0, 0.0)
                 got = [job.get(timeout=seconds + 60) for job in jobs]
         finally:
@@ -250,7 +260,7 @@ def measure(
     result = {"per_s": done / seconds, "cpu_us_per_call": (cpu1 - cpu0) / calls * 1e6}
     for kind, spent in threads1.items():
         result[f"{kind}_us_per_call"] = (spent - threads0.get(kind, 0.0)) / calls * 1e6
-    if metrics:  # ~ the calls of one round; how many shared each fsync
+    if journal:  # ~ the calls of one round; how many shared each fsync
         result["calls_per_cycle"] = calls / max(cycles1 - cycles0, 1.0)
     result["p50_ms"] = _pct(latencies, 0.5) * 1e3
     result["p99_ms"] = _pct(latencies, 0.99) * 1e3
@@ -311,6 +321,7 @@ def main() -> None:
     }
     loads: list[float] = []
     warnings: list[str] = []
+    flags: dict[str, list[str]] = {}  # each mode's server flags
     try:
         for r in range(args.rounds):
             loads.append(os.getloadavg()[0])
@@ -319,7 +330,7 @@ def main() -> None:
                 for mode in order:
                     python = args.python if mode == "fsync_other" else ""
                     result = measure(mode, inflight, args.seconds, args.procs, python,
-                                     delays.get(mode), budget)  # fmt: skip
+                                     delays.get(mode), budget, flags)  # fmt: skip
                     runs[inflight][mode].append(result)
                     print(f"{inflight} in flight, round {r + 1}, {mode}: "
                           + ", ".join(f"{k} {v:.{3 if k == 'server_cores' else 1}f}"
@@ -342,6 +353,7 @@ def main() -> None:
             record["cgroups_left"] = [str(c.path) for c in CpuCap.made]
     loads.append(os.getloadavg()[0])
     record["load_average_by_round"] = [round(x, 1) for x in loads]
+    record["server_flags"] = flags
     record["warnings"] = warnings
     for inflight in args.inflight:
         rs = runs[inflight]

@@ -69,6 +69,12 @@ def test_every_mode_has_every_figure(run: tuple[str, dict[str, Any], str, int]) 
             assert row["server_cores"] < 0.3 * 1.5, (mode, row)
         else:
             assert "throttled_ms" not in row
+    # the modes differ in what they compare only: journal off has the same call guard
+    # (metrics) as the fsync ones, the delay modes add their --commit-delay
+    flags = record["server_flags"]
+    assert "--metrics-port" in flags["off"]
+    assert flags["off"] == flags["fsync"], flags
+    assert flags["fsync_1ms"] == sorted([*flags["fsync"], "--commit-delay"]), flags
     assert len(record["load_average_by_round"]) == 2
     assert isinstance(record["warnings"], list)
     if kind == "capped":
