@@ -3,12 +3,18 @@ makes >= 150,000 decisions/s per process).
 
     python bench/route_batch.py                        # 20 rounds of 1,000-item batches
     python bench/route_batch.py --batch 1000 --rounds 50 --shops 100 --agents 10
+    python bench/route_batch.py --world 0              # an empty world (before 2026-12-02)
 
 No network and no gRPC server: each round parses a serialized ``RouteBatchRequest`` (what
 grpc hands the servicer), awaits ``RoutingService.RouteBatch`` on one event loop with the
 journal off, and serializes the reply. Every item is a new buyer that the strategy
 assigns; the sessions are ended between rounds (not timed) so the shops stay in a steady
-state. The stages are also timed alone (best round of each), to show where time goes:
+state. The world holds ``--world`` open sessions besides (default 1,000,000: SPEC §8's
+process, 100,000 agents and 1,000,000 sessions), in SPEC's shape: ``--per-agent`` (10)
+open sessions an agent, so ``--world`` makes the shops ``world / (agents x per_agent)``
+when that is more than ``--shops``. A decision's cost depends on the world's size (the
+same instructions, more cache and TLB misses: bench/core_world.py), so an empty world
+flatters it. The stages are also timed alone (best round of each), to show where time goes:
 
 - decode: ``RouteBatchRequest.FromString``;
 - convert: ``convert.route`` for each item;
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import json
 import time
@@ -29,7 +36,7 @@ from typing import Any
 
 from fenliu.client._pb import fenliu_pb2 as pb
 from fenliu.server.core.dispatcher import Dispatcher
-from fenliu.server.core.types import EndSessions, RegisterAgent, Status
+from fenliu.server.core.types import EndSessions, RegisterAgent, Route, Status
 from fenliu.server.node import Node
 from fenliu.server.rpc import convert
 from fenliu.server.rpc.service import RoutingService, route_batch_reply
@@ -44,13 +51,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--shops", type=int, default=100)
     parser.add_argument("--agents", type=int, default=10, help="per shop")
+    parser.add_argument("--world", type=int, default=1_000_000,
+                        help="open sessions made before the rounds (0: none)")  # fmt: skip
+    parser.add_argument("--per-agent", type=int, default=10,
+                        help="the world's open sessions an agent (SPEC §8: 10)")  # fmt: skip
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args)), indent=2))
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     dispatcher = Dispatcher()
-    shops = [f"shop{s}" for s in range(args.shops)]
+    per_shop = args.agents * args.per_agent
+    count = max(args.shops, -(-args.world // per_shop) if args.world else 0)
+    shops = [f"shop{s}" for s in range(count)]
     for shop in shops:
         for a in range(args.agents):
             dispatcher.execute(
@@ -63,6 +76,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
             )
     dispatcher.drain_events()
+    for n in range(args.world):  # the world: each shop's agents per_agent sessions each
+        dispatcher.execute(
+            Route(at=T0, shop_id=shops[n % len(shops)], buyer_id=f"w{n}", request_id=f"w{n}")
+        )
+        if n % 10_000 == 9_999:
+            dispatcher.drain_events()
+    dispatcher.drain_events()
+    gc.collect()
+    gc.freeze()  # as fenliu-server does after its start (README "Garbage collection")
     clock = itertools.count(T0)
     node = Node(dispatcher, lambda: next(clock))  # journal off: the events are dropped
     node.open(None)
@@ -111,8 +133,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "batch": args.batch,
         "rounds": args.rounds,
-        "shops": args.shops,
+        "shops": len(shops),
         "agents_per_shop": args.agents,
+        "world": f"{args.world:,} open sessions besides the batch's ("
+        f"{args.world / (len(shops) * args.agents):.1f} an agent), "
+        f"{len(shops) * args.agents:,} agents",
         "decisions_per_s": round(args.batch / best),
         "target": TARGET,
         "met": args.batch / best >= TARGET,

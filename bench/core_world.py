@@ -1,0 +1,206 @@
+"""A new buyer's decision in a small and in a big world, in-process (issue 12): does the
+core's cost per decision grow with the number of open sessions, and is it instructions
+(something scans or grows) or memory (the same instructions, slower)?
+
+    python bench/core_world.py                               # 45,000 vs 450,000 sessions
+    python bench/core_world.py --worlds 45000,450000 --reps 5 --no-callgrind
+    python bench/core_world.py --world-shape realistic       # SPEC §8's sessions per agent
+
+The world is the core's ``Dispatcher`` (16 shards, no gRPC) with ``--shops`` shops of
+``--agents`` agents each; ``--world`` sessions are opened first by new buyers spread over
+the shops as bench/cpu.py's RouteBatch spreads them (``n * 7919 % shops``). Shapes:
+
+- ``cpu``: bench/cpu.py's world: 400 shops of 4 agents, max_concurrent 10,000, every
+  session stays open: 450,000 sessions are ~281 open sessions per agent.
+- ``realistic``: SPEC §8's ratio (100,000 agents, 1,000,000 sessions: 10 per agent): as
+  many shops of ``--agents`` agents as the world needs for ``--per-agent`` (10) open
+  sessions an agent after the build, max_concurrent 100 (room for the measured buyers).
+
+Then ``--n`` more new buyers are measured, each a rule-6 decision the strategy assigns:
+
+- time: ``time.thread_time`` over each of ``--reps`` batches of ``--n`` decisions, the
+  server's GC settings (a freeze after the build, no automatic full collection); the
+  median and the rounds, with the load average. Each world in its own process,
+  interleaved small, big, small, big.
+- instructions: the same process under ``valgrind --tool=callgrind``, collecting only
+  inside ``operator.call`` (``--toggle-collect=_operator_call``), which runs the measured
+  decisions and nothing else: instructions per decision, load-independent.
+
+Prints a table and one JSON record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import operator
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+T0 = 1_700_000_000_000
+NO_AUTOMATIC_FULL = 1 << 30  # fenliu.server.rpc.app's (not imported: older builds lack it)
+
+
+def shape(args: argparse.Namespace, world: int) -> tuple[int, int, int]:
+    """(shops, agents per shop, max_concurrent) of a world of ``world`` sessions."""
+    if args.world_shape == "cpu":
+        return args.shops, args.agents, 10_000
+    per_shop = args.agents * args.per_agent
+    return max(1, -(-world // per_shop)), args.agents, 100
+
+
+def build(args: argparse.Namespace, world: int) -> tuple[Any, list[str], int]:
+    from fenliu.server.core.dispatcher import Dispatcher
+    from fenliu.server.core.types import RegisterAgent, Route, Status
+
+    shops, agents, most = shape(args, world)
+    d = Dispatcher()
+    ids = [f"c{s:05d}" for s in range(shops)]
+    for shop in ids:
+        for a in range(agents):
+            d.execute(RegisterAgent(at=T0, shop_id=shop, agent_id=f"a{a}",
+                                    max_concurrent=most, status=Status.ONLINE))  # fmt: skip
+    for n in range(world):
+        d.execute(Route(at=T0 + n // 100, shop_id=ids[n * 7919 % shops], buyer_id=f"o{n}",
+                        request_id=f"o{n}"))  # fmt: skip
+        if n % 1000 == 999:
+            d.drain_events()
+    d.drain_events()
+    return d, ids, world
+
+
+def measured(ids: list[str], start: int, n: int, at: int) -> list[Any]:
+    from fenliu.server.core.types import Route
+
+    shops = len(ids)
+    return [
+        Route(at=at, shop_id=ids[i * 7919 % shops], buyer_id=f"n{i}", request_id=f"n{i}")
+        for i in range(start, start + n)
+    ]
+
+
+def worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, Any]:
+    from fenliu.server import core
+
+    d, ids, _ = build(args, world)
+    gc.collect()
+    gc.freeze()  # the server's freeze (README "Garbage collection")
+    before = gc.get_threshold()
+    gc.set_threshold(before[0], before[1], NO_AUTOMATIC_FULL)  # as fenliu-server
+    at = T0 + world // 100 + 1
+    execute = d.execute
+    call = operator.call
+    if count:
+        commands = measured(ids, 0, args.calls, at)
+        for command in commands:
+            call(execute, command)  # collected: only inside operator.call
+        d.drain_events()
+        return {"compiled": core.COMPILED}
+    per: list[float] = []
+    for rep in range(args.reps):
+        commands = measured(ids, rep * args.n, args.n, at)
+        t0 = time.thread_time()
+        for command in commands:
+            execute(command)
+        per.append((time.thread_time() - t0) / args.n * 1e6)
+        d.drain_events()
+    reason = d.execute(measured(ids, 10**8, 1, at)[0]).reason.name
+    return {"compiled": core.COMPILED, "median_us": statistics.median(per), "rounds_us": per,
+            "reason": reason}  # fmt: skip
+
+
+def run_worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", str(world), "--world-shape", args.world_shape,
+           "--shops", str(args.shops), "--agents", str(args.agents), "--per-agent",
+           str(args.per_agent), "--n", str(args.n), "--reps", str(args.reps), "--calls",
+           str(args.calls)]  # fmt: skip
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    if not count:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+        return json.loads(out.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+    sim = ["--cache-sim=yes"] if args.cache_sim else []
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", *sim,
+             "--collect-atstart=no", "--toggle-collect=_operator_call", *cmd, "--count"],
+            capture_output=True, text=True, env=env, check=True,
+        )  # fmt: skip
+    events = re.search(r"Events *: ([\w ]+)", out.stderr)
+    found = re.search(r"Collected : ([\d ]+)", out.stderr)
+    if found is None or events is None:
+        raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr}")
+    counts = dict(zip(events.group(1).split(), map(int, found.group(1).split()), strict=True))
+    record = {"instructions": counts["Ir"] // args.calls}
+    if args.cache_sim:  # per decision: L1 data misses, last-level data misses (reads, writes)
+        record["cache_misses"] = {name: round(counts[name] / args.calls, 1)
+                                  for name in ("D1mr", "D1mw", "DLmr", "DLmw")}  # fmt: skip
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--worlds", default="45000,450000",
+                        help="open sessions before the measured decisions")  # fmt: skip
+    parser.add_argument("--world-shape", choices=("cpu", "realistic"), default="cpu")
+    parser.add_argument("--shops", type=int, default=400, help="cpu shape")
+    parser.add_argument("--agents", type=int, default=4, help="per shop")
+    parser.add_argument("--per-agent", type=int, default=10, help="realistic shape")
+    parser.add_argument("--n", type=int, default=20_000, help="decisions per timed batch")
+    parser.add_argument("--reps", type=int, default=5, help="timed batches per process")
+    parser.add_argument("--rounds", type=int, default=2, help="processes per world")
+    parser.add_argument("--calls", type=int, default=5_000, help="decisions under callgrind")
+    parser.add_argument("--no-callgrind", action="store_true")
+    parser.add_argument("--cache-sim", action="store_true",
+                        help="callgrind simulates the caches too: misses per decision")  # fmt: skip
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--count", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker is not None:
+        print(json.dumps(worker(args, args.worker, args.count)))
+        return
+    worlds = [int(w) for w in args.worlds.split(",") if w]
+    load = [os.getloadavg()[0]]
+    results: dict[int, dict[str, Any]] = {w: {"rounds_us": []} for w in worlds}
+    for _ in range(args.rounds):
+        for world in worlds:
+            record = run_worker(args, world, count=False)
+            results[world]["rounds_us"] += [round(r, 3) for r in record["rounds_us"]]
+            results[world]["reason"] = record["reason"]
+            results[world]["compiled"] = record["compiled"]
+    load.append(os.getloadavg()[0])
+    for world in worlds:
+        shops, agents, most = shape(args, world)
+        entry = results[world]
+        entry.update(shops=shops, agents_per_shop=agents, max_concurrent=most,
+                     sessions_per_agent=round(world / (shops * agents), 1),
+                     median_us=round(statistics.median(entry["rounds_us"]), 3))  # fmt: skip
+        if not args.no_callgrind:
+            entry.update(run_worker(args, world, count=True))
+    load.append(os.getloadavg()[0])
+    core = "compiled" if results[worlds[0]]["compiled"] else "pure"
+    print(f"{core} core, {args.world_shape} world; load average (1 min) "
+          f"{' -> '.join(f'{x:.2f}' for x in load)}")  # fmt: skip
+    print(f"{'sessions':>10}{'shops':>7}{'agents':>7}{'per agent':>10}{'median µs':>11}"
+          f"{'instr.':>9}  rounds µs")  # fmt: skip
+    for world in worlds:
+        e = results[world]
+        print(f"{world:>10,}{e['shops']:>7}{e['agents_per_shop']:>7}{e['sessions_per_agent']:>10}"
+              f"{e['median_us']:>11.2f}{e.get('instructions', '-'):>9}  "
+              f"{'/'.join(f'{r:.2f}' for r in e['rounds_us'])}")  # fmt: skip
+        if "cache_misses" in e:
+            print(f"{'':>10}cache misses a decision (callgrind's simulated caches): "
+                  f"{e['cache_misses']}")  # fmt: skip
+    print(json.dumps({"shape": args.world_shape, "core": core, "load_average": load,
+                      "python": sys.version.split()[0],
+                      "results": {str(w): r for w, r in results.items()}}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
