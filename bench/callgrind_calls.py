@@ -47,7 +47,7 @@ SHOPS, AGENTS, OPEN_BUYERS = 10, 4, 200
 
 
 def start_server(
-    out: Path, python: str = sys.executable, freeze: float | None = None
+    out: Path, python: str = sys.executable, freeze: float | None = None, cache_sim: bool = False
 ) -> tuple[subprocess.Popen[bytes], str, Any]:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is missing: apt-get install -y valgrind")
@@ -57,6 +57,8 @@ def start_server(
            "--data-dir", "", "--grace", "0.2"]  # fmt: skip
     if freeze is not None:
         cmd += ["--gc-freeze-interval", str(freeze)]
+    if cache_sim:  # valgrind's simulated L1 and last-level caches: misses, not time
+        cmd.insert(2, "--cache-sim=yes")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -78,11 +80,11 @@ def control(pid: int, *args: str) -> None:
 
 async def drive(
     pid: int, target: str, kind: str, calls: int, concurrency: int, shops: int = SHOPS,
-    batch_items: int = 3000,
+    batch_items: int = 3000, open_buyers: int = OPEN_BUYERS,
 ) -> int:  # fmt: skip
     """Send ``kind`` between a zero and a dump; returns how many decisions (or calls)."""
     job = {"kind": kind, "shops": shops, "tag": kind[:3], "proc": 0, "procs": 1,
-           "open_buyers": OPEN_BUYERS}  # fmt: skip
+           "open_buyers": open_buyers}  # fmt: skip
     count = batch_items if kind.startswith("batch") else calls
     reqs = [] if kind in ("idle", "echo") else cpu.requests(job, count)
     async with grpc.aio.insecure_channel(target) as ch:
@@ -151,6 +153,17 @@ def exclusive(path: Path) -> collections.Counter[str]:
     return cost
 
 
+def totals(path: Path) -> dict[str, int]:
+    """Every event's total in one callgrind dump (``events:`` names, ``summary:`` or
+    ``totals:`` counts): Ir alone, or with ``--cache-sim`` the reads, writes and misses."""
+    text = path.read_text(errors="replace")
+    names = re.search(r"^events: (.*)$", text, re.M)
+    counts = re.search(r"^(?:summary|totals): (.*)$", text, re.M)
+    if not names or not counts:
+        return {}
+    return dict(zip(names.group(1).split(), map(int, counts.group(1).split()), strict=False))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=2000, help="unary calls / stream items")
@@ -164,16 +177,23 @@ def main() -> None:
                         help="the server's (1 s by default): under valgrind ~50x slower, "
                              "so 50 s makes as many decisions between freezes as 1 s at "
                              "full speed")  # fmt: skip
+    parser.add_argument("--open-buyers", type=int, default=OPEN_BUYERS)
+    parser.add_argument("--cache-sim", action="store_true",
+                        help="valgrind's cache simulation: L1 and last-level misses a call "
+                             "(events_per_call), ~2x slower")  # fmt: skip
     parser.add_argument("--batch-items", type=int, default=3000,
                         help="RouteBatch decisions (in batches of 1,000)")  # fmt: skip
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     with tempfile.TemporaryDirectory(prefix="fenliu-cg-") as tmp:
         out = Path(tmp)
-        proc, target, log = start_server(out, args.python, args.gc_freeze_interval)
+        proc, target, log = start_server(out, args.python, args.gc_freeze_interval,
+                                         args.cache_sim)  # fmt: skip
         counts: dict[str, int] = {}
         try:
-            world = loadgen.run_in_process(cpu.build_world, target, args.shops, AGENTS, OPEN_BUYERS)
+            world = loadgen.run_in_process(
+                cpu.build_world, target, args.shops, AGENTS, args.open_buyers
+            )
             for kind in kinds:
                 counts[kind] = asyncio.run(
                     drive(
@@ -184,23 +204,31 @@ def main() -> None:
                         args.concurrency,
                         args.shops,
                         args.batch_items,
+                        args.open_buyers,
                     )
                 )
         finally:
             proc.terminate()
             proc.wait(timeout=120)
             log.close()
-        dumps = {}
+        dumps, events = {}, {}
         for path in out.glob("callgrind.out.*"):
             found = re.search(r"^desc: Trigger: dump (\S+)", path.read_text(errors="replace"), re.M)
             if found:
                 dumps[found.group(1)] = exclusive(path)
+                events[found.group(1)] = totals(path)
     per_call = {k: round(sum(dumps[k].values()) / counts[k]) for k in kinds if k in dumps}
     record: dict[str, Any] = {
         "calls": args.calls, "concurrency": args.concurrency, "world": world,
         "python": args.python, "gc_freeze_interval": args.gc_freeze_interval,
         "loadavg": round(os.getloadavg()[0], 2), "instructions_per_call": per_call,
     }  # fmt: skip
+    if args.cache_sim:
+        record["events_per_call"] = {
+            k: {e: round(v / counts[k], 1) for e, v in events[k].items()}
+            for k in kinds
+            if events.get(k)
+        }
     record["top"] = {
         kind: {f[:80]: round(v / counts[kind]) for f, v in dumps[kind].most_common(args.top)}
         for kind in kinds

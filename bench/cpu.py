@@ -515,9 +515,11 @@ def h2load_kind(
                "content-type: application/grpc", "-H", "te: trailers",
                f"http://{target}{path}"]  # fmt: skip
         load = os.getloadavg()[0]
+        counted = server_counters(server.proc.pid)
         cpu0 = cpu_seconds(server.proc.pid)
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=environ)
         cpu = cpu_seconds(server.proc.pid) - cpu0
+        counts = server_counters(server.proc.pid)
     import re
 
     rps = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", proc.stdout)
@@ -528,6 +530,7 @@ def h2load_kind(
         "failed": int(ok.group(2)) if ok else None, "server_cpu_s": round(cpu, 3),
         "cpu_us_per_call": round(cpu / done * 1e6, 2) if done else None,
         "loadavg": round(load, 2), "command": " ".join(cmd),
+        "per_call": attribution(counted, counts, done),
     }  # fmt: skip
     if kind != "echo":  # two of h2load's requests, sent again: retries of real decisions
         with grpc.insecure_channel(target) as channel:
@@ -544,12 +547,80 @@ def h2load_kind(
 # -- a run -------------------------------------------------------------------------------
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def server_counters(pid: int) -> dict[str, Any]:
+    """What the kernel counts of process ``pid`` so far: user and system CPU (clock ticks,
+    every thread, ended ones too), minor and major page faults (``/proc/<pid>/stat``), and
+    per live thread its name, CPU in ns (``schedstat``'s run time) and voluntary and
+    involuntary context switches (``status``). A thread that ends between two reads takes
+    its switches with it (grpc's threads live as long as the server)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 (state) on
+    threads: dict[int, tuple[str, int, int, int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            run_ns = int((task / "schedstat").read_text().split()[0])
+            comm = (task / "comm").read_text().strip()
+            status = (task / "status").read_text()
+        except (OSError, ValueError, IndexError):  # the thread ended as it was read
+            continue
+        switches = {k: int(v) for k, _, v in (line.partition(":") for line in
+                    status.splitlines()) if k.endswith("ctxt_switches")}  # fmt: skip
+        threads[int(task.name)] = (comm, run_ns, switches.get("voluntary_ctxt_switches", 0),
+                                   switches.get("nonvoluntary_ctxt_switches", 0))  # fmt: skip
+    return {"pid": pid, "minflt": int(fields[7]), "majflt": int(fields[9]),
+            "utime": int(fields[11]), "stime": int(fields[12]), "threads": threads}  # fmt: skip
+
+
+ATTRIBUTION = ("user_us", "system_us", "main_thread_us", "other_threads_us", "minflt",
+               "vcsw", "ivcsw")  # fmt: skip
+"""bench/cpu.py's attribution of a kind's server CPU, each per call (per decision)."""
+
+
+def attribution(before: dict[str, Any], after: dict[str, Any], calls: int) -> dict[str, Any]:
+    """Where the server's CPU of ``calls`` went between two ``server_counters``, per call:
+    user and system µs, the main thread's µs (the event loop: fenliu's and grpc.aio's
+    Python) and every other thread's (grpc's C core: its poller, timer and executor
+    threads), minor faults, voluntary and involuntary context switches (all threads), and
+    each thread name's µs (``threads_us``)."""
+    calls = max(calls, 1)
+    tick_us = 1e6 / CLK_TCK
+    main = after["pid"]
+    by_name: Counter[str] = Counter()
+    main_ns = others_ns = vcsw = ivcsw = 0
+    for tid, (comm, run_ns, vol, invol) in after["threads"].items():
+        _, run0, vol0, invol0 = before["threads"].get(tid, (comm, 0, 0, 0))
+        ran = run_ns - run0
+        by_name[comm] += ran
+        if tid == main:
+            main_ns += ran
+        else:
+            others_ns += ran
+        vcsw += vol - vol0
+        ivcsw += invol - invol0
+    return {
+        "user_us": round((after["utime"] - before["utime"]) * tick_us / calls, 2),
+        "system_us": round((after["stime"] - before["stime"]) * tick_us / calls, 2),
+        "main_thread_us": round(main_ns / 1e3 / calls, 2),
+        "other_threads_us": round(others_ns / 1e3 / calls, 2),
+        "minflt": round((after["minflt"] - before["minflt"]) / calls, 4),
+        "majflt": round((after["majflt"] - before["majflt"]) / calls, 4),
+        "vcsw": round(vcsw / calls, 3), "ivcsw": round(ivcsw / calls, 3),
+        "threads": len(after["threads"]),
+        "threads_us": {k: round(v / 1e3 / calls, 2) for k, v in sorted(by_name.items())},
+    }  # fmt: skip
+
+
 def measure(server: Any, pool: Any, job: dict[str, Any], procs: int) -> dict[str, Any]:
     jobs = [{**job, "proc": i, "procs": procs} for i in range(procs)]
     load = os.getloadavg()[0]
+    counted = server_counters(server.proc.pid)
     cpu0 = cpu_seconds(server.proc.pid)
     parts = pool.map(_worker, jobs)
     cpu = cpu_seconds(server.proc.pid) - cpu0
+    counts = server_counters(server.proc.pid)
     done = sum(p["done"] for p in parts)
     seconds = max(p["seconds"] for p in parts)
     hist, late = loadgen.Histogram(), loadgen.Histogram()
@@ -575,6 +646,7 @@ def measure(server: Any, pool: Any, job: dict[str, Any], procs: int) -> dict[str
         "exhausted": any(p["exhausted"] for p in parts),
         "budget": sum(p["budget"] for p in parts),
         "load_cpu": [p["load_cpu"] for p in parts], "loadavg_end": round(os.getloadavg()[0], 2),
+        "per_call": attribution(counted, counts, done),
         **({"late_ms": late.summary()} if late.total else {}),
     }  # fmt: skip
 
@@ -686,6 +758,7 @@ def summarize(
             r[f"h2load_route_{c}"]["real_decisions"] for r in rounds for c in ("new", "open")
         ):
             s["warnings"].append("an h2load sample was not the expected decision")
+    s["attribution"] = attribution_summary(rounds, kinds)
     s["real_decisions"] = all(r[k]["real_decisions"] for r in rounds for k in kinds if k != "echo")
     if not s["real_decisions"]:
         s["warnings"].append("a sample's decision reason was not the expected one")
@@ -703,6 +776,32 @@ def summarize(
     for f in ([paced] if paced else []) + s["paced_rates"]:
         s["warnings"] += f.get("warnings", [])
     return s
+
+
+def attribution_summary(
+    rounds: list[dict[str, dict[str, Any]]], kinds: tuple[str, ...]
+) -> dict[str, dict[str, float]]:
+    """Per kind (and h2load's), the median of the rounds' ``per_call`` attribution; and
+    for each Route kind its difference from Echo (``route_new - echo``): each round's
+    difference, then the median (the same minute of the machine for both)."""
+    out: dict[str, dict[str, float]] = {}
+    names = [k for k in kinds] + [k for k in rounds[0] if k.startswith("h2load_")]
+    for kind in names:
+        if not all("per_call" in r.get(kind, {}) for r in rounds):
+            continue
+        out[kind] = {f: round(statistics.median(r[kind]["per_call"][f] for r in rounds), 3)
+                     for f in ATTRIBUTION}  # fmt: skip
+    for prefix in ("", "h2load_"):
+        echo = f"{prefix}echo"
+        for case in ("new", "open"):
+            route = f"{prefix}route_{case}"
+            if echo in out and route in out:
+                out[f"{route} - {echo}"] = {
+                    f: round(statistics.median(r[route]["per_call"][f] - r[echo]["per_call"][f]
+                                               for r in rounds), 3)
+                    for f in ATTRIBUTION
+                }  # fmt: skip
+    return out
 
 
 def markdown(record: dict[str, Any]) -> str:
@@ -795,6 +894,17 @@ def markdown(record: dict[str, Any]) -> str:
                 f"| {', '.join(f'{c:.2f}' for c in f['load_cpu'])} "
                 f"| {f['loadavg']}–{f['loadavg_end']} |"
             )
+    if s.get("attribution"):
+        lines += ["", "Where the server's CPU goes, per call (per decision for batch and stream "
+                  "kinds), medians of rounds (differences: each round's, then the median); "
+                  "user/system from /proc ticks, threads from schedstat:", "",
+                  "| kind | user µs | system µs | main thread µs | other threads µs "
+                  "| minor faults | voluntary cs | involuntary cs |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for kind, f in s["attribution"].items():
+            lines.append(f"| {kind} | {f['user_us']:.1f} | {f['system_us']:.1f} "
+                         f"| {f['main_thread_us']:.1f} | {f['other_threads_us']:.1f} "
+                         f"| {f['minflt']:.3f} | {f['vcsw']:.2f} | {f['ivcsw']:.2f} |")  # fmt: skip
     for rerun in s.get("reruns", []):
         lines.append(
             f"\nRound {rerun['round']}'s {rerun['kind']} ran out of its "

@@ -64,6 +64,32 @@ def test_every_kind_made_real_decisions_and_has_its_server_cpu(
     assert data["summary"]["paced_stream"]["latency_ms"]["count"] > 0
 
 
+ATTRIBUTION = ("user_us", "system_us", "main_thread_us", "other_threads_us", "minflt", "vcsw",
+               "ivcsw")  # fmt: skip
+
+
+def test_each_figure_says_where_the_servers_cpu_went(record: tuple[dict[str, Any], str]) -> None:
+    """Per kind (h2load's too): the server's user and system µs a call, its main thread's
+    and the other threads' µs, minor faults and context switches a call, each thread
+    name's µs; the summary's medians and Route's differences from Echo, and their table."""
+    data, table = record
+    for rnd in data["rounds"]:
+        for kind in (*KINDS, "h2load_echo", "h2load_route_new", "h2load_route_open"):
+            per_call = rnd[kind]["per_call"]
+            assert set(ATTRIBUTION) <= set(per_call), (kind, per_call)
+            assert per_call["main_thread_us"] > 0 and per_call["threads"] >= 1, (kind, per_call)
+            assert per_call["user_us"] + per_call["system_us"] > 0, (kind, per_call)
+            assert per_call["vcsw"] >= 0 and per_call["minflt"] >= 0, (kind, per_call)
+            assert "python" in per_call["threads_us"], (kind, per_call)  # the main thread
+    attribution = data["summary"]["attribution"]
+    rows = (*KINDS, "h2load_echo", "route_new - echo", "route_open - echo",
+            "h2load_route_new - h2load_echo", "h2load_route_open - h2load_echo")  # fmt: skip
+    for name in rows:
+        assert set(attribution[name]) == set(ATTRIBUTION), name
+        assert f"| {name} | " in table, name
+    assert "| kind | user µs | system µs | main thread µs | other threads µs " in table
+
+
 def test_the_table_says_which_targets_are_met(record: tuple[dict[str, Any], str]) -> None:
     _, table = record
     for target in ("Route/Echo by server CPU per call, new buyers", "RouteStream/Route",
