@@ -1,6 +1,7 @@
 """Do open dashboards slow routing, and how soon does a Route reach a page? (issue 13)
 
     python bench/dashboard.py --mode capped --rounds 5 --seconds 5   # answers the target
+    python bench/dashboard.py --mode capped --rounds 7 --seconds 5 --pin both
     python bench/dashboard.py --rounds 5               # both modes, 5 rounds of 3 s each
     python bench/dashboard.py --mode deployed --seconds 2 --rounds 1 --samples 0
     python bench/dashboard.py screenshot docs/dashboard.png   # the README's picture
@@ -21,7 +22,12 @@ also interleaved):
   probe) in a high-weight group with no quota: fenliu's routing rate at a fixed budget,
   the pages with CPU of their own as on other machines. Warns when fenliu did not reach
   its budget (the load was the bottleneck: that round measures nothing); exits 2 where
-  cgroups cannot be written (it never runs uncapped instead); removes its cgroups;
+  cgroups cannot be written (it never runs uncapped instead); removes its cgroups. Each
+  round also says where fenliu's CPU went (``attribution``: user / system CPU, context
+  switches and migrations per decision, NET_RX / NET_TX softirqs per CPU). ``--pin on``
+  puts fenliu-server on CPU 0 and the dashboard and the readers on CPU 1 (``--pin-cpus``;
+  the load too unless ``--pin-load any``), the budgets kept; ``--pin both`` interleaves
+  pinned and unpinned rounds (exits 2 where the CPUs cannot be given);
 - ``same_priority``: the dashboard and the readers compete for fenliu's 2 cores at the
   same priority as fenliu and the load generator (the worst case);
 - ``deployed``: they run at SCHED_IDLE (their threads too), so they use only CPU that
