@@ -1,6 +1,7 @@
 """Do open dashboards slow routing, and how soon does a Route reach a page? (issue 13)
 
     python bench/dashboard.py --mode capped --rounds 5 --seconds 5   # answers the target
+    python bench/dashboard.py --mode capped --rounds 7 --seconds 5 --pin both
     python bench/dashboard.py --rounds 5               # both modes, 5 rounds of 3 s each
     python bench/dashboard.py --mode deployed --seconds 2 --rounds 1 --samples 0
     python bench/dashboard.py screenshot docs/dashboard.png   # the README's picture
@@ -21,7 +22,12 @@ also interleaved):
   probe) in a high-weight group with no quota: fenliu's routing rate at a fixed budget,
   the pages with CPU of their own as on other machines. Warns when fenliu did not reach
   its budget (the load was the bottleneck: that round measures nothing); exits 2 where
-  cgroups cannot be written (it never runs uncapped instead); removes its cgroups;
+  cgroups cannot be written (it never runs uncapped instead); removes its cgroups. Each
+  round also says where fenliu's CPU went (``attribution``: user / system CPU, context
+  switches and migrations per decision, NET_RX / NET_TX softirqs per CPU). ``--pin on``
+  puts fenliu-server on CPU 0 and the dashboard and the readers on CPU 1 (``--pin-cpus``;
+  the load too unless ``--pin-load any``), the budgets kept; ``--pin both`` interleaves
+  pinned and unpinned rounds (exits 2 where the CPUs cannot be given);
 - ``same_priority``: the dashboard and the readers compete for fenliu's 2 cores at the
   same priority as fenliu and the load generator (the worst case);
 - ``deployed``: they run at SCHED_IDLE (their threads too), so they use only CPU that
@@ -225,11 +231,17 @@ async def readers(port: int, shop: str, n: int, limit: float) -> None:
 class Pages:
     """The reader process with ``n`` open pages, for one mode's rounds."""
 
-    def __init__(self, port: int, n: int, idle: bool = False, cap: CpuCap | None = None) -> None:
+    def __init__(
+        self, port: int, n: int, idle: bool = False, cap: CpuCap | None = None,
+        cpus: set[int] | None = None,
+    ) -> None:  # fmt: skip
         args = [sys.executable, __file__, "readers", "--port", str(port), "--n", str(n)]
+        start = lowest_priority if idle else None
+        if cpus is not None:  # pinned before it runs: its threads inherit it
+            start = lambda: os.sched_setaffinity(0, cpus)  # noqa: E731
         self.proc = subprocess.Popen(
             cap.wrap(args) if cap else args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True, preexec_fn=lowest_priority if idle else None,
+            text=True, preexec_fn=start,
         )  # fmt: skip
         assert self.proc.stdout is not None
         if not select.select([self.proc.stdout], [], [], 30)[0]:
@@ -643,8 +655,160 @@ def sample(pids: dict[str, list[int]], budgets: Budgets) -> dict[str, Any]:
     return {
         "cpu": {role: sum(process_cpu_s(p) for p in group) for role, group in pids.items()},
         "throttled": budgets.throttled(),
+        "where": {role: [counters(p) for p in pids[role]] for role in ATTRIBUTED},
+        "softirqs": softirqs(),
+        "cpu_ticks": cpu_ticks(),
         "at": time.monotonic(),
     }
+
+
+# ---------------------------------------------------------------- where fenliu's CPU goes
+
+
+ATTRIBUTED = ("fenliu", "dashboard", "sse_readers")  # each round's user/system split etc.
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def counters(pid: int) -> dict[str, Any]:
+    """What the kernel counts for process ``pid``: user and system CPU seconds (every
+    thread's, ended ones too: /proc/<pid>/stat, in ticks), and per live thread (tid) its
+    voluntary and involuntary context switches and CPU migrations (``se.nr_migrations``
+    of /proc/<pid>/task/<tid>/sched; 0 where the kernel has no sched debug)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    threads: dict[int, tuple[int, int, int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = dict(
+                line.split(":\t", 1) for line in (task / "status").read_text().splitlines()
+                if ":\t" in line
+            )  # fmt: skip
+            sched = (task / "sched").read_text() if (task / "sched").exists() else ""
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that just ended
+        found = re.search(r"se\.nr_migrations\s*:\s*(\d+)", sched)
+        threads[int(task.name)] = (
+            int(status["voluntary_ctxt_switches"]), int(status["nonvoluntary_ctxt_switches"]),
+            int(found.group(1)) if found else 0,
+        )  # fmt: skip
+    # fields[11], [12]: utime, stime (the 14th and 15th of stat, after pid and comm)
+    return {"user": int(fields[11]) / HZ, "sys": int(fields[12]) / HZ, "threads": threads}
+
+
+def softirqs() -> dict[str, list[int]]:
+    """NET_RX and NET_TX softirqs run so far, per CPU (/proc/softirqs)."""
+    rows = {}
+    for line in Path("/proc/softirqs").read_text().splitlines()[1:]:
+        name, *counts = line.split()
+        if name in ("NET_RX:", "NET_TX:"):
+            rows[name.rstrip(":")] = [int(c) for c in counts]
+    return rows
+
+
+def cpu_ticks() -> list[dict[str, int]]:
+    """Per CPU, /proc/stat's system, softirq and steal ticks so far (without IRQ time
+    accounting softirq ticks count only the ticks that hit a softirq; the rest of the
+    softirqs' time is charged as system time to the task they interrupted)."""
+    rows = []
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3].isdigit():
+            v = [int(x) for x in line.split()[1:]]
+            rows.append({"user": v[0], "system": v[2], "softirq": v[6], "steal": v[7]})
+    return rows
+
+
+def attribution(before: dict[str, Any], after: dict[str, Any], made: int) -> dict[str, float]:
+    """Per decision: each attributed role's user and system CPU (µs), context switches
+    (voluntary, involuntary) and CPU migrations (of the threads alive at both ends), the
+    NET_RX / NET_TX softirqs per CPU; per CPU the share of the window in softirq, system
+    and steal ticks (%)."""
+    n = max(made, 1)
+    wall = after["at"] - before["at"]
+    out: dict[str, float] = {}
+    for role in ATTRIBUTED:
+        pairs = list(zip(before["where"][role], after["where"][role], strict=True))
+        user = sum(a["user"] - b["user"] for b, a in pairs)
+        system = sum(a["sys"] - b["sys"] for b, a in pairs)
+        moves = [0, 0, 0]
+        for b, a in pairs:
+            for tid in b["threads"].keys() & a["threads"].keys():
+                for k in range(3):
+                    moves[k] += a["threads"][tid][k] - b["threads"][tid][k]
+        out[f"{role}_user_us"] = round(user / n * 1e6, 1)
+        out[f"{role}_sys_us"] = round(system / n * 1e6, 1)
+        out[f"{role}_voluntary_cs"] = round(moves[0] / n, 3)
+        out[f"{role}_involuntary_cs"] = round(moves[1] / n, 3)
+        out[f"{role}_migrations"] = round(moves[2] / n, 3)
+    for kind in ("NET_RX", "NET_TX"):
+        deltas = [a - b for b, a in zip(before["softirqs"][kind], after["softirqs"][kind],
+                                        strict=True)]  # fmt: skip
+        for cpu, d in enumerate(deltas):
+            out[f"{kind.lower()}_cpu{cpu}"] = round(d / n, 3)
+        out[kind.lower()] = round(sum(deltas) / n, 3)
+    for cpu, (b, a) in enumerate(zip(before["cpu_ticks"], after["cpu_ticks"], strict=True)):
+        for kind in ("softirq", "system", "steal"):
+            out[f"cpu{cpu}_{kind}_pct"] = round((a[kind] - b[kind]) / HZ / wall * 100, 1)
+    return out
+
+
+# ---------------------------------------------------------------- pinning (--pin)
+
+
+def parse_pin(text: str) -> tuple[set[int], set[int]]:
+    """``--pin-cpus FENLIU:PAGES`` (e.g. ``0:1`` or ``0:1-3`` or ``0,1:2``): the CPUs of
+    fenliu-server, and those of the dashboard and the page readers."""
+
+    def cpus(part: str) -> set[int]:
+        out: set[int] = set()
+        for item in part.split(","):
+            first, _, last = item.partition("-")
+            out.update(range(int(first), int(last or first) + 1))
+        return out
+
+    server, _, pages = text.partition(":")
+    return cpus(server), cpus(pages)
+
+
+class PinError(Exception):
+    """The CPUs asked for cannot be given (absent, overlapping, or affinity refused)."""
+
+
+def probe_pin(fenliu: set[int], pages: set[int]) -> None:
+    """Before anything starts: both sets non-empty, disjoint, CPUs this process may use,
+    and the affinity can be set (tried on this process and restored); raises PinError."""
+    allowed = os.sched_getaffinity(0)
+    if not fenliu or not pages or fenliu & pages:
+        raise PinError(f"fenliu's CPUs {sorted(fenliu)} and the pages' {sorted(pages)} must "
+                       "be non-empty and disjoint")  # fmt: skip
+    if not (fenliu | pages) <= allowed:
+        raise PinError(f"CPUs {sorted((fenliu | pages) - allowed)} are not among this "
+                       f"machine's (this process may use {sorted(allowed)})")  # fmt: skip
+    try:
+        for cpus in (fenliu, pages):
+            os.sched_setaffinity(0, cpus)
+    except OSError as exc:
+        raise PinError(f"cannot set a CPU affinity: {exc}") from exc
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process ``pid`` onto ``cpus`` (threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except (ProcessLookupError, FileNotFoundError):
+            pass  # a thread that just ended
+
+
+def allowed(pid: int) -> list[int]:
+    """The CPUs any thread of process ``pid`` may run on (the union)."""
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out |= os.sched_getaffinity(int(task.name))
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+    return sorted(out)
 
 
 async def capped_window(
@@ -667,14 +831,37 @@ async def capped_window(
     return before, after
 
 
+def place(ids: dict[str, Any], pinned: bool, args: argparse.Namespace) -> dict[str, set[int]]:
+    """Before a round: fenliu on its CPUs and the dashboard (and, with ``--pin-load pages``,
+    the load processes and this one, the probe's) on the pages' CPUs, or every process back
+    on every CPU (an unpinned round); the CPU set of each role."""
+    every = ids["all_cpus"]
+    fenliu, pages = args.pin_cpus if pinned else (every, every)
+    load = pages if args.pin_load == "pages" else every
+    for pid in [ids["server"].proc.pid]:
+        pin(pid, fenliu)
+    pin(ids["board"].proc.pid, pages)
+    for pid in [os.getpid(), *(one.proc.pid for one in ids["loads"])]:
+        pin(pid, load)
+    return {"fenliu": fenliu, "dashboard": pages, "sse_readers": pages, "load_generator": load}
+
+
 def capped_round(
-    pages: int, ids: dict[str, Any], budgets: Budgets, args: argparse.Namespace
-) -> dict[str, Any]:
-    """One round of ``pages`` open pages; every figure of it."""
-    opened = Pages(ids["board"].port, pages, cap=budgets.caps["sse_readers"]) if pages else None
+    pages: int, ids: dict[str, Any], budgets: Budgets, args: argparse.Namespace,
+    pinned: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """One round of ``pages`` open pages (``pinned``: on the CPUs of ``--pin-cpus``); every
+    figure of it."""
+    cpus = place(ids, pinned, args)
+    opened = (
+        Pages(ids["board"].port, pages, cap=budgets.caps["sse_readers"],
+              cpus=cpus["sse_readers"])
+        if pages else None
+    )  # fmt: skip
     pids = {"fenliu": [ids["server"].proc.pid], "dashboard": [ids["board"].proc.pid],
             "sse_readers": [opened.proc.pid] if opened else [],
             "load_generator": [os.getpid(), *(one.proc.pid for one in ids["loads"])]}  # fmt: skip
+    placed = {role: sorted({c for p in group for c in allowed(p)}) for role, group in pids.items()}
     sent: dict[str, float] = {}
     try:
         before, after = asyncio.run(
@@ -692,6 +879,9 @@ def capped_round(
     spent = {role: after["cpu"][role] - before["cpu"][role] for role in ROLES}
     got: dict[str, Any] = {
         "pages": pages,
+        "pinned": pinned,
+        "cpus_allowed": placed,
+        "where": attribution(before, after, made),
         "decisions_per_s": made / args.seconds,
         "cores": {role: round(spent[role] / wall, 3) for role in ROLES},
         "us": {role: round(spent[role] / max(made, 1) * 1e6, 1) for role in ROLES},
@@ -714,7 +904,7 @@ def round_warnings(i: int, got: dict[str, Any], budgets: Budgets) -> list[str]:
     """A round's rate measures nothing if fenliu did not use its budget (the load, or the
     machine, was the bottleneck); a page role at its budget bounds the pages' delay."""
     warnings = []
-    mode = f"round {i}, {got['pages']} pages"
+    mode = f"round {i}, {got['pages']} pages{', pinned' if got['pinned'] else ''}"
     cores, budget = got["cores"]["fenliu"], budgets.cores["fenliu"]
     if cores < 0.9 * budget:
         warnings.append(f"{mode}: fenliu used {cores} of its {budget} cores: not at its budget "
@@ -740,7 +930,7 @@ def capped(args: argparse.Namespace) -> None:
     high-weight group without a quota; 0 / 1 / ``--pages`` pages interleaved per round."""
     load_before = os.getloadavg()
     budgets = Budgets(args)
-    ids: dict[str, Any] = {"loads": []}
+    ids: dict[str, Any] = {"loads": [], "all_cpus": os.sched_getaffinity(0)}
     rounds: list[dict[str, Any]] = []
     warnings: list[str] = []
     paced_delays: list[float] = []
@@ -754,16 +944,21 @@ def capped(args: argparse.Namespace) -> None:
                 raise SystemExit(f"the {role} cgroup holds {held}, not {ids[key].proc.pid}")
         asyncio.run(register(target))
         ids["loads"] = [Load(target, args.workers, f"L{k}") for k in range(args.load_procs)]
+        layouts = {"off": (False,), "on": (True,), "both": (False, True)}[args.pin]
         for i in range(args.rounds):
             order = (0, 1, args.pages)  # interleaved, and reversed every other round (ABC
-            for pages in order[:: -1 if i % 2 else 1]:  # CBA), so drift hits each alike
-                rounds.append(capped_round(pages, ids, budgets, args))
-                new = round_warnings(i, rounds[-1], budgets)
-                for warning in new:
-                    print(f"WARNING: {warning}", file=sys.stderr, flush=True)
-                warnings += new
+            back = -1 if i % 2 else 1  # CBA), so drift hits each alike; with --pin both:
+            for pinned in layouts[::back]:  # ABC A'B'C', then C'B'A' CBA
+                for pages in order[::back]:
+                    rounds.append(capped_round(pages, ids, budgets, args, pinned))
+                    new = round_warnings(i, rounds[-1], budgets)
+                    for warning in new:
+                        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+                    warnings += new
         if args.samples:
-            opened = Pages(ids["board"].port, args.pages, cap=budgets.caps["sse_readers"])
+            cpus = place(ids, args.pin != "off", args)
+            opened = Pages(ids["board"].port, args.pages, cap=budgets.caps["sse_readers"],
+                           cpus=cpus["sse_readers"])  # fmt: skip
             try:
                 paced_delays = asyncio.run(
                     delays(target, ids["board"].port, args.samples, args.pace)
@@ -778,7 +973,16 @@ def capped(args: argparse.Namespace) -> None:
                 ids[key].stop()
         described = budgets.describe()
         removed = budgets.close()
-    record = capped_record(rounds, args, described, warnings)
+    if args.pin == "off":
+        record = capped_record(rounds, args, described, warnings)
+    else:  # the pinned rounds' record; with --pin both the unpinned rounds' inside it
+        record = capped_record([r for r in rounds if r["pinned"]], args, described, warnings,
+                               pinned=True)  # fmt: skip
+        if args.pin == "both":
+            record["unpinned"] = capped_record(
+                [r for r in rounds if not r["pinned"]], args, described, []
+            )
+            record["target"] += f"; unpinned, same run: {record['unpinned']['target']}"
     record["cgroups"] = {"removed": removed, "left": [str(c.path) for c in CpuCap.made]}
     if paced_delays:
         record["route_to_page_ms_paced"] = {
@@ -795,9 +999,10 @@ def capped(args: argparse.Namespace) -> None:
 
 def capped_record(
     rounds: list[dict[str, Any]], args: argparse.Namespace, budgets: dict[str, Any],
-    warnings: list[str],
+    warnings: list[str], pinned: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
-    """Medians per mode, the ratios (of the medians, and per round) and the target line."""
+    """Medians per mode, the ratios (of the medians, and per round) and the target line;
+    ``pinned``: of the rounds on ``--pin-cpus``."""
     med = statistics.median
     modes = (0, 1, args.pages)
     by = {m: [r for r in rounds if r["pages"] == m] for m in modes}
@@ -833,6 +1038,18 @@ def capped_record(
                                   for role in rounds[0]["nr_throttled"]} for m in modes},
         "throttled_ms": {key[m]: {role: [r["throttled_ms"][role] for r in by[m]]
                                   for role in rounds[0]["throttled_ms"]} for m in modes},
+        "pinned": {
+            "fenliu": sorted(args.pin_cpus[0]), "dashboard_and_pages": sorted(args.pin_cpus[1]),
+            "load_generator": sorted(args.pin_cpus[1]) if args.pin_load == "pages" else "any",
+        } if pinned else None,
+        "cpus_allowed_per_round": {key[m]: [r["cpus_allowed"] for r in by[m]] for m in modes},
+        # where fenliu's CPU goes (per decision; medians and per round): see attribution()
+        "attribution": {
+            key[m]: {name: {"median": round(med(r["where"][name] for r in by[m]), 3),
+                            "per_round": [r["where"][name] for r in by[m]]}
+                     for name in rounds[0]["where"]}
+            for m in modes
+        },
     }  # fmt: skip
     # fenliu's own cost of the one WatchShop stream the dashboard holds while pages are open
     # (none with 0 pages): its CPU per decision against the 0-page round of the same round
@@ -889,9 +1106,16 @@ def capped_record(
     verdict = "met" if met else "NOT met"
     if ratio is None:
         verdict = "NOT measured (no round had fenliu at its budget in every mode)"
+    where = ""
+    if pinned:
+        load = (f"load on CPU {_cpus(args.pin_cpus[1])}" if args.pin_load == "pages"
+                else "load on any CPU")  # fmt: skip
+        where = (f"; pinned: fenliu on CPU {_cpus(args.pin_cpus[0])}, the dashboard and the "
+                 f"pages on CPU {_cpus(args.pin_cpus[1])}, {load}")  # fmt: skip
     out["target"] = (
         f"dashboard target (capped: fenliu {args.server_cpu} cores, dashboard "
-        f"{args.dashboard_cpu}, readers {args.readers_cpu}): {args.pages} pages / 0 = {ratio} "
+        f"{args.dashboard_cpu}, readers {args.readers_cpu}{where}): {args.pages} pages / 0 = "
+        f"{ratio} "
         f"(medians of the {len(full)} of {args.rounds} rounds with fenliu at its budget in "
         f"every mode; >= 0.95; all rounds {out['ratio_to_0_pages'][key[args.pages]]}, by "
         f"fenliu's CPU per decision "
@@ -900,6 +1124,10 @@ def capped_record(
         f"{seen[key[args.pages]]['fell_behind_rereads']} fell-behind re-reads: {verdict}"
     )
     return out
+
+
+def _cpus(cpus: set[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
 
 
 # ---------------------------------------------------------------- the README's picture
@@ -1022,6 +1250,22 @@ def main() -> None:
         default=2,
         help="load processes (--workers callers each; high weight, no quota)",
     )
+    budget.add_argument(
+        "--pin",
+        choices=("off", "on", "both"),
+        default="off",
+        help="on: fenliu-server on the first CPUs of --pin-cpus, the dashboard and the page "
+        "readers on the others (each thread's affinity; the budgets stay); both: pinned and "
+        "unpinned rounds interleaved in one run",
+    )
+    budget.add_argument("--pin-cpus", default="0:1", help="FENLIU:PAGES CPU lists (e.g. 0:1)")
+    budget.add_argument(
+        "--pin-load",
+        choices=("pages", "any"),
+        default="pages",
+        help="pinned rounds: the load processes and this one (the probe) on the pages' CPUs "
+        "(default: fenliu's CPUs then run fenliu alone) or on any CPU",
+    )
     budget.add_argument("--cgroup-root", type=Path, default=None,
                         help="where the cgroups go (default: /sys/fs/cgroup/cpu, else the "
                         "cgroup v2 root)")  # fmt: skip
@@ -1043,6 +1287,17 @@ def main() -> None:
         if args.load_procs < 1:
             parser.error("--load-procs must be >= 1")
         try:
+            args.pin_cpus = parse_pin(args.pin_cpus)
+        except ValueError:
+            parser.error(f"--pin-cpus {args.pin_cpus!r}: FENLIU:PAGES CPU lists, e.g. 0:1")
+        if args.pin != "off":
+            try:
+                probe_pin(*args.pin_cpus)
+            except PinError as exc:
+                print(f"--pin: {exc}; nothing started (it never runs unpinned instead).",
+                      file=sys.stderr)  # fmt: skip
+                sys.exit(2)
+        try:
             args.cgroup_root = cgroup_root(args.cgroup_root)
             probe_caps(args.cgroup_root, args.server_cpu)
             capped(args)
@@ -1052,6 +1307,8 @@ def main() -> None:
                   "same_priority or deployed).", file=sys.stderr)  # fmt: skip
             sys.exit(2)
     else:
+        if args.pin != "off":
+            parser.error("--pin is for --mode capped")
         print("(these modes share 2 cores between every process; --mode capped answers "
               "the target)", file=sys.stderr)  # fmt: skip
         bench(args)
