@@ -84,12 +84,12 @@ def _signals_held() -> Iterator[None]:
                 signal.signal(signum, note)
         yield
     finally:
-        for signum, handler in before.items():
-            signal.signal(signum, handler)
-        for signum in pending[:1]:
-            handler = before[signum]
-            assert callable(handler)
-            handler(signum, None)
+        for held, handler in before.items():
+            signal.signal(held, handler)
+        for received in pending[:1]:
+            was = before[received]
+            assert callable(was)
+            was(received, None)
 
 
 def nats_server_binary() -> Path:
