@@ -213,21 +213,34 @@ class Member:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (SIGCONT first: it may be frozen), SIGKILL if it lingers; then SIGKILL
         whatever it left in its process group (its own session, made at the start: only
-        what it started), so nothing it spawned outlives it."""
-        if self.proc is None:
+        what it started), so nothing it spawned outlives it. The group is signalled only
+        while the member is unreaped (a zombie at worst): its id cannot name another's."""
+        if self.proc is None or self.proc.returncode is not None:
             return
-        if self.proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGCONT)
+            os.kill(self.proc.pid, signal.SIGTERM)
+        if not self._exited(timeout):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGCONT)
-                os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self._exited(10)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def _exited(self, timeout: float) -> bool:
+        """Whether it exited within ``timeout`` seconds, left unreaped (``WNOWAIT``)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                    return True
+            except ChildProcessError:
+                return True  # reaped already
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
     def restart(self) -> None:
         """Start again on the same ports and data (after ``kill`` or ``stop``)."""
