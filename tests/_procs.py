@@ -1,0 +1,71 @@
+"""Processes a test started, found by a marker in their environment (which every process
+they start inherits, also one that made a session of its own or was reparented to init):
+the test sets ``MARKER=<its own token>`` in the environment of what it starts, and only
+ever signals what carries its token."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+MARKER = "FENLIU_TEST_PROCS"
+
+
+def marked(marker: str) -> list[int]:
+    """The live (not zombie) processes whose environment carries ``MARKER=marker``."""
+    needle = f"{MARKER}={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def argv(pid: int) -> list[str]:
+    """A process's command line (empty once it is gone or a zombie)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def command(pid: int) -> str:
+    return " ".join(argv(pid)) or "(gone)"
+
+
+def signal_marked(marker: str, signum: int) -> None:
+    for pid in marked(marker):  # each one found by the marker: only what the test started
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def stop_marked(marker: str, grace: float, group: int | None = None) -> list[str]:
+    """Stop what carries the marker (and the process ``group``, if given): SIGTERM, SIGKILL
+    after ``grace`` seconds; what was running then ("pid: command")."""
+    left = [f"{pid}: {command(pid)}" for pid in marked(marker)]
+    for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        if group is not None:
+            try:
+                os.killpg(group, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
+        signal_marked(marker, signum)
+        deadline = time.monotonic() + wait
+        while marked(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not marked(marker):
+            break
+    return left
