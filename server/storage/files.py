@@ -12,8 +12,8 @@ one plus a longer replay.
 
 Group commit: ``FilesStorage`` runs commit cycles for all shards. A cycle takes the batch
 of every shard that has one and, in the journal's writer thread, writes them all to the
-one write-ahead log with one ``write`` and one ``fsync``; then every batch's future is
-resolved. A failed write or fsync is truncated back out of its segment, so what was not
+one write-ahead log with one ``write`` (``O_DSYNC``: durable as it returns); then every
+batch's future is resolved. A failed write is truncated back out of its segment, so what was not
 acknowledged is never read.
 
 Damage is told apart from a crash: a record torn by a crash is the last thing in the
@@ -134,7 +134,7 @@ class FilesStorage:
     Group commit: one writer thread runs commit cycles while appends are queued. A cycle
     takes every append queued since the last one (each: every dirty shard's batch; the
     node keeps one in flight per shard) and writes them all to the log with one ``write``
-    and one ``fsync``; then, on the loop, every append's future is resolved with the same
+    (the segment is ``O_DSYNC``); then, on the loop, every append's future is resolved with the same
     outcome. It never waits for more: under load the node holds its appends instead, so
     that what arrives meanwhile joins the batch (``node.hold``, ``--commit-delay``). With
     fsync off the cycle runs on the loop (no thread hop).

@@ -180,8 +180,10 @@ def test_close_waits_for_a_cycle_in_the_thread_before_closing_the_files(tmp_path
 def test_a_failed_fsync_takes_its_batch_back_out_of_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The write reached the page cache but the fsync failed: the callers hear Unavailable,
-    so neither the restore that undoes the change nor a later recovery may replay it."""
+    """The write reached the page cache but making it durable failed: the callers hear
+    Unavailable, so neither the restore that undoes the change nor a later recovery may
+    replay it. (The segment is O_DSYNC: the write that copied the batch into the page cache
+    is the call that reports the failed sync.)"""
 
     async def main() -> tuple[object, object, object]:
         node, storage = open_node(tmp_path, SHARDS, fsync=True)
@@ -190,18 +192,19 @@ def test_a_failed_fsync_takes_its_batch_back_out_of_the_file(
         await node.execute(register(shops[0], "a0"))
         before = dump(d)
         broken = storage.wal._fd
-        real_fsync = os.fsync
+        real_write = os.write
 
-        def fsync(fd: int) -> None:
+        def write(fd: int, data: bytes) -> int:
+            written = real_write(fd, data)
             if fd == broken:
                 raise OSError(errno.EIO, "injected: the disk lost the write")
-            real_fsync(fd)
+            return written
 
-        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "write", write)
         with pytest.raises(Unavailable):
             await node.execute(register(shops[0], "a1"))
         after = dump(d)
-        monkeypatch.setattr(os, "fsync", real_fsync)
+        monkeypatch.setattr(os, "write", real_write)
         await node.execute(register(shops[0], "a2"))  # resumes
         storage.close()
         return before, after, dump(d)
