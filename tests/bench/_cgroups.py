@@ -6,9 +6,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 CGROUPS = (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup"))
+ROOT = Path(__file__).resolve().parents[2]
+READONLY = Path("/proc/sys/fenliu-no-cgroup")  # mkdir under /proc/sys fails, even as root
 
 
 def left(pid: int) -> list[Path]:
@@ -24,3 +28,14 @@ def clean(pid: int) -> None:
                 os.kill(int(line), signal.SIGKILL)
         with contextlib.suppress(OSError):
             group.rmdir()
+
+
+def refused(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``bench/<script>`` with ``args`` and a cgroup root it cannot write: it must exit 2
+    saying it cannot make its cgroup and never runs uncapped (the caller checks that no
+    round ran, in that script's own words)."""
+    cmd = [sys.executable, str(ROOT / "bench" / script), *args, "--cgroup-root", str(READONLY)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "cannot make cgroup" in proc.stderr and "never runs uncapped" in proc.stderr
+    return proc
