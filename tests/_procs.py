@@ -13,6 +13,31 @@ from pathlib import Path
 MARKER = "FENLIU_TEST_PROCS"
 
 
+PF_KTHREAD = 0x00200000  # a kernel thread: its environment is always empty
+EXEC_RETRIES = 50  # looks, 2 ms apart, at an empty environment before believing it
+
+
+def _stat(entry: Path) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command's name: state, ppid, ..."""
+    return (entry / "stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _environ(entry: Path) -> list[bytes]:
+    """A process's environment. While it is in ``execve`` the kernel shows an empty one
+    for a moment (between dropping the old program and setting up the new one's stack),
+    so an empty environment of a live user process is looked at again before it is
+    believed (a process started with none costs a scan 0.1 s)."""
+    for _ in range(EXEC_RETRIES):
+        raw = (entry / "environ").read_bytes()
+        if raw:
+            break
+        stat = _stat(entry)
+        if stat[0] == "Z" or int(stat[6]) & PF_KTHREAD:
+            break  # a zombie's environment is gone; a kernel thread never had one
+        time.sleep(0.002)
+    return raw.split(b"\0")
+
+
 def marked(marker: str) -> list[int]:
     """The live (not zombie) processes whose environment carries ``MARKER=marker``."""
     needle = f"{MARKER}={marker}".encode()
@@ -21,9 +46,9 @@ def marked(marker: str) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+            if needle not in _environ(entry):
                 continue
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            state = _stat(entry)[0]
         except (OSError, IndexError):
             continue  # gone meanwhile
         if state != "Z":
