@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cpu  # noqa: E402
 import grpc.aio  # noqa: E402
 import loadgen  # noqa: E402
+from core_world import cache_options  # noqa: E402
 
 from fenliu.client._pb import fenliu_pb2 as pb  # noqa: E402
 
@@ -57,8 +58,8 @@ def start_server(
            "--data-dir", "", "--grace", "0.2"]  # fmt: skip
     if freeze is not None:
         cmd += ["--gc-freeze-interval", str(freeze)]
-    if cache_sim:  # valgrind's simulated L1 and last-level caches: misses, not time
-        cmd.insert(2, "--cache-sim=yes")
+    if cache_sim:  # valgrind's simulated L1 and last-level caches (sysfs's): misses, not time
+        cmd[2:2] = ["--cache-sim=yes", *cache_options()]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

@@ -8,7 +8,10 @@ core's cost per decision grow with the number of open sessions, and is it instru
 
 The world is the core's ``Dispatcher`` (16 shards, no gRPC) with ``--shops`` shops of
 ``--agents`` agents each; ``--world`` sessions are opened first by new buyers spread over
-the shops as bench/cpu.py's RouteBatch spreads them (``n * 7919 % shops``). Shapes:
+the shops as bench/cpu.py's RouteBatch spreads them (``n * 7919 % shops``), or with
+``--fill random`` each to a shop drawn at random (seeded), so that the shops' and agents'
+dicts are not all at one fill level (spread evenly, every shop's dicts reach a resize at
+the same measured buyer, which a live process never sees at once). Shapes:
 
 - ``cpu``: bench/cpu.py's world: 400 shops of 4 agents, max_concurrent 10,000, every
   session stays open: 450,000 sessions are ~281 open sessions per agent.
@@ -25,6 +28,10 @@ Then ``--n`` more new buyers are measured, each a rule-6 decision the strategy a
 - instructions: the same process under ``valgrind --tool=callgrind``, collecting only
   inside ``operator.call`` (``--toggle-collect=_operator_call``), which runs the measured
   decisions and nothing else: instructions per decision, load-independent.
+- ``--cache-sim``: callgrind simulates this machine's caches too (L1 and last level as
+  sysfs gives them: valgrind's own guess on this VM was a 256 MiB direct-mapped LL), and
+  the table lists the functions that take the most last-level misses a decision (reads
+  and writes, exclusive: the code that touched the cold line), ``--top`` of them.
 
 Prints a table and one JSON record.
 """
@@ -36,12 +43,14 @@ import gc
 import json
 import operator
 import os
+import random
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 T0 = 1_700_000_000_000
@@ -67,8 +76,10 @@ def build(args: argparse.Namespace, world: int) -> tuple[Any, list[str], int]:
         for a in range(agents):
             d.execute(RegisterAgent(at=T0, shop_id=shop, agent_id=f"a{a}",
                                     max_concurrent=most, status=Status.ONLINE))  # fmt: skip
+    draw = random.Random(0).randrange
     for n in range(world):
-        d.execute(Route(at=T0 + n // 100, shop_id=ids[n * 7919 % shops], buyer_id=f"o{n}",
+        shop = ids[n * 7919 % shops] if args.fill == "spread" else ids[draw(shops)]
+        d.execute(Route(at=T0 + n // 100, shop_id=shop, buyer_id=f"o{n}",
                         request_id=f"o{n}"))  # fmt: skip
         if n % 1000 == 999:
             d.drain_events()
@@ -116,8 +127,56 @@ def worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, Any]:
             "reason": reason}  # fmt: skip
 
 
+def cache_options() -> list[str]:
+    """valgrind's --I1/--D1/--LL from sysfs (size, ways, line), what this CPU has."""
+    found: dict[str, str] = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        level, kind, size, ways, line = (
+            (index / name).read_text().strip()
+            for name in ("level", "type", "size", "ways_of_associativity", "coherency_line_size")
+        )  # fmt: skip
+        value = f"{int(size.rstrip('K')) * 1024},{ways},{line}"
+        if level == "1":
+            found["--I1" if kind == "Instruction" else "--D1"] = value
+        else:
+            found["--LL"] = value  # the highest level listed last
+    return [f"{name}={value}" for name, value in found.items()]
+
+
+def misses_by_function(path: Path, calls: int, top: int) -> dict[str, float]:
+    """Last-level data misses (reads + writes) a decision, by the function that took them
+    (exclusive cost lines of a callgrind.out file; a call's inclusive line is skipped)."""
+    names: dict[str, str] = {}
+    totals: dict[str, int] = {}
+    wanted: list[int] = []  # the columns of DLmr and DLmw (none without --cache-sim)
+    current, skip = "", False
+    with path.open() as f:
+        for line in f:
+            if line.startswith("events:"):
+                events = line.split()[1:]
+                wanted = [events.index(e) for e in ("DLmr", "DLmw") if e in events]
+            elif line.startswith(("fn=", "cfn=")):  # "(id) name" once, then "(id)"
+                ref, _, name = line.partition("=")[2].strip().partition(" ")
+                if name:
+                    names[ref] = name
+                if line[0] == "f":
+                    current = names.get(ref, ref)
+            elif line.startswith("calls="):
+                skip = True  # the next cost line is the call's inclusive cost
+            elif line[:1].isdigit() or line[:1] in "+-*":
+                if skip:
+                    skip = False
+                    continue
+                costs = line.split()[1:]  # after the position; trailing zeros left out
+                count = sum(int(costs[i]) for i in wanted if i < len(costs))
+                totals[current] = totals.get(current, 0) + count
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return {name: round(count / calls, 1) for name, count in ranked if count}
+
+
 def run_worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", str(world), "--world-shape", args.world_shape,
+           "--fill", args.fill, "--top", str(args.top),
            "--shops", str(args.shops), "--agents", str(args.agents), "--per-agent",
            str(args.per_agent), "--n", str(args.n), "--reps", str(args.reps), "--calls",
            str(args.calls)]  # fmt: skip
@@ -125,13 +184,14 @@ def run_worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, A
     if not count:
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
         return json.loads(out.stdout.splitlines()[-1])  # type: ignore[no-any-return]
-    sim = ["--cache-sim=yes"] if args.cache_sim else []
+    sim = ["--cache-sim=yes", *cache_options()] if args.cache_sim else []
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", *sim,
              "--collect-atstart=no", "--toggle-collect=_operator_call", *cmd, "--count"],
             capture_output=True, text=True, env=env, check=True,
         )  # fmt: skip
+        by_function = misses_by_function(Path(tmp) / "cg.out", args.calls, args.top)
     events = re.search(r"Events *: ([\w ]+)", out.stderr)
     found = re.search(r"Collected : ([\d ]+)", out.stderr)
     if found is None or events is None:
@@ -141,6 +201,7 @@ def run_worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, A
     if args.cache_sim:  # per decision: L1 data misses, last-level data misses (reads, writes)
         record["cache_misses"] = {name: round(counts[name] / args.calls, 1)
                                   for name in ("D1mr", "D1mw", "DLmr", "DLmw")}  # fmt: skip
+        record["misses_by_function"] = by_function
     return record
 
 
@@ -149,6 +210,8 @@ def main() -> None:
     parser.add_argument("--worlds", default="45000,450000",
                         help="open sessions before the measured decisions")  # fmt: skip
     parser.add_argument("--world-shape", choices=("cpu", "realistic"), default="cpu")
+    parser.add_argument("--fill", choices=("spread", "random"), default="spread",
+                        help="how the world's sessions are spread over the shops")  # fmt: skip
     parser.add_argument("--shops", type=int, default=400, help="cpu shape")
     parser.add_argument("--agents", type=int, default=4, help="per shop")
     parser.add_argument("--per-agent", type=int, default=10, help="realistic shape")
@@ -159,6 +222,8 @@ def main() -> None:
     parser.add_argument("--no-callgrind", action="store_true")
     parser.add_argument("--cache-sim", action="store_true",
                         help="callgrind simulates the caches too: misses per decision")  # fmt: skip
+    parser.add_argument("--top", type=int, default=12,
+                        help="with --cache-sim: functions listed by their misses")  # fmt: skip
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--count", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -185,7 +250,7 @@ def main() -> None:
             entry.update(run_worker(args, world, count=True))
     load.append(os.getloadavg()[0])
     core = "compiled" if results[worlds[0]]["compiled"] else "pure"
-    print(f"{core} core, {args.world_shape} world; load average (1 min) "
+    print(f"{core} core, {args.world_shape} world, {args.fill} fill; load average (1 min) "
           f"{' -> '.join(f'{x:.2f}' for x in load)}")  # fmt: skip
     print(f"{'sessions':>10}{'shops':>7}{'agents':>7}{'per agent':>10}{'median µs':>11}"
           f"{'instr.':>9}  rounds µs")  # fmt: skip
@@ -197,8 +262,11 @@ def main() -> None:
         if "cache_misses" in e:
             print(f"{'':>10}cache misses a decision (callgrind's simulated caches): "
                   f"{e['cache_misses']}")  # fmt: skip
-    print(json.dumps({"shape": args.world_shape, "core": core, "load_average": load,
-                      "python": sys.version.split()[0],
+            print(f"{'':>10}last-level misses a decision, by the function that took them:")
+            for name, count in e["misses_by_function"].items():
+                print(f"{'':>12}{count:>6.1f}  {name}")
+    print(json.dumps({"shape": args.world_shape, "fill": args.fill, "core": core,
+                      "load_average": load, "python": sys.version.split()[0],
                       "results": {str(w): r for w, r in results.items()}}))  # fmt: skip
 
 

@@ -1,0 +1,54 @@
+"""bench/core_world.py under callgrind with its cache simulation, on a tiny world: the
+simulated caches are this CPU's (sysfs), and the misses are attributed to named
+functions, the core's among them. Asserts the record's shape, never a figure's size."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from core_world import cache_options  # noqa: E402
+
+
+def test_the_simulated_caches_are_this_cpus() -> None:
+    options = dict(option.split("=") for option in cache_options())
+    assert set(options) == {"--I1", "--D1", "--LL"}, options
+    for value in options.values():
+        size, ways, line = map(int, value.split(","))
+        sets = size // (ways * line)
+        assert sets > 0 and sets & (sets - 1) == 0, value  # valgrind wants 2^n sets
+    assert int(options["--LL"].split(",")[0]) >= int(options["--D1"].split(",")[0])
+
+
+def test_misses_are_attributed_to_named_functions() -> None:
+    if shutil.which("valgrind") is None:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "valgrind"], check=True)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "core_world.py"), "--world-shape", "realistic",
+         "--fill", "random", "--worlds", "3000", "--rounds", "1", "--reps", "1", "--n", "300",
+         "--calls", "300", "--cache-sim", "--top", "8"],
+        capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    record = json.loads(out.stdout.splitlines()[-1])
+    assert record["fill"] == "random"
+    result = record["results"]["3000"]
+    assert result["reason"] == "STRATEGY"  # real rule-6 decisions, not retries
+    total = result["cache_misses"]["DLmr"] + result["cache_misses"]["DLmw"]
+    by_function = result["misses_by_function"]
+    assert 0 < len(by_function) <= 8, by_function
+    # names, not callgrind's "(id)" back-references; each a share of the total
+    assert not [name for name in by_function if name.startswith("(")], by_function
+    assert sum(by_function.values()) <= total + 0.1 * len(by_function), (by_function, total)
+    assert list(by_function.values()) == sorted(by_function.values(), reverse=True)
+    assert "last-level misses a decision, by the function that took them" in out.stdout
