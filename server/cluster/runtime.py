@@ -170,8 +170,13 @@ class ClusterRuntime:
 
     async def _forever(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: 3.11's wait_for returns the result of a wait
+            # that ended just as the task was cancelled and swallows the cancel (the node's
+            # own announce wakes it right as a stop signalled during start-up cancels it),
+            # and this loop would go on forever under stop()'s await
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), BALANCE_S)
+                async with asyncio.timeout(BALANCE_S):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self._round()
