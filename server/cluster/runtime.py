@@ -88,7 +88,32 @@ class ClusterRuntime:
     # ------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
-        """Join the cluster and take a fair share of the free shards before serving."""
+        """Join the cluster and take a fair share of the free shards before serving.
+
+        Cancelled or failed part-way (a second signal while starting): the node leaves
+        again, its lease revoked (nothing was served, so nothing is handed over).
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self._abandon()
+            raise
+
+    async def _abandon(self) -> None:
+        for task in (self._task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._watch_task = None
+        member, self.member = self.member, None
+        if member is not None:
+            try:
+                await member.leave()
+            except Exception as exc:  # noqa: BLE001 - the lease expires by itself anyway
+                log.warning("could not leave the cluster: %r", exc)
+
+    async def _start(self) -> None:
         c = self.config
         self.member = await Member.join(
             [u.strip() for u in c.cluster_nats.split(",") if u.strip()],

@@ -405,7 +405,8 @@ def _credentials(config: Config) -> grpc.ServerCredentials:
 
 
 class _Signals:
-    """Two-stage exit: the first SIGTERM/SIGINT asks to drain, the second to stop now."""
+    """Two-stage exit: the first SIGTERM/SIGINT asks to drain, the second to stop now
+    (installed before the server starts: a signal while starting is one of these too)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -441,16 +442,26 @@ async def serve(
     Logs ``fenliu serving on HOST:PORT`` once ready. The first signal stops intake and
     drains for up to ``config.grace_s`` (exit 0); a second one cancels what is left
     and exits with 128 + its number.
+
+    A signal while starting: the first lets the start end (in cluster mode its shards
+    claimed), then stops as above without ever logging ``serving on`` (exit 0); a second
+    one cancels the start where it is and exits with 128 + its number (what was opened is
+    closed; in cluster mode the lease is revoked, its shards free at once).
     """
     signals = _Signals()
     started = time.monotonic()
     log.info("fenliu %s starting; effective configuration: %s", version(), config.effective())
     try:
         server = Server(config, now_ms=now_ms, events=events)
-        await server.start()
+        if not await _start(server, signals):
+            log.info("fenliu stopped while starting, exit code %d", signals.exit_code)
+            return signals.exit_code
         if config.tls:
             log.info("TLS is on%s", " with client certificates" if config.tls_client_ca else "")
-        log.info("fenliu serving on %s:%d", config.host, server.port)
+        if signals.drain.is_set():
+            log.info("fenliu signalled while starting: stopping without serving")
+        else:
+            log.info("fenliu serving on %s:%d", config.host, server.port)
         await signals.drain.wait()
         await _drain(server, signals)
         log.info("fenliu stopped after %.1fs of service, exit code %d",
@@ -458,6 +469,27 @@ async def serve(
         return signals.exit_code
     finally:
         signals.close()
+
+
+async def _start(server: Server, signals: _Signals) -> bool:
+    """Start ``server`` unless a second signal comes first: then the start is cancelled
+    and what it opened closed (False)."""
+    start = asyncio.create_task(server.start())
+    hurry = asyncio.create_task(signals.hurry.wait())
+    await asyncio.wait((start, hurry), return_when=asyncio.FIRST_COMPLETED)
+    hurry.cancel()
+    if start.done():
+        start.result()  # its error, if it failed
+        return True
+    start.cancel()
+    try:
+        await start
+    except asyncio.CancelledError:
+        pass
+    except Exception as exc:  # noqa: BLE001 - stopping anyway: said, not raised
+        log.warning("the start failed as it was cancelled: %r", exc)
+    await server.stop(0)
+    return False
 
 
 async def _drain(server: Server, signals: _Signals) -> None:

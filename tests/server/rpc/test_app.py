@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from fenliu.client._pb import fenliu_pb2 as pb
 from fenliu.server.config import Config
 from fenliu.server.core import types as t
 from fenliu.server.rpc.app import SERVICE_NAMES, Server, ServerThread
+from tests._procs import MARKER, marked, stop_marked
 
 from .conftest import Api, FakeClock, rpc_error
 
@@ -218,6 +221,35 @@ def test_process_second_signal_exits_at_once(process: tuple[subprocess.Popen[str
         assert child.wait(timeout=5) == 128 + signal.SIGINT
         error = rpc_error(lambda _: next(watch), None)
         assert error.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signals", [1, 2])
+def test_process_signalled_while_starting_stops(tmp_path: Path, signals: int) -> None:
+    """SIGTERM as soon as it says it is starting (recovering its data directory, spawning
+    its snapshotter): it exits as documented, never says it serves after "draining", and
+    leaves nothing running (cluster mode: tests/cluster/test_start_signal.py)."""
+    log, marker = tmp_path / "server.log", uuid.uuid4().hex
+    args = [sys.executable, "-m", "fenliu.server", "--port", "0", "--data-dir",
+            str(tmp_path / "data")]  # fmt: skip
+    with open(log, "wb") as out:
+        child = subprocess.Popen(args, stderr=out, env={**os.environ, MARKER: marker})
+    try:
+        deadline = time.monotonic() + 30
+        for line in ("starting;", "draining")[:signals]:
+            while line not in log.read_text():
+                assert child.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.001)
+            child.send_signal(signal.SIGTERM)
+        code = child.wait(timeout=15)
+        text = log.read_text()
+        assert code == (0 if signals == 1 else 128 + signal.SIGTERM), text
+        assert "fenliu serving on" not in text.split("draining", 1)[1], text
+        assert marked(marker) == []
+    finally:
+        left = stop_marked(marker, grace=5.0)
+        child.wait(10)
+        assert not left, f"left running: {left}"
 
 
 def test_main_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
