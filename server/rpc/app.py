@@ -16,7 +16,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
@@ -254,7 +254,7 @@ class Server:
                 young, middle, _ = self._gc_threshold
                 gc.set_threshold(young, middle, NO_AUTOMATIC_FULL)
             self._freezer = asyncio.create_task(self._freeze_forever(), name="fenliu-gc")
-        await self._grpc.start()
+        await _whole(self._grpc.start())
         self._ticker = asyncio.create_task(self._tick_forever(), name="fenliu-ticker")
         if self.storage is not None:
             self._snapshots = asyncio.create_task(self._snapshot_forever(), name="fenliu-snap")
@@ -369,6 +369,20 @@ class Server:
             log.error("the snapshot FAILED after %.3fs; retrying in %.0fs", seconds,
                       min(self.config.snapshot_interval_s, SNAPSHOT_RETRY_S))  # fmt: skip
         return ok
+
+
+async def _whole(step: Awaitable[T]) -> T:
+    """``step`` run to its end even if the start is cancelled meanwhile (a second signal
+    while starting), the cancel raised once it is: a gRPC server cancelled half-way
+    through its start fails its stop (InvalidStateError out of grpc, and the storage and
+    snapshotter it would have closed next left open). Other steps need none: a cancelled
+    spawn of the snapshotter kills the child, the cluster's start leaves the cluster."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 def _interceptors(config: Config, metrics: Metrics | None) -> list[CallGuard] | None:

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -25,6 +26,7 @@ from fenliu.client._pb import fenliu_pb2 as pb
 from fenliu.server.config import Config
 from fenliu.server.core import types as t
 from fenliu.server.rpc.app import SERVICE_NAMES, Server, ServerThread
+from fenliu.server.snapshots import Snapshotter
 from tests._procs import MARKER, marked, stop_marked
 
 from .conftest import Api, FakeClock, rpc_error
@@ -221,6 +223,39 @@ def test_process_second_signal_exits_at_once(process: tuple[subprocess.Popen[str
         assert child.wait(timeout=5) == 128 + signal.SIGINT
         error = rpc_error(lambda _: next(watch), None)
         assert error.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("step", ["snapshotter", "grpc"])
+def test_a_start_cancelled_inside_a_step_stops_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """A second signal while starting cancels Server.start wherever it is: inside the
+    spawn of the snapshotter or the start of the gRPC server, the step still ends, so the
+    stop that follows closes everything (no InvalidStateError, no snapshotter left)."""
+    marker = uuid.uuid4().hex
+    monkeypatch.setenv(MARKER, marker)  # the snapshotter inherits it
+
+    async def scenario() -> None:
+        config = Config(shards=2, host="127.0.0.1", port=0, data_dir=str(tmp_path / "data"))
+        server = Server(config)
+        entered = asyncio.Event()
+        owner: Any = Snapshotter if step == "snapshotter" else server._grpc
+        real = owner.start
+
+        async def start(*args: Any) -> None:
+            entered.set()
+            await real(*args)
+
+        monkeypatch.setattr(owner, "start", start)
+        starting = asyncio.create_task(server.start())
+        await entered.wait()  # the step is under way
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        await server.stop(0)
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert marked(marker) == []
 
 
 @pytest.mark.slow
