@@ -2,8 +2,11 @@
 
 Logs ``fenliu serving on HOST:PORT`` to stderr once ready (with ``--port 0`` that is how
 a parent process learns the port). SIGTERM or SIGINT drains and exits 0; a second one
-exits at once. Settings come from defaults, a TOML file, the environment and flags
-(``options.py``; ``--help`` lists every key).
+exits at once with 128 + its number (143 for SIGTERM, 130 for SIGINT). Signalled while
+still starting, it finishes the start, never logs ``serving on`` and stops as above (exit
+0); a second signal then cancels the start and exits 128 + its number. Settings come from
+defaults, a TOML file, the environment and flags (``options.py``; ``--help`` lists every
+key).
 """
 
 from __future__ import annotations

@@ -88,7 +88,32 @@ class ClusterRuntime:
     # ------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
-        """Join the cluster and take a fair share of the free shards before serving."""
+        """Join the cluster and take a fair share of the free shards before serving.
+
+        Cancelled or failed part-way (a second signal while starting): the node leaves
+        again, its lease revoked (nothing was served, so nothing is handed over).
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self._abandon()
+            raise
+
+    async def _abandon(self) -> None:
+        for task in (self._task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._watch_task = None
+        member, self.member = self.member, None
+        if member is not None:
+            try:
+                await member.leave()
+            except Exception as exc:  # noqa: BLE001 - the lease expires by itself anyway
+                log.warning("could not leave the cluster: %r", exc)
+
+    async def _start(self) -> None:
         c = self.config
         self.member = await Member.join(
             [u.strip() for u in c.cluster_nats.split(",") if u.strip()],
@@ -170,8 +195,13 @@ class ClusterRuntime:
 
     async def _forever(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: 3.11's wait_for returns the result of a wait
+            # that ended just as the task was cancelled and swallows the cancel (the node's
+            # own announce wakes it right as a stop signalled during start-up cancels it),
+            # and this loop would go on forever under stop()'s await
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), BALANCE_S)
+                async with asyncio.timeout(BALANCE_S):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self._round()

@@ -16,7 +16,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
@@ -254,7 +254,7 @@ class Server:
                 young, middle, _ = self._gc_threshold
                 gc.set_threshold(young, middle, NO_AUTOMATIC_FULL)
             self._freezer = asyncio.create_task(self._freeze_forever(), name="fenliu-gc")
-        await self._grpc.start()
+        await _whole(self._grpc.start())
         self._ticker = asyncio.create_task(self._tick_forever(), name="fenliu-ticker")
         if self.storage is not None:
             self._snapshots = asyncio.create_task(self._snapshot_forever(), name="fenliu-snap")
@@ -371,6 +371,20 @@ class Server:
         return ok
 
 
+async def _whole(step: Awaitable[T]) -> T:
+    """``step`` run to its end even if the start is cancelled meanwhile (a second signal
+    while starting), the cancel raised once it is: a gRPC server cancelled half-way
+    through its start fails its stop (InvalidStateError out of grpc, and the storage and
+    snapshotter it would have closed next left open). Other steps need none: a cancelled
+    spawn of the snapshotter kills the child, the cluster's start leaves the cluster."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
 def _interceptors(config: Config, metrics: Metrics | None) -> list[CallGuard] | None:
     """The call guard, if anything needs it; with nothing on (None), a call pays for nothing."""
     if config.auth:
@@ -405,7 +419,8 @@ def _credentials(config: Config) -> grpc.ServerCredentials:
 
 
 class _Signals:
-    """Two-stage exit: the first SIGTERM/SIGINT asks to drain, the second to stop now."""
+    """Two-stage exit: the first SIGTERM/SIGINT asks to drain, the second to stop now
+    (installed before the server starts: a signal while starting is one of these too)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -441,16 +456,26 @@ async def serve(
     Logs ``fenliu serving on HOST:PORT`` once ready. The first signal stops intake and
     drains for up to ``config.grace_s`` (exit 0); a second one cancels what is left
     and exits with 128 + its number.
+
+    A signal while starting: the first lets the start end (in cluster mode its shards
+    claimed), then stops as above without ever logging ``serving on`` (exit 0); a second
+    one cancels the start where it is and exits with 128 + its number (what was opened is
+    closed; in cluster mode the lease is revoked, its shards free at once).
     """
     signals = _Signals()
     started = time.monotonic()
     log.info("fenliu %s starting; effective configuration: %s", version(), config.effective())
     try:
         server = Server(config, now_ms=now_ms, events=events)
-        await server.start()
+        if not await _start(server, signals):
+            log.info("fenliu stopped while starting, exit code %d", signals.exit_code)
+            return signals.exit_code
         if config.tls:
             log.info("TLS is on%s", " with client certificates" if config.tls_client_ca else "")
-        log.info("fenliu serving on %s:%d", config.host, server.port)
+        if signals.drain.is_set():
+            log.info("fenliu signalled while starting: stopping without serving")
+        else:
+            log.info("fenliu serving on %s:%d", config.host, server.port)
         await signals.drain.wait()
         await _drain(server, signals)
         log.info("fenliu stopped after %.1fs of service, exit code %d",
@@ -458,6 +483,27 @@ async def serve(
         return signals.exit_code
     finally:
         signals.close()
+
+
+async def _start(server: Server, signals: _Signals) -> bool:
+    """Start ``server`` unless a second signal comes first: then the start is cancelled
+    and what it opened closed (False)."""
+    start = asyncio.create_task(server.start())
+    hurry = asyncio.create_task(signals.hurry.wait())
+    await asyncio.wait((start, hurry), return_when=asyncio.FIRST_COMPLETED)
+    hurry.cancel()
+    if start.done():
+        start.result()  # its error, if it failed
+        return True
+    start.cancel()
+    try:
+        await start
+    except asyncio.CancelledError:
+        pass
+    except Exception as exc:  # noqa: BLE001 - stopping anyway: said, not raised
+        log.warning("the start failed as it was cancelled: %r", exc)
+    await server.stop(0)
+    return False
 
 
 async def _drain(server: Server, signals: _Signals) -> None:

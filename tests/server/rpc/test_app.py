@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -23,6 +26,8 @@ from fenliu.client._pb import fenliu_pb2 as pb
 from fenliu.server.config import Config
 from fenliu.server.core import types as t
 from fenliu.server.rpc.app import SERVICE_NAMES, Server, ServerThread
+from fenliu.server.snapshots import Snapshotter
+from tests._procs import MARKER, marked, stop_marked
 
 from .conftest import Api, FakeClock, rpc_error
 
@@ -218,6 +223,68 @@ def test_process_second_signal_exits_at_once(process: tuple[subprocess.Popen[str
         assert child.wait(timeout=5) == 128 + signal.SIGINT
         error = rpc_error(lambda _: next(watch), None)
         assert error.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("step", ["snapshotter", "grpc"])
+def test_a_start_cancelled_inside_a_step_stops_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """A second signal while starting cancels Server.start wherever it is: inside the
+    spawn of the snapshotter or the start of the gRPC server, the step still ends, so the
+    stop that follows closes everything (no InvalidStateError, no snapshotter left)."""
+    marker = uuid.uuid4().hex
+    monkeypatch.setenv(MARKER, marker)  # the snapshotter inherits it
+
+    async def scenario() -> None:
+        config = Config(shards=2, host="127.0.0.1", port=0, data_dir=str(tmp_path / "data"))
+        server = Server(config)
+        entered = asyncio.Event()
+        owner: Any = Snapshotter if step == "snapshotter" else server._grpc
+        real = owner.start
+
+        async def start(*args: Any) -> None:
+            entered.set()
+            await real(*args)
+
+        monkeypatch.setattr(owner, "start", start)
+        starting = asyncio.create_task(server.start())
+        await entered.wait()  # the step is under way
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        await server.stop(0)
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert marked(marker) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signals", [1, 2])
+def test_process_signalled_while_starting_stops(tmp_path: Path, signals: int) -> None:
+    """SIGTERM as soon as it says it is starting (recovering its data directory, spawning
+    its snapshotter): it exits as documented, never says it serves after "draining", and
+    leaves nothing running (cluster mode: tests/cluster/test_start_signal.py)."""
+    log, marker = tmp_path / "server.log", uuid.uuid4().hex
+    args = [sys.executable, "-m", "fenliu.server", "--port", "0", "--data-dir",
+            str(tmp_path / "data")]  # fmt: skip
+    with open(log, "wb") as out:
+        child = subprocess.Popen(args, stderr=out, env={**os.environ, MARKER: marker})
+    try:
+        deadline = time.monotonic() + 30
+        for line in ("starting;", "draining")[:signals]:
+            while line not in log.read_text():
+                assert child.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.001)
+            child.send_signal(signal.SIGTERM)
+        code = child.wait(timeout=15)
+        text = log.read_text()
+        assert code == (0 if signals == 1 else 128 + signal.SIGTERM), text
+        assert "fenliu serving on" not in text.split("draining", 1)[1], text
+        assert marked(marker) == []
+    finally:
+        left = stop_marked(marker, grace=5.0)
+        child.wait(10)
+        assert not left, f"left running: {left}"
 
 
 def test_main_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
