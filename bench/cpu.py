@@ -214,7 +214,7 @@ async def drive(job: dict[str, Any]) -> dict[str, Any]:
             rate = job.get("rate", 0.0) / max(1, job["streams"])
             ran_out = any(await asyncio.gather(*(
                 stream(ch, items, job["window"], deadline, rate, hist, note, errors, not single,
-                       late)
+                       late, start)
                 for _ in range(job["streams"])
             )))  # fmt: skip
             done = hist.total - sum(errors.values())
@@ -252,11 +252,11 @@ def request_budget(job: dict[str, Any]) -> int:
 async def stream(
     ch: grpc.aio.Channel, items: Any, window: int, deadline: float, rate: float,
     hist: loadgen.Histogram, note: Any, errors: Counter[str], coalesce: bool = True,
-    late: loadgen.Histogram | None = None,
+    late: loadgen.Histogram | None = None, start: float | None = None,
 ) -> bool:  # fmt: skip
     """One RouteStream: at most ``window`` unanswered; paced at ``rate``/s when given
-    (``paced``: latency then from each item's scheduled time). Whether it ran out of
-    ``items`` before the deadline.
+    (``paced``: latency then from each item's scheduled time, the schedule starting at
+    ``start``, the run's start, or now). Whether it ran out of ``items`` before the deadline.
 
     Coalescing (the SDK's way, ``coalesce``): ``items`` are RouteRequests framed as
     RouteStreamRequest's ``more`` (``framed``); each write sends, in one message, every
@@ -265,8 +265,9 @@ async def stream(
     of before) ``items`` are whole RouteStreamRequests, one a message."""
     call = ch.stream_stream(ROUTE_STREAM, response_deserializer=pb.RouteStreamReply.FromString)()
     if rate:
+        begun = time.perf_counter() if start is None else start
         return await paced_stream(call, items, window, deadline, rate, hist, note, errors, coalesce,
-                           late)  # fmt: skip
+                                  late, begun)  # fmt: skip
     loop = asyncio.get_running_loop()
     sent: collections.deque[float] = collections.deque()  # send times, unanswered
     room: list[asyncio.Future[None] | None] = [None]  # the writer's, while the window is full
@@ -335,13 +336,17 @@ async def read_replies(
 async def paced_stream(
     call: Any, items: Any, window: int, deadline: float, rate: float,
     hist: loadgen.Histogram, note: Any, errors: Counter[str], coalesce: bool,
-    late: loadgen.Histogram | None,
+    late: loadgen.Histogram | None, start: float,
 ) -> bool:  # fmt: skip
-    """A stream paced at ``rate``/s, as a gateway's messages arrive: every
-    ``loadgen.TICK_S`` (a ``Ticker``: no spinning, so the load process's CPU is its
-    requests', not its clock's) each request whose time has come joins the outbox
-    (``late``: how long after its time), never one before it. Coalescing, the writer
-    sends the outbox in one message once fewer than the SDK's ``MESSAGES_IN_FLIGHT`` are
+    """A stream paced at ``rate``/s, as a gateway's messages arrive: one due every
+    1/``rate`` s from ``start`` until ``deadline``. Every ``loadgen.TICK_S`` (a ``Ticker``:
+    no spinning, so the load process's CPU is its requests', not its clock's) each request
+    whose time has come joins the outbox (``late``: how long after its time), never one
+    before it; the first tick at or past the deadline still queues those due before it, so
+    a load process that got no CPU for a while (a loaded machine) sends them late, counted
+    in ``late`` and the latency, rather than never (a stall of the whole run sent none, and
+    every run lost the ones due after the last tick before the deadline). Coalescing, the
+    writer sends the outbox in one message once fewer than the SDK's ``MESSAGES_IN_FLIGHT`` are
     unanswered (``client/_stream.py``: what a message waits for under load, instead of
     a message per request the server must read one by one); one a message otherwise.
     At most ``window`` requests unanswered: past it the due ones wait (and count it).
@@ -363,11 +368,13 @@ async def paced_stream(
 
     async def pace() -> None:
         ticker = loadgen.Ticker(min(step, loadgen.TICK_S))
-        t = time.perf_counter()
+        t = start
         try:
-            while (now := await ticker.wait()) < deadline:
+            now = start
+            while now < deadline:
+                now = await ticker.wait()
                 before = len(outbox)
-                while t + step <= now:
+                while t + step <= min(now, deadline):
                     t += step
                     data = next(items, None)
                     if data is None:

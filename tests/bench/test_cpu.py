@@ -8,6 +8,8 @@ import json
 import shutil
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +140,48 @@ def test_a_paced_streams_budget_covers_every_send_its_rate_allows() -> None:
         job = {"kind": "stream_new", "rate": rate, "seconds": seconds, "streams": streams}
         # each writer sends at most one request per 1/rate s before the deadline, plus one
         assert cpu.request_budget(job) >= rate * seconds + streams
+
+
+def test_a_paced_stream_stalled_past_its_deadline_still_sends_every_request_due() -> None:
+    """A load process that gets no CPU for longer than its whole run (a loaded machine: a
+    paced stream at 220/s once sent nothing) queues, at its first tick, every request whose
+    time came before the deadline, each counted late by the stall, and a real server
+    answers them all: what it sends is set by the rate and the run's length, not by when
+    the process got a core."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import cpu  # noqa: PLC0415 - bench/ is not a package
+    import grpc.aio  # noqa: PLC0415
+    import loadgen  # noqa: PLC0415
+
+    from fenliu.client._pb import fenliu_pb2 as pb  # noqa: PLC0415
+    from fenliu.server.config import Config  # noqa: PLC0415
+    from fenliu.server.rpc.app import ServerThread  # noqa: PLC0415
+
+    rate, seconds, stall = 200.0, 0.3025, 0.4  # one due every 5 ms: 60 before the deadline
+    reasons: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    hist, late = loadgen.Histogram(), loadgen.Histogram()
+
+    def note(decision: Any, error: Any = None) -> None:
+        reasons[pb.Reason.Name(decision.reason)] += 1
+
+    async def scenario(target: str) -> bool:
+        await cpu.build_world(target, 2, 1, 0)
+        job = {"kind": "stream_new", "tag": "stall", "proc": 0, "procs": 1, "shops": 2}
+        items = iter(cpu.framed(r) for r in cpu.requests(job, 70))
+        async with grpc.aio.insecure_channel(target) as channel:
+            await channel.channel_ready()
+            start = time.perf_counter()
+            time.sleep(stall)  # noqa: ASYNC251 - the process off its core: nothing runs
+            return await cpu.stream(channel, items, 2000, start + seconds, rate, hist,
+                                    note, errors, True, late, start)  # fmt: skip
+
+    with ServerThread(Config(shards=2)) as server:
+        ran_out = loadgen.run_in_process(scenario, server.target)
+    assert ran_out is False
+    assert (hist.total, late.total, dict(errors)) == (60, 60, {})
+    assert late.percentile_ms(0) >= 99.0  # the last was due 0.3 s in, queued after 0.4 s
+    assert dict(reasons) == {"REASON_STRATEGY": 1}  # a sample: every 97th answer
 
 
 def test_the_paced_stream_is_paced_by_every_load_process_and_at_each_set_rate(

@@ -186,6 +186,11 @@ def test_two_nodes_share_refuse_naming_the_owner_and_survive_a_kill(
         lambda: (o := owners(etcd, name)) and sorted(o.values()) == ["a"] * 8 + ["b"] * 8 and o,
         30, "8 shards each",
     )  # fmt: skip
+    # etcd names b the owner once it holds a shard's key, before its stream is taken over
+    # and the shard served (at load 8 a takeover took up to 7 s here): b serves its 8
+    # once it has counted 8 takeovers; a call before then is refused as "being taken over"
+    wait_until(lambda: b.metric("fenliu_cluster_epoch_changes_total") >= 8, 60,
+               "b serving the 8 shards it took")  # fmt: skip
     by_id = {"a": a, "b": b}
     cmap = wait_until(
         lambda: (m := cluster_map(b.address)) and [o.node_id for o in m.owners] == [
