@@ -149,7 +149,10 @@ class Shop:
         # and how many members are ONLINE/INVISIBLE (receiving) or not OFFLINE (present).
         everyone: dict[str, Agent] = {}
         self.members: dict[str, dict[str, Agent]] = {"": everyone}
-        self.heaps: dict[str, AgentHeap] = {"": AgentHeap(self.policy.strategy, everyone)}
+        # The whole shop's heap also as an attribute: a decision without a group (most)
+        # reads it twice (``best``, ``touch``), and in a big world a dict is cold lines.
+        self.top = AgentHeap(self.policy.strategy, everyone)
+        self.heaps: dict[str, AgentHeap] = {"": self.top}
         self.receiving: dict[str, int] = {"": 0}
         self.present: dict[str, int] = {"": 0}
         self.sessions: dict[str, Session] = {}
@@ -325,14 +328,13 @@ class Shop:
         agent.version += 1
         status = agent.status
         if (status is _ONLINE or status is _INVISIBLE) and agent.load < agent.max_concurrent:
-            heaps = self.heaps
-            top = heaps[""]
+            top = self.top
             entry = None
             if not top.scan:
                 entry = top.entry(agent)  # one strategy per shop: the same in every scope
                 self.push_entry("", top, entry)
             for scope in agent.groups:
-                heap = heaps[scope]
+                heap = self.heaps[scope]
                 if not heap.scan:
                     if entry is None:
                         entry = heap.entry(agent)
@@ -404,7 +406,7 @@ class Shop:
     def best(self, scope: str, excluded: set[str] | None) -> Agent | None:
         """The best eligible (ONLINE/INVISIBLE, under capacity) agent in scope."""
         if not excluded:
-            heap = self.heaps.get(scope)
+            heap = self.heaps.get(scope) if scope else self.top
             return heap.best() if heap is not None else None
         strategy = self.policy.strategy
         candidates = [

@@ -19,6 +19,11 @@ class Agent:
     # every agent of the scope, ``assign`` and ``touch`` the next two) first and together:
     # in a big world each agent is a cache miss, and adjacent fields share its lines
     # (compiled, the attributes are laid out in the order ``__init__`` assigns them).
+    # Compiled, ``pad0``/``pad1`` make the object 168 bytes (+16 of GC header: pymalloc's
+    # 192-byte blocks, which start at 48 mod 64 in their pools), so that every agent's
+    # header (the refcount a scan's incref writes) and its first five fields (status to
+    # last_assign) are one cache line; in 176-byte blocks they straddled two lines for
+    # three agents in four (bench/core_world.py --cache-sim; tests/server/core/test_layout.py).
     __slots__ = (
         "status",
         "load",
@@ -36,6 +41,8 @@ class Agent:
         "served_count",
         "ended",
         "starred",
+        "pad0",
+        "pad1",
     )
 
     def __init__(
@@ -64,6 +71,8 @@ class Agent:
         # Created on first use: most agents never need them (memory, SPEC §8).
         self.ended: dict[str, Ended] | None = None  # recently ended sessions, oldest first
         self.starred: dict[str, tuple[str, int]] | None = None  # session -> (buyer, at)
+        self.pad0 = 0  # the size of a pymalloc block of 3 cache lines (see above)
+        self.pad1 = 0
 
     @property
     def scopes(self) -> tuple[str, ...]:
