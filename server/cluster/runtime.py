@@ -100,18 +100,22 @@ class ClusterRuntime:
             raise
 
     async def _abandon(self) -> None:
-        for task in (self._task, self._watch_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._task = self._watch_task = None
+        await self._stop_tasks()
         member, self.member = self.member, None
         if member is not None:
             try:
                 await member.leave()
             except Exception as exc:  # noqa: BLE001 - the lease expires by itself anyway
                 log.warning("could not leave the cluster: %r", exc)
+
+    async def _stop_tasks(self) -> None:
+        """The balancing loop and the ownership watch, cancelled and awaited."""
+        for task in (self._task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._watch_task = None
 
     async def _start(self) -> None:
         c = self.config
@@ -144,12 +148,7 @@ class ClusterRuntime:
         (``_hand_over``: its image appended to its stream, its key freed once the node is
         withdrawn); then each is refused naming its new owner, until the lease is revoked.
         """
-        for task in (self._task, self._watch_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._task = self._watch_task = None
+        await self._stop_tasks()
         if self.member is None:
             return
         owned = list(self.owned)

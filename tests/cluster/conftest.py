@@ -5,12 +5,14 @@ streams and keys are its own."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterator
 
 import pytest
 
 from fenliu.server.cluster.local import EtcdCluster, NatsCluster
+from fenliu.server.cluster.ownership import Ownership
 
 _names = itertools.count(1)
 
@@ -31,3 +33,18 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
 def name() -> str:
     """A cluster name of this test's own (its streams, buckets and keys)."""
     return f"t{next(_names)}"
+
+
+def owners(etcd: EtcdCluster, name: str) -> dict[int, str]:
+    """Cluster ``name``'s shard owners as etcd names them: shard -> node id (read by a
+    probe of its own, on a lease of its own)."""
+
+    async def main() -> dict[int, str]:
+        probe = Ownership(etcd.endpoints, name, "probe", ttl_s=2)
+        await probe.start()
+        try:
+            return {i: o.node_id for i, o in (await probe.owners()).items()}
+        finally:
+            await probe.close()
+
+    return asyncio.run(asyncio.wait_for(main(), 30))

@@ -19,7 +19,8 @@ from fenliu.server.storage.jetstream import (
     decode_image,
 )
 
-from .test_nodes import SHARDS, Node, nodes, owners, wait_until
+from .conftest import owners
+from .test_nodes import SHARDS, Node, nodes, wait_until
 
 __all__ = ["nodes"]  # the fixture, imported for the test below
 

@@ -31,7 +31,8 @@ from fenliu.server.core.dispatcher import shard_index
 from fenliu.server.storage.jetstream import JetStreamStorage
 
 from ..client.test_idempotency import check_the_scenario_state, retry_all, scenario, state
-from .test_nodes import SHARDS, Node, cluster_map, nodes, owners, wait_until
+from .conftest import owners
+from .test_nodes import SHARDS, Node, cluster_map, nodes, wait_until
 
 __all__ = ["nodes"]  # the fixture, imported
 

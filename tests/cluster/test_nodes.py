@@ -21,10 +21,10 @@ from google.rpc import error_details_pb2 as ed
 from fenliu.client import AsyncClient, Client, ClusterMap, DeadlineExceeded, Unavailable
 from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 from fenliu.server.cluster.local import EtcdCluster, NatsCluster, free_ports
-from fenliu.server.cluster.ownership import Ownership
 from fenliu.server.config import Config
 from fenliu.server.core.dispatcher import shard_index
 from fenliu.server.rpc.app import ServerThread
+from tests.cluster.conftest import owners
 
 SHARDS = 16
 TTL = 2
@@ -78,18 +78,6 @@ class Node:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)
-
-
-def owners(etcd: EtcdCluster, name: str) -> dict[int, str]:
-    async def main() -> dict[int, str]:
-        probe = Ownership(etcd.endpoints, name, "probe", ttl_s=TTL)
-        await probe.start()
-        try:
-            return {i: o.node_id for i, o in (await probe.owners()).items()}
-        finally:
-            await probe.close()
-
-    return asyncio.run(asyncio.wait_for(main(), 30))
 
 
 def wait_until(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
@@ -183,7 +171,8 @@ def test_two_nodes_share_refuse_naming_the_owner_and_survive_a_kill(
     b = Node(tmp_path, nats_cluster, etcd, name, "b")
     nodes.append(b)
     spread = wait_until(
-        lambda: (o := owners(etcd, name)) and sorted(o.values()) == ["a"] * 8 + ["b"] * 8 and o,
+        lambda: (o := owners(etcd, name))
+        and sorted(o.values()) == ["a"] * 8 + ["b"] * 8 and o,
         30, "8 shards each",
     )  # fmt: skip
     # etcd names b the owner once it holds a shard's key, before its stream is taken over

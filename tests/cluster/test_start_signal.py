@@ -6,7 +6,6 @@ owned in etcd."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -19,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from fenliu.server.cluster.local import EtcdCluster, NatsCluster
-from fenliu.server.cluster.ownership import Ownership
 from tests._procs import MARKER, marked, stop_marked
+from tests.cluster.conftest import owners
 
 SHARDS = 16
 TTL = 2
@@ -75,18 +74,6 @@ def starting(
         left = stop_marked(node.marker, grace=5.0)
         node.proc.wait(10)
         assert not left, f"left running: {left}"
-
-
-def owners(etcd: EtcdCluster, name: str) -> dict[int, str]:
-    async def main() -> dict[int, str]:
-        probe = Ownership(etcd.endpoints, name, "probe", ttl_s=TTL)
-        await probe.start()
-        try:
-            return {i: o.node_id for i, o in (await probe.owners()).items()}
-        finally:
-            await probe.close()
-
-    return asyncio.run(asyncio.wait_for(main(), 30))
 
 
 def test_sigterm_while_starting_stops_without_serving(
