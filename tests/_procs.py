@@ -28,7 +28,10 @@ def _environ(entry: Path) -> list[bytes]:
     so an empty environment of a live user process is looked at again before it is
     believed (a process started with none costs a scan 0.1 s)."""
     for _ in range(EXEC_RETRIES):
-        raw = (entry / "environ").read_bytes()
+        try:
+            raw = (entry / "environ").read_bytes()
+        except (PermissionError, ProcessLookupError):  # mid-exec too, or gone: stat says
+            raw = b""
         if raw:
             break
         stat = _stat(entry)
