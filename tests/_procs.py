@@ -22,6 +22,21 @@ def _stat(entry: Path) -> list[str]:
     return (entry / "stat").read_text().rsplit(")", 1)[1].split()
 
 
+def _capabilities(entry: Path, field: str) -> int:
+    for line in (entry / "status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1], 16)
+    raise ValueError(f"no {field} in {entry}/status")
+
+
+def _beyond_us(entry: Path) -> bool:
+    """Whether the process holds a capability outside our bounding set: then nothing we
+    started can be it (what we start never gains one), and reading its environment is
+    refused for good (the sandbox's init, here), so it is not looked at again."""
+    ours = _capabilities(Path("/proc/self"), "CapBnd")
+    return bool(_capabilities(entry, "CapPrm") & ~ours)
+
+
 def _environ(entry: Path) -> list[bytes]:
     """A process's environment. While it is in ``execve`` the kernel shows an empty one
     for a moment (between dropping the old program and setting up the new one's stack),
@@ -30,7 +45,11 @@ def _environ(entry: Path) -> list[bytes]:
     for _ in range(EXEC_RETRIES):
         try:
             raw = (entry / "environ").read_bytes()
-        except (PermissionError, ProcessLookupError):  # mid-exec too, or gone: stat says
+        except PermissionError:  # mid-exec too, unless it outranks us
+            raw = b""
+            if _beyond_us(entry):
+                break
+        except ProcessLookupError:  # mid-exec too, or gone: stat says
             raw = b""
         if raw:
             break
