@@ -174,7 +174,7 @@ async def load_then_kill(
     """Paced load, then a kill during a snapshot; True if it landed during one."""
     if first:
         await register(target)
-    acked.status_locks.clear()  # locks belong to one event loop
+    acked.new_cycle()
     async with AsyncClient(target, retries=0, timeout=2) as fenliu:
         workers = [
             asyncio.ensure_future(paced_worker(fenliu, random.Random(rng.random()), acked, 0.002))
