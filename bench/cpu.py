@@ -621,13 +621,18 @@ def attribution(before: dict[str, Any], after: dict[str, Any], calls: int) -> di
 
 
 def measure(server: Any, pool: Any, job: dict[str, Any], procs: int) -> dict[str, Any]:
+    """``job`` run by ``procs`` load processes against ``server``; its CPU is that of every
+    process in ``server.pids`` when it has them (a router and its Redis,
+    bench/redis_compare.py), else of ``server.proc``; ``per_call`` attributes the first's."""
     jobs = [{**job, "proc": i, "procs": procs} for i in range(procs)]
+    pids = getattr(server, "pids", None) or [server.proc.pid]
     load = os.getloadavg()[0]
-    counted = server_counters(server.proc.pid)
-    cpu0 = cpu_seconds(server.proc.pid)
+    counted = server_counters(pids[0])
+    cpu0 = [cpu_seconds(pid) for pid in pids]
     parts = pool.map(_worker, jobs)
-    cpu = cpu_seconds(server.proc.pid) - cpu0
-    counts = server_counters(server.proc.pid)
+    by_process = [cpu_seconds(pid) - c for pid, c in zip(pids, cpu0, strict=True)]
+    cpu = sum(by_process)
+    counts = server_counters(pids[0])
     done = sum(p["done"] for p in parts)
     seconds = max(p["seconds"] for p in parts)
     hist, late = loadgen.Histogram(), loadgen.Histogram()
@@ -647,6 +652,7 @@ def measure(server: Any, pool: Any, job: dict[str, Any], procs: int) -> dict[str
     return {
         "kind": kind, "done": done, "seconds": round(seconds, 3),
         "per_s": round(done / seconds, 1), "server_cpu_s": round(cpu, 3),
+        "server_cpu_s_by_process": [round(c, 3) for c in by_process],
         "cpu_us_per_call": round(cpu / done * 1e6, 2) if done else None,
         "latency_ms": hist.summary(), "reasons_sampled": dict(reasons),
         "real_decisions": real, "errors": dict(errors), "loadavg": round(load, 2),
