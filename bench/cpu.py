@@ -1155,9 +1155,8 @@ def ab_summary(
     return out
 
 
-def add_arguments(p: argparse.ArgumentParser, quick: bool = False) -> None:
-    p.add_argument("--rounds", type=int, default=2 if quick else 5)
-    p.add_argument("--seconds", type=float, default=1.5 if quick else 5.0, help="per kind")
+def add_load_arguments(p: argparse.ArgumentParser) -> None:
+    """The load processes and the world (also bench/redis_compare.py's)."""
     p.add_argument("--procs", type=int, default=1, help="load processes")
     p.add_argument("--concurrency", type=int, default=64, help="unary callers per process")
     p.add_argument("--batch-size", type=int, default=1000)
@@ -1171,6 +1170,12 @@ def add_arguments(p: argparse.ArgumentParser, quick: bool = False) -> None:
     p.add_argument("--open-buyers", type=int, default=5000)
     p.add_argument("--max-rate", type=float, default=60_000,
                    help="requests pre-built per s (4x for batches)")  # fmt: skip
+
+
+def add_arguments(p: argparse.ArgumentParser, quick: bool = False) -> None:
+    p.add_argument("--rounds", type=int, default=2 if quick else 5)
+    p.add_argument("--seconds", type=float, default=1.5 if quick else 5.0, help="per kind")
+    add_load_arguments(p)
     p.add_argument("--paced-kind", default="stream_new",
                    choices=("stream_new", "stream_new_single"),
                    help="the paced stream: coalescing (the SDK's) or one a message")  # fmt: skip
