@@ -246,8 +246,9 @@ class Routing(pb_grpc.RoutingServicer):
 
     async def RouteStream(self, requests: Any, context: Any) -> Any:
         """Each message's requests sent to Redis as it is read (a reader task, up to
-        ``STREAM_WINDOW`` answers ahead), answered in order: one reply a message when the
-        caller coalesces, else one a request; an item's error is its answer."""
+        ``STREAM_WINDOW`` messages ahead of the replies), answered in order: one reply a
+        message when the caller coalesces, else one a request; an item's error is its
+        answer."""
         await context.send_initial_metadata((("fenliu-coalesce", "1"),))
         loop = asyncio.get_running_loop()
         answers: asyncio.Queue[Any] = asyncio.Queue(STREAM_WINDOW)
