@@ -128,14 +128,20 @@ def worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, Any]:
 
 
 def cache_options() -> list[str]:
-    """valgrind's --I1/--D1/--LL from sysfs (size, ways, line), what this CPU has."""
+    """valgrind's --I1/--D1/--LL from sysfs (size, ways, line), what this CPU has.
+
+    valgrind simulates only caches of 2^n sets: a cache of another count (a 260 MiB
+    20-way L3 has 212,992) is simulated with its sets rounded down to a power of two,
+    the same ways and line (160 MiB there), never more cache than the CPU has."""
     found: dict[str, str] = {}
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         level, kind, size, ways, line = (
             (index / name).read_text().strip()
             for name in ("level", "type", "size", "ways_of_associativity", "coherency_line_size")
         )  # fmt: skip
-        value = f"{int(size.rstrip('K')) * 1024},{ways},{line}"
+        set_bytes = int(ways) * int(line)
+        sets = int(size.rstrip("K")) * 1024 // set_bytes
+        value = f"{(1 << (sets.bit_length() - 1)) * set_bytes},{ways},{line}"
         if level == "1":
             found["--I1" if kind == "Instruction" else "--D1"] = value
         else:
