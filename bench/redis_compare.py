@@ -70,11 +70,17 @@ def redis_server_binary() -> str:
     return found
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
+def wait_port(
+    port: int, proc: subprocess.Popen[bytes], what: str, log: Any, timeout: float = 30
+) -> None:
+    """Until ``proc`` listens on ``port``; if it exits first, an error with the tail of
+    ``log`` (the file its output goes to)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited {proc.returncode}")
+            log.seek(0)
+            tail = log.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"{what} exited {proc.returncode}:\n{tail}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.05)
@@ -92,25 +98,27 @@ class RedisRouterProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.pids: list[int] = []
         self.target = ""
+        self._log: Any = None  # a start's file of both processes' output
 
     def start(self) -> str:
         self.data.mkdir(parents=True, exist_ok=True)
+        self._log = tempfile.TemporaryFile(prefix="fenliu-bench-redis-")
         port = loadgen.free_port()
         self.redis = subprocess.Popen(
             [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
              "--dir", str(self.data), "--daemonize", "no", "--logfile", "",
              "--protected-mode", "yes", *REDIS_MODES[self.mode]],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=self._log, stderr=self._log,
         )  # fmt: skip
         try:
-            wait_port(port, self.redis, "redis-server")
+            wait_port(port, self.redis, "redis-server", self._log)
             router_port = loadgen.free_port()
             self.proc = subprocess.Popen(
                 [sys.executable, str(HERE / "redis_router.py"), "--redis", f"127.0.0.1:{port}",
                  "--port", str(router_port)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                stdout=self._log, stderr=self._log,
             )  # fmt: skip
-            wait_port(router_port, self.proc, "redis_router.py")
+            wait_port(router_port, self.proc, "redis_router.py", self._log)
         except BaseException:
             self.stop()
             raise
@@ -130,6 +138,9 @@ class RedisRouterProcess:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 def rss_kib(pid: int) -> int:
