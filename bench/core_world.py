@@ -127,14 +127,14 @@ def worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, Any]:
             "reason": reason}  # fmt: skip
 
 
-def cache_options() -> list[str]:
+def cache_options(caches: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> list[str]:
     """valgrind's --I1/--D1/--LL from sysfs (size, ways, line), what this CPU has.
 
     valgrind simulates only caches of 2^n sets: a cache of another count (a 260 MiB
     20-way L3 has 212,992) is simulated with its sets rounded down to a power of two,
     the same ways and line (160 MiB there), never more cache than the CPU has."""
     found: dict[str, str] = {}
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+    for index in sorted(caches.glob("index*")):
         level, kind, size, ways, line = (
             (index / name).read_text().strip()
             for name in ("level", "type", "size", "ways_of_associativity", "coherency_line_size")

@@ -30,6 +30,22 @@ def test_the_simulated_caches_are_this_cpus() -> None:
     assert int(options["--LL"].split(",")[0]) >= int(options["--D1"].split(",")[0])
 
 
+def test_a_cache_of_sets_not_a_power_of_two_is_simulated_no_larger(tmp_path: Path) -> None:
+    """A 260 MiB 20-way L3 (212,992 sets: valgrind refuses it) becomes 2^17 sets, 160 MiB."""
+    for i, (level, kind, size, ways) in enumerate(
+        [("1", "Data", "48K", "12"), ("1", "Instruction", "32K", "8"),
+         ("2", "Unified", "2048K", "16"), ("3", "Unified", "266240K", "20")]
+    ):  # fmt: skip
+        index = tmp_path / f"index{i}"
+        index.mkdir()
+        files = {"level": level, "type": kind, "size": size, "ways_of_associativity": ways,
+                 "coherency_line_size": "64"}  # fmt: skip
+        for name, value in files.items():
+            (index / name).write_text(value + "\n")
+    options = dict(option.split("=") for option in cache_options(tmp_path))
+    assert options == {"--D1": "49152,12,64", "--I1": "32768,8,64", "--LL": "167772160,20,64"}
+
+
 def test_misses_are_attributed_to_named_functions() -> None:
     if shutil.which("valgrind") is None:
         subprocess.run(["apt-get", "update", "-qq"], check=True)
