@@ -1215,13 +1215,19 @@ def add_arguments(p: argparse.ArgumentParser, quick: bool = False) -> None:
     p.add_argument("--h2-streams", type=int, default=16)
 
 
+def write_out(out: str, stem: str, record: dict[str, Any], table: str) -> None:
+    """``record`` as ``stem.json`` and ``table`` as ``stem.md`` in folder ``out`` (made
+    when missing); nothing when ``out`` is empty (no ``--out``)."""
+    if out:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
+        (folder / f"{stem}.md").write_text(table)
+
+
 def main(args: argparse.Namespace) -> int:
     record = run(args)
     table = markdown(record)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "cpu.json").write_text(json.dumps(record, indent=1) + "\n")
-        (out / "cpu.md").write_text(table)
+    write_out(args.out, "cpu", record, table)
     print(table)
     return 0

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import multiprocessing
 import os
 import shutil
@@ -45,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cpu  # noqa: E402
 import loadgen  # noqa: E402
-from run import ServerProcess, progress  # noqa: E402
+from run import ServerProcess, progress, rss_kib  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 KINDS = ("route_new", "route_open", "batch_new", "batch_open", "stream_new", "stream_open")
@@ -141,13 +140,6 @@ class RedisRouterProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 @contextlib.contextmanager
@@ -325,17 +317,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main() -> int:
-    args = parser().parse_args()
+    p = parser()
+    args = p.parse_args()
     unknown = set(args.modes) - set(TARGETS) or set(args.kinds) - set(KINDS)
     if unknown:
-        parser().error(f"unknown: {', '.join(sorted(unknown))}")
+        p.error(f"unknown: {', '.join(sorted(unknown))}")
     record = run(args)
     table = markdown(record)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "redis_compare.json").write_text(json.dumps(record, indent=1) + "\n")
-        (out / "redis_compare.md").write_text(table)
+    cpu.write_out(args.out, "redis_compare", record, table)
     print(table)
     return 0
 
