@@ -258,7 +258,7 @@ def _shop_image(shop: Shop) -> ShopImage:
                 a.groups,
                 a.max_concurrent,
                 a.status,
-                list(a.sessions),
+                [s.session_id for s in a.open_sessions()],
                 list(a.backlog),
                 a.last_assign,
                 a.reg,
@@ -309,8 +309,8 @@ def _restore_counters(shop: Shop, image: CountersImage | None) -> None:
     if image is None:
         return
     c = shop.counters = ShopCounters()
-    c.day, c.today = image.day, _padded(image.today)
-    c.minute, c.current = image.minute, _padded(image.current)
+    c.day, c.minute = image.day, image.minute
+    c.set_counts(_padded(image.today), _padded(image.current))
     c.buckets = {minute: _padded(counts) for minute, counts in image.buckets}
 
 
@@ -349,7 +349,7 @@ def _restore_shop(shard: Shard, image: ShopImage) -> Shop:
         for sid in a.sessions:
             session = shop.sessions[sid]
             session.agent = agent
-            agent.sessions[sid] = session
+            agent.hold(session)
             agent.load += 1
             agent.new_count += session.state is t.State.ASSIGNED
         for sid in a.backlog:

@@ -714,7 +714,7 @@ class Shard:
         channel, messages = q.channel, q.messages
         live = [
             s
-            for s in (*agent.sessions.values(), *agent.backlog.values())
+            for s in (*agent.open_sessions(), *agent.backlog.values())
             if (not channel or s.channel == channel)
             and (
                 messages is MessageFilter.ANY

@@ -133,53 +133,57 @@ class Shop:
     """A tenant: its policy, agents, sessions, queue, left messages and contacts."""
 
     def __init__(self, shard: Shard, shop_id: str) -> None:
+        policy = Policy()
+        everyone: dict[str, Agent] = {}
+        # Compiled, the fields are laid out in the order first assigned here: what a new
+        # buyer's decision reads and writes first and together (in a big world the shop is
+        # cold, and adjacent fields share its lines; bench/core_world.py --cache-sim).
         self.shard = shard
+        self.requests: dict[str, Decision] = {}  # request id -> decision, oldest first
+        # their times, run-length: request_runs[i + 1] requests at request_runs[i], for
+        # every even i from request_head
+        self.request_runs: list[int] = []
+        self.request_head = 0
+        self.by_buyer: dict[str, Session] = {}
+        self.main: Agent | None = None
+        # buyer -> last act << 32 | index of the agent id in contact_ids (see pack_contact),
+        # oldest first: an update moves the buyer to the end, so expiry pops from the front.
+        self.recent: dict[str, int] = {}
+        # The whole shop's heap also as an attribute: a decision without a group (most)
+        # reads it twice (``best``, ``touch``), and in a big world a dict is cold lines.
+        self.top = AgentHeap(policy.strategy, everyone)
+        self.sessions: dict[str, Session] = {}
+        self.next_seq = 0
+        self.assign_seq = 0
+        self.event_seq = 0  # the seq of the shop's latest event
         self.shop_id = shop_id
+        self.counters: ShopCounters | None = None  # stats, from the first counted event
+        self.day_start = 0
+        self.day_end = 0
+        self.day = 0
         # The timer limits as plain ints (set with the policy): due() runs on every decision
         # and a msgspec field read is a generic attribute lookup.
         self.queue_wait_limit_ms = self.accept_timeout_ms = 0
         self.reply_timeout_ms = self.idle_end_timeout_ms = 0
-        self._policy = Policy()
-        self.policy = self._policy
+        self._policy = policy
+        self.policy = policy
         self.priority_crowds: frozenset[str] = frozenset()
         self.crowd_groups: dict[str, tuple[str, ...]] = {}  # crowd -> groups serving it
         self.agents: dict[str, Agent] = {}
-        self.main: Agent | None = None
         # Per scope ("" = whole shop, else a group): members, eligible-agent heap,
         # and how many members are ONLINE/INVISIBLE (receiving) or not OFFLINE (present).
-        everyone: dict[str, Agent] = {}
         self.members: dict[str, dict[str, Agent]] = {"": everyone}
-        # The whole shop's heap also as an attribute: a decision without a group (most)
-        # reads it twice (``best``, ``touch``), and in a big world a dict is cold lines.
-        self.top = AgentHeap(self.policy.strategy, everyone)
         self.heaps: dict[str, AgentHeap] = {"": self.top}
         self.receiving: dict[str, int] = {"": 0}
         self.present: dict[str, int] = {"": 0}
-        self.sessions: dict[str, Session] = {}
-        self.by_buyer: dict[str, Session] = {}
         self.queue: list[tuple[int, int, int, Session]] = []  # sorted by queue key
         self.left: dict[str, Session] = {}  # left messages, oldest first
         self.reserved_left = 0  # left messages reserved for one agent (MAIN's private ones)
-        # buyer -> last act << 32 | index of the agent id in contact_ids (see pack_contact),
-        # oldest first: an update moves the buyer to the end, so expiry pops from the front.
-        self.recent: dict[str, int] = {}
         self.contact_ids: list[str] = []  # agent ids of recent contacts, append-only
         self.contact_index: dict[str, int] = {}
         self.private: set[str] = set()
         self.notices: dict[str, int] = {}  # buyer -> last priority notice
-        self.requests: dict[str, Decision] = {}  # request id -> decision, oldest first
-        # their times, run-length: request_n[i] requests at request_at[i], from request_head
-        self.request_at: list[int] = []
-        self.request_n: list[int] = []
-        self.request_head = 0
-        self.next_seq = 0
-        self.assign_seq = 0
         self.reg_seq = 0
-        self.day_start = 0
-        self.day_end = 0
-        self.day = 0
-        self.event_seq = 0  # the seq of the shop's latest event
-        self.counters: ShopCounters | None = None  # stats, from the first counted event
 
     @property
     def policy(self) -> Policy:
@@ -445,7 +449,6 @@ class Shop:
         ``crowds`` (new buyers only): with no group required, the groups serving one of
         them (seed 004's 人群接待范围) are tried first, for an eligible agent.
         """
-        policy = self.policy
         if crowds and not group and self.crowd_groups:
             for crowd in crowds:
                 for scope in self.crowd_groups.get(crowd, ()):
@@ -462,6 +465,7 @@ class Shop:
                 for a in self.members[group].values()
                 if a.status in _RECEIVING and a.agent_id not in excluded
             )
+        policy = self.policy  # not before: in a big world the policy is a cold line
         if priority and receiving and policy.priority_may_exceed_capacity:
             agent = self.least_loaded(group, _RECEIVING, excluded, capped=False)
             return ASSIGN, agent, _PRIORITY_OVERFLOW
@@ -519,7 +523,7 @@ class Shop:
         agent.load += 1
         if not active:
             agent.new_count += 1
-        agent.sessions[session.session_id] = session
+        agent.hold(session)
         self.assign_seq += 1
         agent.last_assign = self.assign_seq
         self.touch(agent)
@@ -571,7 +575,7 @@ class Shop:
             agent.load -= 1
             if state is _ASSIGNED:
                 agent.new_count -= 1
-            del agent.sessions[session.session_id]
+            agent.release(session)
             self.touch(agent)
             return agent
         if state is _BACKLOG:
@@ -686,49 +690,49 @@ class Shop:
     def remember_request(self, request_id: str, decision: Decision) -> None:
         """Cache a Route's decision for the idempotency window; oldest first, like
         ``recent``, with one T_REQUEST timer per shop for the oldest entry. Their times
-        are kept apart, run-length (``request_at``/``request_n``): no tuple per request."""
+        are kept apart, run-length in one flat list (``request_runs``: a time, then how
+        many requests came at it): no tuple per request, and one list's lines to touch."""
         now = self.shard.now
         requests = self.requests
         if not requests:
             self.shard.push_timer(now + IDEMPOTENCY_WINDOW_MS, T_REQUEST, self, "")
         requests[request_id] = decision
-        times = self.request_at
-        if len(times) > self.request_head and times[-1] == now:
-            self.request_n[-1] += 1
+        runs = self.request_runs
+        if len(runs) > self.request_head and runs[-2] == now:
+            count: int = runs[-1]  # typed: compiled, a native add
+            runs[-1] = count + 1
         else:
-            times.append(now)
-            self.request_n.append(1)
+            runs.append(now)
+            runs.append(1)
 
     def expire_requests(self) -> None:
         requests = self.requests
         horizon = self.shard.now - IDEMPOTENCY_WINDOW_MS
-        times, counts = self.request_at, self.request_n
+        runs = self.request_runs
         head = self.request_head
         drop = 0
-        while head < len(times) and times[head] <= horizon:
-            drop += counts[head]
-            head += 1
+        while head < len(runs) and runs[head] <= horizon:
+            count: int = runs[head + 1]
+            drop += count
+            head += 2
         if drop:
             for request_id in list(islice(requests, drop)):
                 del requests[request_id]
-        if head == len(times):
-            times.clear()
-            counts.clear()
+        if head == len(runs):
+            runs.clear()
             head = 0
-        elif head > 1024 and 2 * head > len(times):
-            del times[:head], counts[:head]
+        elif head > 2048 and 2 * head > len(runs):
+            del runs[:head]
             head = 0
         self.request_head = head
-        if head < len(times):
-            self.shard.push_timer(times[head] + IDEMPOTENCY_WINDOW_MS, T_REQUEST, self, "")
+        if head < len(runs):
+            self.shard.push_timer(runs[head] + IDEMPOTENCY_WINDOW_MS, T_REQUEST, self, "")
 
     def request_table(self) -> dict[str, tuple[Decision, int]]:
         """request id -> (decision, time), oldest first: the remembered requests."""
-        head = self.request_head
+        runs = self.request_runs
         times = [
-            at
-            for at, n in zip(self.request_at[head:], self.request_n[head:], strict=True)
-            for _ in range(n)
+            runs[i] for i in range(self.request_head, len(runs), 2) for _ in range(runs[i + 1])
         ]
         return {
             request_id: (decision, at)
@@ -738,14 +742,15 @@ class Shop:
     def load_requests(self, table: dict[str, tuple[Decision, int]]) -> None:
         """Put back ``request_table``'s form (an image's), oldest first."""
         self.requests = {}
-        self.request_at, self.request_n, self.request_head = [], [], 0
+        runs: list[int] = []
+        self.request_runs, self.request_head = runs, 0
         for request_id, (decision, at) in table.items():
             self.requests[request_id] = decision
-            if self.request_at and self.request_at[-1] == at:
-                self.request_n[-1] += 1
+            if runs and runs[-2] == at:
+                runs[-1] += 1
             else:
-                self.request_at.append(at)
-                self.request_n.append(1)
+                runs.append(at)
+                runs.append(1)
 
     def forget_requests(self) -> None:
         """Forget every remembered request (their T_REQUEST timer then finds none)."""
@@ -1040,7 +1045,7 @@ class Shop:
         self.touch(agent)
         self.emit("status_changed", agent.agent_id, status=status)
         if status is Status.OFFLINE:
-            moving = [s for s in agent.sessions.values() if s.state is State.ASSIGNED]
+            moving = [s for s in agent.open_sessions() if s.state is State.ASSIGNED]
             for session in [*moving, *agent.backlog.values()]:
                 self.shard.moved.append(
                     self.reroute(session, Reason.AGENT_OFFLINE, exclude=None)[0]
@@ -1058,7 +1063,7 @@ class Shop:
         agent.status = Status.OFFLINE  # so that nothing moving off it can land on it again
         if self.main is agent:
             self.release_main(agent)
-        for session in [*agent.sessions.values(), *agent.backlog.values()]:
+        for session in [*agent.open_sessions(), *agent.backlog.values()]:
             self.shard.moved.append(self.reroute(session, Reason.AGENT_OFFLINE, exclude=None)[0])
         self.emit("status_changed", agent.agent_id, status=Status.OFFLINE)
         self.fill_all()
@@ -1081,7 +1086,7 @@ class Shop:
         """``agent`` is MAIN no longer (removed or made SUB): the shop has no MAIN, so no
         private contact's session is kept for one (rule 3): they become ordinary ones."""
         self.main = None
-        for session in [*agent.sessions.values(), *agent.backlog.values()]:
+        for session in [*agent.open_sessions(), *agent.backlog.values()]:
             session.private = False
         for session in self.left.values():
             if session.left_for == agent.agent_id:

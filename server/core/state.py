@@ -19,7 +19,7 @@ class Agent:
     # every agent of the scope, ``assign`` and ``touch`` the next two) first and together:
     # in a big world each agent is a cache miss, and adjacent fields share its lines
     # (compiled, the attributes are laid out in the order ``__init__`` assigns them).
-    # Compiled, ``pad0``/``pad1`` make the object 168 bytes (+16 of GC header: pymalloc's
+    # Compiled, ``pad0`` makes the object 168 bytes (+16 of GC header: pymalloc's
     # 192-byte blocks, which start at 48 mod 64 in their pools), so that every agent's
     # header (the refcount a scan's incref writes) and its first five fields (status to
     # last_assign) are one cache line; in 176-byte blocks they straddled two lines for
@@ -32,7 +32,7 @@ class Agent:
         "last_assign",
         "reg",
         "version",
-        "sessions",
+        "last",
         "agent_id",
         "role",
         "groups",
@@ -41,8 +41,8 @@ class Agent:
         "served_count",
         "ended",
         "starred",
+        "first",
         "pad0",
-        "pad1",
     )
 
     def __init__(
@@ -61,7 +61,11 @@ class Agent:
         self.last_assign = 0  # the shop's assignment counter at the last assignment
         self.reg = reg  # registration order: the last tie-break
         self.version = 0  # bumped on every change; heap entries of older versions are stale
-        self.sessions: dict[str, Session] = {}  # ASSIGNED + ACTIVE, by session id
+        # ASSIGNED + ACTIVE sessions, oldest first: a list linked through the sessions
+        # (``Session.before``/``after``), not a dict of the agent's: taking one in or out
+        # touches its neighbours, not a table that grows and is rebuilt (a cold line each
+        # in a big world). ``open_sessions()`` lists them.
+        self.last: Session | None = None
         self.agent_id = agent_id
         self.role = role
         self.groups = groups
@@ -71,8 +75,42 @@ class Agent:
         # Created on first use: most agents never need them (memory, SPEC §8).
         self.ended: dict[str, Ended] | None = None  # recently ended sessions, oldest first
         self.starred: dict[str, tuple[str, int]] | None = None  # session -> (buyer, at)
+        self.first: Session | None = None  # the oldest of the open sessions (see ``last``)
         self.pad0 = 0  # the size of a pymalloc block of 3 cache lines (see above)
-        self.pad1 = 0
+
+    def hold(self, session: Session) -> None:
+        """Add ``session`` to the agent's open sessions, as the newest."""
+        last = self.last
+        session.before = last
+        session.after = None
+        if last is None:
+            self.first = session
+        else:
+            last.after = session
+        self.last = session
+
+    def release(self, session: Session) -> None:
+        """Take ``session`` out of the agent's open sessions."""
+        before = session.before
+        after = session.after
+        if before is None:
+            self.first = after
+        else:
+            before.after = after
+        if after is None:
+            self.last = before
+        else:
+            after.before = before
+        session.before = session.after = None
+
+    def open_sessions(self) -> list[Session]:
+        """The ASSIGNED and ACTIVE sessions the agent holds, oldest first."""
+        sessions = []
+        session = self.first
+        while session is not None:
+            sessions.append(session)
+            session = session.after
+        return sessions
 
     @property
     def scopes(self) -> tuple[str, ...]:
@@ -104,6 +142,8 @@ class Session:
         "timer_due",
         "left_for",
         "private",
+        "before",
+        "after",
     )
 
     def __init__(
@@ -129,6 +169,9 @@ class Session:
         self.timer_due: int | None = None  # due time of its live timer-heap entry
         self.left_for = ""  # a left message only this agent (MAIN) may take
         self.private = False  # a private contact's session: it stays MAIN's (rule 3)
+        # its neighbours among its agent's open sessions (``Agent.hold``), while it is one
+        self.before: Session | None = None
+        self.after: Session | None = None
 
 
 # A plain class even when compiled: its ``__slots__`` name its fields (tests compare them

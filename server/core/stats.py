@@ -37,37 +37,51 @@ COUNTED_EVENTS: Final = {
 
 
 class ShopCounters:
-    """Today's counts and per-minute buckets of one shop."""
+    """Today's counts and per-minute buckets of one shop.
 
-    __slots__ = ("day", "today", "minute", "current", "buckets")
+    ``counts`` holds today's (``[:FIELDS]``) and the current minute's (``[FIELDS:]``)
+    together: a count touches one list, not two (in a big world each is cold lines)."""
+
+    __slots__ = ("day", "minute", "counts", "buckets")
 
     def __init__(self) -> None:
-        self.day = 0  # the local day (ordinal) ``today`` counts
-        self.today = [0] * FIELDS
-        self.minute = 0  # the minute (ms // MINUTE) ``current`` counts
-        self.current = [0] * FIELDS
+        self.day = 0  # the local day (ordinal) today's counts count
+        self.minute = 0  # the minute (ms // MINUTE) the current minute's counts count
+        self.counts = [0] * (2 * FIELDS)
         self.buckets: dict[int, list[int]] = {}  # earlier minutes with activity, oldest first
+
+    @property
+    def today(self) -> list[int]:
+        return self.counts[:FIELDS]
+
+    @property
+    def current(self) -> list[int]:
+        return self.counts[FIELDS:]
+
+    def set_counts(self, today: list[int], current: list[int]) -> None:
+        """Put back today's and the current minute's counts (an image's)."""
+        self.counts = [*today, *current]
 
     def add(self, index: int, day: int, now: int) -> None:
         """Count one ``index`` at ``now`` (ms), on local ``day``."""
+        counts = self.counts
         if day != self.day:
             self.day = day
-            self.today = [0] * FIELDS
-        today = self.today
-        count: int = today[index]  # typed: compiled, a native add, not PyNumber_InPlaceAdd
-        today[index] = count + 1
+            counts[:FIELDS] = _ZEROS
+        count: int = counts[index]  # typed: compiled, a native add, not PyNumber_InPlaceAdd
+        counts[index] = count + 1
         minute = now // MINUTE
         if minute != self.minute:
             self.roll(minute)
-        current = self.current
-        count = current[index]
-        current[index] = count + 1
+        count = counts[FIELDS + index]
+        counts[FIELDS + index] = count + 1
 
     def roll(self, minute: int) -> None:
-        """Start counting ``minute``: the current bucket joins the older ones."""
-        if any(self.current):
-            self.buckets[self.minute] = self.current
-            self.current = [0] * FIELDS
+        """Start counting ``minute``: the current minute's counts join the older ones."""
+        counts = self.counts
+        if any(counts[FIELDS:]):
+            self.buckets[self.minute] = counts[FIELDS:]
+            counts[FIELDS:] = _ZEROS
         buckets = self.buckets
         oldest = minute - WINDOW_MINUTES
         while buckets:
@@ -89,7 +103,10 @@ class ShopCounters:
         return total
 
     def today_counts(self, day: int) -> list[int]:
-        return list(self.today) if day == self.day else [0] * FIELDS
+        return self.today if day == self.day else [0] * FIELDS
+
+
+_ZEROS: Final = (0,) * FIELDS
 
 
 def counts_view(counts: list[int], overdue: int) -> CountsView:

@@ -678,8 +678,11 @@ def check_invariants(core: Dispatcher, shop_id: str) -> None:
     if shop is None:
         return
     for agent in shop.agents.values():
-        held = agent.sessions.values()
-        assert agent.load == len(agent.sessions), f"{agent.agent_id}: load {agent.load}"
+        held = agent.open_sessions()
+        assert agent.load == len(held), f"{agent.agent_id}: load {agent.load}"
+        assert [s.before for s in held] == [None, *held][: len(held)] and agent.last is (
+            held[-1] if held else None
+        ), f"{agent.agent_id}: its open sessions' links are out of step"
         assert 0 <= agent.new_count <= agent.load, f"{agent.agent_id}: new {agent.new_count}"
         ordinary = sum(1 for s in held if not s.priority)
         assert (

@@ -111,7 +111,7 @@ def dump_shop(shop: Shop) -> Any:
             a.status,
             a.load,
             a.new_count,
-            list(a.sessions),
+            [s.session_id for s in a.open_sessions()],
             list(a.backlog),
             a.last_assign,
             a.reg,
@@ -526,7 +526,7 @@ class RoutingMachine(RuleBasedStateMachine):
                 if a.load <= a.max_concurrent:
                     self.may_exceed.discard(key)
                 elif shop.policy.priority_may_exceed_capacity and any(
-                    s.priority for s in a.sessions.values()
+                    s.priority for s in a.open_sessions()
                 ):
                     self.may_exceed.add(key)  # priority overflow, also on reassignment
                 assert a.load <= a.max_concurrent or key in self.may_exceed, (
@@ -547,9 +547,12 @@ class RoutingMachine(RuleBasedStateMachine):
             assert len(buyers) == len(set(buyers)), "two open sessions for one buyer"
             assert set(shop.by_buyer) == set(buyers)
             for a in shop.agents.values():
-                for sid, s in a.sessions.items():
+                held = a.open_sessions()
+                assert [s.before for s in held] == [None, *held][: len(held)], "links out of step"
+                assert a.last is (held[-1] if held else None)
+                for s in held:
                     assert s.state in (State.ASSIGNED, State.ACTIVE) and s.agent is a
-                    put(shop, sid, f"agent {a.agent_id}")
+                    put(shop, s.session_id, f"agent {a.agent_id}")
                 for sid, s in a.backlog.items():
                     assert s.state is State.BACKLOG and s.agent is a
                     put(shop, sid, f"backlog {a.agent_id}")
@@ -599,10 +602,9 @@ class RoutingMachine(RuleBasedStateMachine):
     def counters_match_a_recount(self) -> None:
         for shop in self.all_shops():
             for a in shop.agents.values():
-                assert a.load == len(a.sessions) >= 0
-                assert (
-                    a.new_count == sum(s.state is State.ASSIGNED for s in a.sessions.values()) >= 0
-                )
+                held = a.open_sessions()
+                assert a.load == len(held) >= 0
+                assert a.new_count == sum(s.state is State.ASSIGNED for s in held) >= 0
             for scope, members in shop.members.items():
                 members_now = [a for a in shop.agents.values() if scope in a.scopes]
                 assert sorted(members) == sorted(a.agent_id for a in members_now)

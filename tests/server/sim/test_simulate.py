@@ -134,7 +134,7 @@ def test_a_broken_invariant_is_caught() -> None:
         shop = core.shards[0].shops.get(shop_id)  # type: ignore[attr-defined]
         if shop is not None:
             for agent in shop.agents.values():
-                if agent.sessions:
+                if agent.first is not None:
                     agent.load += 1  # what a bug in the core would look like
                     break
         sim.check_invariants(core, shop_id)  # type: ignore[arg-type]
