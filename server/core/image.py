@@ -302,7 +302,7 @@ def _restore_ended(image: EndedImage) -> Ended:
 def _counters_image(c: ShopCounters | None) -> CountersImage | None:
     if c is None:
         return None
-    return CountersImage(c.day, list(c.today), c.minute, list(c.current), list(c.buckets.items()))
+    return CountersImage(c.day, c.today, c.minute, c.current, list(c.buckets.items()))
 
 
 def _restore_counters(shop: Shop, image: CountersImage | None) -> None:

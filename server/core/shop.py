@@ -697,13 +697,7 @@ class Shop:
         if not requests:
             self.shard.push_timer(now + IDEMPOTENCY_WINDOW_MS, T_REQUEST, self, "")
         requests[request_id] = decision
-        runs = self.request_runs
-        if len(runs) > self.request_head and runs[-2] == now:
-            count: int = runs[-1]  # typed: compiled, a native add
-            runs[-1] = count + 1
-        else:
-            runs.append(now)
-            runs.append(1)
+        _count_run(self.request_runs, self.request_head, now)
 
     def expire_requests(self) -> None:
         requests = self.requests
@@ -746,11 +740,7 @@ class Shop:
         self.request_runs, self.request_head = runs, 0
         for request_id, (decision, at) in table.items():
             self.requests[request_id] = decision
-            if runs and runs[-2] == at:
-                runs[-1] += 1
-            else:
-                runs.append(at)
-                runs.append(1)
+            _count_run(runs, 0, at)
 
     def forget_requests(self) -> None:
         """Forget every remembered request (their T_REQUEST timer then finds none)."""
@@ -1096,6 +1086,17 @@ class Shop:
 
     def rebuild_queue(self) -> None:
         self.queue = sorted((*self.queue_key(e[3]), e[3]) for e in self.queue)
+
+
+def _count_run(runs: list[int], head: int, at: int) -> None:
+    """One more request at ``at`` in a run-length list (a time, then how many came at it)
+    whose live runs start at ``head``."""
+    if len(runs) > head and runs[-2] == at:
+        count: int = runs[-1]  # typed: compiled, a native add
+        runs[-1] = count + 1
+    else:
+        runs.append(at)
+        runs.append(1)
 
 
 def _day_bounds(time_zone: str, now_ms: int) -> tuple[int, int, int]:
