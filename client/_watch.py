@@ -16,6 +16,7 @@ from ._types import Started, WatchItem, watch_items
 
 DEFAULT_GIVE_UP_AFTER = 30.0
 MAX_BACKOFF = 1.0
+_CANCELLED = grpc.StatusCode.CANCELLED
 
 
 class WatchStream:
@@ -23,8 +24,9 @@ class WatchStream:
     then ``Event`` items in seq order, and ``FellBehind`` when events were lost (re-read the
     state then).
 
-    When the server goes away or stops, it reconnects with backoff and resumes after
-    ``last_seq``, the seq of the last item it yielded (in cluster mode on the shop's owner
+    When the server goes away or stops (UNAVAILABLE, or the stream cut off with CANCELLED),
+    it reconnects with backoff and resumes after ``last_seq``, the seq of the last item it
+    yielded (in cluster mode on the shop's owner
     now: a node that took the shard over replays its recent events, so a watcher following
     a shop across a failover sees no gap and no duplicate, or a ``FellBehind``); after
     ``give_up_after`` seconds of failed attempts in a row it raises ``Unavailable``. Other
@@ -96,7 +98,9 @@ class WatchStream:
                         yield item
             except grpc.aio.AioRpcError as exc:
                 error = from_rpc_error(exc)
-                if not isinstance(error, Unavailable):
+                # CANCELLED as a status (our own cancellation raises CancelledError): a
+                # stopping server cut the stream off, as for the unary calls' retries
+                if not isinstance(error, Unavailable) and exc.code() != _CANCELLED:
                     raise error from None
                 failure = error
             finally:

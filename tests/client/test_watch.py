@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from pathlib import Path
+from typing import Any
 
+import grpc
+import grpc.aio
 import pytest
 
 from fenliu.client import (
@@ -22,6 +25,7 @@ from fenliu.client import (
     Unavailable,
     WatchItem,
 )
+from fenliu.client._pb import fenliu_pb2_grpc as pb_grpc
 from fenliu.server.config import Config
 from fenliu.server.rpc.app import Server
 
@@ -110,5 +114,52 @@ def test_the_async_watcher_gives_up_on_a_server_that_never_comes() -> None:
             stream = fenliu.watch_shop("s", give_up_after=0.2)
             with pytest.raises(Unavailable, match="could not reconnect"):
                 await next_item(stream)
+
+    asyncio.run(run())
+
+
+def test_a_watch_cut_off_with_cancelled_reconnects_and_resumes() -> None:
+    """A stopping server's grpc cancels the calls still running past its grace: the stream
+    ends with the status CANCELLED, which is the server going away, not the caller's
+    cancellation (seen in a planned hand-off). A loopback grpc server whose WatchShop cuts
+    its first stream off so, then serves the resumed one."""
+    from fenliu.client._pb import fenliu_pb2 as pb
+    from fenliu.client._watch import WatchStream
+
+    asked: list[int | None] = []
+
+    async def watch_shop(request: pb.WatchShopRequest, context: Any) -> Any:
+        asked.append(request.after_seq if request.HasField("after_seq") else None)
+        if len(asked) == 1:
+            yield pb.WatchMessage(started=pb.WatchStarted(head_seq=4))
+            await context.abort(grpc.StatusCode.CANCELLED, "the server is stopping")
+        yield pb.WatchMessage(started=pb.WatchStarted(head_seq=4))
+
+    async def run() -> None:
+        server = grpc.aio.server()
+        handler = grpc.unary_stream_rpc_method_handler(
+            watch_shop,
+            request_deserializer=pb.WatchShopRequest.FromString,
+            response_serializer=pb.WatchMessage.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("fenliu.v1.Monitor", {"WatchShop": handler}),)
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.MonitorStub(channel)
+
+                def open_stream(after: int | None) -> Any:
+                    return stub.WatchShop(pb.WatchShopRequest(shop_id="s", after_seq=after))
+
+                async with WatchStream(open_stream, None, backoff=0.01) as stream:
+                    assert await next_item(stream) == Started(head_seq=4)
+                    assert await next_item(stream) == Started(head_seq=4)  # reconnected
+                    assert stream.reconnects == 1
+            assert asked == [None, 4]  # resumed after the head it had been told
+        finally:
+            await server.stop(0)
 
     asyncio.run(run())
