@@ -8,7 +8,8 @@ a warning). ``fenliu.server.core.COMPILED`` says which one was imported.
 
 Left interpreted: ``types.py`` (mypyc drops msgspec Struct class keywords such as
 ``tag=`` and ``frozen``: python/mypy#21938), ``image.py`` (msgspec Structs too; not the
-hot path) and ``errors.py`` (exceptions: nothing hot).
+hot path) and ``errors.py`` (exceptions: nothing hot). Compiled with the core, from outside
+it: ``server/rpc/wire.py``, RouteBatch's wire codec.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from setuptools import setup
 HERE = Path(__file__).parent
 CORE = HERE / "server" / "core"
 COMPILED = ["dispatcher", "shard", "shop", "shop_heap", "state", "stats", "validate"]
+# Outside the core, compiled with it: RouteBatch's wire codec (server/rpc/wire.py), which
+# the service uses only compiled (interpreted it is slower than upb).
+WIRE = HERE / "server" / "rpc" / "wire.py"
 # Commands that build code; metadata steps (egg_info, dist_info) never run mypyc.
 _BUILDS = {"build", "build_ext", "bdist_wheel", "editable_wheel", "install", "develop"}
 
@@ -62,11 +66,15 @@ def _extensions() -> list:
     (stage / "fenliu" / "server" / "__init__.py").write_text("")
     for source in CORE.glob("*.py"):
         shutil.copyfile(source, package / source.name)
+    rpc = stage / "fenliu" / "server" / "rpc"
+    rpc.mkdir()
+    (rpc / "__init__.py").write_text("")
+    shutil.copyfile(WIRE, rpc / WIRE.name)
     config = stage / "mypy.ini"
     config.write_text("[mypy]\nstrict = True\nwarn_unused_ignores = False\n")
-    paths = [str(package / f"{name}.py") for name in COMPILED]
+    paths = [str(package / f"{name}.py") for name in COMPILED] + [str(rpc / WIRE.name)]
     extensions = mypycify(
-        [f"--config-file={config}", *[str(p) for p in package.glob("*.py")]],
+        [f"--config-file={config}", *[str(p) for p in package.glob("*.py")], paths[-1]],
         only_compile_paths=paths,
         target_dir=str(HERE / "build" / "mypyc"),
         group_name="fenliu_core",

@@ -3,5 +3,11 @@
 from importlib.machinery import EXTENSION_SUFFIXES
 from importlib.util import find_spec
 
-_spec = find_spec(f"{__name__}.shard")
-COMPILED: bool = bool(_spec and _spec.origin and _spec.origin.endswith(tuple(EXTENSION_SUFFIXES)))
+
+def compiled(module: str) -> bool:
+    """Whether ``module`` (a module of the package, by its full name) is a compiled one."""
+    spec = find_spec(module)
+    return bool(spec and spec.origin and spec.origin.endswith(tuple(EXTENSION_SUFFIXES)))
+
+
+COMPILED: bool = compiled(f"{__name__}.shard")

@@ -16,6 +16,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from ..config import Token
+from . import wire
 from .status import PermissionDenied, Unauthenticated
 
 METADATA_KEY = "authorization"
@@ -68,8 +69,10 @@ def check_scope(token: Token, shops: list[tuple[str, str]]) -> None:
 _extractors: dict[type[Message], Shops] = {}
 
 
-def shops_of(request: Message) -> list[tuple[str, str]]:
+def shops_of(request: Message | wire.RouteItems) -> list[tuple[str, str]]:
     """Every shop id in ``request``: its ``shop_id`` and its messages' (RouteBatch items)."""
+    if isinstance(request, wire.RouteItems):  # RouteBatch's with the wire codec
+        return request.shop_fields()
     extract = _extractors.get(type(request))
     if extract is None:
         extract = _extractors[type(request)] = _extractor(request.DESCRIPTOR)

@@ -125,11 +125,19 @@ async def _checked_stream(
 
 
 def guarded(method: str, handler: Any) -> Any:
-    """``handler`` (a grpc RpcMethodHandler) with malformed requests answered as above."""
-    decode = _tolerant(handler.request_deserializer, _type_name(handler.request_deserializer))
-    codec = {"request_deserializer": decode, "response_serializer": handler.response_serializer}
+    """``handler`` (a grpc RpcMethodHandler) with malformed requests answered as above.
+
+    A behaviour with a ``wire_codec`` (RouteBatch's, ``wire.py``) gets its requests from
+    the codec's reader and gives its answers to the codec's serializer instead of upb's."""
+    inner = handler.unary_unary or handler.unary_stream or handler.stream_unary
+    inner = inner or handler.stream_stream
+    read, serialize = handler.request_deserializer, handler.response_serializer
+    wire_codec = getattr(inner, "wire_codec", None)
+    if wire_codec is not None:
+        read, serialize = wire_codec
+    decode = _tolerant(read, _type_name(handler.request_deserializer))
+    codec = {"request_deserializer": decode, "response_serializer": serialize}
     if handler.unary_unary is not None or handler.unary_stream is not None:
-        inner = handler.unary_unary or handler.unary_stream
         if inspect.isasyncgenfunction(inner):
 
             async def unary_gen(request: Any, context: Any) -> AsyncIterator[Any]:
@@ -150,7 +158,6 @@ def guarded(method: str, handler: Any) -> Any:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(behaviour, **codec)
         return grpc.unary_stream_rpc_method_handler(behaviour, **codec)
-    inner = handler.stream_unary or handler.stream_stream
     if getattr(inner, "accepts_malformed", False):  # answers each malformed item itself
         stream_codec = {**codec, "request_deserializer": _noted(decode, method)}
         if handler.stream_unary is not None:

@@ -46,6 +46,7 @@ from fenliu.client._pb import fenliu_pb2 as pb
 from fenliu.client._version import version
 
 from ..core.dispatcher import Dispatcher
+from . import wire
 from .watch import Hub
 
 log = logging.getLogger(__name__)
@@ -125,14 +126,23 @@ class Metrics:
             for result in response.results:
                 if result.HasField("decision"):
                     self._decision(result.decision)
+        elif kind is wire.RouteResults:  # RouteBatch's with the wire codec: core results
+            for item in response.results:
+                if not isinstance(item, Exception):
+                    self._count(int(item.outcome), int(item.reason))
 
     def _decision(self, decision: pb.Decision) -> None:
-        key = (decision.outcome, decision.reason)
+        self._count(decision.outcome, decision.reason)
+
+    def _count(self, outcome: int, reason: int) -> None:
+        """One more decision of this outcome and reason (the proto's numbers)."""
+        key = (outcome, reason)
         counter = self._decisions.get(key)
         if counter is None:
-            outcome = pb.Outcome.Name(decision.outcome).removeprefix("OUTCOME_")
-            reason = pb.Reason.Name(decision.reason).removeprefix("REASON_")
-            counter = self._decisions[key] = self.decisions.labels(outcome, reason)
+            counter = self._decisions[key] = self.decisions.labels(
+                pb.Outcome.Name(outcome).removeprefix("OUTCOME_"),  # type: ignore[arg-type]
+                pb.Reason.Name(reason).removeprefix("REASON_"),  # type: ignore[arg-type]
+            )
         counter.inc()
 
     def serve(self, host: str, port: int) -> int:

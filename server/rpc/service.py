@@ -16,11 +16,12 @@ import grpc.aio
 
 from fenliu.client._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 
+from ..core import compiled
 from ..core.errors import InvalidArgument
 from ..core.types import Refused
 from ..core.validate import MAX_BATCH, check_batch
 from ..node import Node
-from . import convert
+from . import convert, wire
 from .decode import Malformed
 from .status import abort, abort_on_error, error_message
 
@@ -132,16 +133,16 @@ class RoutingService(pb_grpc.RoutingServicer):
             await abort(context, exc)
             raise  # unreachable: abort raises
 
-    async def RouteBatch(
-        self, request: pb.RouteBatchRequest, context: Context
-    ) -> pb.RouteBatchReply:
-        """Each request routed on its own: one item's error does not stop the others."""
+    async def RouteBatch(self, request: Any, context: Context) -> Any:
+        """Each request routed on its own: one item's error does not stop the others.
+
+        With the wire codec compiled (``wire.py``) the request is its ``RouteItems`` and
+        the answer its ``RouteResults``, which grpc serializes with ``wire_reply``;
+        otherwise upb's RouteBatchRequest and RouteBatchReply."""
         async with abort_on_error(context):
-            check_batch(len(request.requests), "requests")
             at = self._node.now()  # one arrival time for the whole batch
-            route = convert.route
-            results = await self._node.execute_each([route(item, at) for item in request.requests])
-            return route_batch_reply(results)
+            results = await self._node.execute_each(_batch_routes(request, at))
+            return _batch_reply(results)
 
     async def RouteStream(
         self, requests: AsyncIterator[Any], context: Context
@@ -330,6 +331,13 @@ class DiagnosticsService(pb_grpc.DiagnosticsServicer):
         return request
 
 
+def batch_routes(request: pb.RouteBatchRequest, at: int) -> list[Any]:
+    """A RouteBatchRequest's items as Route commands arriving at ``at``."""
+    check_batch(len(request.requests), "requests")
+    route = convert.route
+    return [route(item, at) for item in request.requests]
+
+
 def route_batch_reply(results: list[Any]) -> pb.RouteBatchReply:
     """One result per item, a decision or the error it got, built in place (no copies)."""
     reply = pb.RouteBatchReply()
@@ -423,6 +431,30 @@ def stream_reply(result: Any) -> pb.RouteStreamReply:
     else:
         convert.set_decision(reply.result.decision, result)
     return reply
+
+
+def wire_reply(reply: wire.RouteResults) -> bytes:
+    """RouteBatch's response serializer with the wire codec: the RouteBatchReply's bytes."""
+    return wire.route_batch_reply(reply.results, _error_bytes)
+
+
+def _error_bytes(exc: Exception) -> bytes:
+    return error_message(exc).SerializeToString()
+
+
+WIRE = compiled(wire.__name__)
+"""Whether RouteBatch reads and writes its bytes with the wire codec (only compiled: it is
+then ~1.3 µs a decision cheaper than upb; interpreted, dearer)."""
+if WIRE:
+    _batch_routes: Any = wire.RouteItems.routes
+    _batch_reply: Any = wire.RouteResults
+    RoutingService.RouteBatch.wire_codec = (  # type: ignore[attr-defined]
+        wire.read_route_batch,
+        wire_reply,
+    )
+else:
+    _batch_routes = batch_routes
+    _batch_reply = route_batch_reply
 
 
 def add_services(server: grpc.aio.Server, node: Node) -> None:
