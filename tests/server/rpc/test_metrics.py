@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fenliu.client import Client, InvalidArgument, Status, Unauthenticated
+from fenliu.client import Client, InvalidArgument, Status, Unauthenticated, route_request
 from fenliu.server.config import Config, Token
 from fenliu.server.rpc.app import ServerThread
 
@@ -93,6 +93,32 @@ def test_the_scrape_counts_calls_decisions_and_state(server: ServerThread) -> No
     assert value(samples, "fenliu_sessions") == 2
     assert value(samples, "fenliu_left_messages") == 0
     assert value(samples, "fenliu_journal_fsync_seconds_count") >= 1  # registered, routed
+
+
+def test_a_batch_counts_each_decision_and_no_error(server: ServerThread) -> None:
+    """RouteBatch's items counted one by one (with the compiled wire codec its answer is
+    the core's results until grpc serializes it: the same counts)."""
+    assert server.metrics_port is not None
+    batch = {"service": "fenliu.v1.Routing", "method": "RouteBatch"}
+    decisions = "fenliu_route_decisions_total"
+    with Client(server.target, token=TOKEN.secret, retries=0) as fenliu:
+        fenliu.register_agent("m-batch", "bob", max_concurrent=2, status=Status.ONLINE)
+        before = scrape(server.metrics_port)
+        results = fenliu.route_batch([route_request("m-batch", b) for b in ("b1", "b2", "b3", "")])
+    assert [r.decision.reason.name if r.decision else type(r.error).__name__ for r in results] == [
+        "STRATEGY", "STRATEGY", "ALL_BUSY", "InvalidArgument",
+    ]  # fmt: skip
+    deadline = time.monotonic() + 10
+    samples = scrape(server.metrics_port)
+    while value(samples, "fenliu_rpc_requests_total", **batch, code="OK") < 1:
+        assert time.monotonic() < deadline, "the RouteBatch was never counted"
+        time.sleep(0.05)
+        samples = scrape(server.metrics_port)
+    for outcome, reason, more in (("ASSIGNED", "STRATEGY", 2), ("QUEUED", "ALL_BUSY", 1)):
+        labels = {"outcome": outcome, "reason": reason}
+        assert value(samples, decisions, **labels) - value(before, decisions, **labels) == more
+    total = sum(v for (name, _), v in samples.items() if name == decisions)
+    assert total - sum(v for (name, _), v in before.items() if name == decisions) == 3
 
 
 def test_snapshots_are_timed(server: ServerThread) -> None:
