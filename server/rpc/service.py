@@ -444,7 +444,7 @@ def _error_bytes(exc: Exception) -> bytes:
 
 WIRE = compiled(wire.__name__)
 """Whether RouteBatch reads and writes its bytes with the wire codec (only compiled: it is
-then ~1.3 µs a decision cheaper than upb; interpreted, dearer)."""
+then ~0.9 µs a decision cheaper than upb, bench/route_batch.py; interpreted, dearer)."""
 if WIRE:
     _batch_routes: Any = wire.RouteItems.routes
     _batch_reply: Any = wire.RouteResults
