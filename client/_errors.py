@@ -46,6 +46,7 @@ from google.rpc import error_details_pb2 as ed, status_pb2
 
 FIELD_KEY = "fenliu-field"
 DETAILS_KEY = "grpc-status-details-bin"
+LOCAL_WRITE_FAILURE = "Internal error from Core"  # grpc.aio's details, never a server's
 
 # The google.rpc detail types the SDK decodes (error_details.proto); others stay Any.
 _DETAIL_TYPES: dict[str, type[Message]] = {
@@ -243,6 +244,11 @@ def from_rpc_error(exc: grpc.aio.AioRpcError | grpc.RpcError) -> FenliuError:
     call: Any = exc
     code: grpc.StatusCode = call.code()
     message: str = call.details() or ""
+    if code is grpc.StatusCode.INTERNAL and message == LOCAL_WRITE_FAILURE:
+        # grpc.aio's own status for a stream write that failed because the call had ended
+        # (the server stopping, say): it overwrites the status the call ended with
+        # (grpc/grpc#36066). The stream broke; what ended it is unknown: UNAVAILABLE.
+        return Unavailable(grpc.StatusCode.UNAVAILABLE, f"the stream broke: {message}")
     field = ""
     raw = b""
     for key, value in call.trailing_metadata() or ():

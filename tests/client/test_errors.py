@@ -296,3 +296,54 @@ def test_an_unknown_detail_type_is_kept_packed(other_server: tuple[str, _Answers
     unknown, known = info.value.details
     assert isinstance(unknown, any_pb2.Any) and unknown.Is(duration_pb2.Duration.DESCRIPTOR)
     assert isinstance(known, ed.ErrorInfo) and info.value.reason == "AGENT_NOT_FOUND"
+
+
+def test_a_stream_write_failing_as_the_call_ends_is_unavailable() -> None:
+    """grpc.aio reports a write that failed because the call had ended as its own INTERNAL
+    "Internal error from Core", over the status the call ended with (grpc/grpc#36066; the
+    route stream saw it when its server stopped). The SDK reads it as the stream broken:
+    Unavailable, which the stream's callers retry. A loopback server ends each stream at
+    once while the client writes."""
+    from fenliu.client import Unavailable
+    from fenliu.client._errors import LOCAL_WRITE_FAILURE, from_rpc_error
+
+    async def handler(requests: Any, context: Any) -> Any:
+        return
+        yield  # a stream-stream handler that answers nothing and ends
+
+    async def run() -> list[type]:
+        server = grpc.aio.server()
+        method = grpc.stream_stream_rpc_method_handler(
+            handler, request_deserializer=bytes, response_serializer=bytes
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("t.T", {"S": method}),)
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        kinds: list[type] = []
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stream = channel.stream_stream(
+                    "/t.T/S", request_serializer=bytes, response_deserializer=bytes
+                )
+                for _ in range(20):
+                    call = stream()
+                    try:
+                        for _ in range(200):
+                            await call.write(b"x" * 65536)
+                    except grpc.aio.AioRpcError as exc:
+                        kinds.append(type(from_rpc_error(exc)))
+                    except asyncio.InvalidStateError:
+                        pass  # the end was seen before the write: nothing to map
+                    call.cancel()
+        finally:
+            await server.stop(0)
+        return kinds
+
+    kinds = asyncio.run(run())
+    assert kinds and set(kinds) == {Unavailable}, kinds
+    local = grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, None, None, LOCAL_WRITE_FAILURE)
+    assert isinstance(from_rpc_error(local), Unavailable)
+    server_said = grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, None, None, "boom")
+    assert not isinstance(from_rpc_error(server_said), Unavailable)
