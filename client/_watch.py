@@ -26,9 +26,9 @@ class WatchStream:
 
     When the server goes away or stops (UNAVAILABLE, or the stream cut off with CANCELLED),
     it reconnects with backoff and resumes after ``last_seq``, the seq of the last item it
-    yielded (in cluster mode on the shop's owner
-    now: a node that took the shard over replays its recent events, so a watcher following
-    a shop across a failover sees no gap and no duplicate, or a ``FellBehind``); after
+    yielded (in cluster mode on the shop's owner now: a node that took the shard over
+    replays its recent events, so a watcher following a shop across a failover sees no gap
+    and no duplicate, or a ``FellBehind``); after
     ``give_up_after`` seconds of failed attempts in a row it raises ``Unavailable``. Other
     errors (NotFound, ...) end it.
     Close it with ``aclose()`` or ``async with``. ``connected`` says whether a stream is
