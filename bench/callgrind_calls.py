@@ -184,6 +184,9 @@ def main() -> None:
                              "(events_per_call), ~2x slower")  # fmt: skip
     parser.add_argument("--batch-items", type=int, default=3000,
                         help="RouteBatch decisions (in batches of 1,000)")  # fmt: skip
+    parser.add_argument("--keep", default="",
+                        help="copy each kind's dump here (callgrind.out.KIND), for "
+                             "callgrind_annotate --inclusive=yes")  # fmt: skip
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     with tempfile.TemporaryDirectory(prefix="fenliu-cg-") as tmp:
@@ -218,6 +221,9 @@ def main() -> None:
             if found:
                 dumps[found.group(1)] = exclusive(path)
                 events[found.group(1)] = totals(path)
+                if args.keep:
+                    Path(args.keep).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(path, Path(args.keep) / f"callgrind.out.{found.group(1)}")
     per_call = {k: round(sum(dumps[k].values()) / counts[k]) for k in kinds if k in dumps}
     record: dict[str, Any] = {
         "calls": args.calls, "concurrency": args.concurrency, "world": world,

@@ -14,7 +14,9 @@ from typing import Any
 from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F403 (the rest of the PEP 517/660 hooks)
 
-_COMPILE_REQUIRES = ["mypy>=1.14", "msgspec>=0.18"]
+# mypy 2.4's mypyc compiles librt.strings.BytesWriter (the wire codec's writer) to inline
+# appends; an older one would call it as a Python object.
+_COMPILE_REQUIRES = ["mypy>=2.4", "msgspec>=0.18", "librt>=0.16"]
 
 
 def _compiling(editable: bool) -> bool:

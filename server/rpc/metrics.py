@@ -127,15 +127,14 @@ class Metrics:
                 if result.HasField("decision"):
                     self._decision(result.decision)
         elif kind is wire.RouteResults:  # RouteBatch's with the wire codec: core results
-            for item in response.results:
-                if not isinstance(item, Exception):
-                    self._count(int(item.outcome), int(item.reason))
+            for (outcome, reason), count in response.counts().items():
+                self._count(outcome, reason, count)
 
     def _decision(self, decision: pb.Decision) -> None:
         self._count(decision.outcome, decision.reason)
 
-    def _count(self, outcome: int, reason: int) -> None:
-        """One more decision of this outcome and reason (the proto's numbers)."""
+    def _count(self, outcome: int, reason: int, count: int = 1) -> None:
+        """``count`` more decisions of this outcome and reason (the proto's numbers)."""
         key = (outcome, reason)
         counter = self._decisions.get(key)
         if counter is None:
@@ -143,7 +142,7 @@ class Metrics:
                 pb.Outcome.Name(outcome).removeprefix("OUTCOME_"),  # type: ignore[arg-type]
                 pb.Reason.Name(reason).removeprefix("REASON_"),  # type: ignore[arg-type]
             )
-        counter.inc()
+        counter.inc(count)
 
     def serve(self, host: str, port: int) -> int:
         """Listen for scrapes on ``host:port`` in a thread; returns the port (0 picks one).

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
+from librt.strings import BytesWriter
 
 from ..core.types import Route
 from ..core.validate import check_batch
@@ -251,7 +252,7 @@ def _route_request(
 # ---------------------------------------------------------------- writing
 
 
-def _put_varint(out: bytearray, value: int) -> None:
+def _put_varint(out: BytesWriter, value: int) -> None:
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
@@ -276,11 +277,21 @@ class RouteResults:
     def __init__(self, results: list[Any]) -> None:
         self.results = results
 
+    def counts(self) -> dict[tuple[int, int], int]:
+        """How many decisions of each (outcome, reason), the proto's numbers; errors are
+        not decisions (the metrics count a batch's with one increment a kind)."""
+        counts: dict[tuple[int, int], int] = {}
+        for result in self.results:
+            if not isinstance(result, Exception):
+                key = (int(result.outcome), int(result.reason))
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
 
 def route_batch_reply(results: list[Any], error: Callable[[Exception], bytes]) -> bytes:
     """The serialized RouteBatchReply of ``results`` (a core Decision or an exception each);
     ``error`` serializes an item's Error message. The bytes upb writes for the same reply."""
-    out = bytearray()
+    out = BytesWriter()
     for result in results:
         if isinstance(result, Exception):
             body = error(result)
@@ -289,13 +300,13 @@ def route_batch_reply(results: list[Any], error: Callable[[Exception], bytes]) -
             _put_varint(out, 1 + _size(size) + size)
             out.append(_ERROR)
             _put_varint(out, size)
-            out += body
+            out.write(body)
         else:
             _put_decision(out, result)
-    return bytes(out)
+    return out.getvalue()
 
 
-def _put_decision(out: bytearray, result: Any) -> None:
+def _put_decision(out: BytesWriter, result: Any) -> None:
     """One RouteResult holding ``result``'s Decision, its fields in number order (upb's),
     each left out at its default (proto3)."""
     fields = _astuple(result)  # outcome, reason, buyer_id, agent_id, session_id,
@@ -344,11 +355,11 @@ def _put_decision(out: bytearray, result: Any) -> None:
     if agent:
         out.append(_AGENT_ID)
         _put_varint(out, len(agent))
-        out += agent
+        out.write(agent)
     if session:
         out.append(_SESSION_ID)
         _put_varint(out, len(session))
-        out += session
+        out.write(session)
     if position:
         out.append(_POSITION)
         _put_varint(out, position)
@@ -361,7 +372,7 @@ def _put_decision(out: bytearray, result: Any) -> None:
     if buyer:
         out.append(_DECISION_BUYER)
         _put_varint(out, len(buyer))
-        out += buyer
+        out.write(buyer)
     if notice:
         out.append(_NOTICE)
         _put_varint(out, notice)
