@@ -188,6 +188,8 @@ class Node:
 
     async def execute_each(self, commands: Iterable[t.AnyCommand]) -> list[Any]:
         """Apply commands one by one; each item's result or the exception it raised."""
+        if self.storage is None:
+            return self._apply_each(list(commands))
         results: list[Any] = []
         waits: list[tuple[int, asyncio.Future[None]]] = []
         for command in commands:
@@ -204,6 +206,34 @@ class Node:
             for (i, _), outcome in zip(waits, outcomes, strict=True):
                 if isinstance(outcome, Exception):
                     results[i] = outcome
+        return results
+
+    def _apply_each(self, commands: list[t.AnyCommand]) -> list[Any]:
+        """``execute_each`` without storage: the dispatcher's compiled loop applies the
+        commands (``Dispatcher.apply_each``), this one takes the few it stops at (a fenced
+        shard's, answered by ``submit``; a failed one's, its shard fenced), and the events
+        are published in command order."""
+        results: list[Any] = []
+        events: list[t.Event] = []
+        apply_each = self.dispatcher.apply_each
+        count = len(commands)
+        i = apply_each(commands, 0, self._fenced, results, events)
+        while i < count:
+            command = commands[i]
+            if len(results) > i:  # it failed half-way in the core
+                index = self.dispatcher.index_for(command)
+                self._failed(index, self.dispatcher.shards[index])
+            else:  # its shard is fenced: submit raises the refusal
+                if events:  # the ones before it first
+                    self._deliver(events)
+                    events = []
+                try:
+                    results.append(self._submit(command)[0])
+                except Exception as exc:  # noqa: BLE001 - the item's answer
+                    results.append(exc)
+            i = apply_each(commands, i + 1, self._fenced, results, events)
+        if events:
+            self._deliver(events)
         return results
 
     def submit(self, command: t.AnyCommand) -> tuple[Any, asyncio.Future[None] | None]:

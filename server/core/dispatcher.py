@@ -7,6 +7,7 @@ from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
+from .errors import FenliuError
 from .shard import Shard
 from .types import AnyCommand, AnyQuery, Event, Moved, Tick
 
@@ -40,6 +41,10 @@ class Dispatcher:
                 self._index[shop_id] = index
         return index
 
+    def index_for(self, command: Any) -> int:
+        """The shard number a command goes to: a Tick's own, else its shop's."""
+        return command.shard if type(command) is Tick else self.index_of(command.shop_id)  # type: ignore[no-any-return]
+
     def shard_for(self, shop_id: str) -> Shard:
         return self.shards[self.index_of(shop_id)]
 
@@ -72,6 +77,49 @@ class Dispatcher:
                 moved.extend(shard.apply(command).moved)
             return Moved(moved=tuple(moved))
         return self.shard_for(command.shop_id).apply(command)  # type: ignore[union-attr]
+
+    def apply_each(
+        self,
+        commands: list[Any],
+        start: int,
+        fenced: list[bool],
+        results: list[Any],
+        events: list[Event],
+    ) -> int:
+        """Apply ``commands[start:]`` in order: each one's result, or the ``FenliuError`` it
+        raised having changed nothing, appended to ``results``, and the events it made
+        (its shard's outbox) to ``events``. Stops at a command whose shard is ``fenced``
+        (not applied, nothing appended) or that raised anything else (a bug, its shard
+        half-changed: that exception appended) and returns its index; else
+        ``len(commands)``. The node's loop for a batch without storage
+        (``Node.execute_each``), compiled: one interpreted call a batch, not a command."""
+        shards = self.shards
+        count = len(commands)
+        i = start
+        while i < count:
+            command = commands[i]
+            try:
+                index = self.index_for(command)
+            except Exception as exc:  # noqa: BLE001 - not a command: its answer, as submit's
+                results.append(exc)
+                i += 1
+                continue
+            if fenced[index]:
+                return i
+            shard = shards[index]
+            try:
+                results.append(shard.apply(command))
+            except FenliuError as exc:
+                results.append(exc)
+            except Exception as exc:  # noqa: BLE001 - the caller fences the shard
+                results.append(exc)
+                return i
+            outbox = shard.outbox
+            if outbox:
+                events.extend(outbox)
+                shard.outbox = []
+            i += 1
+        return count
 
     def read(self, query: AnyQuery) -> Any:
         return self.shard_for(query.shop_id).read(query)

@@ -465,9 +465,10 @@ def test_unexpected_error_in_a_batch_fails_only_its_item(
     assert fine.decision.agent_id == "a1"
 
 
-def test_without_storage_a_failed_shard_is_fenced_not_served_half_applied(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+@pytest.fixture
+def unstored_faulty() -> Iterator[tuple[Api, str, str]]:
+    """A server without storage, faulty as ``_Faulty``: its API, a shop of shard 0 (the
+    one to break) and one of shard 1, each with agent a1 online."""
     with ServerThread(Config(shards=2), dispatcher=_Faulty(shards=2)) as server:
         with grpc.insecure_channel(server.target) as channel:
             api = Api(channel)
@@ -475,14 +476,40 @@ def test_without_storage_a_failed_shard_is_fenced_not_served_half_applied(
             broken, other = shops[0], shops[1]
             api.agent(broken, "a1")
             api.agent(other, "a1")
-            with caplog.at_level(logging.CRITICAL):
-                error = rpc_error(api.routing.Route, _request(broken, "boom"))
-            assert error.code() == grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
-            # Nothing durable to restore it from: it refuses rather than serve a
-            # half-applied state; the other shard serves on.
-            error = rpc_error(api.routing.Route, _request(broken, "b1"))
-            assert error.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
-            assert api.route(other, "b1").agent_id == "a1"
+            yield api, broken, other
+
+
+def test_without_storage_a_failed_shard_is_fenced_not_served_half_applied(
+    unstored_faulty: tuple[Api, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    api, broken, other = unstored_faulty
+    with caplog.at_level(logging.CRITICAL):
+        error = rpc_error(api.routing.Route, _request(broken, "boom"))
+    assert error.code() == grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
+    # Nothing durable to restore it from: it refuses rather than serve a
+    # half-applied state; the other shard serves on.
+    error = rpc_error(api.routing.Route, _request(broken, "b1"))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert api.route(other, "b1").agent_id == "a1"
+
+
+def test_without_storage_a_batch_item_failing_fences_its_shard_for_the_items_after_it(
+    unstored_faulty: tuple[Api, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The batch path without storage (the dispatcher's compiled loop): the items before
+    the failure are answered, the failed one is INTERNAL, the later ones of its shard
+    UNAVAILABLE (fenced, not half-applied), the other shard's served throughout."""
+    api, broken, other = unstored_faulty
+    items = [(broken, "b1"), (other, "b2"), (broken, "boom"), (broken, "b3"), (other, "b4"),
+             (broken, "b5")]  # fmt: skip
+    batch = pb.RouteBatchRequest(requests=[_request(s, b) for s, b in items])
+    with caplog.at_level(logging.CRITICAL):
+        results = api.routing.RouteBatch(batch).results
+    codes = [r.error.code if r.HasField("error") else r.decision.agent_id for r in results]
+    internal = grpc.StatusCode.INTERNAL.value[0]
+    unavailable = grpc.StatusCode.UNAVAILABLE.value[0]
+    assert codes == ["a1", "a1", internal, unavailable, "a1", unavailable]
+    assert "it stays fenced" in caplog.text
 
 
 def _request(shop: str, buyer: str) -> pb.RouteRequest:
