@@ -9,7 +9,7 @@ a warning). ``fenliu.server.core.COMPILED`` says which one was imported.
 Left interpreted: ``types.py`` (mypyc drops msgspec Struct class keywords such as
 ``tag=`` and ``frozen``: python/mypy#21938), ``image.py`` (msgspec Structs too; not the
 hot path) and ``errors.py`` (exceptions: nothing hot). Compiled with the core, from outside
-it: ``server/rpc/wire.py``, RouteBatch's wire codec.
+it: ``server/rpc/wire.py``, the wire codec of Route and RouteBatch.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from setuptools import setup
 HERE = Path(__file__).parent
 CORE = HERE / "server" / "core"
 COMPILED = ["dispatcher", "shard", "shop", "shop_heap", "state", "stats", "validate"]
-# Outside the core, compiled with it: RouteBatch's wire codec (server/rpc/wire.py), which
-# the service uses only compiled (interpreted it is slower than upb).
+# Outside the core, compiled with it: the wire codec of Route and RouteBatch
+# (server/rpc/wire.py), which the service uses only compiled (interpreted it is slower
+# than upb).
 WIRE = HERE / "server" / "rpc" / "wire.py"
 # Commands that build code; metadata steps (egg_info, dist_info) never run mypyc.
 _BUILDS = {"build", "build_ext", "bdist_wheel", "editable_wheel", "install", "develop"}

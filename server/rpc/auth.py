@@ -69,9 +69,9 @@ def check_scope(token: Token, shops: list[tuple[str, str]]) -> None:
 _extractors: dict[type[Message], Shops] = {}
 
 
-def shops_of(request: Message | wire.RouteItems) -> list[tuple[str, str]]:
+def shops_of(request: Message | wire.RouteItems | wire.RouteFields) -> list[tuple[str, str]]:
     """Every shop id in ``request``: its ``shop_id`` and its messages' (RouteBatch items)."""
-    if isinstance(request, wire.RouteItems):  # RouteBatch's with the wire codec
+    if isinstance(request, (wire.RouteItems, wire.RouteFields)):  # read by the wire codec
         return request.shop_fields()
     extract = _extractors.get(type(request))
     if extract is None:

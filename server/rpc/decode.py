@@ -127,8 +127,9 @@ async def _checked_stream(
 def guarded(method: str, handler: Any) -> Any:
     """``handler`` (a grpc RpcMethodHandler) with malformed requests answered as above.
 
-    A behaviour with a ``wire_codec`` (RouteBatch's, ``wire.py``) gets its requests from
-    the codec's reader and gives its answers to the codec's serializer instead of upb's."""
+    A behaviour with a ``wire_codec`` (Route's and RouteBatch's, ``wire.py``) gets its
+    requests from the codec's reader and gives its answers to the codec's serializer
+    instead of upb's."""
     inner = handler.unary_unary or handler.unary_stream or handler.stream_unary
     inner = inner or handler.stream_stream
     read, serialize = handler.request_deserializer, handler.response_serializer

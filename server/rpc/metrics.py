@@ -46,6 +46,7 @@ from fenliu.client._pb import fenliu_pb2 as pb
 from fenliu.client._version import version
 
 from ..core.dispatcher import Dispatcher
+from ..core.types import Decision
 from . import wire
 from .watch import Hub
 
@@ -126,6 +127,8 @@ class Metrics:
             for result in response.results:
                 if result.HasField("decision"):
                     self._decision(result.decision)
+        elif kind is Decision:  # Route's with the wire codec: the core's
+            self._count(int(response.outcome), int(response.reason))
         elif kind is wire.RouteResults:  # RouteBatch's with the wire codec: core results
             for (outcome, reason), count in response.counts().items():
                 self._count(outcome, reason, count)

@@ -119,16 +119,20 @@ class RoutingService(pb_grpc.RoutingServicer):
     def __init__(self, node: Node) -> None:
         self._node = node
 
-    async def Route(self, request: pb.RouteRequest, context: Context) -> pb.Decision:
+    async def Route(self, request: Any, context: Context) -> Any:
         """The hot path, written out: ``abort_on_error`` and ``Node.execute`` as plain
         code (no context manager's coroutines, no coroutine frame of execute's own), an
-        await only when there is a change to wait for. The same errors, the same answer."""
+        await only when there is a change to wait for. The same errors, the same answer.
+
+        With the wire codec compiled the request is its ``RouteFields`` and the answer the
+        core's Decision, which grpc serializes with ``wire.decision_reply``; otherwise
+        upb's RouteRequest and Decision."""
         node = self._node
         try:
-            result, durable = node.submit(convert.route(request, node.now()))
+            result, durable = node.submit(_route(request, node.now()))
             if durable is not None:
                 await durable
-            return convert.decision(result)
+            return _answer(result)
         except Exception as exc:  # noqa: BLE001 - as abort_on_error
             await abort(context, exc)
             raise  # unreachable: abort raises
@@ -438,14 +442,25 @@ def wire_reply(reply: wire.RouteResults) -> bytes:
     return wire.route_batch_reply(reply.results, _error_bytes)
 
 
+def _as_is(result: Any) -> Any:
+    return result
+
+
 def _error_bytes(exc: Exception) -> bytes:
     return error_message(exc).SerializeToString()
 
 
 WIRE = compiled(wire.__name__)
-"""Whether RouteBatch reads and writes its bytes with the wire codec (only compiled: it is
-then ~0.9 µs a decision cheaper than upb, bench/route_batch.py; interpreted, dearer)."""
-if WIRE:
+"""Whether Route and RouteBatch read and write their bytes with the wire codec (only
+compiled: it is then ~0.9 µs a decision cheaper than upb, bench/route_batch.py;
+interpreted, dearer)."""
+if WIRE:  # Route's request is its RouteFields, its answer the core's Decision
+    _route: Any = wire.RouteFields.route
+    _answer: Any = _as_is
+    RoutingService.Route.wire_codec = (  # type: ignore[attr-defined]
+        wire.read_route,
+        wire.decision_reply,
+    )
     _batch_routes: Any = wire.RouteItems.routes
     _batch_reply: Any = wire.RouteResults
     RoutingService.RouteBatch.wire_codec = (  # type: ignore[attr-defined]
@@ -453,6 +468,8 @@ if WIRE:
         wire_reply,
     )
 else:
+    _route = convert.route
+    _answer = convert.decision
     _batch_routes = batch_routes
     _batch_reply = route_batch_reply
 

@@ -1,14 +1,16 @@
-"""RouteBatch's bytes read and written directly, without upb message objects.
+"""Route's and RouteBatch's bytes read and written directly, without upb message objects.
 
 A new buyer's decision in a 1,000-item RouteBatch read its request through eight upb
 attribute reads (~1.0 µs) and wrote its answer through a RouteResult and a Decision
 built field by field (~0.9 µs): a fifth of what the core costs for the decision. This
-module parses a serialized ``RouteBatchRequest`` straight into the fields of each
-``RouteRequest`` and serializes a ``RouteBatchReply`` straight from the core's results.
-Compiled by mypyc with the core (``setup.py``) it takes ~0.5 µs (the Route made too) and
-~0.65 µs a decision (``bench/route_batch.py``); interpreted it is slower than upb, so the
-service uses it only compiled (``WIRE`` in ``service.py``) and upb otherwise. Either way
-the same bytes give the same commands, and the same results give the same bytes
+module parses a serialized ``RouteBatchRequest`` (or a unary Route's ``RouteRequest``)
+straight into the fields of each ``RouteRequest`` and serializes a ``RouteBatchReply``
+(or a ``Decision``) straight from the core's results, into librt's ``BytesWriter``,
+whose appends mypyc compiles inline. Compiled by mypyc with the core (``setup.py``) it
+takes ~0.5 µs a decision to read (the Route made too) and ~0.25 µs to write
+(``bench/route_batch.py``); interpreted it is slower than upb, so the service uses it
+only compiled (``WIRE`` in ``service.py``) and upb otherwise. Either way the same bytes
+give the same commands, and the same results give the same bytes
 (``tests/server/rpc/test_wire.py`` holds the two to it).
 
 What it accepts is what upb accepts (proto3): fields in any order, the last of a
@@ -183,20 +185,42 @@ class RouteItems:
         """The items as Route commands arriving at ``at``; INVALID_ARGUMENT over MAX_BATCH."""
         items = self.items
         check_batch(len(items), "requests")
-        return [
-            Route(
-                at=at,
-                shop_id=shop_id,
-                buyer_id=buyer_id,
-                request_id=request_id,
-                addressed_agent_id=addressed,
-                crowds=crowds,
-                group=group,
-                channel=channel,
-                from_team_member=team,
-            )
-            for shop_id, buyer_id, request_id, addressed, crowds, group, channel, team in items
-        ]
+        return [_route(item, at) for item in items]
+
+
+class RouteFields:
+    """A parsed RouteRequest (unary Route's): its fields."""
+
+    def __init__(self, fields: tuple[str, str, str, str, tuple[str, ...], str, str, bool]):
+        self.fields = fields
+
+    def shop_fields(self) -> list[tuple[str, str]]:
+        """Its shop id with the field that names it (the call guard's scope check)."""
+        return [("shop_id", self.fields[0])]
+
+    def route(self, at: int) -> Route:
+        """The request as a Route command arriving at ``at``."""
+        return _route(self.fields, at)
+
+
+def _route(item: tuple[str, str, str, str, tuple[str, ...], str, str, bool], at: int) -> Route:
+    shop_id, buyer_id, request_id, addressed, crowds, group, channel, team = item
+    return Route(
+        at=at,
+        shop_id=shop_id,
+        buyer_id=buyer_id,
+        request_id=request_id,
+        addressed_agent_id=addressed,
+        crowds=crowds,
+        group=group,
+        channel=channel,
+        from_team_member=team,
+    )
+
+
+def read_route(data: bytes) -> RouteFields:
+    """A serialized RouteRequest; ``Malformed`` if upb would not parse it."""
+    return RouteFields(_route_request(data, 0, len(data), 0))
 
 
 def read_route_batch(data: bytes) -> RouteItems:
@@ -208,7 +232,7 @@ def read_route_batch(data: bytes) -> RouteItems:
         key, i = _key(data, i, end)
         if key == _ITEM:
             length, i = _length(data, i, end)
-            items.append(_route_request(data, i, i + length))
+            items.append(_route_request(data, i, i + length, 1))
             i += length
         else:
             i = _skip(data, i, end, key, 0)
@@ -216,8 +240,10 @@ def read_route_batch(data: bytes) -> RouteItems:
 
 
 def _route_request(
-    data: bytes, i: int, end: int
+    data: bytes, i: int, end: int, depth: int
 ) -> tuple[str, str, str, str, tuple[str, ...], str, str, bool]:
+    """The fields of the RouteRequest in ``data[i:end]``, nested ``depth`` deep (its groups
+    count from there: a batch's item is one level down)."""
     shop_id = buyer_id = request_id = addressed = group = channel = ""
     crowds: list[str] = []
     team = False
@@ -244,8 +270,8 @@ def _route_request(
         elif key == _TEAM:
             value, i = _varint(data, i, end)
             team = value != 0
-        else:  # an item is one level down: its groups count from 1
-            i = _skip(data, i, end, key, 1)
+        else:
+            i = _skip(data, i, end, key, depth)
     return shop_id, buyer_id, request_id, addressed, tuple(crowds), group, channel, team
 
 
@@ -302,13 +328,20 @@ def route_batch_reply(results: list[Any], error: Callable[[Exception], bytes]) -
             _put_varint(out, size)
             out.write(body)
         else:
-            _put_decision(out, result)
+            _put_decision(out, result, True)
     return out.getvalue()
 
 
-def _put_decision(out: BytesWriter, result: Any) -> None:
-    """One RouteResult holding ``result``'s Decision, its fields in number order (upb's),
-    each left out at its default (proto3)."""
+def decision_reply(result: Any) -> bytes:
+    """The serialized Decision of a core Decision (unary Route's answer): upb's bytes."""
+    out = BytesWriter()
+    _put_decision(out, result, False)
+    return out.getvalue()
+
+
+def _put_decision(out: BytesWriter, result: Any, in_result: bool) -> None:
+    """``result``'s Decision, in a RouteResult if ``in_result``, its fields in number order
+    (upb's), each left out at its default (proto3)."""
     fields = _astuple(result)  # outcome, reason, buyer_id, agent_id, session_id,
     outcome: int = fields[0]  # queue_position, state, priority_notice, notice
     reason: int = fields[1]
@@ -342,10 +375,11 @@ def _put_decision(out: BytesWriter, result: Any) -> None:
         size += 1 + _size(len(buyer)) + len(buyer)
     if notice:
         size += 1 + _size(notice)
-    out.append(_ITEM)
-    _put_varint(out, 1 + _size(size) + size)
-    out.append(_DECISION)
-    _put_varint(out, size)
+    if in_result:
+        out.append(_ITEM)
+        _put_varint(out, 1 + _size(size) + size)
+        out.append(_DECISION)
+        _put_varint(out, size)
     if outcome:
         out.append(_OUTCOME)
         _put_varint(out, outcome)

@@ -1,8 +1,9 @@
-"""RouteBatch's wire codec (``server/rpc/wire.py``) held to upb, byte for byte.
+"""The wire codec of Route and RouteBatch (``server/rpc/wire.py``) held to upb, byte for byte.
 
-For any bytes, ``read_route_batch`` must fail exactly when upb's parser fails and
-otherwise give the fields upb gives; ``route_batch_reply`` must write the bytes upb
-writes for the same results. The bytes are built from a small grammar of protobuf
+For any bytes, ``read_route_batch`` and ``read_route`` must fail exactly when upb's
+parser fails and otherwise give the fields upb gives; ``route_batch_reply`` and
+``decision_reply`` must write the bytes upb writes for the same results. The bytes are
+built from a small grammar of protobuf
 fields (every wire type, groups, over-long varints, invalid UTF-8, wrong wire types for
 known fields, field numbers 0 and past 2^29) and then cut anywhere, so that the
 malformed cases come from the same place as the well-formed ones.
@@ -111,25 +112,34 @@ batch_fields = st.one_of(
 batches = st.lists(batch_fields, max_size=5).map(b"".join)
 
 
+def as_fields(r: pb.RouteRequest) -> tuple[object, ...]:
+    """A RouteRequest read by upb, as the codec's tuple."""
+    return (r.shop_id, r.buyer_id, r.request_id, r.addressed_agent_id, tuple(r.crowds), r.group,
+            r.channel, r.from_team_member)  # fmt: skip
+
+
 def upb_items(data: bytes) -> list[tuple[object, ...]] | None:
     """upb's reading of ``data`` as the codec's tuples; None if upb refuses it."""
     try:
         request = pb.RouteBatchRequest.FromString(data)
     except DecodeError:
         return None
-    return [
-        (
-            r.shop_id,
-            r.buyer_id,
-            r.request_id,
-            r.addressed_agent_id,
-            tuple(r.crowds),
-            r.group,
-            r.channel,
-            r.from_team_member,
-        )
-        for r in request.requests
-    ]
+    return [as_fields(r) for r in request.requests]
+
+
+def upb_fields(data: bytes) -> tuple[object, ...] | None:
+    """upb's reading of ``data`` as one RouteRequest (unary Route's); None if refused."""
+    try:
+        return as_fields(pb.RouteRequest.FromString(data))
+    except DecodeError:
+        return None
+
+
+def wire_fields(data: bytes) -> tuple[object, ...] | None:
+    try:
+        return wire.read_route(data).fields
+    except wire.Malformed:
+        return None
 
 
 def wire_items(data: bytes) -> list[tuple[object, ...]] | None:
@@ -187,6 +197,18 @@ def test_reads_what_upb_reads(data: bytes, cut: int) -> None:
     assert wire_items(prefix) == upb_items(prefix)
 
 
+@settings(max_examples=3000, deadline=None)
+@given(route_requests, st.integers(0, 1 << 16))
+@example(key(1, 2) + varint(1) + b"\xff", 0)  # invalid UTF-8
+@example(key(5, 3) + key(6, 4), 0)  # a group ended by another number
+@example(key(9, 0) + b"\x80" * 10 + b"\x00", 0)  # an 11-byte varint
+def test_reads_a_route_request_as_upb_does(data: bytes, cut: int) -> None:
+    """Unary Route's request: the same fields, or both refuse, whole and cut."""
+    assert wire_fields(data) == upb_fields(data)
+    prefix = data[: cut % (len(data) + 1)]
+    assert wire_fields(prefix) == upb_fields(prefix)
+
+
 @settings(max_examples=500, deadline=None)
 @given(
     st.lists(
@@ -219,6 +241,7 @@ def test_nested_groups_past_the_limit_are_refused_as_upb_does(depth: int) -> Non
         key(1, 2) + varint(len(body)) + body,  # in an item
     ):
         assert wire_items(data) == upb_items(data), depth
+    assert wire_fields(body) == upb_fields(body), depth  # unary Route's: groups from 0
 
 
 def test_an_item_becomes_the_route_convert_makes() -> None:
@@ -235,6 +258,19 @@ def test_an_item_becomes_the_route_convert_makes() -> None:
         ("requests[0].shop_id", "s"),
         ("requests[1].shop_id", ""),
     ]
+
+
+def test_a_route_request_becomes_the_route_convert_makes() -> None:
+    from fenliu.server.rpc import convert
+
+    request = pb.RouteRequest(
+        shop_id="s", buyer_id="b", request_id="r", addressed_agent_id="a1",
+        crowds=["vip", "new"], group="g", channel="item_page", from_team_member=True,
+    )  # fmt: skip
+    for message in (request, pb.RouteRequest()):
+        fields = wire.read_route(message.SerializeToString())
+        assert fields.route(7) == convert.route(message, 7)
+        assert fields.shop_fields() == [("shop_id", message.shop_id)]
 
 
 def test_over_max_batch_is_refused_naming_the_field() -> None:
@@ -276,10 +312,19 @@ def test_writes_the_bytes_upb_writes(results: list[object]) -> None:
     assert pb.RouteBatchReply.FromString(ours) == route_batch_reply(results)
 
 
+@settings(max_examples=1000, deadline=None)
+@given(decisions)
+def test_writes_the_decision_upb_writes(result: t.Decision) -> None:
+    from fenliu.server.rpc import convert
+
+    assert wire.decision_reply(result) == convert.decision(result).SerializeToString()
+
+
 def test_the_service_uses_the_codec_exactly_when_it_is_compiled() -> None:
     from fenliu.server.core import COMPILED, compiled
 
     assert service.WIRE is compiled(wire.__name__)
     assert service.WIRE is COMPILED  # built together (setup.py)
-    codec = getattr(service.RoutingService.RouteBatch, "wire_codec", None)
-    assert (codec is not None) is service.WIRE
+    for method in (service.RoutingService.Route, service.RoutingService.RouteBatch):
+        codec = getattr(method, "wire_codec", None)
+        assert (codec is not None) is service.WIRE, method
