@@ -40,7 +40,7 @@ import grpc
 import grpc.aio
 
 from ._cluster import TAKEOVER_POLL_S, Router, owner_hint, taking_over
-from ._errors import FenliuError, Unavailable, from_rpc_error
+from ._errors import FenliuError, Unavailable, from_rpc_error, server_went_away
 from ._pb import fenliu_pb2 as pb, fenliu_pb2_grpc as pb_grpc
 from ._stream import ClusterRouteStream, RouteStream
 from ._types import (
@@ -111,7 +111,6 @@ def channel_options(keepalive: float = KEEPALIVE_S) -> tuple[tuple[str, int], ..
     return options
 
 
-_CANCELLED = grpc.StatusCode.CANCELLED
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -321,15 +320,13 @@ class AsyncClient:
                 )
             except grpc.aio.AioRpcError as exc:
                 error = from_rpc_error(exc)
-                cancelled = exc.code() == _CANCELLED
+                gone = server_went_away(exc, error)
             attempt += 1
             if address is not None or (self.retries is not None and attempt > self.retries):
                 raise error
             moved = await self._rerouted(router, error, target)
             if moved is None:  # not NOT_OWNER: retried only if safe to repeat
-                # CANCELLED as a status (not our own task's cancellation, which raises
-                # CancelledError): a stopping server cut the call off. As UNAVAILABLE.
-                if not safe or not (isinstance(error, Unavailable) or cancelled):
+                if not safe or not gone:
                     raise error
                 if router.clustered and shop and hops < 3:  # a node gone, or stopping
                     await router.refresh(target, give_up - loop.time())  # (a hand-off's

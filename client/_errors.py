@@ -259,6 +259,13 @@ def from_rpc_error(exc: grpc.aio.AioRpcError | grpc.RpcError) -> FenliuError:
     return error_for(code, message, field, _status_details(raw, code, message))
 
 
+def server_went_away(exc: grpc.aio.AioRpcError, error: FenliuError) -> bool:
+    """Whether the failed call ``exc`` (read as ``error``) means the server is unreachable
+    or went away: UNAVAILABLE, or a CANCELLED status, with which a stopping server cuts
+    its calls off (our own task's cancellation raises CancelledError instead)."""
+    return isinstance(error, Unavailable) or exc.code() == grpc.StatusCode.CANCELLED
+
+
 def _status_details(raw: bytes, code: grpc.StatusCode, message: str) -> list[Message]:
     if not raw:
         return []

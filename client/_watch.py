@@ -11,12 +11,11 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from ._errors import FenliuError, Unavailable, from_rpc_error
+from ._errors import FenliuError, Unavailable, from_rpc_error, server_went_away
 from ._types import Started, WatchItem, watch_items
 
 DEFAULT_GIVE_UP_AFTER = 30.0
 MAX_BACKOFF = 1.0
-_CANCELLED = grpc.StatusCode.CANCELLED
 
 
 class WatchStream:
@@ -98,9 +97,7 @@ class WatchStream:
                         yield item
             except grpc.aio.AioRpcError as exc:
                 error = from_rpc_error(exc)
-                # CANCELLED as a status (our own cancellation raises CancelledError): a
-                # stopping server cut the stream off, as for the unary calls' retries
-                if not isinstance(error, Unavailable) and exc.code() != _CANCELLED:
+                if not server_went_away(exc, error):
                     raise error from None
                 failure = error
             finally:
