@@ -192,9 +192,10 @@ class Node:
             return self._apply_each(list(commands))
         results: list[Any] = []
         waits: list[tuple[int, asyncio.Future[None]]] = []
+        mine: dict[int, asyncio.Future[None]] = {}  # one waiter a shard (``_stage``)
         for command in commands:
             try:
-                result, durable = self._submit(command)
+                result, durable = self._submit(command, mine)
             except Exception as exc:
                 results.append(exc)
                 continue
@@ -202,10 +203,17 @@ class Node:
                 waits.append((len(results), durable))
             results.append(result)
         if waits:
-            outcomes = await asyncio.gather(*(f for _, f in waits), return_exceptions=True)
-            for (i, _), outcome in zip(waits, outcomes, strict=True):
-                if isinstance(outcome, Exception):
-                    results[i] = outcome
+            futures = list(dict.fromkeys(f for _, f in waits))
+            outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            failed = {
+                f: outcome
+                for f, outcome in zip(futures, outcomes, strict=True)
+                if isinstance(outcome, Exception)
+            }
+            if failed:
+                for i, future in waits:
+                    if future in failed:
+                        results[i] = failed[future]
         return results
 
     def _apply_each(self, commands: list[t.AnyCommand]) -> list[Any]:
@@ -236,11 +244,14 @@ class Node:
             self._deliver(events)
         return results
 
-    def submit(self, command: t.AnyCommand) -> tuple[Any, asyncio.Future[None] | None]:
+    def submit(
+        self, command: t.AnyCommand, mine: dict[int, asyncio.Future[None]] | None = None
+    ) -> tuple[Any, asyncio.Future[None] | None]:
         """``execute`` without the wait, for callers that pipeline (Route, RouteStream):
         apply ``command`` and stage its record and events; the result now, and the future
         its caller must await before answering (None: durable already, without storage,
-        its events published at once). Not for a Tick of every shard.
+        its events published at once). Not for a Tick of every shard. ``mine``: the
+        waiters one caller already holds, a shard's each (``_stage``).
 
         Raises:
             FenliuError: the core refused it (nothing changed); Unavailable: its shard is
@@ -271,7 +282,7 @@ class Node:
                 except Exception:  # the change has happened: its caller still gets its answer
                     log.exception("the event sink failed; %d events dropped", len(events))
             return result, None
-        return result, self._stage(index, codec.encode_command(command), events)
+        return result, self._stage(index, codec.encode_command(command), events, mine)
 
     _submit = submit  # the internal name (execute, execute_each); one frame, not two
 
@@ -349,14 +360,30 @@ class Node:
         else:
             log.critical("shard %d: no storage to restore it from: it stays fenced", index)
 
-    def _stage(self, index: int, record: bytes, events: list[t.Event]) -> asyncio.Future[None]:
+    def _stage(
+        self,
+        index: int,
+        record: bytes,
+        events: list[t.Event],
+        mine: dict[int, asyncio.Future[None]] | None = None,
+    ) -> asyncio.Future[None]:
+        """Stage a record and its events; the future that settles with them.
+
+        With ``mine`` (one caller's, as ``execute_each``'s) the caller's pending waiter on
+        this shard serves again: it is among the shard's staged waiters (nothing is flushed
+        while a caller stages; once failed, it is done), so it settles with this record's
+        batch. Never shared between callers: cancelling one caller's await cancels it."""
         staged = self._staged[index]
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
+        waiter = mine.get(index) if mine is not None else None
+        if waiter is None or waiter.done():
+            waiter = loop.create_future()
+            staged.waiters.append(waiter)
+            if mine is not None:
+                mine[index] = waiter
         staged.records.append(record)
         if events:
             staged.events.extend(events)
-        staged.waiters.append(waiter)
         self._dirty[index] = None
         if not self._flushing:
             self._flushing = True

@@ -9,7 +9,7 @@ import pytest
 
 from fenliu.server.core import types as t
 from fenliu.server.core.dispatcher import Dispatcher
-from fenliu.server.core.errors import Unavailable
+from fenliu.server.core.errors import InvalidArgument, Unavailable
 from fenliu.server.core.shard import Shard
 from fenliu.server.node import Node
 from fenliu.server.rpc.watch import UNDONE, Behind, Hub
@@ -153,6 +153,65 @@ def test_an_unexpected_exception_restores_the_shard_from_durable_state() -> None
     durable, restored, decision = asyncio.run(main())
     assert restored == durable
     assert decision.session_id == "s1"
+
+
+def test_a_batch_answers_each_item_and_publishes_only_once_durable() -> None:
+    """``execute_each`` with storage: a refused item answers its error, the others their
+    decisions once durable (one waiter a shard, however many items), in their order."""
+
+    async def main() -> tuple[list[Any], list[int], list[Any], list[int]]:
+        storage = MemoryStorage(SHARDS)
+        node, seen = node_with(storage)
+        await node.execute(register("a1"))
+        nobody = t.Route(at=T0, shop_id=SHOP, buyer_id="", request_id="x")  # refused
+        batch = [route("b1"), route("b2"), nobody, route("b3")]
+        pending = asyncio.ensure_future(node.execute_each(batch))
+        await asyncio.sleep(0)  # applied and staged, not yet appended
+        before = [e.seq for e in seen.events]
+        results = await pending
+        return results, before, [e.seq for e in seen.events], [len(g.records) for g in storage.logs]
+
+    results, before, after, records = asyncio.run(main())
+    assert [getattr(r, "session_id", None) for r in results] == ["s1", "s2", None, "s3"]
+    assert isinstance(results[2], InvalidArgument)
+    assert before == [1]
+    assert after == [1, 2, 3, 4]
+    assert sorted(records) == [0, 4]  # the register and three routes
+
+
+def test_a_batch_whose_append_fails_refuses_each_item_it_staged() -> None:
+    async def main() -> tuple[list[Any], object, object]:
+        storage = MemoryStorage(SHARDS)
+        node, _ = node_with(storage)
+        await node.execute(register("a1"))
+        durable = dump(node.dispatcher)
+        storage.logs[index_of(node)].failures = 1
+        results = await node.execute_each([route(f"b{i}") for i in range(3)])
+        return results, durable, dump(node.dispatcher)
+
+    results, durable, after = asyncio.run(main())
+    assert all(isinstance(r, Unavailable) for r in results)
+    assert after == durable
+
+
+def test_a_batch_item_failing_half_way_undoes_its_shards_items_before_it_not_after() -> None:
+    """The items staged before the failure are undone with the shard (Unavailable); the
+    shard, restored at once, serves the items after it: their waiter is a new one, not
+    the failed one of the items before."""
+
+    async def main() -> tuple[list[Any], list[int]]:
+        storage = MemoryStorage(SHARDS)
+        node, _ = node_with(storage)
+        await node.execute(register("a1"))
+        node.dispatcher.shards[index_of(node)].__class__ = _Buggy
+        results = await node.execute_each([route("b0"), route("boom"), route("b1")])
+        return results, [len(g.records) for g in storage.logs]
+
+    results, records = asyncio.run(main())
+    assert isinstance(results[0], Unavailable)
+    assert isinstance(results[1], RuntimeError)
+    assert results[2].session_id == "s1"  # b0's s1 was undone: never seen
+    assert sorted(records) == [0, 2]  # the register and b1's route
 
 
 def test_ticks_go_only_to_shards_with_a_timer_due() -> None:
