@@ -260,10 +260,7 @@ class Node:
         # Every Route runs this: the fenced check, the apply and the publish written out
         # (``_shard``, ``_failed`` and ``_deliver`` are their slow paths), no frame of a
         # wrapper either: three interpreted frames fewer a command.
-        if type(command) is t.Tick:
-            index = command.shard
-        else:
-            index = self.dispatcher.index_of(command.shop_id)  # type: ignore[union-attr]
+        index = self.dispatcher.index_for(command)
         shard = self._shard(index) if self._fenced[index] else self.dispatcher.shards[index]
         try:
             result = shard.apply(command)

@@ -321,15 +321,20 @@ def route_batch_reply(results: list[Any], error: Callable[[Exception], bytes]) -
     for result in results:
         if isinstance(result, Exception):
             body = error(result)
-            size = len(body)
-            out.append(_ITEM)
-            _put_varint(out, 1 + _size(size) + size)
-            out.append(_ERROR)
-            _put_varint(out, size)
+            _put_result(out, _ERROR, len(body))
             out.write(body)
         else:
             _put_decision(out, result, True)
     return out.getvalue()
+
+
+def _put_result(out: BytesWriter, member: int, size: int) -> None:
+    """A RouteResult's key and length, then its one member's (``_DECISION`` or ``_ERROR``,
+    ``size`` bytes, written next by the caller)."""
+    out.append(_ITEM)
+    _put_varint(out, 1 + _size(size) + size)
+    out.append(member)
+    _put_varint(out, size)
 
 
 def decision_reply(result: Any) -> bytes:
@@ -376,10 +381,7 @@ def _put_decision(out: BytesWriter, result: Any, in_result: bool) -> None:
     if notice:
         size += 1 + _size(notice)
     if in_result:
-        out.append(_ITEM)
-        _put_varint(out, 1 + _size(size) + size)
-        out.append(_DECISION)
-        _put_varint(out, size)
+        _put_result(out, _DECISION, size)
     if outcome:
         out.append(_OUTCOME)
         _put_varint(out, outcome)
