@@ -65,7 +65,7 @@ class Config:
     # start on a journal damaged in the middle by dropping it from the damage on (logged)
     truncate_corrupt_journal: bool = False
     # collect + gc.freeze() at start and this often (README "Garbage collection"); 0 leaves
-    # the process's GC alone: the library's default, fenliu-server's is 10
+    # the process's GC alone: the library's default, fenliu-server's is 1
     gc_freeze_interval_s: float = 0.0
     metrics_host: str = ""  # "" listens on ``host``
     metrics_port: int = 0  # Prometheus metrics over HTTP; 0 is off

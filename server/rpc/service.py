@@ -375,7 +375,9 @@ def route_each(
 ) -> None:
     """A coalesced message's requests, routed in order (one arrival time), each answer
     appended; over ``MAX_BATCH`` requests, every one answered INVALID_ARGUMENT naming
-    ``more``, none routed (so the answers still match the requests one to one)."""
+    ``more``, none routed (so the answers still match the requests one to one). With a
+    journal, the message's requests of one shard share a waiter (``Node._stage``): they
+    are staged together, so they settle with the same append."""
     count = 1 + len(more)
     if count > MAX_BATCH:
         error = InvalidArgument(
@@ -386,9 +388,10 @@ def route_each(
         for _ in range(count):
             append((error, None))
         return
+    mine: dict[int, Any] = {}
     for request in (first, *more):
         try:
-            append(submit(route(request, at)))
+            append(submit(route(request, at), mine))
         except Exception as exc:  # noqa: BLE001 - the item's answer
             append((exc, None))
 

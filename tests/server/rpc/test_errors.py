@@ -465,6 +465,27 @@ def test_unexpected_error_in_a_batch_fails_only_its_item(
     assert fine.decision.agent_id == "a1"
 
 
+def test_unexpected_error_in_a_coalesced_stream_message_undoes_its_shards_items_before_it(
+    faulty_api: Api, shop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One message, one shard, journaled: the item before the failure is undone with the
+    shard (UNAVAILABLE, retry), the failed one is INTERNAL, the one after it is routed by
+    the restored shard (its waiter a new one, not the failed one it would have shared)."""
+    faulty_api.agent(shop, "a1")
+    message = pb.RouteStreamRequest(
+        request=_request(shop, "b0"),
+        more=[_request(shop, "boom"), _request(shop, "b1")],
+        coalesce=True,
+    )
+    with caplog.at_level(logging.CRITICAL):
+        replies = list(faulty_api.routing.RouteStream(iter([message]), timeout=10))
+    results = [r for reply in replies for r in (reply.result, *reply.more)]
+    codes = [r.error.code if r.HasField("error") else r.decision.agent_id for r in results]
+    internal = grpc.StatusCode.INTERNAL.value[0]
+    unavailable = grpc.StatusCode.UNAVAILABLE.value[0]
+    assert codes == [unavailable, internal, "a1"]
+
+
 @pytest.fixture
 def unstored_faulty() -> Iterator[tuple[Api, str, str]]:
     """A server without storage, faulty as ``_Faulty``: its API, a shop of shard 0 (the
