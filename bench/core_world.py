@@ -19,7 +19,9 @@ the same measured buyer, which a live process never sees at once). Shapes:
   many shops of ``--agents`` agents as the world needs for ``--per-agent`` (10) open
   sessions an agent after the build, max_concurrent 100 (room for the measured buyers).
 
-Then ``--n`` more new buyers are measured, each a rule-6 decision the strategy assigns:
+Then ``--n`` more new buyers are measured, each a rule-6 decision the strategy assigns
+(or, with ``--kind open``, ``--n`` messages of the world's open sessions, each a rule-2
+decision, buyers in the order they were opened):
 
 - time: ``time.thread_time`` over each of ``--reps`` batches of ``--n`` decisions, the
   server's GC settings (a freeze after the build, no automatic full collection); the
@@ -32,6 +34,18 @@ Then ``--n`` more new buyers are measured, each a rule-6 decision the strategy a
   sysfs gives them: valgrind's own guess on this VM was a 256 MiB direct-mapped LL), and
   the table lists the functions that take the most last-level misses a decision (reads
   and writes, exclusive: the code that touched the cold line), ``--top`` of them.
+  valgrind simulates two levels; ``--last-level 2`` makes L2 the last, so that with
+  ``--flush`` its misses are the lines a cold decision fetches from beyond L2.
+
+``--flush KIB`` runs each measured decision cold, as a unary call does: between two
+decisions it writes a byte of every cache line of a ``KIB`` KiB buffer, as the ~500,000
+instructions of grpc and the event loop around one unary Route do to the caches (and
+RouteBatch's decision before does not). The flush is neither timed (each decision is
+timed alone then) nor counted (it runs outside ``operator.call``), but the cache
+simulation sees its lines evict the core's.
+
+    python bench/core_world.py --kind open --worlds 10000 --flush 0 --cache-sim
+    python bench/core_world.py --kind open --worlds 10000 --flush 4096 --cache-sim
 
 Prints a table and one JSON record.
 """
@@ -65,7 +79,8 @@ def shape(args: argparse.Namespace, world: int) -> tuple[int, int, int]:
     return max(1, -(-world // per_shop)), args.agents, 100
 
 
-def build(args: argparse.Namespace, world: int) -> tuple[Any, list[str], int]:
+def build(args: argparse.Namespace, world: int) -> tuple[Any, list[str], list[str]]:
+    """The world's dispatcher, its shop ids, and each open buyer's shop (``o{n}``'s)."""
     from fenliu.server.core.dispatcher import Dispatcher
     from fenliu.server.core.types import RegisterAgent, Route, Status
 
@@ -77,19 +92,35 @@ def build(args: argparse.Namespace, world: int) -> tuple[Any, list[str], int]:
             d.execute(RegisterAgent(at=T0, shop_id=shop, agent_id=f"a{a}",
                                     max_concurrent=most, status=Status.ONLINE))  # fmt: skip
     draw = random.Random(0).randrange
+    shop_of = []
     for n in range(world):
         shop = ids[n * 7919 % shops] if args.fill == "spread" else ids[draw(shops)]
+        shop_of.append(shop)
         d.execute(Route(at=T0 + n // 100, shop_id=shop, buyer_id=f"o{n}",
                         request_id=f"o{n}"))  # fmt: skip
         if n % 1000 == 999:
             d.drain_events()
     d.drain_events()
-    return d, ids, world
+    return d, ids, shop_of
 
 
-def measured(ids: list[str], start: int, n: int, at: int) -> list[Any]:
+def measured(
+    kind: str, ids: list[str], shop_of: list[str], start: int, n: int, at: int
+) -> list[Any]:
+    """``n`` distinct Routes from the ``start``-th: new buyers, or (``open``) messages of
+    the open buyers in turn, each with a request id of its own (never a retry)."""
     from fenliu.server.core.types import Route
 
+    if kind == "open":
+        return [
+            Route(
+                at=at,
+                shop_id=shop_of[i % len(shop_of)],
+                buyer_id=f"o{i % len(shop_of)}",
+                request_id=f"m{i}",
+            )  # fmt: skip
+            for i in range(start, start + n)
+        ]
     shops = len(ids)
     return [
         Route(at=at, shop_id=ids[i * 7919 % shops], buyer_id=f"n{i}", request_id=f"n{i}")
@@ -97,10 +128,25 @@ def measured(ids: list[str], start: int, n: int, at: int) -> list[Any]:
     ]
 
 
+def flusher(kib: int) -> Any:
+    """A call that writes a byte of each 64-byte line of a ``kib`` KiB buffer (None: 0)."""
+    if not kib:
+        return None
+    buffer = bytearray(kib * 1024)
+    marks = [bytes([v]) * len(range(0, len(buffer), 64)) for v in (1, 2)]
+    turn = [0]
+
+    def flush() -> None:
+        turn[0] ^= 1
+        buffer[::64] = marks[turn[0]]
+
+    return flush
+
+
 def worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, Any]:
     from fenliu.server import core
 
-    d, ids, _ = build(args, world)
+    d, ids, shop_of = build(args, world)
     gc.collect()
     gc.freeze()  # the server's freeze (README "Garbage collection")
     before = gc.get_threshold()
@@ -108,27 +154,44 @@ def worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, Any]:
     at = T0 + world // 100 + 1
     execute = d.execute
     call = operator.call
+    flush = flusher(args.flush)
     if count:
-        commands = measured(ids, 0, args.calls, at)
+        commands = measured(args.kind, ids, shop_of, 0, args.calls, at)
         for command in commands:
+            if flush is not None:
+                flush()
             call(execute, command)  # collected: only inside operator.call
         d.drain_events()
         return {"compiled": core.COMPILED}
     per: list[float] = []
+    clock = time.perf_counter_ns  # a decision timed alone: wall time, less two reads' cost
+    pair = min(-clock() + clock() for _ in range(1000))
     for rep in range(args.reps):
-        commands = measured(ids, rep * args.n, args.n, at)
-        t0 = time.thread_time()
-        for command in commands:
-            execute(command)
-        per.append((time.thread_time() - t0) / args.n * 1e6)
+        commands = measured(args.kind, ids, shop_of, rep * args.n, args.n, at)
+        if flush is None:
+            t0 = time.thread_time()
+            for command in commands:
+                execute(command)
+            per.append((time.thread_time() - t0) / args.n * 1e6)
+        else:  # each decision timed alone, after the flush
+            spent = 0
+            for command in commands:
+                flush()
+                t0 = clock()
+                execute(command)
+                spent += clock() - t0 - pair
+            per.append(spent / args.n / 1000)
         d.drain_events()
-    reason = d.execute(measured(ids, 10**8, 1, at)[0]).reason.name
+    reason = d.execute(measured(args.kind, ids, shop_of, 10**8, 1, at)[0]).reason.name
     return {"compiled": core.COMPILED, "median_us": statistics.median(per), "rounds_us": per,
             "reason": reason}  # fmt: skip
 
 
-def cache_options(caches: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> list[str]:
-    """valgrind's --I1/--D1/--LL from sysfs (size, ways, line), what this CPU has.
+def cache_options(
+    caches: Path = Path("/sys/devices/system/cpu/cpu0/cache"), last: int = 0
+) -> list[str]:
+    """valgrind's --I1/--D1/--LL from sysfs (size, ways, line), what this CPU has; the LL
+    is the highest level, or level ``last`` (2: count what misses L2, a cold line).
 
     valgrind simulates only caches of 2^n sets: a cache of another count (a 260 MiB
     20-way L3 has 212,992) is simulated with its sets rounded down to a power of two,
@@ -144,7 +207,7 @@ def cache_options(caches: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> 
         value = f"{(1 << (sets.bit_length() - 1)) * set_bytes},{ways},{line}"
         if level == "1":
             found["--I1" if kind == "Instruction" else "--D1"] = value
-        else:
+        elif not last or int(level) == last:
             found["--LL"] = value  # the highest level listed last
     return [f"{name}={value}" for name, value in found.items()]
 
@@ -183,6 +246,7 @@ def misses_by_function(path: Path, calls: int, top: int) -> dict[str, float]:
 def run_worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", str(world), "--world-shape", args.world_shape,
            "--fill", args.fill, "--top", str(args.top),
+           "--kind", args.kind, "--flush", str(args.flush),
            "--shops", str(args.shops), "--agents", str(args.agents), "--per-agent",
            str(args.per_agent), "--n", str(args.n), "--reps", str(args.reps), "--calls",
            str(args.calls)]  # fmt: skip
@@ -190,7 +254,7 @@ def run_worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, A
     if not count:
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
         return json.loads(out.stdout.splitlines()[-1])  # type: ignore[no-any-return]
-    sim = ["--cache-sim=yes", *cache_options()] if args.cache_sim else []
+    sim = ["--cache-sim=yes", *cache_options(last=args.last_level)] if args.cache_sim else []
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", *sim,
@@ -218,6 +282,10 @@ def main() -> None:
     parser.add_argument("--world-shape", choices=("cpu", "realistic"), default="cpu")
     parser.add_argument("--fill", choices=("spread", "random"), default="spread",
                         help="how the world's sessions are spread over the shops")  # fmt: skip
+    parser.add_argument("--kind", choices=("new", "open"), default="new",
+                        help="new buyers (rule 6) or open-session messages (rule 2)")  # fmt: skip
+    parser.add_argument("--flush", type=int, default=0, metavar="KIB",
+                        help="KiB written between two decisions (cold, as unary)")  # fmt: skip
     parser.add_argument("--shops", type=int, default=400, help="cpu shape")
     parser.add_argument("--agents", type=int, default=4, help="per shop")
     parser.add_argument("--per-agent", type=int, default=10, help="realistic shape")
@@ -228,6 +296,8 @@ def main() -> None:
     parser.add_argument("--no-callgrind", action="store_true")
     parser.add_argument("--cache-sim", action="store_true",
                         help="callgrind simulates the caches too: misses per decision")  # fmt: skip
+    parser.add_argument("--last-level", type=int, default=0, metavar="N",
+                        help="with --cache-sim: simulate level N as the last (2: L2)")  # fmt: skip
     parser.add_argument("--top", type=int, default=12,
                         help="with --cache-sim: functions listed by their misses")  # fmt: skip
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
@@ -256,7 +326,9 @@ def main() -> None:
             entry.update(run_worker(args, world, count=True))
     load.append(os.getloadavg()[0])
     core = "compiled" if results[worlds[0]]["compiled"] else "pure"
-    print(f"{core} core, {args.world_shape} world, {args.fill} fill; load average (1 min) "
+    flushed = f", {args.flush} KiB written between decisions" if args.flush else ""
+    print(f"{core} core, {args.kind} buyers, {args.world_shape} world, {args.fill} fill"
+          f"{flushed}; load average (1 min) "
           f"{' -> '.join(f'{x:.2f}' for x in load)}")  # fmt: skip
     print(f"{'sessions':>10}{'shops':>7}{'agents':>7}{'per agent':>10}{'median µs':>11}"
           f"{'instr.':>9}  rounds µs")  # fmt: skip
@@ -272,6 +344,7 @@ def main() -> None:
             for name, count in e["misses_by_function"].items():
                 print(f"{'':>12}{count:>6.1f}  {name}")
     print(json.dumps({"shape": args.world_shape, "fill": args.fill, "core": core,
+                      "kind": args.kind, "flush_kib": args.flush,
                       "load_average": load, "python": sys.version.split()[0],
                       "results": {str(w): r for w, r in results.items()}}))  # fmt: skip
 

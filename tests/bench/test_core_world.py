@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,3 +69,30 @@ def test_misses_are_attributed_to_named_functions() -> None:
     assert sum(by_function.values()) <= total + 0.1 * len(by_function), (by_function, total)
     assert list(by_function.values()) == sorted(by_function.values(), reverse=True)
     assert "last-level misses a decision, by the function that took them" in out.stdout
+
+
+def _open_messages(flush: int) -> dict[str, Any]:
+    """bench/core_world.py's record of rule-2 messages in a tiny world, L2 simulated as
+    the last level, ``flush`` KiB written between two decisions."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "core_world.py"), "--kind", "open",
+         "--worlds", "3000", "--rounds", "1", "--reps", "1", "--n", "300", "--calls", "300",
+         "--cache-sim", "--last-level", "2", "--flush", str(flush), "--top", "4"],
+        capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    record = json.loads(out.stdout.splitlines()[-1])
+    assert (record["kind"], record["flush_kib"]) == ("open", flush)
+    result: dict[str, Any] = record["results"]["3000"]
+    return result
+
+
+def test_a_flush_between_decisions_makes_them_cold_without_counting_it() -> None:
+    """``--flush``: the lines written between two decisions evict the core's from the
+    simulated L2 (``--last-level 2``), so each decision misses more there, while the
+    instructions counted stay the decisions' own (the flush runs outside them)."""
+    warm, cold = _open_messages(0), _open_messages(4096)
+    assert warm["reason"] == cold["reason"] == "OPEN_SESSION"  # rule 2, not retries
+    misses = [r["cache_misses"]["DLmr"] + r["cache_misses"]["DLmw"] for r in (warm, cold)]
+    assert misses[1] > 3 * misses[0], misses
+    instructions = [r["instructions"] for r in (warm, cold)]
+    assert abs(instructions[1] - instructions[0]) < 0.1 * instructions[0], instructions
