@@ -97,16 +97,24 @@ def test_a_refused_change_publishes_no_event_and_reissues_no_seen_seq() -> None:
     assert decision.session_id == "s1"  # b-lost's session id was never seen either
 
 
-def test_what_was_staged_behind_a_failed_append_fails_with_it() -> None:
+@pytest.mark.parametrize("batch", [False, True], ids=["calls", "batch"])
+def test_what_was_staged_behind_a_failed_append_fails_with_it(batch: bool) -> None:
+    """Three routes behind one append that fails, as three calls or as one batch (its
+    items sharing a waiter): every one refused, nothing kept."""
+
     async def main() -> tuple[list[object], object, object]:
         storage = MemoryStorage(SHARDS)
         node, _ = node_with(storage)
         await node.execute(register("a1"))
         durable = dump(node.dispatcher)
         storage.logs[index_of(node)].failures = 1
-        outcomes = await asyncio.gather(
-            *(node.execute(route(f"b{i}")) for i in range(3)), return_exceptions=True
-        )
+        commands = [route(f"b{i}") for i in range(3)]
+        if batch:
+            outcomes = await node.execute_each(commands)
+        else:
+            outcomes = await asyncio.gather(
+                *(node.execute(c) for c in commands), return_exceptions=True
+            )
         return outcomes, durable, dump(node.dispatcher)
 
     outcomes, durable, after = asyncio.run(main())
@@ -177,21 +185,6 @@ def test_a_batch_answers_each_item_and_publishes_only_once_durable() -> None:
     assert before == [1]
     assert after == [1, 2, 3, 4]
     assert sorted(records) == [0, 4]  # the register and three routes
-
-
-def test_a_batch_whose_append_fails_refuses_each_item_it_staged() -> None:
-    async def main() -> tuple[list[Any], object, object]:
-        storage = MemoryStorage(SHARDS)
-        node, _ = node_with(storage)
-        await node.execute(register("a1"))
-        durable = dump(node.dispatcher)
-        storage.logs[index_of(node)].failures = 1
-        results = await node.execute_each([route(f"b{i}") for i in range(3)])
-        return results, durable, dump(node.dispatcher)
-
-    results, durable, after = asyncio.run(main())
-    assert all(isinstance(r, Unavailable) for r in results)
-    assert after == durable
 
 
 def test_a_batch_item_failing_half_way_undoes_its_shards_items_before_it_not_after() -> None:
