@@ -112,13 +112,9 @@ def measured(
     from fenliu.server.core.types import Route
 
     if kind == "open":
+        opened = len(shop_of)
         return [
-            Route(
-                at=at,
-                shop_id=shop_of[i % len(shop_of)],
-                buyer_id=f"o{i % len(shop_of)}",
-                request_id=f"m{i}",
-            )  # fmt: skip
+            Route(at=at, shop_id=shop_of[i % opened], buyer_id=f"o{i % opened}", request_id=f"m{i}")
             for i in range(start, start + n)
         ]
     shops = len(ids)
@@ -165,7 +161,7 @@ def worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, Any]:
         return {"compiled": core.COMPILED}
     per: list[float] = []
     clock = time.perf_counter_ns  # a decision timed alone: wall time, less two reads' cost
-    pair = min(-clock() + clock() for _ in range(1000))
+    pair = min(-clock() + clock() for _ in range(1000)) if flush is not None else 0
     for rep in range(args.reps):
         commands = measured(args.kind, ids, shop_of, rep * args.n, args.n, at)
         if flush is None:
