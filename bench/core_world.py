@@ -36,6 +36,11 @@ decision, buyers in the order they were opened):
   and writes, exclusive: the code that touched the cold line), ``--top`` of them.
   valgrind simulates two levels; ``--last-level 2`` makes L2 the last, so that with
   ``--flush`` its misses are the lines a cold decision fetches from beyond L2.
+- ``--cold-code``: code is cold too, as in a unary call (grpc's and the event loop's code
+  runs between two decisions, and the flush, a tiny loop, leaves the simulated 64 KiB I1
+  as it was): a 1 KiB I1 sends every instruction line to the last level, which the flush
+  emptied, so its instruction misses (ILmr) are the code lines a cold decision fetches
+  from beyond L2; the table counts them with the data's, by function.
 
 ``--flush KIB`` runs each measured decision cold, as a unary call does: between two
 decisions it writes a byte of every cache line of a ``KIB`` KiB buffer, as the ~500,000
@@ -46,6 +51,8 @@ simulation sees its lines evict the core's.
 
     python bench/core_world.py --kind open --worlds 10000 --flush 0 --cache-sim
     python bench/core_world.py --kind open --worlds 10000 --flush 4096 --cache-sim
+    python bench/core_world.py --kind open --worlds 10000 --flush 4096 --cache-sim \
+        --last-level 2 --cold-code        # the lines, code and data, a cold decision fetches
 
 Prints a table and one JSON record.
 """
@@ -208,18 +215,23 @@ def cache_options(
     return [f"{name}={value}" for name, value in found.items()]
 
 
-def misses_by_function(path: Path, calls: int, top: int) -> dict[str, float]:
-    """Last-level data misses (reads + writes) a decision, by the function that took them
-    (exclusive cost lines of a callgrind.out file; a call's inclusive line is skipped)."""
+COLD_I1 = "--I1=1024,2,64"  # --cold-code: every instruction line a decision runs misses
+
+
+def misses_by_function(path: Path, calls: int, top: int, code: bool = False) -> dict[str, float]:
+    """Last-level data misses (reads + writes; ``code``: and instruction misses) a
+    decision, by the function that took them (exclusive cost lines of a callgrind.out
+    file; a call's inclusive line is skipped)."""
     names: dict[str, str] = {}
     totals: dict[str, int] = {}
-    wanted: list[int] = []  # the columns of DLmr and DLmw (none without --cache-sim)
+    wanted: list[int] = []  # the columns counted (none without --cache-sim)
+    names_wanted = ("ILmr", "DLmr", "DLmw") if code else ("DLmr", "DLmw")
     current, skip = "", False
     with path.open() as f:
         for line in f:
             if line.startswith("events:"):
                 events = line.split()[1:]
-                wanted = [events.index(e) for e in ("DLmr", "DLmw") if e in events]
+                wanted = [events.index(e) for e in names_wanted if e in events]
             elif line.startswith(("fn=", "cfn=")):  # "(id) name" once, then "(id)"
                 ref, _, name = line.partition("=")[2].strip().partition(" ")
                 if name:
@@ -251,22 +263,26 @@ def run_worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, A
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
         return json.loads(out.stdout.splitlines()[-1])  # type: ignore[no-any-return]
     sim = ["--cache-sim=yes", *cache_options(last=args.last_level)] if args.cache_sim else []
+    if sim and args.cold_code:
+        sim = [o for o in sim if not o.startswith("--I1=")] + [COLD_I1]
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", *sim,
              "--collect-atstart=no", "--toggle-collect=_operator_call", *cmd, "--count"],
             capture_output=True, text=True, env=env, check=True,
         )  # fmt: skip
-        by_function = misses_by_function(Path(tmp) / "cg.out", args.calls, args.top)
+        by_function = misses_by_function(
+            Path(tmp) / "cg.out", args.calls, args.top, code=args.cache_sim and args.cold_code
+        )
     events = re.search(r"Events *: ([\w ]+)", out.stderr)
     found = re.search(r"Collected : ([\d ]+)", out.stderr)
     if found is None or events is None:
         raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr}")
     counts = dict(zip(events.group(1).split(), map(int, found.group(1).split()), strict=True))
     record = {"instructions": counts["Ir"] // args.calls}
-    if args.cache_sim:  # per decision: L1 data misses, last-level data misses (reads, writes)
+    if args.cache_sim:  # per decision: L1 data misses, last-level misses (code; data reads, writes)
         record["cache_misses"] = {name: round(counts[name] / args.calls, 1)
-                                  for name in ("D1mr", "D1mw", "DLmr", "DLmw")}  # fmt: skip
+                                  for name in ("D1mr", "D1mw", "ILmr", "DLmr", "DLmw")}  # fmt: skip
         record["misses_by_function"] = by_function
     return record
 
@@ -294,6 +310,8 @@ def main() -> None:
                         help="callgrind simulates the caches too: misses per decision")  # fmt: skip
     parser.add_argument("--last-level", type=int, default=0, metavar="N",
                         help="with --cache-sim: simulate level N as the last (2: L2)")  # fmt: skip
+    parser.add_argument("--cold-code", action="store_true",
+                        help="with --cache-sim: a 1 KiB I1, code lines counted too")  # fmt: skip
     parser.add_argument("--top", type=int, default=12,
                         help="with --cache-sim: functions listed by their misses")  # fmt: skip
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
@@ -336,11 +354,13 @@ def main() -> None:
         if "cache_misses" in e:
             print(f"{'':>10}cache misses a decision (callgrind's simulated caches): "
                   f"{e['cache_misses']}")  # fmt: skip
-            print(f"{'':>10}last-level misses a decision, by the function that took them:")
+            what = "code and data" if args.cold_code else "data"
+            print(f"{'':>10}last-level misses ({what}) a decision, by the function that took them:")
             for name, count in e["misses_by_function"].items():
                 print(f"{'':>12}{count:>6.1f}  {name}")
     print(json.dumps({"shape": args.world_shape, "fill": args.fill, "core": core,
                       "kind": args.kind, "flush_kib": args.flush,
+                      "cold_code": args.cache_sim and args.cold_code,
                       "load_average": load, "python": sys.version.split()[0],
                       "results": {str(w): r for w, r in results.items()}}))  # fmt: skip
 

@@ -68,20 +68,21 @@ def test_misses_are_attributed_to_named_functions() -> None:
     assert not [name for name in by_function if name.startswith("(")], by_function
     assert sum(by_function.values()) <= total + 0.1 * len(by_function), (by_function, total)
     assert list(by_function.values()) == sorted(by_function.values(), reverse=True)
-    assert "last-level misses a decision, by the function that took them" in out.stdout
+    assert "last-level misses (data) a decision, by the function that took them" in out.stdout
 
 
-def _open_messages(flush: int) -> dict[str, Any]:
+def _open_messages(flush: int, *options: str) -> dict[str, Any]:
     """bench/core_world.py's record of rule-2 messages in a tiny world, L2 simulated as
     the last level, ``flush`` KiB written between two decisions."""
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "core_world.py"), "--kind", "open",
          "--worlds", "3000", "--rounds", "1", "--reps", "1", "--n", "300", "--calls", "300",
-         "--cache-sim", "--last-level", "2", "--flush", str(flush), "--top", "4"],
+         "--cache-sim", "--last-level", "2", "--flush", str(flush), "--top", "4", *options],
         capture_output=True, text=True, timeout=600, check=True,
     )  # fmt: skip
     record = json.loads(out.stdout.splitlines()[-1])
     assert (record["kind"], record["flush_kib"]) == ("open", flush)
+    assert record["cold_code"] == ("--cold-code" in options)
     result: dict[str, Any] = record["results"]["3000"]
     return result
 
@@ -96,3 +97,21 @@ def test_a_flush_between_decisions_makes_them_cold_without_counting_it() -> None
     assert misses[1] > 3 * misses[0], misses
     instructions = [r["instructions"] for r in (warm, cold)]
     assert abs(instructions[1] - instructions[0]) < 0.1 * instructions[0], instructions
+
+
+def test_cold_code_counts_the_code_lines_a_cold_decision_fetches() -> None:
+    """``--cold-code``: with a 1 KiB I1 every instruction line goes to the simulated L2,
+    which the flush emptied, so a cold decision's code lines are counted (ILmr), and the
+    functions' shares are of code and data; without it the 64 KiB I1 keeps the code the
+    flush never touches, and the shares are the data's alone."""
+    warm_code, cold_code = _open_messages(4096), _open_messages(4096, "--cold-code")
+    assert warm_code["reason"] == cold_code["reason"] == "OPEN_SESSION"
+    lines = [r["cache_misses"]["ILmr"] for r in (warm_code, cold_code)]
+    assert lines[1] > 10 * max(lines[0], 1) and lines[1] > 50, lines
+    instructions = [r["instructions"] for r in (warm_code, cold_code)]
+    assert abs(instructions[1] - instructions[0]) < 0.1 * instructions[0], instructions
+    # the same top functions take code misses too: their shares grow (~2x here)
+    shares = [sum(r["misses_by_function"].values()) for r in (warm_code, cold_code)]
+    assert shares[1] > 1.4 * shares[0], shares
+    data = cold_code["cache_misses"]["DLmr"] + cold_code["cache_misses"]["DLmw"]
+    assert shares[1] <= data + lines[1] + 0.4, (shares, data, lines)
