@@ -42,6 +42,13 @@ decision, buyers in the order they were opened):
   emptied, so its instruction misses (ILmr) are the code lines a cold decision fetches
   from beyond L2; the table counts them with the data's, by function.
 
+``--entry`` is how a decision enters the core: ``command`` (the default) a Route given to
+``Dispatcher.execute``, as RouteBatch does; ``unary-route`` a unary Route as the server
+handled it until 2026-12-04 (the wire codec's ``RouteFields`` made a Route, then
+executed); ``unary-fields`` as it does now (``Node.submit_route``: its tuple handed to
+``Shard.apply_route`` as it is). Both unary entries are one interpreted frame, as the
+node's is, and the ``RouteFields`` are made before, as the wire codec's reader makes them.
+
 ``--flush KIB`` runs each measured decision cold, as a unary call does: between two
 decisions it writes a byte of every cache line of a ``KIB`` KiB buffer, as the ~500,000
 instructions of grpc and the event loop around one unary Route do to the caches (and
@@ -73,6 +80,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 T0 = 1_700_000_000_000
 NO_AUTOMATIC_FULL = 1 << 30  # fenliu.server.rpc.app's (not imported: older builds lack it)
@@ -131,6 +140,30 @@ def measured(
     ]
 
 
+def entry_of(args: argparse.Namespace, d: Any, at: int) -> tuple[Any, Any]:
+    """(the callable a decision is, what turns a measured Route into its argument)."""
+    if args.entry == "command":
+        return d.execute, None
+    from fenliu.server.rpc.wire import RouteFields
+
+    def parsed(command: Any) -> Any:  # what the wire codec's reader hands the handler
+        return RouteFields(msgspec.structs.astuple(command)[:8])
+
+    if args.entry == "unary-route":
+
+        def unary_route(request: Any) -> Any:
+            return d.execute(request.route(at))
+
+        return unary_route, parsed
+    shards, index_of = d.shards, d.index_of
+
+    def unary_fields(request: Any) -> Any:
+        fields = request.fields
+        return shards[index_of(fields[0])].apply_route(fields, at)
+
+    return unary_fields, parsed
+
+
 def flusher(kib: int) -> Any:
     """A call that writes a byte of each 64-byte line of a ``kib`` KiB buffer (None: 0)."""
     if not kib:
@@ -155,11 +188,13 @@ def worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, Any]:
     before = gc.get_threshold()
     gc.set_threshold(before[0], before[1], NO_AUTOMATIC_FULL)  # as fenliu-server
     at = T0 + world // 100 + 1
-    execute = d.execute
+    execute, convert = entry_of(args, d, at)
     call = operator.call
     flush = flusher(args.flush)
     if count:
         commands = measured(args.kind, ids, shop_of, 0, args.calls, at)
+        if convert is not None:
+            commands = [convert(c) for c in commands]
         for command in commands:
             if flush is not None:
                 flush()
@@ -171,6 +206,8 @@ def worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, Any]:
     pair = min(-clock() + clock() for _ in range(1000)) if flush is not None else 0
     for rep in range(args.reps):
         commands = measured(args.kind, ids, shop_of, rep * args.n, args.n, at)
+        if convert is not None:
+            commands = [convert(c) for c in commands]
         if flush is None:
             t0 = time.thread_time()
             for command in commands:
@@ -185,7 +222,8 @@ def worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, Any]:
                 spent += clock() - t0 - pair
             per.append(spent / args.n / 1000)
         d.drain_events()
-    reason = d.execute(measured(args.kind, ids, shop_of, 10**8, 1, at)[0]).reason.name
+    last = measured(args.kind, ids, shop_of, 10**8, 1, at)[0]
+    reason = execute(convert(last) if convert is not None else last).reason.name
     return {"compiled": core.COMPILED, "median_us": statistics.median(per), "rounds_us": per,
             "reason": reason}  # fmt: skip
 
@@ -254,7 +292,7 @@ def misses_by_function(path: Path, calls: int, top: int, code: bool = False) -> 
 def run_worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", str(world), "--world-shape", args.world_shape,
            "--fill", args.fill, "--top", str(args.top),
-           "--kind", args.kind, "--flush", str(args.flush),
+           "--kind", args.kind, "--flush", str(args.flush), "--entry", args.entry,
            "--shops", str(args.shops), "--agents", str(args.agents), "--per-agent",
            str(args.per_agent), "--n", str(args.n), "--reps", str(args.reps), "--calls",
            str(args.calls)]  # fmt: skip
@@ -296,6 +334,8 @@ def main() -> None:
                         help="how the world's sessions are spread over the shops")  # fmt: skip
     parser.add_argument("--kind", choices=("new", "open"), default="new",
                         help="new buyers (rule 6) or open-session messages (rule 2)")  # fmt: skip
+    parser.add_argument("--entry", choices=("command", "unary-route", "unary-fields"),
+                        default="command", help="how a decision enters the core")  # fmt: skip
     parser.add_argument("--flush", type=int, default=0, metavar="KIB",
                         help="KiB written between two decisions (cold, as unary)")  # fmt: skip
     parser.add_argument("--shops", type=int, default=400, help="cpu shape")
@@ -341,7 +381,8 @@ def main() -> None:
     load.append(os.getloadavg()[0])
     core = "compiled" if results[worlds[0]]["compiled"] else "pure"
     flushed = f", {args.flush} KiB written between decisions" if args.flush else ""
-    print(f"{core} core, {args.kind} buyers, {args.world_shape} world, {args.fill} fill"
+    print(f"{core} core, {args.kind} buyers, {args.entry} entry, {args.world_shape} world, "
+          f"{args.fill} fill"
           f"{flushed}; load average (1 min) "
           f"{' -> '.join(f'{x:.2f}' for x in load)}")  # fmt: skip
     print(f"{'sessions':>10}{'shops':>7}{'agents':>7}{'per agent':>10}{'median µs':>11}"
@@ -359,7 +400,7 @@ def main() -> None:
             for name, count in e["misses_by_function"].items():
                 print(f"{'':>12}{count:>6.1f}  {name}")
     print(json.dumps({"shape": args.world_shape, "fill": args.fill, "core": core,
-                      "kind": args.kind, "flush_kib": args.flush,
+                      "kind": args.kind, "flush_kib": args.flush, "entry": args.entry,
                       "cold_code": args.cache_sim and args.cold_code,
                       "load_average": load, "python": sys.version.split()[0],
                       "results": {str(w): r for w, r in results.items()}}))  # fmt: skip

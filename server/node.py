@@ -283,6 +283,31 @@ class Node:
 
     _submit = submit  # the internal name (execute, execute_each); one frame, not two
 
+    def submit_route(
+        self, fields: tuple[Any, ...], at: int
+    ) -> tuple[Any, asyncio.Future[None] | None]:
+        """``submit`` of a Route given as its fields at ``at`` (``Shard.apply_route``), as
+        the wire codec reads a unary Route. Without storage the core takes the tuple as
+        it is: no Route made only to be taken apart again (a unary Route's core call runs
+        cold, so every line it need not touch counts). With storage the Route is made: its
+        record is the command's."""
+        if self.storage is not None:
+            return self._submit(t.Route(*fields, at=at))
+        index = self.dispatcher.index_of(fields[0])
+        shard = self._shard(index) if self._fenced[index] else self.dispatcher.shards[index]
+        try:  # as in submit
+            result = shard.apply_route(fields, at)
+        except FenliuError:
+            raise
+        except Exception:
+            self._failed(index, shard)
+            raise
+        events = shard.outbox
+        if events:
+            shard.outbox = []
+            self._deliver(events)
+        return result, None
+
     async def _tick_all(self, at: int) -> t.Moved:
         """A Tick of every shard (``shard`` -1: tests and tools), one command per shard."""
         results = await self.execute_each(

@@ -113,7 +113,7 @@ _ROUTE_FIELDS: Final = (
     "from_team_member", "at",
 )  # fmt: skip
 if Route.__struct_fields__ != _ROUTE_FIELDS:
-    raise ImportError(f"Route's fields changed: {Route.__struct_fields__}; see Shard.route")
+    raise ImportError(f"Route's fields changed: {Route.__struct_fields__}; see Shard.apply_route")
 
 _DURATIONS: Final = (
     "notice_interval_ms",
@@ -150,6 +150,10 @@ class Shard:
 
     def apply(self, command: Any) -> Any:
         """Apply one command; raises a ``FenliuError`` having changed nothing."""
+        kind = type(command)
+        if kind is _Route:  # the hot path: its fields, read in one C call
+            fields = _astuple(command)
+            return self.apply_route(fields, fields[8])
         before = self.now
         at: int = command.at
         if at > before:
@@ -157,12 +161,25 @@ class Shard:
         if self.moved:
             self.moved = []
         try:
-            kind = type(command)
-            if kind is _Route:
-                return self.route(command)  # the hot path: a direct call
             if kind is not _Tick and _request_id(command):
                 return self.keyed_apply(command)
             return _COMMANDS[kind](self, command)
+        except FenliuError:
+            self.now = before  # a rejected command leaves no trace, not even its time
+            raise
+
+    def apply_route(self, fields: tuple[Any, ...], at: int) -> Decision:
+        """``apply`` of a Route given as its fields at ``at``: Route's first eight in its
+        field order (``_ROUTE_FIELDS``), as ``astuple`` and the wire codec give them. A
+        unary Route from the wire codec comes here with its tuple (``Node.submit_route``):
+        no Route made only to be taken apart again."""
+        before = self.now
+        if at > before:
+            self.now = at
+        if self.moved:
+            self.moved = []
+        try:
+            return self.route_fields(fields)
         except FenliuError:
             self.now = before  # a rejected command leaves no trace, not even its time
             raise
@@ -249,10 +266,12 @@ class Shard:
     # ------------------------------------------------------------ routing
 
     def route(self, cmd: Route) -> Decision:
-        """Rules 0 and 1 here; the shop applies rules 2–6."""
         # All fields in one C call: a msgspec field read is a generic attribute lookup (about
         # 160 instructions each, compiled); one astuple and the items cost a fifth of that.
-        fields = _astuple(cmd)
+        return self.route_fields(_astuple(cmd))
+
+    def route_fields(self, fields: tuple[Any, ...]) -> Decision:
+        """Rules 0 and 1 here; the shop applies rules 2–6. ``fields``: see ``apply_route``."""
         shop_id: str = fields[0]
         buyer_id: str = fields[1]
         request_id: str = fields[2]

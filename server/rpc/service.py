@@ -124,12 +124,16 @@ class RoutingService(pb_grpc.RoutingServicer):
         code (no context manager's coroutines, no coroutine frame of execute's own), an
         await only when there is a change to wait for. The same errors, the same answer.
 
-        With the wire codec compiled the request is its ``RouteFields`` and the answer the
-        core's Decision, which grpc serializes with ``wire.decision_reply``; otherwise
-        upb's RouteRequest and Decision."""
+        With the wire codec compiled the request is its ``RouteFields``, whose tuple the
+        core takes as it is (``Node.submit_route``), and the answer the core's Decision,
+        which grpc serializes with ``wire.decision_reply``; otherwise upb's RouteRequest
+        and Decision."""
         node = self._node
         try:
-            result, durable = node.submit(_route(request, node.now()))
+            if WIRE:
+                result, durable = node.submit_route(request.fields, node.now())
+            else:
+                result, durable = node.submit(_route(request, node.now()))
             if durable is not None:
                 await durable
             return _answer(result)
@@ -458,7 +462,6 @@ WIRE = compiled(wire.__name__)
 compiled: it is then ~0.9 µs a decision cheaper than upb, bench/route_batch.py;
 interpreted, dearer)."""
 if WIRE:  # Route's request is its RouteFields, its answer the core's Decision
-    _route: Any = wire.RouteFields.route
     _answer: Any = _as_is
     RoutingService.Route.wire_codec = (  # type: ignore[attr-defined]
         wire.read_route,

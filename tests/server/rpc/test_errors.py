@@ -414,6 +414,12 @@ class _FaultyShard(Shard):
             raise RuntimeError("secret internals")
         return super().apply(command)
 
+    def apply_route(self, fields: tuple[Any, ...], at: int) -> Any:  # unary Route's way in
+        if fields[1] == "boom":
+            self.now = at
+            raise RuntimeError("secret internals")
+        return super().apply_route(fields, at)
+
 
 class _Faulty(Dispatcher):
     """Every shard faulty, also those recovered or restored from storage."""
