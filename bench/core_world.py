@@ -189,12 +189,15 @@ def worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, Any]:
     gc.set_threshold(before[0], before[1], NO_AUTOMATIC_FULL)  # as fenliu-server
     at = T0 + world // 100 + 1
     execute, convert = entry_of(args, d, at)
+
+    def arguments(start: int, n: int) -> list[Any]:  # the measured Routes, as entered
+        commands = measured(args.kind, ids, shop_of, start, n, at)
+        return commands if convert is None else [convert(c) for c in commands]
+
     call = operator.call
     flush = flusher(args.flush)
     if count:
-        commands = measured(args.kind, ids, shop_of, 0, args.calls, at)
-        if convert is not None:
-            commands = [convert(c) for c in commands]
+        commands = arguments(0, args.calls)
         for command in commands:
             if flush is not None:
                 flush()
@@ -205,9 +208,7 @@ def worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, Any]:
     clock = time.perf_counter_ns  # a decision timed alone: wall time, less two reads' cost
     pair = min(-clock() + clock() for _ in range(1000)) if flush is not None else 0
     for rep in range(args.reps):
-        commands = measured(args.kind, ids, shop_of, rep * args.n, args.n, at)
-        if convert is not None:
-            commands = [convert(c) for c in commands]
+        commands = arguments(rep * args.n, args.n)
         if flush is None:
             t0 = time.thread_time()
             for command in commands:
@@ -222,8 +223,7 @@ def worker(args: argparse.Namespace, world: int, count: bool) -> dict[str, Any]:
                 spent += clock() - t0 - pair
             per.append(spent / args.n / 1000)
         d.drain_events()
-    last = measured(args.kind, ids, shop_of, 10**8, 1, at)[0]
-    reason = execute(convert(last) if convert is not None else last).reason.name
+    reason = execute(arguments(10**8, 1)[0]).reason.name
     return {"compiled": core.COMPILED, "median_us": statistics.median(per), "rounds_us": per,
             "reason": reason}  # fmt: skip
 
